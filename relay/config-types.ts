@@ -1,0 +1,129 @@
+// The relay's config file format (YAML), version 1: the interface between the
+// operator (which renders it into a ConfigMap) and the relay (which loads it).
+// docs/relay-config.md documents every field; relay/config.ts validates it.
+// Durations are strings like "30s", "10m", "1h"; sizes are integers of bytes
+// or strings with a binary suffix ("10Mi", "512Ki").
+
+export type Duration = string;
+export type Size = number | string;
+
+export type ListenerMode = 'starttls' | 'implicit';
+export type TlsVersion = 'TLSv1.2' | 'TLSv1.3';
+
+export interface ListenerConfig {
+  /** Unique name, used as the `listener` metric label (e.g. "submission"). */
+  name: string;
+  /** Bind address; default "::" (all IPv4 and IPv6 addresses). */
+  address?: string;
+  port: number;
+  mode: ListenerMode;
+}
+
+export interface TlsConfig {
+  /** PEM certificate chain and key; watched and hot-reloaded. */
+  certFile: string;
+  keyFile: string;
+  /** Default TLSv1.2. */
+  minVersion?: TlsVersion;
+  /** OpenSSL cipher list for TLS 1.2; a strong AEAD-only default applies. */
+  ciphers?: string;
+}
+
+export interface LockoutConfig {
+  /** Failures within `window` that trigger a lockout; default 5. */
+  maxFailures?: number;
+  /** Default "10m". */
+  window?: Duration;
+  /** Default "15m". */
+  duration?: Duration;
+}
+
+export interface AuthConfig {
+  /** The users file (see UsersFile); watched and hot-reloaded. */
+  usersFile: string;
+  lockout?: LockoutConfig;
+}
+
+export interface AccessConfig {
+  /** Clients allowed to connect; IPv4 and IPv6 CIDRs. Empty list refuses everyone. */
+  allowedCidrs: string[];
+  /** PROXY protocol v1 is honoured only from these peers; empty = off. */
+  proxyProtocol?: { trustedCidrs: string[] };
+}
+
+export interface LimitsConfig {
+  /** Default "10Mi". Advertised in EHLO SIZE. */
+  maxMessageSize?: Size;
+  /** Default 100. */
+  maxRecipients?: number;
+  /** Default 1000. */
+  maxConnections?: number;
+  /** Default 20. */
+  maxConnectionsPerIp?: number;
+  /** Idle/command timeout; default "60s". */
+  idleTimeout?: Duration;
+}
+
+export interface UpstreamConfig {
+  host: string;
+  port: number;
+  /** How TLS is reached upstream; certificate always verified. */
+  tls: 'starttls' | 'implicit';
+  /** Extra PEM CA bundle to trust (besides the system CAs). */
+  caFile?: string;
+  /** Files holding the upstream AUTH username and password (basic-auth Secret keys). */
+  usernameFile?: string;
+  passwordFile?: string;
+  /** Pooled connections to the smarthost; default 5. */
+  maxConnections?: number;
+  /** Per-message upstream timeout; default "60s". */
+  timeout?: Duration;
+  /** Name used in EHLO to the upstream; default the relay hostname. */
+  ehloName?: string;
+}
+
+export interface DkimKeyConfig {
+  domain: string;
+  selector: string;
+  /** PEM private key (RSA or Ed25519). */
+  keyFile: string;
+}
+
+export interface MetricsConfig {
+  /** Default "::". Serves /metrics, /healthz, /readyz. */
+  address?: string;
+  /** Default 9090. */
+  port?: number;
+}
+
+export interface RelayConfig {
+  /** Config format version; must be 1. */
+  version: 1;
+  /** Banner / EHLO name. */
+  hostname: string;
+  listeners: ListenerConfig[];
+  tls: TlsConfig;
+  auth: AuthConfig;
+  access: AccessConfig;
+  limits?: LimitsConfig;
+  upstream: UpstreamConfig;
+  dkim?: DkimKeyConfig[];
+  metrics?: MetricsConfig;
+  /** Grace period for in-flight transactions on SIGTERM; default "25s". */
+  shutdownGracePeriod?: Duration;
+}
+
+/** The users file (YAML), hot-reloaded. */
+export interface UsersFile {
+  users: UserEntry[];
+}
+
+export interface UserEntry {
+  name: string;
+  /** Output of `smtp-relay hash-password`: "scrypt$<N>$<r>$<p>$<salt b64>$<hash b64>". */
+  passwordHash: string;
+  /** Sender patterns: "user@domain" or "*@domain" (case-insensitive). */
+  allowedSenders: string[];
+  /** Messages per period; absent = unlimited. */
+  rateLimit?: { messages: number; per: Duration };
+}
