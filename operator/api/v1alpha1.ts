@@ -1,0 +1,410 @@
+// The SmtpRelay API, version v1alpha1: the one place for the CRD's TypeScript
+// types and for the names both the CRD (crds/smtprelay.yaml) and the operator
+// depend on. crds/smtprelay.yaml is the contract users see; these types mirror
+// it after the API server has applied its defaults (so defaulted fields are
+// required here, and optional fields are the ones without a default).
+
+export const GROUP = 'smtprelay.dev';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const KIND = 'SmtpRelay';
+export const LIST_KIND = 'SmtpRelayList';
+export const PLURAL = 'smtprelays';
+export const SINGULAR = 'smtprelay';
+export const SHORT_NAMES: readonly string[] = ['smtpr'];
+export const CRD_NAME = `${PLURAL}.${GROUP}`;
+
+/** The one field manager for every server-side apply the operator makes. */
+export const FIELD_MANAGER = 'smtp-relay-operator';
+
+// ---------------------------------------------------------------------------
+// Labels and annotations on children.
+
+export const LABEL_NAME = 'app.kubernetes.io/name';
+export const LABEL_INSTANCE = 'app.kubernetes.io/instance';
+export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
+export const LABEL_COMPONENT = 'app.kubernetes.io/component';
+export const APP_NAME = 'smtp-relay';
+export const MANAGED_BY = 'smtp-relay-operator';
+
+/**
+ * On per-user credential Secrets the operator generated: the SmtpRelay user
+ * name. Together with the controller ownerReference this tells a generated
+ * Secret (owned, may be deleted with the relay) from a user-supplied one
+ * (only ever read).
+ */
+export const LABEL_GENERATED_FOR_USER = 'smtprelay.dev/user';
+/** On generated DKIM key Secrets: "<selector>._domainkey.<domain>" lives in an annotation (too long for a label value). */
+export const ANNOTATION_DKIM_RECORD = 'smtprelay.dev/dkim-record';
+/**
+ * Pod-template annotation: hash of only what the relay cannot hot-reload.
+ * Changing it rolls the Deployment; user, certificate, limit and sender-rule
+ * changes leave it alone.
+ */
+export const ANNOTATION_RESTART_HASH = 'smtprelay.dev/restart-hash';
+/** On every child: hash of the desired object, so the sync can skip no-op applies. */
+export const ANNOTATION_SPEC_HASH = 'smtprelay.dev/spec-hash';
+
+// ---------------------------------------------------------------------------
+// The relay pod's contract: where files are mounted and which ports it opens.
+// The ConfigMap builder writes these paths into config.yaml and the Deployment
+// builder mounts the volumes there, so both always agree.
+
+export const MOUNT_ROOT = '/etc/smtp-relay';
+export const CONFIG_DIR = `${MOUNT_ROOT}/config`;
+export const CONFIG_KEY = 'config.yaml';
+export const CONFIG_FILE = `${CONFIG_DIR}/${CONFIG_KEY}`;
+export const USERS_DIR = `${MOUNT_ROOT}/users`;
+export const USERS_KEY = 'users.yaml';
+export const USERS_FILE = `${USERS_DIR}/${USERS_KEY}`;
+export const TLS_DIR = `${MOUNT_ROOT}/tls`;
+export const TLS_CERT_FILE = `${TLS_DIR}/tls.crt`;
+export const TLS_KEY_FILE = `${TLS_DIR}/tls.key`;
+export const UPSTREAM_CREDENTIALS_DIR = `${MOUNT_ROOT}/upstream/credentials`;
+export const UPSTREAM_USERNAME_FILE = `${UPSTREAM_CREDENTIALS_DIR}/username`;
+export const UPSTREAM_PASSWORD_FILE = `${UPSTREAM_CREDENTIALS_DIR}/password`;
+export const UPSTREAM_CA_DIR = `${MOUNT_ROOT}/upstream/ca`;
+export const UPSTREAM_CA_FILE = `${UPSTREAM_CA_DIR}/ca.crt`;
+export const DKIM_DIR = `${MOUNT_ROOT}/dkim`;
+/** DKIM private key of one (domain, selector): `${DKIM_DIR}/<domain>/<selector>.key`. */
+export function dkimKeyFile(domain: string, selector: string): string {
+  return `${DKIM_DIR}/${domain.toLowerCase()}/${selector}.key`;
+}
+
+/** Container ports: unprivileged, so the relay runs as non-root; the Service maps spec ports onto them. */
+export const SUBMISSION_CONTAINER_PORT = 2587;
+export const SUBMISSIONS_CONTAINER_PORT = 2465;
+/** /metrics, /healthz, /readyz. Also the Service's metrics port. */
+export const METRICS_PORT = 9090;
+export const PORT_NAME_SUBMISSION = 'submission';
+export const PORT_NAME_SUBMISSIONS = 'submissions';
+export const PORT_NAME_METRICS = 'metrics';
+export const HEALTH_PATH_LIVE = '/healthz';
+export const HEALTH_PATH_READY = '/readyz';
+
+/** Non-root identity of the relay container (distroless "nonroot"). */
+export const RELAY_UID = 65532;
+export const RELAY_GID = 65532;
+export const RELAY_CONTAINER_NAME = 'relay';
+/** The relay's own drain period on SIGTERM (config shutdownGracePeriod); the pod's grace period is longer. */
+export const RELAY_SHUTDOWN_GRACE_SECONDS = 25;
+export const POD_TERMINATION_GRACE_SECONDS = 40;
+
+/** Keys of a kubernetes.io/basic-auth Secret. */
+export const BASIC_AUTH_USERNAME_KEY = 'username';
+export const BASIC_AUTH_PASSWORD_KEY = 'password';
+/** Key of a DKIM private key (PEM, PKCS#8 or PKCS#1) in its Secret, unless the spec names another. */
+export const DKIM_PRIVATE_KEY_KEY = 'private.key';
+/** Key of the PEM CA bundle in the upstream CA Secret, unless the spec names another. */
+export const UPSTREAM_CA_KEY = 'ca.crt';
+
+// ---------------------------------------------------------------------------
+// Conditions.
+
+export const ConditionType = {
+  /** Summary: True when every other condition is True. */
+  Ready: 'Ready',
+  /** Every child object applied. */
+  Reconciled: 'Reconciled',
+  /** The serving certificate is issued and valid (cert-manager) or the given TLS Secret is usable. */
+  CertificateReady: 'CertificateReady',
+  /** Every user has a usable password; users left out are named in the message. */
+  CredentialsReady: 'CredentialsReady',
+  /** Upstream credentials and CA Secrets, when referenced, exist and are well formed. */
+  UpstreamReady: 'UpstreamReady',
+  /** Every DKIM key exists (given or generated) and is usable. */
+  DkimReady: 'DkimReady',
+  /** The Deployment has its minimum of available replicas. */
+  Available: 'Available',
+} as const;
+export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
+
+/** The conditions Ready summarises, in the order their problems are reported. */
+export const READY_DEPENDS_ON: readonly ConditionType[] = [
+  ConditionType.Reconciled,
+  ConditionType.CertificateReady,
+  ConditionType.CredentialsReady,
+  ConditionType.UpstreamReady,
+  ConditionType.DkimReady,
+  ConditionType.Available,
+];
+
+/** Condition reasons (UpperCamelCase, as metav1.Condition requires). */
+export const Reason = {
+  // Ready
+  Ready: 'Ready',
+  /** Some condition Ready depends on has not been reported yet. */
+  Pending: 'Pending',
+  // Reconciled
+  Applied: 'Applied',
+  ApplyFailed: 'ApplyFailed',
+  InvalidSpec: 'InvalidSpec',
+  // CertificateReady
+  Issued: 'Issued',
+  Issuing: 'Issuing',
+  IssuerNotFound: 'IssuerNotFound',
+  CertificateFailed: 'CertificateFailed',
+  CertificateExpired: 'CertificateExpired',
+  TlsSecretNotFound: 'TlsSecretNotFound',
+  TlsSecretInvalid: 'TlsSecretInvalid',
+  TlsSecretValid: 'TlsSecretValid',
+  // CredentialsReady
+  CredentialsValid: 'CredentialsValid',
+  PasswordRefused: 'PasswordRefused',
+  UserSecretInvalid: 'UserSecretInvalid',
+  // UpstreamReady
+  UpstreamConfigured: 'UpstreamConfigured',
+  UpstreamCredentialsNotFound: 'UpstreamCredentialsNotFound',
+  UpstreamCredentialsInvalid: 'UpstreamCredentialsInvalid',
+  UpstreamCaNotFound: 'UpstreamCaNotFound',
+  UpstreamCaInvalid: 'UpstreamCaInvalid',
+  // DkimReady
+  DkimKeysReady: 'DkimKeysReady',
+  DkimSecretNotFound: 'DkimSecretNotFound',
+  DkimKeyInvalid: 'DkimKeyInvalid',
+  // Available
+  MinimumReplicasAvailable: 'MinimumReplicasAvailable',
+  MinimumReplicasUnavailable: 'MinimumReplicasUnavailable',
+  DeploymentNotFound: 'DeploymentNotFound',
+} as const;
+export type Reason = (typeof Reason)[keyof typeof Reason];
+
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
+/** metav1.Condition, with the timestamp as the RFC 3339 string the API server stores. */
+export interface Condition {
+  type: string;
+  status: ConditionStatus;
+  observedGeneration?: number;
+  /** RFC 3339, second precision. */
+  lastTransitionTime: string;
+  reason: string;
+  message: string;
+}
+
+// ---------------------------------------------------------------------------
+// Spec.
+
+export interface LocalObjectReference {
+  name: string;
+}
+
+export interface LabelSelectorRequirement {
+  key: string;
+  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+  values?: string[];
+}
+
+export interface LabelSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: LabelSelectorRequirement[];
+}
+
+export interface ListenerSpec {
+  enabled: boolean;
+  /** The Service port clients connect to. */
+  port: number;
+}
+
+export interface ListenersSpec {
+  /** STARTTLS, default port 587. */
+  submission: ListenerSpec;
+  /** Implicit TLS, default port 465. */
+  submissions: ListenerSpec;
+}
+
+export interface IssuerRef {
+  name: string;
+  kind: 'Issuer' | 'ClusterIssuer' | string;
+  group: string;
+}
+
+export type TlsVersion = 'TLSv1.2' | 'TLSv1.3';
+
+export interface TlsSpec {
+  /** cert-manager issues the serving certificate. Exactly one of issuerRef / secretName. */
+  issuerRef?: IssuerRef;
+  /** An existing kubernetes.io/tls Secret in the relay's namespace. */
+  secretName?: string;
+  minVersion: TlsVersion;
+}
+
+export interface RateLimitSpec {
+  messages: number;
+  /** Duration, e.g. "1h". */
+  per: string;
+}
+
+export interface UserSpec {
+  /** The SMTP AUTH login name. */
+  name: string;
+  /**
+   * kubernetes.io/basic-auth Secret holding the password (key `password`).
+   * Absent: "<relay>-user-<name>" (see userSecretName in operator/builders).
+   * Generated when it does not exist.
+   */
+  secretRef?: LocalObjectReference;
+  /** "local@domain" or "*@domain". */
+  allowedSenders: string[];
+  rateLimit?: RateLimitSpec;
+}
+
+export interface PasswordPolicySpec {
+  minLength: number;
+}
+
+export interface LockoutSpec {
+  maxFailures: number;
+  window: string;
+  duration: string;
+}
+
+export interface AuthSpec {
+  users: UserSpec[];
+  passwordPolicy: PasswordPolicySpec;
+  lockout: LockoutSpec;
+}
+
+export interface ProxyProtocolSpec {
+  trustedCidrs: string[];
+}
+
+export interface AccessSpec {
+  allowedCidrs: string[];
+  /** Namespaces whose pods may reach the SMTP ports (NetworkPolicy only). */
+  allowedNamespaces?: LabelSelector;
+  proxyProtocol: ProxyProtocolSpec;
+}
+
+export interface LimitsSpec {
+  /** Size string: bytes or with Ki/Mi/Gi. */
+  maxMessageSize: string;
+  maxRecipients: number;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+}
+
+export interface SecretKeyReference {
+  name: string;
+  key: string;
+}
+
+export interface UpstreamSpec {
+  host: string;
+  port: number;
+  tls: 'starttls' | 'implicit';
+  /** PEM CA bundle to trust in addition to the system CAs. */
+  caSecretRef?: SecretKeyReference;
+  /** kubernetes.io/basic-auth Secret with `username` and `password`. */
+  credentialsSecretRef?: LocalObjectReference;
+  maxConnections: number;
+  timeout: string;
+}
+
+export interface DkimSpec {
+  domain: string;
+  selector: string;
+  /** Secret holding the private key; absent: generated into "<relay>-dkim-<selector>-<domain>". */
+  secretRef?: SecretKeyReference;
+}
+
+export interface ServiceMonitorSpec {
+  enabled: boolean;
+  interval: string;
+  /** Extra labels on the ServiceMonitor, e.g. for a Prometheus serviceMonitorSelector. */
+  labels?: Record<string, string>;
+}
+
+export interface MetricsSpec {
+  serviceMonitor: ServiceMonitorSpec;
+  /** Namespaces allowed to scrape the metrics port (NetworkPolicy). */
+  monitoringNamespaceSelector: LabelSelector;
+}
+
+export interface ServiceSpec {
+  type: 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+  annotations?: Record<string, string>;
+  externalTrafficPolicy?: 'Cluster' | 'Local';
+}
+
+export interface ResourceRequirements {
+  requests?: Record<string, string>;
+  limits?: Record<string, string>;
+}
+
+export interface Toleration {
+  key?: string;
+  operator?: 'Exists' | 'Equal';
+  value?: string;
+  effect?: 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute';
+  tolerationSeconds?: number;
+}
+
+export interface SmtpRelaySpec {
+  replicas: number;
+  hostname: string;
+  listeners: ListenersSpec;
+  tls: TlsSpec;
+  auth: AuthSpec;
+  access: AccessSpec;
+  limits: LimitsSpec;
+  upstream: UpstreamSpec;
+  dkim: DkimSpec[];
+  metrics: MetricsSpec;
+  service: ServiceSpec;
+  resources: ResourceRequirements;
+  podAnnotations?: Record<string, string>;
+  nodeSelector?: Record<string, string>;
+  tolerations?: Toleration[];
+  priorityClassName?: string;
+}
+
+// ---------------------------------------------------------------------------
+// Status.
+
+export interface DnsRecord {
+  type: 'TXT';
+  /** Fully qualified, without the trailing dot, e.g. "relay1._domainkey.example.com". */
+  name: string;
+  value: string;
+}
+
+export interface CertificateStatus {
+  /** RFC 3339. */
+  notAfter?: string;
+  /** The kubernetes.io/tls Secret the relay serves. */
+  secretName?: string;
+}
+
+export interface SmtpRelayStatus {
+  observedGeneration?: number;
+  conditions?: Condition[];
+  /** "<name>.<namespace>.svc:<port>" of the first enabled listener. */
+  endpoint?: string;
+  replicas?: number;
+  readyReplicas?: number;
+  /** "ready/desired", for the printer column. */
+  replicasSummary?: string;
+  certificate?: CertificateStatus;
+  dnsRecords?: DnsRecord[];
+}
+
+export interface ObjectMeta {
+  name: string;
+  namespace: string;
+  uid: string;
+  generation?: number;
+  resourceVersion?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  creationTimestamp?: string;
+  deletionTimestamp?: string;
+}
+
+export interface SmtpRelay {
+  apiVersion: typeof API_VERSION;
+  kind: typeof KIND;
+  metadata: ObjectMeta;
+  spec: SmtpRelaySpec;
+  status?: SmtpRelayStatus;
+}
