@@ -1,0 +1,300 @@
+// A list-watch cache ("informer") that keeps going on its own.
+//
+// Why not @kubernetes/client-node's ListWatch: it stops for good on any watch
+// error other than 410 (PITFALLS), has no watchdog, stores objects as they
+// come (managedFields and all), and its Watch builds the request headers
+// itself, so it cannot ask for metadata-only objects. This is the same
+// list → watch-from-resourceVersion loop, plus:
+// - restart with exponential backoff after any error (API server restart,
+//   network, 5xx), relist on 410 Gone (expired resourceVersion);
+// - server-side watch timeouts with bookmarks, so a quiet watch is renewed
+//   without a relist;
+// - a watchdog: a watch silent for longer than `watchdogMs` (no event, no
+//   bookmark) is aborted and the cache relisted, which catches a connection
+//   that died without a FIN;
+// - a transform applied before caching (we drop managedFields everywhere);
+// - `metadataOnly`: PartialObjectMetadata lists/watches, used for Secrets so
+//   the operator never holds the data of Secrets it does not own.
+
+import { type Clock, realClock } from './clock.js';
+import { Kube, type KubeList, type KubeObject, type Resource, type WatchEvent, isGone, keyOf, resourcePath, MEDIA_METADATA, MEDIA_METADATA_LIST, KubeError } from './kube.js';
+
+export interface InformerHandlers<T> {
+  add?(obj: T): void;
+  update?(oldObj: T, newObj: T): void;
+  delete?(obj: T): void;
+}
+
+export interface InformerOptions<T extends KubeObject> {
+  kube: Kube;
+  resource: Resource;
+  /** Watch one namespace; undefined = all namespaces. */
+  namespace?: string;
+  labelSelector?: string;
+  fieldSelector?: string;
+  metadataOnly?: boolean;
+  transform?: (obj: T) => T;
+  /** Silence after which the watch is dropped and the cache relisted. Default 5 min. */
+  watchdogMs?: number;
+  /** Server-side watch timeout (renewed from the last resourceVersion). Default 5 min. */
+  watchTimeoutSeconds?: number;
+  /** Backoff after errors: base and cap. Defaults 500 ms and 30 s. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  pageSize?: number;
+  clock?: Clock;
+  onError?: (err: unknown, retryInMs: number) => void;
+  /** For tests and metrics: called after each successful (re)list. */
+  onList?: (count: number) => void;
+}
+
+/** Removes what we never read, to keep the cache small. */
+export function stripManagedFields<T extends KubeObject>(obj: T): T {
+  if (obj.metadata?.managedFields) delete obj.metadata.managedFields;
+  return obj;
+}
+
+export class Informer<T extends KubeObject> {
+  private readonly o: InformerOptions<T>;
+  private readonly clock: Clock;
+  private readonly items = new Map<string, T>();
+  private readonly handlers: InformerHandlers<T>[] = [];
+  private resourceVersion = '';
+  private stopped = true;
+  private synced = false;
+  private syncWaiters: (() => void)[] = [];
+  private abort: AbortController | undefined;
+  private loop: Promise<void> | undefined;
+  private lastActivity = 0;
+  private cancelWatchdog: (() => void) | undefined;
+  private wakeSleep: (() => void) | undefined;
+  /** Number of lists done; tests read it to see a relist happen. */
+  lists = 0;
+
+  constructor(opts: InformerOptions<T>) {
+    this.o = opts;
+    this.clock = opts.clock ?? realClock;
+  }
+
+  get resource(): Resource {
+    return this.o.resource;
+  }
+
+  on(h: InformerHandlers<T>): void {
+    this.handlers.push(h);
+  }
+
+  get(namespace: string, name: string): T | undefined {
+    return this.items.get(namespace ? `${namespace}/${name}` : name);
+  }
+
+  list(namespace?: string): T[] {
+    const out: T[] = [];
+    for (const obj of this.items.values()) if (!namespace || obj.metadata?.namespace === namespace) out.push(obj);
+    return out;
+  }
+
+  size(): number {
+    return this.items.size;
+  }
+
+  hasSynced(): boolean {
+    return this.synced;
+  }
+
+  waitForSync(): Promise<void> {
+    if (this.synced) return Promise.resolve();
+    return new Promise((r) => this.syncWaiters.push(r));
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.cancelWatchdog?.();
+    this.abort?.abort();
+    this.wakeSleep?.();
+    await this.loop;
+  }
+
+  /** Drops the watch and relists now (the watchdog's action; exposed for tests). */
+  relist(): void {
+    this.resourceVersion = '';
+    this.abort?.abort();
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      try {
+        if (!this.resourceVersion) await this.doList();
+        failures = 0;
+        const started = this.clock.now();
+        await this.doWatch();
+        // A server that ends watches at once must not make us spin.
+        if (this.clock.now() - started < 1000 && !this.stopped) await this.sleep(1000);
+      } catch (err) {
+        if (this.stopped) break;
+        if (isGone(err)) {
+          this.resourceVersion = '';
+          continue;
+        }
+        if (isAbort(err)) continue; // watchdog or relist(): go round again
+        failures++;
+        const base = this.o.backoffBaseMs ?? 500;
+        const delay = Math.min(this.o.backoffMaxMs ?? 30_000, base * 2 ** Math.min(failures - 1, 20));
+        this.o.onError?.(err, delay);
+        await this.sleep(delay);
+      }
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const cancel = this.clock.setTimer(() => {
+        this.wakeSleep = undefined;
+        resolve();
+      }, ms);
+      this.wakeSleep = () => {
+        cancel();
+        this.wakeSleep = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private basePath(): string {
+    return resourcePath(this.o.resource, this.o.namespace);
+  }
+
+  private selectorQuery(): Record<string, string> {
+    const q: Record<string, string> = {};
+    if (this.o.labelSelector) q['labelSelector'] = this.o.labelSelector;
+    if (this.o.fieldSelector) q['fieldSelector'] = this.o.fieldSelector;
+    return q;
+  }
+
+  private prepare(obj: T): T {
+    const out = stripManagedFields(obj);
+    return this.o.transform ? this.o.transform(out) : out;
+  }
+
+  private async doList(): Promise<void> {
+    const fresh = new Map<string, T>();
+    let cont: string | undefined;
+    let rv = '';
+    do {
+      const list: KubeList<T> = await this.o.kube.get<KubeList<T>>(this.basePath(), {
+        query: { ...this.selectorQuery(), limit: this.o.pageSize ?? 500, continue: cont },
+        ...(this.o.metadataOnly ? { accept: MEDIA_METADATA_LIST } : {}),
+      });
+      for (const item of list.items ?? []) {
+        const obj = this.prepare(item);
+        fresh.set(keyOf(obj), obj);
+      }
+      cont = list.metadata?.continue || undefined;
+      rv = list.metadata?.resourceVersion ?? '';
+    } while (cont);
+    // Replace the cache and tell the handlers what changed.
+    const old = new Map(this.items);
+    this.items.clear();
+    for (const [k, v] of fresh) this.items.set(k, v);
+    for (const [k, v] of fresh) {
+      const prev = old.get(k);
+      if (!prev) this.emit('add', v);
+      else if (prev.metadata?.resourceVersion !== v.metadata?.resourceVersion) this.emit('update', v, prev);
+    }
+    for (const [k, v] of old) if (!fresh.has(k)) this.emit('delete', v);
+    this.resourceVersion = rv;
+    this.lists++;
+    this.o.onList?.(fresh.size);
+    if (!this.synced) {
+      this.synced = true;
+      for (const w of this.syncWaiters.splice(0)) w();
+    }
+  }
+
+  private armWatchdog(): void {
+    this.cancelWatchdog?.();
+    const ms = this.o.watchdogMs ?? 5 * 60_000;
+    const check = () => {
+      const silent = this.clock.now() - this.lastActivity;
+      if (silent >= ms) {
+        this.relist();
+        return;
+      }
+      this.cancelWatchdog = this.clock.setTimer(check, ms - silent);
+    };
+    this.cancelWatchdog = this.clock.setTimer(check, ms);
+  }
+
+  private async doWatch(): Promise<void> {
+    this.abort = new AbortController();
+    this.lastActivity = this.clock.now();
+    this.armWatchdog();
+    try {
+      await this.o.kube.watch<T>(
+        this.basePath(),
+        {
+          ...this.selectorQuery(),
+          resourceVersion: this.resourceVersion,
+          allowWatchBookmarks: true,
+          timeoutSeconds: this.o.watchTimeoutSeconds ?? 300,
+        },
+        (ev) => this.onEvent(ev),
+        { signal: this.abort.signal, ...(this.o.metadataOnly ? { accept: MEDIA_METADATA } : {}) },
+      );
+    } finally {
+      this.cancelWatchdog?.();
+      this.cancelWatchdog = undefined;
+      this.abort.abort(); // close the connection whichever way the watch ended
+    }
+  }
+
+  private onEvent(ev: WatchEvent<T>): void {
+    this.lastActivity = this.clock.now();
+    if (ev.type === 'ERROR') {
+      const st = ev.object as unknown as { code?: number; reason?: string; message?: string };
+      if (st.code === 410) this.resourceVersion = '';
+      // The server closes the stream after an ERROR event; throw so the loop backs off or relists.
+      throw new KubeError(st.code ?? 500, st.reason ?? '', st.message ?? 'watch error');
+    }
+    const rv = ev.object?.metadata?.resourceVersion;
+    if (ev.type === 'BOOKMARK') {
+      if (rv) this.resourceVersion = rv;
+      return;
+    }
+    const obj = this.prepare(ev.object);
+    const k = keyOf(obj);
+    const prev = this.items.get(k);
+    if (ev.type === 'DELETED') {
+      this.items.delete(k);
+      this.emit('delete', prev ?? obj);
+    } else {
+      this.items.set(k, obj);
+      if (prev) this.emit('update', obj, prev);
+      else this.emit('add', obj);
+    }
+    if (rv) this.resourceVersion = rv;
+  }
+
+  private emit(kind: 'add' | 'update' | 'delete', obj: T, prev?: T): void {
+    for (const h of this.handlers) {
+      try {
+        if (kind === 'add') h.add?.(obj);
+        else if (kind === 'update') h.update?.(prev!, obj);
+        else h.delete?.(obj);
+      } catch {
+        // A handler bug must not stop the informer.
+      }
+    }
+  }
+}
+
+function isAbort(err: unknown): boolean {
+  return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
+}

@@ -1,0 +1,243 @@
+// A thin raw client for the Kubernetes API: JSON in, JSON out, every header
+// under our control. @kubernetes/client-node's KubeConfig still does the
+// loading (in-cluster, kubeconfig files, exec/file token auth, TLS); we only
+// skip its generated clients, which cannot send the metadata-only Accept
+// header, pick the patch Content-Type per call site only with care (see
+// PITFALLS: status patches default to json-patch) and (de)serialize
+// MicroTime wrongly.
+
+import { KubeConfig } from '@kubernetes/client-node';
+import { fetch, type Dispatcher } from 'undici';
+import { createInterface } from 'node:readline';
+import { Readable } from 'node:stream';
+
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata?: {
+    name?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    generation?: number;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    ownerReferences?: OwnerReference[];
+    deletionTimestamp?: string;
+    creationTimestamp?: string;
+    managedFields?: unknown[];
+    [k: string]: unknown;
+  };
+  [k: string]: unknown;
+}
+
+export interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  controller?: boolean;
+  blockOwnerDeletion?: boolean;
+}
+
+export interface KubeList<T> {
+  metadata?: { resourceVersion?: string; continue?: string };
+  items: T[];
+}
+
+/** Where a kind lives in the API. */
+export interface Resource {
+  group: string; // '' for the core group
+  version: string;
+  plural: string;
+  kind: string;
+  namespaced: boolean;
+}
+
+export function apiVersionOf(r: Resource): string {
+  return r.group ? `${r.group}/${r.version}` : r.version;
+}
+
+export function resourcePath(r: Resource, namespace?: string, name?: string, subresource?: string): string {
+  let p = r.group ? `/apis/${r.group}/${r.version}` : `/api/${r.version}`;
+  if (r.namespaced && namespace) p += `/namespaces/${encodeURIComponent(namespace)}`;
+  p += `/${r.plural}`;
+  if (name) p += `/${encodeURIComponent(name)}`;
+  if (subresource) p += `/${subresource}`;
+  return p;
+}
+
+export const MEDIA_JSON = 'application/json';
+export const MEDIA_MERGE_PATCH = 'application/merge-patch+json';
+export const MEDIA_APPLY_PATCH = 'application/apply-patch+yaml';
+/** Metadata-only lists/watches (what controller-runtime's OnlyMetadata sends). */
+export const MEDIA_METADATA_LIST = 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1';
+export const MEDIA_METADATA = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1';
+
+/** An error status from the API server, with the Status reason parsed. */
+export class KubeError extends Error {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'KubeError';
+  }
+}
+
+export function isNotFound(err: unknown): boolean {
+  return err instanceof KubeError && err.code === 404;
+}
+export function isConflict(err: unknown): boolean {
+  return err instanceof KubeError && err.code === 409;
+}
+export function isGone(err: unknown): boolean {
+  return err instanceof KubeError && err.code === 410;
+}
+
+export interface RequestOptions {
+  query?: Record<string, string | number | boolean | undefined>;
+  body?: unknown;
+  contentType?: string;
+  accept?: string;
+  signal?: AbortSignal;
+}
+
+export interface WatchEvent<T> {
+  type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+  object: T;
+}
+
+export class Kube {
+  private dispatcher: Dispatcher | undefined;
+  private readonly server: string;
+
+  constructor(readonly config: KubeConfig) {
+    const cluster = config.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster; set current-context or use --kubeconfig');
+    this.server = cluster.server.replace(/\/+$/, '');
+  }
+
+  static fromKubeconfig(path?: string): Kube {
+    const kc = new KubeConfig();
+    if (path) kc.loadFromFile(path);
+    else kc.loadFromDefault();
+    return new Kube(kc);
+  }
+
+  private async prepare(url: string, method: string): Promise<{ headers: Record<string, string>; dispatcher?: Dispatcher }> {
+    // KubeConfig fills headers (bearer token, re-read from file for projected
+    // tokens) and a TLS dispatcher. It builds a new dispatcher per call; we keep
+    // the first so connections are reused.
+    const headers: Record<string, string> = {};
+    let dispatcher: Dispatcher | undefined;
+    const ctx = {
+      setHeaderParam(k: string, v: string) {
+        headers[k] = v;
+      },
+      setDispatcher(d: Dispatcher) {
+        dispatcher = d;
+      },
+      getUrl: () => url,
+      getHttpMethod: () => method,
+    };
+    await this.config.applySecurityAuthentication(ctx as never);
+    if (!this.dispatcher && dispatcher) this.dispatcher = dispatcher;
+    const out: { headers: Record<string, string>; dispatcher?: Dispatcher } = { headers };
+    if (this.dispatcher) out.dispatcher = this.dispatcher;
+    return out;
+  }
+
+  private url(path: string, query?: RequestOptions['query']): string {
+    const u = new URL(this.server + path);
+    for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
+    return u.toString();
+  }
+
+  async request<T = unknown>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const url = this.url(path, opts.query);
+    const { headers, dispatcher } = await this.prepare(url, method);
+    headers['Accept'] = opts.accept ?? MEDIA_JSON;
+    let body: string | undefined;
+    if (opts.body !== undefined) {
+      body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+      headers['Content-Type'] = opts.contentType ?? MEDIA_JSON;
+    }
+    const res = await fetch(url, {
+      method,
+      headers,
+      ...(body !== undefined ? { body } : {}),
+      ...(dispatcher ? { dispatcher } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    const text = await res.text();
+    if (res.status >= 400) throw statusError(res.status, text);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  get<T = KubeObject>(path: string, opts?: RequestOptions): Promise<T> {
+    return this.request<T>('GET', path, opts);
+  }
+
+  /** GET that answers undefined for 404. */
+  async getOrUndefined<T = KubeObject>(path: string): Promise<T | undefined> {
+    try {
+      return await this.get<T>(path);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Opens a watch and calls onEvent per event. Resolves when the server
+   * ends the stream; rejects on an HTTP or network error.
+   */
+  async watch<T>(path: string, query: RequestOptions['query'], onEvent: (e: WatchEvent<T>) => void, opts: { accept?: string; signal: AbortSignal }): Promise<void> {
+    const url = this.url(path, { ...query, watch: true });
+    const { headers, dispatcher } = await this.prepare(url, 'GET');
+    headers['Accept'] = opts.accept ?? MEDIA_JSON;
+    const res = await fetch(url, { method: 'GET', headers, signal: opts.signal, ...(dispatcher ? { dispatcher } : {}) });
+    if (res.status !== 200 || !res.body) {
+      throw statusError(res.status, await res.text());
+    }
+    const lines = createInterface({ input: Readable.fromWeb(res.body as never), crlfDelay: Infinity });
+    for await (const line of lines) {
+      if (!line) continue;
+      let ev: WatchEvent<T>;
+      try {
+        ev = JSON.parse(line) as WatchEvent<T>;
+      } catch {
+        continue;
+      }
+      onEvent(ev);
+    }
+  }
+}
+
+function statusError(code: number, text: string): KubeError {
+  let reason = '';
+  let message = text.slice(0, 2000);
+  let details: unknown;
+  try {
+    const st = JSON.parse(text) as { reason?: string; message?: string; details?: unknown };
+    reason = st.reason ?? '';
+    message = st.message ?? message;
+    details = st.details;
+  } catch {
+    /* not a Status */
+  }
+  return new KubeError(code, reason, `${code} ${reason}: ${message}`.trim(), details);
+}
+
+export function keyOf(o: { metadata?: { namespace?: string; name?: string } }): string {
+  const ns = o.metadata?.namespace;
+  return ns ? `${ns}/${o.metadata?.name ?? ''}` : (o.metadata?.name ?? '');
+}
+
+export function splitKey(key: string): { namespace: string; name: string } {
+  const i = key.indexOf('/');
+  return i < 0 ? { namespace: '', name: key } : { namespace: key.slice(0, i), name: key.slice(i + 1) };
+}

@@ -1,0 +1,192 @@
+// Leader election on a coordination.k8s.io/v1 Lease, as client-go's
+// leaderelection does it:
+// - a candidate takes the Lease when it is absent, released (no holder), or
+//   not renewed for leaseDuration *as observed on our own clock* (remote
+//   renewTime is only compared for change, so clock skew does not matter);
+// - writes carry the resourceVersion read, so two candidates cannot both win;
+// - the leader renews every retryPeriod and gives up leadership when it could
+//   not renew within renewDeadline (the process should then exit: its
+//   workers may be acting on stale state);
+// - release() on graceful shutdown empties holderIdentity so the next
+//   candidate takes over at once instead of waiting out the lease.
+// renewTime/acquireTime are MicroTime: RFC 3339 with exactly 6 fractional
+// digits (a JS Date's 3 are refused with 400, see PITFALLS).
+
+import { type Clock, realClock } from './clock.js';
+import { type Kube, isConflict, isNotFound } from './kube.js';
+
+export interface LeaseSpec {
+  holderIdentity?: string | null;
+  leaseDurationSeconds?: number;
+  acquireTime?: string | null;
+  renewTime?: string | null;
+  leaseTransitions?: number;
+}
+
+interface Lease {
+  apiVersion: 'coordination.k8s.io/v1';
+  kind: 'Lease';
+  metadata: { name: string; namespace: string; resourceVersion?: string };
+  spec: LeaseSpec;
+}
+
+export function microTime(ms: number): string {
+  // 2026-11-27T22:20:54.123Z → 2026-11-27T22:20:54.123000Z
+  return new Date(ms).toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+}
+
+export interface LeaderElectorOptions {
+  kube: Kube;
+  namespace: string;
+  name: string;
+  identity: string;
+  leaseDurationMs: number;
+  renewDeadlineMs: number;
+  retryPeriodMs: number;
+  clock?: Clock;
+  onStartedLeading: () => void;
+  /** Leadership lost (not called after release()). */
+  onStoppedLeading: () => void;
+  onNewLeader?: (identity: string) => void;
+  log?: (msg: string, extra?: Record<string, unknown>) => void;
+}
+
+export class LeaderElector {
+  private readonly o: LeaderElectorOptions;
+  private readonly clock: Clock;
+  private observed: { holder: string; renewTime: string; at: number } | undefined;
+  private leading = false;
+  private stopped = false;
+  private lastRenew = 0;
+  private cancelTimer: (() => void) | undefined;
+  private lastSeenLeader = '';
+
+  constructor(o: LeaderElectorOptions) {
+    if (!(o.leaseDurationMs > o.renewDeadlineMs && o.renewDeadlineMs > o.retryPeriodMs)) {
+      throw new Error('leader election needs lease duration > renew deadline > retry period');
+    }
+    this.o = o;
+    this.clock = o.clock ?? realClock;
+  }
+
+  isLeader(): boolean {
+    return this.leading;
+  }
+
+  private path(): string {
+    return `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(this.o.namespace)}/leases/${encodeURIComponent(this.o.name)}`;
+  }
+
+  start(): void {
+    this.stopped = false;
+    void this.tick();
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    this.cancelTimer = this.clock.setTimer(() => void this.tick(), ms);
+  }
+
+  private async tick(): Promise<void> {
+    if (this.stopped) return;
+    let ok = false;
+    try {
+      ok = await this.tryAcquireOrRenew();
+    } catch (err) {
+      this.o.log?.('lease update failed', { err: String(err) });
+    }
+    if (this.stopped) return;
+    const now = this.clock.now();
+    if (ok) {
+      this.lastRenew = now;
+      if (!this.leading) {
+        this.leading = true;
+        this.o.onStartedLeading();
+      }
+    } else if (this.leading && now - this.lastRenew >= this.o.renewDeadlineMs) {
+      this.leading = false;
+      this.stopped = true;
+      this.o.onStoppedLeading();
+      return;
+    }
+    // A little jitter (client-go uses 1.2x) keeps candidates from moving in step.
+    const wait = this.leading ? this.o.retryPeriodMs : this.o.retryPeriodMs * (1 + Math.random() * 0.2);
+    this.schedule(wait);
+  }
+
+  /** One round: true when we hold the Lease afterwards. */
+  async tryAcquireOrRenew(): Promise<boolean> {
+    const now = this.clock.now();
+    const lease = await this.o.kube.getOrUndefined<Lease>(this.path());
+    const mine: LeaseSpec = {
+      holderIdentity: this.o.identity,
+      leaseDurationSeconds: Math.ceil(this.o.leaseDurationMs / 1000),
+      renewTime: microTime(now),
+    };
+    if (!lease) {
+      try {
+        await this.o.kube.request('POST', `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(this.o.namespace)}/leases`, {
+          body: {
+            apiVersion: 'coordination.k8s.io/v1',
+            kind: 'Lease',
+            metadata: { name: this.o.name, namespace: this.o.namespace },
+            spec: { ...mine, acquireTime: microTime(now), leaseTransitions: 0 },
+          },
+        });
+      } catch (err) {
+        if (isConflict(err)) return false; // someone else created it first
+        throw err;
+      }
+      this.observe(this.o.identity, mine.renewTime!, now);
+      return true;
+    }
+    const holder = lease.spec.holderIdentity ?? '';
+    const renewTime = lease.spec.renewTime ?? '';
+    this.observe(holder, renewTime, now);
+    const durationMs = (lease.spec.leaseDurationSeconds ?? 0) * 1000;
+    const held = holder !== '' && holder !== this.o.identity;
+    if (held && this.observed!.at + durationMs > now) return false;
+
+    const spec: LeaseSpec = { ...lease.spec, ...mine };
+    if (holder !== this.o.identity) {
+      spec.acquireTime = microTime(now);
+      spec.leaseTransitions = (lease.spec.leaseTransitions ?? 0) + (holder ? 1 : 0);
+    }
+    try {
+      await this.o.kube.request('PUT', this.path(), { body: { ...lease, spec } });
+    } catch (err) {
+      if (isConflict(err)) return false; // another candidate wrote between our read and write
+      throw err;
+    }
+    this.observe(this.o.identity, mine.renewTime!, now);
+    return true;
+  }
+
+  private observe(holder: string, renewTime: string, now: number): void {
+    if (!this.observed || this.observed.holder !== holder || this.observed.renewTime !== renewTime) {
+      this.observed = { holder, renewTime, at: now };
+      if (holder && holder !== this.lastSeenLeader) {
+        this.lastSeenLeader = holder;
+        this.o.onNewLeader?.(holder);
+      }
+    }
+  }
+
+  /** Stops campaigning; if leading, hands the Lease back so another replica takes over at once. */
+  async release(): Promise<void> {
+    this.stopped = true;
+    this.cancelTimer?.();
+    if (!this.leading) return;
+    this.leading = false;
+    try {
+      const lease = await this.o.kube.getOrUndefined<Lease>(this.path());
+      if (!lease || lease.spec.holderIdentity !== this.o.identity) return;
+      const now = this.clock.now();
+      await this.o.kube.request('PUT', this.path(), {
+        body: { ...lease, spec: { ...lease.spec, holderIdentity: null, leaseDurationSeconds: 1, renewTime: microTime(now), acquireTime: microTime(now) } },
+      });
+    } catch (err) {
+      if (!isNotFound(err)) this.o.log?.('lease release failed', { err: String(err) });
+    }
+  }
+}
