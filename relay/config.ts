@@ -1,0 +1,335 @@
+// Loads and validates the relay config file (format: relay/config-types.ts,
+// docs/relay-config.md). Unknown fields are errors; every error names the field.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { DkimKeyConfig, ListenerMode, RelayConfig, TlsVersion, UpstreamConfig } from './config-types.js';
+import { Checker, ValidationError, join, show, type Obj } from './validate.js';
+
+/** Strong AEAD-only suites with forward secrecy for TLS 1.2 (TLS 1.3 suites are all AEAD). */
+export const DEFAULT_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+export interface ListenerSettings {
+  name: string;
+  address: string;
+  port: number;
+  mode: ListenerMode;
+}
+
+export interface LimitsSettings {
+  maxMessageSize: number;
+  maxRecipients: number;
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+  idleTimeoutMs: number;
+}
+
+export interface LockoutSettings {
+  maxFailures: number;
+  windowMs: number;
+  durationMs: number;
+}
+
+/** The config with defaults applied and units parsed. */
+export interface RelaySettings {
+  file: string;
+  hostname: string;
+  listeners: ListenerSettings[];
+  tls: { certFile: string; keyFile: string; minVersion: TlsVersion; ciphers: string };
+  auth: { usersFile: string; lockout: LockoutSettings };
+  access: { allowedCidrs: string[]; trustedProxyCidrs: string[] };
+  limits: LimitsSettings;
+  upstream: UpstreamConfig;
+  dkim: DkimKeyConfig[];
+  metrics: { address: string; port: number };
+  shutdownGracePeriodMs: number;
+}
+
+export const DEFAULTS = {
+  listenerAddress: '::',
+  minVersion: 'TLSv1.2' as TlsVersion,
+  lockout: { maxFailures: 5, window: '10m', duration: '15m' },
+  limits: {
+    maxMessageSize: '10Mi',
+    maxRecipients: 100,
+    maxConnections: 1000,
+    maxConnectionsPerIp: 20,
+    idleTimeout: '60s',
+  },
+  upstreamMaxConnections: 5,
+  upstreamTimeout: '60s',
+  metricsAddress: '::',
+  metricsPort: 9090,
+  shutdownGracePeriod: '25s',
+};
+
+const WILDCARDS = new Set(['::', '0.0.0.0', '::0', '0:0:0:0:0:0:0:0']);
+
+function readable(c: Checker, p: string, file: string | undefined, baseDir: string): string | undefined {
+  if (file === undefined) return undefined;
+  const abs = path.resolve(baseDir, file);
+  try {
+    fs.accessSync(abs, fs.constants.R_OK);
+    if (!fs.statSync(abs).isFile()) return c.fail(p, `${show(file)} is not a regular file`);
+  } catch (err) {
+    return c.fail(p, `cannot read ${show(file)}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  return abs;
+}
+
+/** Parses YAML text; syntax errors become a ValidationError naming the line. */
+export function parseYamlDocument(file: string, text: string): unknown {
+  try {
+    return parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (err) {
+    throw new ValidationError(file, [`YAML syntax: ${(err as Error).message.split('\n')[0]}`]);
+  }
+}
+
+/** Validates a parsed config document. `baseDir` resolves relative file paths. */
+export function validateConfig(doc: unknown, file: string, baseDir: string): RelaySettings {
+  const c = new Checker();
+  const top = c.object('', doc, ['version', 'hostname', 'listeners', 'tls', 'auth', 'access', 'upstream'], [
+    'limits',
+    'dkim',
+    'metrics',
+    'shutdownGracePeriod',
+  ]);
+  if (!top) throw new ValidationError(file, c.problems);
+  const cfg = top as Partial<Record<keyof RelayConfig, unknown>>;
+
+  if (cfg.version !== undefined && cfg.version !== 1) c.fail('version', `${show(cfg.version)} is not supported (must be 1)`);
+  let hostname = '';
+  if (cfg.hostname !== undefined) {
+    const h = c.string('hostname', cfg.hostname);
+    if (h !== undefined && !/^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/.test(h)) {
+      c.fail('hostname', `${show(h)} is not a valid host name`);
+    } else if (h) hostname = h.toLowerCase();
+  }
+
+  // listeners
+  const listeners: ListenerSettings[] = [];
+  const ports: { port: number; address: string; who: string }[] = [];
+  const claimPort = (p: string, port: number | undefined, address: string, who: string) => {
+    if (port === undefined) return;
+    const clash = ports.find(
+      (o) => o.port === port && (o.address === address || WILDCARDS.has(o.address) || WILDCARDS.has(address)),
+    );
+    if (clash) c.fail(p, `port ${port} is already used by ${clash.who}`);
+    ports.push({ port, address, who });
+  };
+  if (cfg.listeners !== undefined) {
+    const list = c.list('listeners', cfg.listeners);
+    if (list && list.length === 0) c.fail('listeners', 'at least one listener is required');
+    const names = new Set<string>();
+    list?.forEach((item, i) => {
+      const p = join('listeners', i);
+      const o = c.object(p, item, ['name', 'port', 'mode'], ['address']);
+      if (!o) return;
+      const name = o.name === undefined ? undefined : c.string(join(p, 'name'), o.name);
+      if (name !== undefined) {
+        if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) c.fail(join(p, 'name'), `${show(name)} must match [a-z0-9][a-z0-9_-]*`);
+        if (names.has(name)) c.fail(join(p, 'name'), `${show(name)} is used by another listener`);
+        names.add(name);
+      }
+      const address = o.address === undefined ? DEFAULTS.listenerAddress : c.ip(join(p, 'address'), o.address);
+      const port = o.port === undefined ? undefined : c.port(join(p, 'port'), o.port);
+      const mode = o.mode === undefined ? undefined : c.oneOf(join(p, 'mode'), o.mode, ['starttls', 'implicit'] as const);
+      claimPort(join(p, 'port'), port, address ?? '', `${p} (${name ?? '?'})`);
+      if (name && address !== undefined && port !== undefined && mode) listeners.push({ name, address, port, mode });
+    });
+  }
+
+  // tls
+  let tls: RelaySettings['tls'] = { certFile: '', keyFile: '', minVersion: DEFAULTS.minVersion, ciphers: DEFAULT_CIPHERS };
+  if (cfg.tls !== undefined) {
+    const o = c.object('tls', cfg.tls, ['certFile', 'keyFile'], ['minVersion', 'ciphers']);
+    if (o) {
+      const certFile = readable(c, 'tls.certFile', o.certFile === undefined ? undefined : c.string('tls.certFile', o.certFile), baseDir);
+      const keyFile = readable(c, 'tls.keyFile', o.keyFile === undefined ? undefined : c.string('tls.keyFile', o.keyFile), baseDir);
+      const minVersion = o.minVersion === undefined ? DEFAULTS.minVersion : c.oneOf('tls.minVersion', o.minVersion, ['TLSv1.2', 'TLSv1.3'] as const);
+      let ciphers = DEFAULT_CIPHERS;
+      if (o.ciphers !== undefined) {
+        const s = c.string('tls.ciphers', o.ciphers);
+        if (s !== undefined) {
+          if (!/^[A-Za-z0-9_:+!@=.-]+$/.test(s)) c.fail('tls.ciphers', `${show(s)} is not an OpenSSL cipher list`);
+          else if (/(^|:)(ALL|DEFAULT|COMPLEMENTOFALL|eNULL|NULL|aNULL|EXPORT|RC4|DES|3DES|MD5)(:|$)/i.test(s)) {
+            c.fail('tls.ciphers', `${show(s)} enables weak or null ciphers`);
+          } else ciphers = s;
+        }
+      }
+      tls = { certFile: certFile ?? '', keyFile: keyFile ?? '', minVersion: minVersion ?? DEFAULTS.minVersion, ciphers };
+    }
+  }
+
+  // auth
+  let auth: RelaySettings['auth'] = { usersFile: '', lockout: lockoutDefaults() };
+  if (cfg.auth !== undefined) {
+    const o = c.object('auth', cfg.auth, ['usersFile'], ['lockout']);
+    if (o) {
+      const usersFile = readable(c, 'auth.usersFile', o.usersFile === undefined ? undefined : c.string('auth.usersFile', o.usersFile), baseDir);
+      const lockout = lockoutDefaults();
+      if (o.lockout !== undefined) {
+        const l = c.object('auth.lockout', o.lockout, [], ['maxFailures', 'window', 'duration']);
+        if (l) {
+          if (l.maxFailures !== undefined) lockout.maxFailures = c.int('auth.lockout.maxFailures', l.maxFailures, 1, 1000) ?? lockout.maxFailures;
+          if (l.window !== undefined) lockout.windowMs = c.duration('auth.lockout.window', l.window, 1000) ?? lockout.windowMs;
+          if (l.duration !== undefined) lockout.durationMs = c.duration('auth.lockout.duration', l.duration, 1000) ?? lockout.durationMs;
+        }
+      }
+      auth = { usersFile: usersFile ?? '', lockout };
+    }
+  }
+
+  // access
+  const access: RelaySettings['access'] = { allowedCidrs: [], trustedProxyCidrs: [] };
+  if (cfg.access !== undefined) {
+    const o = c.object('access', cfg.access, ['allowedCidrs'], ['proxyProtocol']);
+    if (o) {
+      const list = o.allowedCidrs === undefined ? undefined : c.list('access.allowedCidrs', o.allowedCidrs);
+      list?.forEach((v, i) => {
+        const cidr = c.cidr(join('access.allowedCidrs', i), v);
+        if (cidr) access.allowedCidrs.push(cidr);
+      });
+      if (o.proxyProtocol !== undefined) {
+        const pp = c.object('access.proxyProtocol', o.proxyProtocol, ['trustedCidrs'], []);
+        const tl = pp?.trustedCidrs === undefined ? undefined : c.list('access.proxyProtocol.trustedCidrs', pp.trustedCidrs);
+        tl?.forEach((v, i) => {
+          const cidr = c.cidr(join('access.proxyProtocol.trustedCidrs', i), v);
+          if (cidr) access.trustedProxyCidrs.push(cidr);
+        });
+      }
+    }
+  }
+
+  // limits
+  const d = DEFAULTS.limits;
+  const limits: LimitsSettings = {
+    maxMessageSize: 10 * 1024 * 1024,
+    maxRecipients: d.maxRecipients,
+    maxConnections: d.maxConnections,
+    maxConnectionsPerIp: d.maxConnectionsPerIp,
+    idleTimeoutMs: 60_000,
+  };
+  if (cfg.limits !== undefined) {
+    const o = c.object('limits', cfg.limits, [], ['maxMessageSize', 'maxRecipients', 'maxConnections', 'maxConnectionsPerIp', 'idleTimeout']);
+    if (o) {
+      if (o.maxMessageSize !== undefined) limits.maxMessageSize = c.size('limits.maxMessageSize', o.maxMessageSize, 1024) ?? limits.maxMessageSize;
+      if (limits.maxMessageSize > 1024 ** 3) c.fail('limits.maxMessageSize', `${show(o.maxMessageSize)} is over the 1Gi maximum`);
+      if (o.maxRecipients !== undefined) limits.maxRecipients = c.int('limits.maxRecipients', o.maxRecipients, 1, 100_000) ?? limits.maxRecipients;
+      if (o.maxConnections !== undefined) limits.maxConnections = c.int('limits.maxConnections', o.maxConnections, 1, 1_000_000) ?? limits.maxConnections;
+      if (o.maxConnectionsPerIp !== undefined) {
+        limits.maxConnectionsPerIp = c.int('limits.maxConnectionsPerIp', o.maxConnectionsPerIp, 1, 1_000_000) ?? limits.maxConnectionsPerIp;
+      }
+      if (o.idleTimeout !== undefined) limits.idleTimeoutMs = c.duration('limits.idleTimeout', o.idleTimeout, 1000) ?? limits.idleTimeoutMs;
+    }
+  }
+
+  // upstream
+  let upstream: UpstreamConfig = { host: '', port: 0, tls: 'starttls' };
+  if (cfg.upstream !== undefined) {
+    const o = c.object('upstream', cfg.upstream, ['host', 'port', 'tls'], ['caFile', 'usernameFile', 'passwordFile', 'maxConnections', 'timeout', 'ehloName']);
+    if (o) {
+      const host = o.host === undefined ? undefined : c.string('upstream.host', o.host);
+      if (host !== undefined && /[\s/]/.test(host)) c.fail('upstream.host', `${show(host)} is not a host name or IP address`);
+      const port = o.port === undefined ? undefined : c.port('upstream.port', o.port);
+      const mode = o.tls === undefined ? undefined : c.oneOf('upstream.tls', o.tls, ['starttls', 'implicit'] as const);
+      const caFile = readable(c, 'upstream.caFile', o.caFile === undefined ? undefined : c.string('upstream.caFile', o.caFile), baseDir);
+      const usernameFile = readable(c, 'upstream.usernameFile', o.usernameFile === undefined ? undefined : c.string('upstream.usernameFile', o.usernameFile), baseDir);
+      const passwordFile = readable(c, 'upstream.passwordFile', o.passwordFile === undefined ? undefined : c.string('upstream.passwordFile', o.passwordFile), baseDir);
+      if ((o.usernameFile === undefined) !== (o.passwordFile === undefined)) {
+        c.fail(o.usernameFile === undefined ? 'upstream.usernameFile' : 'upstream.passwordFile', 'usernameFile and passwordFile must be given together');
+      }
+      const maxConnections = o.maxConnections === undefined ? DEFAULTS.upstreamMaxConnections : c.int('upstream.maxConnections', o.maxConnections, 1, 1000);
+      let timeout = DEFAULTS.upstreamTimeout;
+      if (o.timeout !== undefined && c.duration('upstream.timeout', o.timeout, 1000) !== undefined) timeout = o.timeout as string;
+      let ehloName: string | undefined;
+      if (o.ehloName !== undefined) ehloName = c.string('upstream.ehloName', o.ehloName);
+      upstream = { host: host ?? '', port: port ?? 0, tls: mode ?? 'starttls', maxConnections: maxConnections ?? DEFAULTS.upstreamMaxConnections, timeout, ehloName: ehloName ?? hostname };
+      if (caFile) upstream.caFile = caFile;
+      if (usernameFile) upstream.usernameFile = usernameFile;
+      if (passwordFile) upstream.passwordFile = passwordFile;
+    }
+  }
+
+  // dkim
+  const dkim: DkimKeyConfig[] = [];
+  if (cfg.dkim !== undefined) {
+    const list = c.list('dkim', cfg.dkim);
+    const seen = new Set<string>();
+    list?.forEach((item, i) => {
+      const p = join('dkim', i);
+      const o = c.object(p, item, ['domain', 'selector', 'keyFile'], []);
+      if (!o) return;
+      const domain = o.domain === undefined ? undefined : c.string(join(p, 'domain'), o.domain);
+      if (domain !== undefined && !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/i.test(domain)) {
+        c.fail(join(p, 'domain'), `${show(domain)} is not a domain name`);
+      }
+      const selector = o.selector === undefined ? undefined : c.string(join(p, 'selector'), o.selector);
+      if (selector !== undefined && !/^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/i.test(selector)) c.fail(join(p, 'selector'), `${show(selector)} is not a valid DKIM selector`);
+      const keyFile = readable(c, join(p, 'keyFile'), o.keyFile === undefined ? undefined : c.string(join(p, 'keyFile'), o.keyFile), baseDir);
+      if (domain) {
+        if (seen.has(domain.toLowerCase())) c.fail(join(p, 'domain'), `${show(domain)} has more than one DKIM key`);
+        seen.add(domain.toLowerCase());
+      }
+      if (domain && selector && keyFile) dkim.push({ domain: domain.toLowerCase(), selector, keyFile });
+    });
+  }
+
+  // metrics
+  const metrics = { address: DEFAULTS.metricsAddress, port: DEFAULTS.metricsPort };
+  if (cfg.metrics !== undefined) {
+    const o = c.object('metrics', cfg.metrics, [], ['address', 'port']);
+    if (o) {
+      if (o.address !== undefined) metrics.address = c.ip('metrics.address', o.address) ?? metrics.address;
+      if (o.port !== undefined) metrics.port = c.port('metrics.port', o.port) ?? metrics.port;
+    }
+  }
+  claimPort('metrics.port', metrics.port, metrics.address, 'metrics');
+
+  let shutdownGracePeriodMs = 25_000;
+  if (cfg.shutdownGracePeriod !== undefined) {
+    shutdownGracePeriodMs = c.duration('shutdownGracePeriod', cfg.shutdownGracePeriod, 0) ?? shutdownGracePeriodMs;
+  }
+
+  if (c.problems.length) throw new ValidationError(file, c.problems);
+  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs };
+}
+
+function lockoutDefaults(): LockoutSettings {
+  return { maxFailures: DEFAULTS.lockout.maxFailures, windowMs: 600_000, durationMs: 900_000 };
+}
+
+/** Reads, parses and validates the config file. Throws ValidationError. */
+export function loadConfig(file: string): RelaySettings {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ValidationError(file, [`cannot read the config file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
+  }
+  const doc = parseYamlDocument(file, text);
+  return validateConfig(doc, file, path.dirname(path.resolve(file)));
+}
+
+/** Fields whose change needs a restart (the rest apply to new sessions). */
+export function restartNeeded(a: RelaySettings, b: RelaySettings): string[] {
+  const out: string[] = [];
+  const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
+  if (!same(a.listeners, b.listeners)) out.push('listeners');
+  if (!same(a.metrics, b.metrics)) out.push('metrics');
+  if (!same(a.tls, b.tls)) out.push('tls');
+  if (a.auth.usersFile !== b.auth.usersFile) out.push('auth.usersFile');
+  if (a.hostname !== b.hostname) out.push('hostname');
+  return out;
+}
+
+export type { Obj };

@@ -1,0 +1,93 @@
+// Brute-force lockout: after `maxFailures` failed AUTH attempts within `window`
+// from one key (a client IP or a username), that key is locked for `duration`.
+
+import type { LockoutSettings } from './config.js';
+
+interface Entry {
+  failures: number[]; // timestamps within the window
+  lockedUntil: number;
+}
+
+/** Bound on tracked keys so an attacker rotating usernames cannot grow memory without limit. */
+const MAX_KEYS = 100_000;
+
+export class Lockout {
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(
+    private settings: LockoutSettings,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  update(settings: LockoutSettings): void {
+    this.settings = settings;
+  }
+
+  /** Milliseconds left on a lockout, or 0. */
+  lockedFor(key: string): number {
+    const e = this.entries.get(key);
+    if (!e) return 0;
+    const left = e.lockedUntil - this.now();
+    return left > 0 ? left : 0;
+  }
+
+  /** Records a failure; returns true when it started a lockout. */
+  fail(key: string): boolean {
+    const t = this.now();
+    let e = this.entries.get(key);
+    if (!e) {
+      if (this.entries.size >= MAX_KEYS) this.prune(t);
+      e = { failures: [], lockedUntil: 0 };
+      this.entries.set(key, e);
+    }
+    e.failures = e.failures.filter((f) => t - f < this.settings.windowMs);
+    e.failures.push(t);
+    if (e.failures.length >= this.settings.maxFailures && e.lockedUntil <= t) {
+      e.lockedUntil = t + this.settings.durationMs;
+      e.failures = [];
+      return true;
+    }
+    return false;
+  }
+
+  /** A successful login clears the failures of its keys. */
+  succeed(key: string): void {
+    const e = this.entries.get(key);
+    if (e && e.lockedUntil <= this.now()) this.entries.delete(key);
+  }
+
+  private prune(t: number): void {
+    for (const [k, e] of this.entries) {
+      if (e.lockedUntil <= t && e.failures.every((f) => t - f >= this.settings.windowMs)) this.entries.delete(k);
+    }
+    // still full: drop the oldest entries (Map keeps insertion order)
+    for (const k of this.entries.keys()) {
+      if (this.entries.size < MAX_KEYS) break;
+      this.entries.delete(k);
+    }
+  }
+}
+
+/**
+ * Per-user message rate limit over a sliding window. `check` says how long to
+ * wait (0 = may send now); `record` counts one message.
+ */
+export class RateLimiter {
+  private readonly sent = new Map<string, number[]>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  check(user: string, limit: { messages: number; perMs: number }): number {
+    const t = this.now();
+    const list = (this.sent.get(user) ?? []).filter((s) => t - s < limit.perMs);
+    this.sent.set(user, list);
+    if (list.length < limit.messages) return 0;
+    return list[list.length - limit.messages]! + limit.perMs - t;
+  }
+
+  record(user: string): void {
+    const list = this.sent.get(user) ?? [];
+    list.push(this.now());
+    this.sent.set(user, list);
+  }
+}

@@ -1,0 +1,71 @@
+// What the relay reads from and adds to a message: the From: header addresses
+// (parsed with mailsplit's header parser and nodemailer's address parser) and
+// the Received: trace header (RFC 5321 section 4.4).
+
+import { Headers } from 'mailsplit';
+import addressparser from 'nodemailer/lib/addressparser';
+
+/** The header block: everything up to and including the first empty line. */
+export function headerBlock(message: Buffer): Buffer {
+  const end = message.indexOf('\r\n\r\n');
+  return end === -1 ? message : message.subarray(0, end + 2);
+}
+
+/**
+ * All addresses in all From: headers, lower-cased. Returns null when the header
+ * is missing or holds something that is not a mailbox (a group with no members,
+ * an address without a domain).
+ */
+export function fromAddresses(message: Buffer): string[] | null {
+  const headers = new Headers(headerBlock(message));
+  const values = headers.getDecoded('from');
+  if (values.length === 0) return null;
+  const out: string[] = [];
+  for (const { value } of values) {
+    const parsed = addressparser(value, { flatten: true });
+    const list = Array.isArray(parsed) ? parsed : [parsed];
+    if (list.length === 0) return null;
+    for (const a of list) {
+      const addr = (a.address ?? '').trim();
+      if (!addr || !addr.includes('@')) return null;
+      out.push(addr.toLowerCase());
+    }
+  }
+  return out;
+}
+
+export interface TraceInfo {
+  helo: string;
+  clientIp: string;
+  hostname: string;
+  protocol: string; // ESMTPSA
+  tlsVersion?: string;
+  cipher?: string;
+  sessionId: string;
+  recipients: string[];
+  date?: Date;
+}
+
+/** A Received: header, folded, ending in CRLF. The client's HELO name is sanitized. */
+export function receivedHeader(t: TraceInfo): string {
+  const helo = t.helo.replace(/[^A-Za-z0-9.:[\]_-]/g, '') || 'unknown';
+  const ip = t.clientIp.includes(':') ? `IPv6:${t.clientIp}` : t.clientIp;
+  const tls = t.tlsVersion ? ` (${t.tlsVersion}, cipher=${t.cipher ?? 'unknown'})` : '';
+  const lines = [
+    `Received: from ${helo} ([${ip}])`,
+    `\tby ${t.hostname} with ${t.protocol}${tls}`,
+    `\tid ${t.sessionId}`,
+  ];
+  if (t.recipients.length === 1 && /^[^\s<>]+$/.test(t.recipients[0]!)) lines.push(`\tfor <${t.recipients[0]}>`);
+  lines[lines.length - 1] += ';';
+  lines.push(`\t${rfc5322Date(t.date ?? new Date())}`);
+  return lines.join('\r\n') + '\r\n';
+}
+
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+export function rfc5322Date(d: Date): string {
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+}

@@ -1,0 +1,123 @@
+// Prometheus metrics (prefix smtp_relay_) and the /metrics, /healthz, /readyz
+// HTTP endpoints on their own port.
+
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import prom from 'prom-client';
+
+export function createMetrics(registry: prom.Registry) {
+  const r = [registry];
+  return {
+    registry,
+    connections: new prom.Counter({
+      name: 'smtp_relay_connections_total',
+      help: 'SMTP connections by listener and result (accepted, rejected) with the rejection reason.',
+      labelNames: ['listener', 'result', 'reason'] as const,
+      registers: r,
+    }),
+    activeConnections: new prom.Gauge({
+      name: 'smtp_relay_active_connections',
+      help: 'SMTP sessions open now, by listener.',
+      labelNames: ['listener'] as const,
+      registers: r,
+    }),
+    tlsHandshakes: new prom.Counter({
+      name: 'smtp_relay_tls_handshakes_total',
+      help: 'Completed TLS handshakes by listener, negotiated protocol version and cipher.',
+      labelNames: ['listener', 'version', 'cipher'] as const,
+      registers: r,
+    }),
+    tlsFailures: new prom.Counter({
+      name: 'smtp_relay_tls_failures_total',
+      help: 'TLS handshakes that failed or were abandoned, by listener.',
+      labelNames: ['listener'] as const,
+      registers: r,
+    }),
+    certificateExpiry: new prom.Gauge({
+      name: 'smtp_relay_certificate_expiry_timestamp_seconds',
+      help: 'Expiry (notAfter) of the certificate in use, Unix seconds.',
+      registers: r,
+    }),
+    authAttempts: new prom.Counter({
+      name: 'smtp_relay_auth_attempts_total',
+      help: 'AUTH attempts by mechanism and result (success, failure, locked).',
+      labelNames: ['mechanism', 'result'] as const,
+      registers: r,
+    }),
+    lockouts: new prom.Counter({
+      name: 'smtp_relay_lockouts_total',
+      help: 'Brute-force lockouts started, by scope (ip, user).',
+      labelNames: ['scope'] as const,
+      registers: r,
+    }),
+    messages: new prom.Counter({
+      name: 'smtp_relay_messages_total',
+      help: 'Messages by result (accepted, rejected, deferred).',
+      labelNames: ['result'] as const,
+      registers: r,
+    }),
+    messageBytes: new prom.Counter({
+      name: 'smtp_relay_message_bytes_total',
+      help: 'Message bytes received from clients, by result.',
+      labelNames: ['result'] as const,
+      registers: r,
+    }),
+    rejections: new prom.Counter({
+      name: 'smtp_relay_rejections_total',
+      help: 'Refusals by reason (ip_not_allowed, tls_required, auth_required, sender_not_allowed, bare_lf, ...).',
+      labelNames: ['reason'] as const,
+      registers: r,
+    }),
+    configReloads: new prom.Counter({
+      name: 'smtp_relay_config_reloads_total',
+      help: 'Reloads of watched files by kind (config, users, certificate) and result (success, failure).',
+      labelNames: ['kind', 'result'] as const,
+      registers: r,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+/** Serves /metrics, /healthz (process alive) and /readyz (listeners up, not draining). */
+export function startMetricsServer(
+  registry: prom.Registry,
+  address: string,
+  port: number,
+  ready: () => boolean,
+): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { Allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (url === '/metrics') {
+      registry.metrics().then(
+        (body) => res.writeHead(200, { 'Content-Type': registry.contentType }).end(body),
+        (err: Error) => res.writeHead(500).end(err.message),
+      );
+    } else if (url === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok\n');
+    } else if (url === '/readyz') {
+      const ok = ready();
+      res.writeHead(ok ? 200 : 503, { 'Content-Type': 'text/plain' }).end(ok ? 'ready\n' : 'not ready\n');
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  server.requestTimeout = 10_000;
+  server.headersTimeout = 5_000;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, address, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+export function boundPort(server: { address(): AddressInfo | string | null }): number {
+  const a = server.address();
+  return a && typeof a === 'object' ? a.port : 0;
+}

@@ -1,0 +1,71 @@
+// Password hashes for the users file: "scrypt$<N>$<r>$<p>$<salt b64>$<hash b64>"
+// (node:crypto scrypt, 16-byte random salt, 32-byte key). Verification is
+// constant-time, and an unknown user is verified against a dummy hash so that it
+// costs the same as a wrong password.
+
+import crypto from 'node:crypto';
+
+export const DEFAULT_PARAMS = { N: 32768, r: 8, p: 1 };
+const KEY_LEN = 32;
+const SALT_LEN = 16;
+/** Bounds on what a users file may ask for, so a hash cannot exhaust memory or CPU. */
+export const LIMITS = { maxN: 1 << 20, maxR: 32, maxP: 16, maxMem: 1024 * 1024 * 1024 };
+
+export interface ParsedHash {
+  N: number;
+  r: number;
+  p: number;
+  salt: Buffer;
+  hash: Buffer;
+}
+
+const B64 = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/** Parses a hash line; returns an error text when it is malformed. */
+export function parseHash(text: string): ParsedHash | string {
+  const parts = text.split('$');
+  if (parts.length !== 6 || parts[0] !== 'scrypt') return 'must look like scrypt$N$r$p$salt$hash (output of `smtp-relay hash-password`)';
+  const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string];
+  const N = Number(n);
+  const R = Number(r);
+  const P = Number(p);
+  if (!/^\d+$/.test(n) || N < 2 || N > LIMITS.maxN || (N & (N - 1)) !== 0) return `N=${n} must be a power of two between 2 and ${LIMITS.maxN}`;
+  if (!/^\d+$/.test(r) || R < 1 || R > LIMITS.maxR) return `r=${r} must be between 1 and ${LIMITS.maxR}`;
+  if (!/^\d+$/.test(p) || P < 1 || P > LIMITS.maxP) return `p=${p} must be between 1 and ${LIMITS.maxP}`;
+  if (!B64.test(salt) || !B64.test(hash)) return 'salt and hash must be base64';
+  const saltBuf = Buffer.from(salt, 'base64');
+  const hashBuf = Buffer.from(hash, 'base64');
+  if (saltBuf.length < 8) return 'salt must be at least 8 bytes';
+  if (hashBuf.length < 16 || hashBuf.length > 64) return 'hash must be 16..64 bytes';
+  return { N, r: R, p: P, salt: saltBuf, hash: hashBuf };
+}
+
+function derive(password: string, salt: Buffer, len: number, N: number, r: number, p: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    crypto.scrypt(password.normalize('NFC'), salt, len, { N, r, p, maxmem: Math.min(LIMITS.maxMem, 256 * N * r + 1024 * 1024) }, (err, key) =>
+      err ? reject(err) : resolve(key),
+    );
+  });
+}
+
+export async function hashPassword(password: string, params = DEFAULT_PARAMS): Promise<string> {
+  const salt = crypto.randomBytes(SALT_LEN);
+  const key = await derive(password, salt, KEY_LEN, params.N, params.r, params.p);
+  return `scrypt$${params.N}$${params.r}$${params.p}$${salt.toString('base64')}$${key.toString('base64')}`;
+}
+
+export async function verifyPassword(password: string, stored: ParsedHash): Promise<boolean> {
+  const key = await derive(password, stored.salt, stored.hash.length, stored.N, stored.r, stored.p);
+  return crypto.timingSafeEqual(key, stored.hash);
+}
+
+let dummy: ParsedHash | undefined;
+/** A hash nobody knows the password of, with the default parameters. */
+export function dummyHash(): ParsedHash {
+  dummy ??= {
+    ...DEFAULT_PARAMS,
+    salt: crypto.randomBytes(SALT_LEN),
+    hash: crypto.randomBytes(KEY_LEN),
+  };
+  return dummy;
+}

@@ -1,0 +1,41 @@
+// SMTP smuggling defence: message data may contain CR and LF only as CRLF pairs.
+// A bare LF or bare CR lets a client hide a second message behind an end-of-data
+// sequence that another server reads differently ("\n.\n", "\r.\r" ...), so any
+// such byte refuses the whole message. Fed chunk by chunk as DATA arrives.
+
+export type BareLineEnding = 'bare_lf' | 'bare_cr';
+
+export class LineEndingCheck {
+  private lastWasCr = false;
+  /** The first offence found, if any. */
+  found: BareLineEnding | undefined;
+
+  push(chunk: Buffer): void {
+    if (this.found || chunk.length === 0) return;
+    // Buffer.indexOf runs natively: two passes over line ends, not a JS loop over every byte.
+    for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) {
+      const before = i === 0 ? this.lastWasCr : chunk[i - 1] === 0x0d;
+      if (!before) {
+        this.found = 'bare_lf';
+        return;
+      }
+    }
+    if (this.lastWasCr && chunk[0] !== 0x0a) {
+      this.found = 'bare_cr';
+      return;
+    }
+    for (let i = chunk.indexOf(0x0d); i !== -1; i = chunk.indexOf(0x0d, i + 1)) {
+      if (i + 1 < chunk.length && chunk[i + 1] !== 0x0a) {
+        this.found = 'bare_cr';
+        return;
+      }
+    }
+    this.lastWasCr = chunk[chunk.length - 1] === 0x0d;
+  }
+
+  /** Call at the end of the data; a CR as the very last byte is bare too. */
+  end(): BareLineEnding | undefined {
+    if (!this.found && this.lastWasCr) this.found = 'bare_cr';
+    return this.found;
+  }
+}
