@@ -77,6 +77,8 @@ export interface Sink {
   behaviour: SinkBehaviour;
   /** Resolves once `n` messages have been recorded (rejects after timeoutMs). */
   waitForMessages(n: number, timeoutMs?: number): Promise<SinkMessage[]>;
+  /** Destroys every open connection (e.g. to play a server that dropped idle sessions). */
+  dropConnections(): void;
   /** Stops listening and destroys open connections. */
   stop(): Promise<void>;
 }
@@ -253,6 +255,9 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
         };
         waiters.push(w);
       });
+    },
+    dropConnections() {
+      for (const s of sockets) s.destroy();
     },
     async stop() {
       const closed = new Promise<void>((r) => server.close(() => r()));

@@ -1,0 +1,674 @@
+// Delivery to the smarthost: a small pool of nodemailer SMTPConnections with
+// TLS required and verified, upstream AUTH from mounted files, DKIM signing,
+// bounded concurrency, and all-or-nothing recipient semantics.
+//
+// Why not nodemailer's pooled transport (createTransport({pool: true}))?
+// It continues with DATA as soon as ONE recipient is accepted and reports the
+// refused ones afterwards (sendMail resolves). The message is then delivered
+// to some recipients, and whatever the relay answers its client is wrong:
+// 250 loses the refused recipients, 4xx makes the client resend to everyone
+// (duplicates), 5xx tells it nobody got the message. So we drive
+// SMTPConnection ourselves and, when any RCPT is refused, abort the
+// transaction before a single byte of the message is sent: the connection is
+// closed after the 354, and RFC 5321 §4.1.1.4 makes the upstream discard a
+// transaction whose data never ended with "<CRLF>.<CRLF>". The relay then
+// refuses the whole message (5xx if any refusal was permanent, else 4xx) and
+// names the refused recipients: no recipient got it, nothing is duplicated,
+// nothing is lost silently. The pool queue of nodemailer is also unbounded;
+// here concurrency is bounded and overload answers 4xx at once.
+//
+// Semantics of deliver():
+//   accepted   the upstream accepted the message for every recipient (its 250 reply).
+//   temporary  nothing is known to be delivered, or the outcome is unknown (timeout or
+//              connection lost after the final dot): the client should retry. A retry
+//              after an unknown outcome may duplicate (RFC 1047); it never loses.
+//   permanent  the upstream refused (5xx); nothing was delivered.
+import { X509Certificate } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import tls from 'node:tls';
+import type pino from 'pino';
+import type * as prom from 'prom-client';
+import { Counter, Gauge, Histogram } from 'prom-client';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
+import { fromDomains, parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
+import { parseDuration } from './units.js';
+
+export interface Envelope {
+  mailFrom: string;
+  rcptTo: string[];
+}
+
+export type DeliveryOutcome =
+  | { kind: 'accepted'; response: string }
+  | { kind: 'temporary' | 'permanent'; code: number; message: string; refused: string[] };
+
+export interface UpstreamOptions {
+  hostname: string;
+  dkim: DkimKeyConfig[];
+  logger: pino.Logger;
+  registry: prom.Registry;
+}
+
+/** Deliveries allowed in flight (connected or waiting for a connection) per pooled connection. */
+export const QUEUE_FACTOR = 4;
+/** An idle pooled connection is closed after this long. */
+export const IDLE_CLOSE_MS = 30_000;
+/** A pooled connection is replaced after this many messages. */
+export const MAX_MESSAGES_PER_CONNECTION = 100;
+const DEFAULT_MAX_CONNECTIONS = 5;
+const DEFAULT_TIMEOUT_MS = 60_000;
+
+/** Values of the `kind` label of smtp_relay_upstream_errors_total. */
+export type UpstreamErrorKind =
+  | 'connection'
+  | 'tls'
+  | 'auth'
+  | 'timeout'
+  | 'overloaded'
+  | 'recipient_refused'
+  | 'sender_refused'
+  | 'message_refused'
+  | 'protocol'
+  | 'dkim'
+  | 'shutdown';
+
+interface Settings {
+  host: string;
+  port: number;
+  implicitTls: boolean;
+  tls: tls.ConnectionOptions;
+  auth?: { user: string; pass: string };
+  maxConnections: number;
+  timeoutMs: number;
+  ehloName: string;
+  dkimKeys: DkimKey[];
+  generation: number;
+}
+
+interface Pooled {
+  conn: SMTPConnection;
+  generation: number;
+  messages: number;
+  idleTimer?: NodeJS.Timeout;
+  dead: boolean;
+}
+
+type NodemailerError = Error & {
+  code?: string;
+  originalCode?: string;
+  responseCode?: number;
+  response?: string;
+  command?: string;
+  rejected?: string[];
+  rejectedErrors?: NodemailerError[];
+  recipient?: string;
+};
+
+/** Thrown (internally) by the RCPT check to abort before DATA content is sent. */
+class RecipientsRefused extends Error {
+  constructor(
+    readonly rejected: string[],
+    readonly rejectedErrors: NodemailerError[],
+  ) {
+    super('upstream refused recipient(s): ' + rejected.join(', '));
+  }
+}
+
+class DeliveryTimeout extends Error {
+  constructor(
+    ms: number,
+    readonly afterData: boolean,
+  ) {
+    super(`no complete upstream reply within ${ms} ms`);
+  }
+}
+
+/** One line, printable ASCII, bounded: safe to put into an SMTP reply or a log. */
+export function sanitizeReply(text: string | undefined, max = 200): string {
+  if (!text) return '';
+  const s = text.replace(/[\r\n\t]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').trim();
+  return s.length > max ? s.slice(0, max - 3) + '...' : s;
+}
+
+/** Strip the line break that editors and `echo` add at the end of a credential file. */
+function credential(text: string): string {
+  return text.replace(/\r?\n$/, '');
+}
+
+function readCa(file: string, pem: string): string {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (!blocks.length) throw new Error(`upstream.caFile ${file}: no PEM certificate found`);
+  for (const b of blocks) {
+    try {
+      new X509Certificate(b);
+    } catch (err) {
+      throw new Error(`upstream.caFile ${file}: bad certificate (${(err as Error).message})`);
+    }
+  }
+  return blocks.join('\n') + '\n';
+}
+
+interface Files {
+  [path: string]: string;
+}
+
+function filesNeeded(cfg: UpstreamConfig, dkim: DkimKeyConfig[]): string[] {
+  const f: string[] = [];
+  if (cfg.caFile) f.push(cfg.caFile);
+  if (cfg.usernameFile) f.push(cfg.usernameFile);
+  if (cfg.passwordFile) f.push(cfg.passwordFile);
+  for (const k of dkim) f.push(k.keyFile);
+  return f;
+}
+
+function readFilesSync(paths: string[]): Files {
+  const out: Files = {};
+  for (const p of paths) out[p] = fs.readFileSync(p, 'utf8');
+  return out;
+}
+
+async function readFiles(paths: string[]): Promise<Files> {
+  const out: Files = {};
+  for (const p of paths) out[p] = await fsp.readFile(p, 'utf8');
+  return out;
+}
+
+/** Pure: config + file contents → settings. Throws with a message naming the field/file. */
+export function buildSettings(cfg: UpstreamConfig, dkim: DkimKeyConfig[], files: Files, hostname: string, generation: number): Settings {
+  const timeoutMs = cfg.timeout === undefined ? DEFAULT_TIMEOUT_MS : parseDuration(cfg.timeout);
+  if (timeoutMs === undefined || timeoutMs <= 0) throw new Error(`upstream.timeout: ${JSON.stringify(cfg.timeout)} is not a duration`);
+  const maxConnections = cfg.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  if (!Number.isInteger(maxConnections) || maxConnections < 1) throw new Error(`upstream.maxConnections: must be a positive integer`);
+  if (Boolean(cfg.usernameFile) !== Boolean(cfg.passwordFile)) {
+    throw new Error('upstream: usernameFile and passwordFile must be given together');
+  }
+  const tlsOpts: tls.ConnectionOptions = {
+    // Verification is never optional; there is deliberately no setting to turn it off.
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.2',
+  };
+  if (cfg.caFile) {
+    // Node's `ca` option replaces the default trust store, so add the configured CA to
+    // the defaults (Node's bundled Mozilla roots, plus the system store when Node runs
+    // with --use-system-ca) instead of trusting only the configured CA.
+    tlsOpts.ca = [...tls.getCACertificates('default'), readCa(cfg.caFile, files[cfg.caFile]!)];
+  }
+  let auth: Settings['auth'];
+  if (cfg.usernameFile && cfg.passwordFile) {
+    const user = credential(files[cfg.usernameFile]!);
+    const pass = credential(files[cfg.passwordFile]!);
+    if (!user) throw new Error(`upstream.usernameFile ${cfg.usernameFile}: empty`);
+    if (!pass) throw new Error(`upstream.passwordFile ${cfg.passwordFile}: empty`);
+    auth = { user, pass };
+  }
+  const dkimKeys = dkim.map((k) => parseDkimKey(k, files[k.keyFile]!));
+  return {
+    host: cfg.host,
+    port: cfg.port,
+    implicitTls: cfg.tls === 'implicit',
+    tls: tlsOpts,
+    ...(auth ? { auth } : {}),
+    maxConnections,
+    timeoutMs,
+    ehloName: cfg.ehloName || hostname,
+    dkimKeys,
+    generation,
+  };
+}
+
+/** Classify an upstream failure into an outcome and an error kind. Pure. */
+export function classifyError(err: unknown, rcptTo: string[]): { outcome: DeliveryOutcome; kind: UpstreamErrorKind } {
+  const e = err as NodemailerError;
+  const upstreamSaid = (r: string | undefined) => (r ? ` (upstream said: ${sanitizeReply(r)})` : '');
+  if (err instanceof RecipientsRefused) {
+    const permanent = err.rejectedErrors.some((r) => (r.responseCode ?? 0) >= 500);
+    const first = err.rejectedErrors.find((r) => ((r.responseCode ?? 0) >= 500) === permanent);
+    const list = err.rejected.map((r) => `<${r}>`).join(', ');
+    const all = err.rejected.length === rcptTo.length;
+    const tail = all ? '' : '; not sent to any recipient, send again without them';
+    return {
+      kind: 'recipient_refused',
+      outcome: {
+        kind: permanent ? 'permanent' : 'temporary',
+        code: permanent ? permanentCode(first?.responseCode) : 451,
+        message: `${permanent ? '5.1.1' : '4.2.0'} Upstream refused recipient(s) ${list}${upstreamSaid(first?.response)}${tail}`,
+        refused: [...err.rejected],
+      },
+    };
+  }
+  if (err instanceof DeliveryTimeout) {
+    return {
+      kind: 'timeout',
+      outcome: temporary(
+        err.afterData
+          ? '4.4.2 Upstream did not confirm the message in time, try again later'
+          : '4.4.1 Upstream did not answer in time, try again later',
+      ),
+    };
+  }
+  const code = e?.code ?? '';
+  const rc = e?.responseCode;
+  if (code === 'EAUTH') return { kind: 'auth', outcome: temporary(`4.7.0 Upstream authentication failed, try again later${upstreamSaid(e.response)}`) };
+  if (code === 'ETIMEDOUT') return { kind: 'timeout', outcome: temporary('4.4.1 Upstream connection timed out, try again later') };
+  if (code === 'ETLS' || isCertError(e)) {
+    return { kind: 'tls', outcome: temporary('4.7.5 Upstream TLS failed (certificate not trusted or handshake failed), try again later') };
+  }
+  if (code === 'EENVELOPE' && e.command === 'MAIL FROM' && rc) {
+    return rc >= 500
+      ? { kind: 'sender_refused', outcome: permanentOutcome(rc, `5.1.0 Upstream refused the sender${upstreamSaid(e.response)}`) }
+      : { kind: 'sender_refused', outcome: temporary(`4.1.0 Upstream deferred the sender${upstreamSaid(e.response)}`) };
+  }
+  if (code === 'EENVELOPE' && e.rejected?.length) {
+    return classifyError(new RecipientsRefused(e.rejected, e.rejectedErrors ?? []), rcptTo);
+  }
+  if ((code === 'EMESSAGE' || code === 'EENVELOPE') && rc) {
+    // EMESSAGE: the reply to the final dot. EENVELOPE: e.g. the reply to DATA.
+    return rc >= 500
+      ? { kind: 'message_refused', outcome: permanentOutcome(rc, `5.3.0 Upstream refused the message${upstreamSaid(e.response)}`) }
+      : { kind: 'message_refused', outcome: temporary(`4.3.0 Upstream deferred the message${upstreamSaid(e.response)}`) };
+  }
+  if (code === 'ECONNECTION' || code === 'EDNS' || code === 'ESOCKET' || /^E(CONNREFUSED|CONNRESET|HOSTUNREACH|NETUNREACH|PIPE|NOTFOUND|AI_AGAIN)$/.test(e?.originalCode ?? code)) {
+    return { kind: 'connection', outcome: temporary('4.4.1 Upstream unreachable, try again later') };
+  }
+  return { kind: 'protocol', outcome: temporary(`4.4.2 Upstream delivery failed, try again later${upstreamSaid(e?.response)}`) };
+}
+
+function isCertError(e: NodemailerError | undefined): boolean {
+  const c = e?.originalCode ?? e?.code ?? '';
+  return /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ERR_TLS|ERR_SSL|EPROTO/.test(c);
+}
+
+function temporary(message: string, refused: string[] = []): DeliveryOutcome {
+  return { kind: 'temporary', code: 451, message, refused };
+}
+
+function permanentCode(rc: number | undefined): number {
+  return rc !== undefined && rc >= 550 && rc <= 559 ? rc : 554;
+}
+
+function permanentOutcome(rc: number, message: string): DeliveryOutcome {
+  return { kind: 'permanent', code: permanentCode(rc), message, refused: [] };
+}
+
+/** Runs one SMTPConnection step; fails on the step's error, an 'error' event or the connection ending. */
+function step<T>(conn: SMTPConnection, run: (cb: (err: Error | null | undefined, value?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let done = false;
+    const finish = (err: Error | null | undefined, value?: T) => {
+      if (done) return;
+      done = true;
+      conn.off('error', onError);
+      conn.off('end', onEnd);
+      if (err) reject(err);
+      else resolve(value as T);
+    };
+    const onError = (err: Error) => finish(err);
+    const onEnd = () => finish(Object.assign(new Error('Upstream connection closed'), { code: 'ECONNECTION' }));
+    conn.on('error', onError);
+    conn.once('end', onEnd);
+    run(finish);
+  });
+}
+
+type SetEnvelope = (envelope: unknown, callback: (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: NodemailerError[] }) => void) => void;
+
+/**
+ * Sends one message on `conn`, all or nothing. Hooks SMTPConnection's envelope
+ * step (internal `_setEnvelope`, nodemailer 10.x; tested by
+ * test/relay/upstream.test.ts, check when upgrading): its callback runs once every
+ * MAIL/RCPT reply is in and the server answered DATA with 354, before any
+ * message byte is written. A refused recipient there aborts the transaction.
+ */
+function sendAllOrNothing(
+  conn: SMTPConnection,
+  envelope: Envelope,
+  message: Buffer,
+  onDataStart: () => void,
+): Promise<string> {
+  const internal = conn as unknown as { _setEnvelope?: SetEnvelope };
+  const original = internal._setEnvelope;
+  if (typeof original !== 'function') {
+    return Promise.reject(new Error('nodemailer SMTPConnection has no _setEnvelope: the all-or-nothing RCPT check needs updating'));
+  }
+  internal._setEnvelope = function (this: unknown, env, callback) {
+    original.call(this, env, (err, info) => {
+      if (!err && info && info.rejected.length) {
+        // The server waits for data after its 354. Hand the error to send() first (it writes
+        // nothing on error), then drop the connection: the transaction is never completed.
+        callback(new RecipientsRefused([...info.rejected], info.rejectedErrors ?? []));
+        conn.close();
+        return;
+      }
+      if (!err) onDataStart();
+      callback(err, info);
+    });
+  };
+  let eightBit = false;
+  for (let i = 0; i < message.length; i++) {
+    if (message[i]! > 0x7f) {
+      eightBit = true;
+      break;
+    }
+  }
+  return step<string>(conn, (cb) =>
+    conn.send(
+      { from: envelope.mailFrom, to: envelope.rcptTo, size: message.length, use8BitMime: eightBit } as SMTPConnection.Envelope,
+      message,
+      (err, info) => {
+        if (err) return cb(err);
+        // Defence in depth: should the hook ever not run, never report a partial delivery as accepted.
+        if (info.rejected?.length) return cb(new RecipientsRefused([...info.rejected], (info.rejectedErrors ?? []) as NodemailerError[]));
+        cb(null, String(info.response ?? ''));
+      },
+    ),
+  );
+}
+
+export class Upstream {
+  private settings: Settings;
+  private readonly hostname: string;
+  private readonly log: pino.Logger;
+  private idle: Pooled[] = [];
+  /** Connections checked out (connecting or sending). */
+  private busy = 0;
+  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private inFlight = 0;
+  private closed = false;
+  private drained: (() => void)[] = [];
+  private readonly checkedOut = new Set<Pooled>();
+
+  private readonly duration: Histogram<'result'>;
+  private readonly errors: Counter<'kind'>;
+  private readonly signatures: Counter<'domain'>;
+  private readonly inFlightGauge: Gauge;
+
+  constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
+    this.hostname = opts.hostname;
+    this.log = opts.logger.child({ component: 'upstream' });
+    // Read synchronously once at start; a failure here is a startup error.
+    this.settings = buildSettings(cfg, opts.dkim, readFilesSync(filesNeeded(cfg, opts.dkim)), opts.hostname, 1);
+    const registers = [opts.registry];
+    this.duration = new Histogram({
+      name: 'smtp_relay_upstream_duration_seconds',
+      help: 'Time to hand a message to the upstream smarthost, by result (accepted, temporary, permanent).',
+      labelNames: ['result'],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers,
+    });
+    this.errors = new Counter({
+      name: 'smtp_relay_upstream_errors_total',
+      help: 'Upstream delivery failures by kind (connection, tls, auth, timeout, overloaded, recipient_refused, sender_refused, message_refused, protocol, dkim, shutdown).',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.signatures = new Counter({
+      name: 'smtp_relay_dkim_signatures_total',
+      help: 'DKIM signatures added to relayed messages, by signing domain.',
+      labelNames: ['domain'],
+      registers,
+    });
+    this.inFlightGauge = new Gauge({
+      name: 'smtp_relay_upstream_in_flight',
+      help: 'Messages being handed to the upstream or waiting for an upstream connection.',
+      registers,
+    });
+  }
+
+  /** Maximum deliveries in flight before deliver() answers "busy" (4xx). */
+  get maxInFlight(): number {
+    return this.settings.maxConnections * QUEUE_FACTOR;
+  }
+
+  async deliver(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome> {
+    const start = performance.now();
+    let outcome: DeliveryOutcome;
+    if (this.closed) {
+      this.errors.inc({ kind: 'shutdown' });
+      outcome = temporary('4.3.2 Relay is shutting down, try again later');
+    } else if (this.inFlight >= this.maxInFlight) {
+      // Backpressure: a bounded number of deliveries wait for a connection; the rest retry later.
+      this.errors.inc({ kind: 'overloaded' });
+      this.log.warn({ inFlight: this.inFlight }, 'upstream busy, deferring message');
+      outcome = temporary('4.3.2 Upstream busy, try again later');
+    } else {
+      this.inFlight++;
+      this.inFlightGauge.set(this.inFlight);
+      try {
+        outcome = await this.deliverNow(envelope, message);
+      } finally {
+        this.inFlight--;
+        this.inFlightGauge.set(this.inFlight);
+        if (this.inFlight === 0) for (const d of this.drained.splice(0)) d();
+      }
+    }
+    this.duration.observe({ result: outcome.kind }, (performance.now() - start) / 1000);
+    return outcome;
+  }
+
+  private async deliverNow(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome> {
+    const s = this.settings;
+    let payload = message;
+    const key = s.dkimKeys.length ? selectDkimKey(s.dkimKeys, fromDomains(message)) : undefined;
+    if (key) {
+      try {
+        payload = await signMessage(key, message);
+        this.signatures.inc({ domain: key.domain });
+      } catch (err) {
+        this.errors.inc({ kind: 'dkim' });
+        this.log.error({ err: (err as Error).message, domain: key.domain }, 'DKIM signing failed');
+        return temporary('4.3.0 Could not sign the message, try again later');
+      }
+    }
+
+    let dataStarted = false;
+    let current: Pooled | undefined;
+    let timedOut = false;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        reject(new DeliveryTimeout(s.timeoutMs, dataStarted));
+        if (current) this.discard(current);
+      }, s.timeoutMs);
+    });
+    deadline.catch(() => undefined);
+
+    const attempt = async (): Promise<string> => {
+      // One retry, on a fresh connection, only when a reused pooled connection failed
+      // before any message data was sent (typically: the server closed it while idle).
+      for (let i = 0; ; i++) {
+        const { pooled, reused } = await this.acquire(s);
+        if (timedOut) {
+          this.release(pooled, false);
+          throw new DeliveryTimeout(s.timeoutMs, false);
+        }
+        current = pooled;
+        try {
+          const response = await sendAllOrNothing(pooled.conn, envelope, payload, () => {
+            dataStarted = true;
+          });
+          current = undefined;
+          pooled.messages++;
+          this.release(pooled, true);
+          return response;
+        } catch (err) {
+          current = undefined;
+          this.release(pooled, false);
+          const code = (err as NodemailerError).code;
+          if (i === 0 && reused && !dataStarted && !timedOut && (code === 'ECONNECTION' || code === 'ESOCKET')) {
+            this.log.debug({ err: (err as Error).message }, 'pooled upstream connection failed, retrying on a new one');
+            continue;
+          }
+          throw err;
+        }
+      }
+    };
+
+    try {
+      const response = await Promise.race([attempt(), deadline]);
+      return { kind: 'accepted', response: sanitizeReply(response, 500) };
+    } catch (err) {
+      const { outcome, kind } = classifyError(err, envelope.rcptTo);
+      this.errors.inc({ kind });
+      const e = err as NodemailerError;
+      this.log.warn(
+        {
+          kind,
+          code: e.code,
+          responseCode: e.responseCode,
+          upstreamReply: sanitizeReply(e.response),
+          error: sanitizeReply(e.message, 300),
+          refused: outcome.kind === 'accepted' ? [] : outcome.refused,
+          outcomeUnknown: dataStarted && (kind === 'timeout' || kind === 'connection'),
+        },
+        'upstream delivery failed',
+      );
+      return outcome;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** A connection slot, then an idle pooled connection or a new one (connected, authenticated). */
+  private async acquire(s: Settings): Promise<{ pooled: Pooled; reused: boolean }> {
+    if (this.busy >= s.maxConnections) {
+      await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    } else {
+      this.busy++;
+    }
+    // From here we hold a slot; give it back on any failure.
+    try {
+      while (this.idle.length) {
+        const p = this.idle.pop()!;
+        clearTimeout(p.idleTimer);
+        if (!p.dead && p.generation === s.generation && !p.conn.destroyed) {
+          this.checkedOut.add(p);
+          return { pooled: p, reused: true };
+        }
+        this.discard(p);
+      }
+      const pooled = await this.connect(s);
+      this.checkedOut.add(pooled);
+      return { pooled, reused: false };
+    } catch (err) {
+      this.freeSlot();
+      throw err;
+    }
+  }
+
+  private async connect(s: Settings): Promise<Pooled> {
+    const conn = new SMTPConnection({
+      host: s.host,
+      port: s.port,
+      secure: s.implicitTls,
+      requireTLS: !s.implicitTls,
+      ignoreTLS: false,
+      opportunisticTLS: false,
+      tls: s.tls,
+      name: s.ehloName,
+      connectionTimeout: s.timeoutMs,
+      greetingTimeout: s.timeoutMs,
+      socketTimeout: s.timeoutMs,
+      socketCloseTimeout: 1000,
+      dnsTimeout: Math.min(s.timeoutMs, 10_000),
+      allowInternalNetworkInterfaces: true,
+      logger: false,
+      debug: false,
+    });
+    const pooled: Pooled = { conn, generation: s.generation, messages: 0, dead: false };
+    // Without a listener an 'error' event would crash the process.
+    conn.on('error', (err: NodemailerError) => {
+      pooled.dead = true;
+      this.log.debug({ code: err.code, error: sanitizeReply(err.message, 300) }, 'upstream connection error');
+    });
+    conn.once('end', () => {
+      pooled.dead = true;
+      this.removeIdle(pooled);
+    });
+    try {
+      await step<void>(conn, (cb) => conn.connect((err?: Error | null) => cb(err)));
+      if (!conn.secure) {
+        throw Object.assign(new Error('upstream connection is not encrypted'), { code: 'ETLS' });
+      }
+      if (s.auth) {
+        const auth = s.auth;
+        await step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err)));
+      }
+    } catch (err) {
+      this.discard(pooled);
+      throw err;
+    }
+    return pooled;
+  }
+
+  private freeSlot(): void {
+    const next = this.waiters.shift();
+    if (next) next.resolve(); // the slot passes straight to the next waiter
+    else this.busy--;
+  }
+
+  private release(p: Pooled, reusable: boolean): void {
+    this.checkedOut.delete(p);
+    if (
+      reusable &&
+      !this.closed &&
+      !p.dead &&
+      !p.conn.destroyed &&
+      p.generation === this.settings.generation &&
+      p.messages < MAX_MESSAGES_PER_CONNECTION
+    ) {
+      p.idleTimer = setTimeout(() => {
+        this.removeIdle(p);
+        this.discard(p);
+      }, IDLE_CLOSE_MS);
+      p.idleTimer.unref();
+      this.idle.push(p);
+    } else {
+      this.discard(p);
+    }
+    this.freeSlot();
+  }
+
+  private removeIdle(p: Pooled): void {
+    const i = this.idle.indexOf(p);
+    if (i >= 0) this.idle.splice(i, 1);
+    clearTimeout(p.idleTimer);
+  }
+
+  private discard(p: Pooled): void {
+    p.dead = true;
+    clearTimeout(p.idleTimer);
+    try {
+      p.conn.close();
+    } catch {
+      /* already gone */
+    }
+  }
+
+  /**
+   * Re-reads the CA, credential and DKIM key files and applies a new upstream
+   * config. On any error it throws and the previous settings stay in force.
+   * Pooled connections made with the old settings are closed once idle.
+   */
+  async reload(cfg: UpstreamConfig, dkim: DkimKeyConfig[]): Promise<void> {
+    const files = await readFiles(filesNeeded(cfg, dkim));
+    const next = buildSettings(cfg, dkim, files, this.hostname, this.settings.generation + 1);
+    this.settings = next;
+    for (const p of this.idle.splice(0)) this.discard(p);
+    this.log.info({ host: next.host, port: next.port, dkimDomains: next.dkimKeys.map((k) => k.domain) }, 'upstream settings reloaded');
+  }
+
+  /**
+   * Stops taking new deliveries (they get a 4xx), waits for the ones in
+   * flight (each bounded by upstream.timeout), then closes every connection.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+    for (const w of this.waiters.splice(0)) w.reject(new Error('upstream closed'));
+    for (const p of this.idle.splice(0)) this.discard(p);
+    for (const p of this.checkedOut) this.discard(p);
+  }
+}
