@@ -34,7 +34,7 @@ export const MANAGED_BY = 'smtp-relay-operator';
  * (only ever read).
  */
 export const LABEL_GENERATED_FOR_USER = 'smtprelay.dev/user';
-/** On generated DKIM key Secrets: "<selector>._domainkey.<domain>" lives in an annotation (too long for a label value). */
+/** On generated DKIM key Secrets: the DNS name "<selector>._domainkey.<domain>" (an annotation: too long for a label value). */
 export const ANNOTATION_DKIM_RECORD = 'smtprelay.dev/dkim-record';
 /**
  * Pod-template annotation: hash of only what the relay cannot hot-reload.
@@ -327,9 +327,10 @@ export interface ServiceSpec {
   externalTrafficPolicy?: 'Cluster' | 'Local';
 }
 
+/** Quantities; the CRD accepts strings ("100m", "128Mi") and integers. */
 export interface ResourceRequirements {
-  requests?: Record<string, string>;
-  limits?: Record<string, string>;
+  requests?: Record<string, string | number>;
+  limits?: Record<string, string | number>;
 }
 
 export interface Toleration {

@@ -1,0 +1,120 @@
+// The relay's config file (relay/config-types.ts RelayConfig) and the
+// ConfigMap that carries it. File paths are the fixed mount paths of
+// operator/api/v1alpha1.ts, which the Deployment builder mounts.
+
+import YAML from 'yaml';
+import type { DkimKeyConfig, ListenerConfig, RelayConfig } from '../../relay/config-types.js';
+import {
+  CONFIG_KEY,
+  METRICS_PORT,
+  PORT_NAME_SUBMISSION,
+  PORT_NAME_SUBMISSIONS,
+  RELAY_SHUTDOWN_GRACE_SECONDS,
+  SUBMISSION_CONTAINER_PORT,
+  SUBMISSIONS_CONTAINER_PORT,
+  TLS_CERT_FILE,
+  TLS_KEY_FILE,
+  UPSTREAM_CA_FILE,
+  UPSTREAM_PASSWORD_FILE,
+  UPSTREAM_USERNAME_FILE,
+  USERS_FILE,
+  dkimKeyFile,
+  type DkimSpec,
+  type SmtpRelay,
+} from '../api/v1alpha1.js';
+import { childMetadata, childNames, type ChildMetadata } from './meta.js';
+
+export interface ConfigInputs {
+  /**
+   * DKIM entries to leave out of the config because their key is missing or
+   * unusable (keys: dkimRecordName(entry)); the relay then sends unsigned for
+   * that domain instead of failing to start. Absent: every entry is used.
+   */
+  skipDkim?: ReadonlySet<string>;
+}
+
+export interface ConfigMap {
+  apiVersion: 'v1';
+  kind: 'ConfigMap';
+  metadata: ChildMetadata;
+  data: Record<string, string>;
+}
+
+/** "<selector>._domainkey.<domain>": the DNS name of a DKIM key, also its identity here. */
+export function dkimRecordName(entry: Pick<DkimSpec, 'domain' | 'selector'>): string {
+  return `${entry.selector}._domainkey.${entry.domain.toLowerCase()}`;
+}
+
+/** The listeners the relay opens, on its fixed container ports. */
+export function relayListeners(relay: SmtpRelay): ListenerConfig[] {
+  const out: ListenerConfig[] = [];
+  if (relay.spec.listeners.submission.enabled) out.push({ name: PORT_NAME_SUBMISSION, port: SUBMISSION_CONTAINER_PORT, mode: 'starttls' });
+  if (relay.spec.listeners.submissions.enabled) out.push({ name: PORT_NAME_SUBMISSIONS, port: SUBMISSIONS_CONTAINER_PORT, mode: 'implicit' });
+  return out;
+}
+
+/** The DKIM entries the relay signs with, in spec order. */
+export function usableDkim(relay: SmtpRelay, inputs: ConfigInputs = {}): DkimSpec[] {
+  return relay.spec.dkim.filter((d) => !inputs.skipDkim?.has(dkimRecordName(d)));
+}
+
+export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): RelayConfig {
+  const s = relay.spec;
+  const upstream: RelayConfig['upstream'] = {
+    host: s.upstream.host,
+    port: s.upstream.port,
+    tls: s.upstream.tls,
+    maxConnections: s.upstream.maxConnections,
+    timeout: s.upstream.timeout,
+  };
+  if (s.upstream.caSecretRef) upstream.caFile = UPSTREAM_CA_FILE;
+  if (s.upstream.credentialsSecretRef) {
+    upstream.usernameFile = UPSTREAM_USERNAME_FILE;
+    upstream.passwordFile = UPSTREAM_PASSWORD_FILE;
+  }
+  const config: RelayConfig = {
+    version: 1,
+    hostname: s.hostname,
+    listeners: relayListeners(relay),
+    tls: { certFile: TLS_CERT_FILE, keyFile: TLS_KEY_FILE, minVersion: s.tls.minVersion },
+    auth: {
+      usersFile: USERS_FILE,
+      lockout: { maxFailures: s.auth.lockout.maxFailures, window: s.auth.lockout.window, duration: s.auth.lockout.duration },
+    },
+    access: {
+      allowedCidrs: [...s.access.allowedCidrs],
+      proxyProtocol: { trustedCidrs: [...s.access.proxyProtocol.trustedCidrs] },
+    },
+    limits: {
+      maxMessageSize: s.limits.maxMessageSize,
+      maxRecipients: s.limits.maxRecipients,
+      maxConnections: s.limits.maxConnections,
+      maxConnectionsPerIp: s.limits.maxConnectionsPerIp,
+    },
+    upstream,
+    metrics: { port: METRICS_PORT },
+    shutdownGracePeriod: `${RELAY_SHUTDOWN_GRACE_SECONDS}s`,
+  };
+  const dkim: DkimKeyConfig[] = usableDkim(relay, inputs).map((d) => ({
+    domain: d.domain.toLowerCase(),
+    selector: d.selector,
+    keyFile: dkimKeyFile(d.domain, d.selector),
+  }));
+  if (dkim.length > 0) config.dkim = dkim;
+  return config;
+}
+
+/** YAML text of a value: the key order is the object's (fixed by the builders), no line folding. */
+export function renderYaml(value: unknown): string {
+  return YAML.stringify(value, { lineWidth: 0, indent: 2 });
+}
+
+export function buildConfigMap(relay: SmtpRelay, inputs: ConfigInputs = {}): ConfigMap {
+  const config = buildRelayConfig(relay, inputs);
+  return {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: childMetadata(relay, childNames(relay).configMap),
+    data: { [CONFIG_KEY]: `# Rendered by smtp-relay-operator from SmtpRelay ${relay.metadata.namespace}/${relay.metadata.name}; edits are overwritten.\n${renderYaml(config)}` },
+  };
+}

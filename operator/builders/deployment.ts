@@ -1,0 +1,254 @@
+// The relay Deployment: hardened pod, fixed mount layout, and a restart hash
+// that rolls pods only for changes the relay cannot hot-reload.
+
+import type { V1DeploymentSpec, V1Volume, V1VolumeMount, V1ContainerPort, V1VolumeProjection } from '@kubernetes/client-node';
+import type { RelayConfig } from '../../relay/config-types.js';
+import {
+  ANNOTATION_RESTART_HASH,
+  CONFIG_DIR,
+  CONFIG_FILE,
+  DKIM_DIR,
+  HEALTH_PATH_LIVE,
+  HEALTH_PATH_READY,
+  LABEL_COMPONENT,
+  METRICS_PORT,
+  PORT_NAME_METRICS,
+  POD_TERMINATION_GRACE_SECONDS,
+  RELAY_CONTAINER_NAME,
+  RELAY_GID,
+  RELAY_UID,
+  TLS_DIR,
+  UPSTREAM_CA_DIR,
+  UPSTREAM_CREDENTIALS_DIR,
+  USERS_DIR,
+  BASIC_AUTH_PASSWORD_KEY,
+  BASIC_AUTH_USERNAME_KEY,
+  USERS_KEY,
+  CONFIG_KEY,
+  type SmtpRelay,
+} from '../api/v1alpha1.js';
+import { buildRelayConfig, usableDkim, type ConfigInputs } from './config.js';
+import { childMetadata, childNames, dkimSecretName, selectorLabels, shortHash, sortedRecord, standardLabels, userAnnotations, type ChildMetadata } from './meta.js';
+
+export interface DeploymentInputs extends ConfigInputs {
+  /** The relay image (operator flag); the same image runs `operator` and `relay`. */
+  image: string;
+  imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+}
+
+export interface Deployment {
+  apiVersion: 'apps/v1';
+  kind: 'Deployment';
+  metadata: ChildMetadata;
+  spec: V1DeploymentSpec;
+}
+
+/** Volume names (also mount names). */
+export const Volume = {
+  config: 'config',
+  users: 'users',
+  tls: 'tls',
+  upstreamCredentials: 'upstream-credentials',
+  upstreamCa: 'upstream-ca',
+  dkim: 'dkim',
+  tmp: 'tmp',
+} as const;
+
+/** Readable by the relay through fsGroup, by nobody else. */
+const SECRET_MODE = 0o440;
+const CONFIG_MODE = 0o444;
+
+/**
+ * Config sections the relay reloads from config.yaml while running. Every other
+ * part of the config (listeners, hostname, file paths, upstream, DKIM list,
+ * metrics) goes into the restart hash and rolls the pods when it changes.
+ * Users (users.yaml), certificates and secret file contents never enter it.
+ */
+export const HOT_RELOADABLE_CONFIG = ['limits', 'access', 'auth.lockout', 'tls.minVersion'] as const;
+
+/** The part of the config the relay reads only at start. */
+export function restartRelevantConfig(config: RelayConfig): unknown {
+  const copy = structuredClone(config) as unknown as Record<string, Record<string, unknown> | undefined>;
+  for (const path of HOT_RELOADABLE_CONFIG) {
+    const [head, tail] = path.split('.') as [string, string | undefined];
+    if (tail === undefined) delete copy[head];
+    else if (copy[head]) delete copy[head][tail];
+  }
+  return copy;
+}
+
+/** Hash of what the relay cannot hot-reload; the pod template carries it. */
+export function restartHash(relay: SmtpRelay, inputs: ConfigInputs = {}): string {
+  return shortHash({ config: restartRelevantConfig(buildRelayConfig(relay, inputs)) });
+}
+
+function volumes(relay: SmtpRelay, inputs: ConfigInputs): { volumes: V1Volume[]; mounts: V1VolumeMount[] } {
+  const names = childNames(relay);
+  const s = relay.spec;
+  // No subPath anywhere: kubelet updates Secret/ConfigMap volumes in place only
+  // for whole-directory mounts, and the relay's hot reload depends on that.
+  const volumes: V1Volume[] = [
+    { name: Volume.config, configMap: { name: names.configMap, defaultMode: CONFIG_MODE, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } },
+    { name: Volume.users, secret: { secretName: names.usersSecret, defaultMode: SECRET_MODE, items: [{ key: USERS_KEY, path: USERS_KEY }] } },
+    {
+      name: Volume.tls,
+      secret: {
+        secretName: names.tlsSecret,
+        defaultMode: SECRET_MODE,
+        items: [
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    },
+  ];
+  const mounts: V1VolumeMount[] = [
+    { name: Volume.config, mountPath: CONFIG_DIR, readOnly: true },
+    { name: Volume.users, mountPath: USERS_DIR, readOnly: true },
+    { name: Volume.tls, mountPath: TLS_DIR, readOnly: true },
+  ];
+  if (s.upstream.credentialsSecretRef) {
+    volumes.push({
+      name: Volume.upstreamCredentials,
+      secret: {
+        secretName: s.upstream.credentialsSecretRef.name,
+        defaultMode: SECRET_MODE,
+        items: [
+          { key: BASIC_AUTH_USERNAME_KEY, path: BASIC_AUTH_USERNAME_KEY },
+          { key: BASIC_AUTH_PASSWORD_KEY, path: BASIC_AUTH_PASSWORD_KEY },
+        ],
+      },
+    });
+    mounts.push({ name: Volume.upstreamCredentials, mountPath: UPSTREAM_CREDENTIALS_DIR, readOnly: true });
+  }
+  if (s.upstream.caSecretRef) {
+    volumes.push({
+      name: Volume.upstreamCa,
+      secret: { secretName: s.upstream.caSecretRef.name, defaultMode: SECRET_MODE, items: [{ key: s.upstream.caSecretRef.key, path: 'ca.crt' }] },
+    });
+    mounts.push({ name: Volume.upstreamCa, mountPath: UPSTREAM_CA_DIR, readOnly: true });
+  }
+  const dkim = usableDkim(relay, inputs);
+  if (dkim.length > 0) {
+    const sources: V1VolumeProjection[] = dkim.map((d) => ({
+      secret: {
+        name: dkimSecretName(relay, d),
+        items: [{ key: d.secretRef?.key ?? 'private.key', path: `${d.domain.toLowerCase()}/${d.selector}.key` }],
+      },
+    }));
+    volumes.push({ name: Volume.dkim, projected: { defaultMode: SECRET_MODE, sources } });
+    mounts.push({ name: Volume.dkim, mountPath: DKIM_DIR, readOnly: true });
+  }
+  // The root filesystem is read-only; Node and nodemailer may still want a scratch directory.
+  volumes.push({ name: Volume.tmp, emptyDir: { sizeLimit: '64Mi' } });
+  mounts.push({ name: Volume.tmp, mountPath: '/tmp' });
+  return { volumes, mounts };
+}
+
+function containerPorts(config: RelayConfig): V1ContainerPort[] {
+  return [
+    ...config.listeners.map((l) => ({ name: l.name, containerPort: l.port, protocol: 'TCP' })),
+    { name: PORT_NAME_METRICS, containerPort: METRICS_PORT, protocol: 'TCP' },
+  ];
+}
+
+export function buildDeployment(relay: SmtpRelay, inputs: DeploymentInputs): Deployment {
+  const s = relay.spec;
+  const names = childNames(relay);
+  const config = buildRelayConfig(relay, inputs);
+  const { volumes: vols, mounts } = volumes(relay, inputs);
+  const podLabels = standardLabels(relay, { [LABEL_COMPONENT]: 'relay' });
+  const podAnnotations = sortedRecord({ ...userAnnotations(s.podAnnotations), [ANNOTATION_RESTART_HASH]: restartHash(relay, inputs) });
+  const spec: V1DeploymentSpec = {
+    replicas: s.replicas,
+    revisionHistoryLimit: 5,
+    selector: { matchLabels: selectorLabels(relay) },
+    // Never below the desired count during a rollout: a new pod must be ready before an old one drains.
+    strategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
+    template: {
+      metadata: { labels: podLabels, annotations: podAnnotations },
+      spec: {
+        serviceAccountName: names.serviceAccount,
+        automountServiceAccountToken: false,
+        enableServiceLinks: false,
+        terminationGracePeriodSeconds: POD_TERMINATION_GRACE_SECONDS,
+        securityContext: {
+          runAsNonRoot: true,
+          runAsUser: RELAY_UID,
+          runAsGroup: RELAY_GID,
+          fsGroup: RELAY_GID,
+          seccompProfile: { type: 'RuntimeDefault' },
+        },
+        containers: [
+          {
+            name: RELAY_CONTAINER_NAME,
+            image: inputs.image,
+            imagePullPolicy: inputs.imagePullPolicy ?? 'IfNotPresent',
+            args: ['relay', 'serve', '--config', CONFIG_FILE],
+            ports: containerPorts(config),
+            resources: {
+              requests: sortedRecord(quantities(s.resources.requests)),
+              limits: sortedRecord(quantities(s.resources.limits)),
+            },
+            readinessProbe: {
+              httpGet: { path: HEALTH_PATH_READY, port: PORT_NAME_METRICS, scheme: 'HTTP' },
+              periodSeconds: 5,
+              timeoutSeconds: 2,
+              failureThreshold: 2,
+              successThreshold: 1,
+            },
+            livenessProbe: {
+              httpGet: { path: HEALTH_PATH_LIVE, port: PORT_NAME_METRICS, scheme: 'HTTP' },
+              initialDelaySeconds: 10,
+              periodSeconds: 10,
+              timeoutSeconds: 3,
+              failureThreshold: 3,
+              successThreshold: 1,
+            },
+            securityContext: {
+              runAsNonRoot: true,
+              runAsUser: RELAY_UID,
+              runAsGroup: RELAY_GID,
+              allowPrivilegeEscalation: false,
+              privileged: false,
+              readOnlyRootFilesystem: true,
+              capabilities: { drop: ['ALL'] },
+              seccompProfile: { type: 'RuntimeDefault' },
+            },
+            volumeMounts: mounts,
+            terminationMessagePolicy: 'FallbackToLogsOnError',
+          },
+        ],
+        volumes: vols,
+        topologySpreadConstraints: [
+          {
+            maxSkew: 1,
+            topologyKey: 'kubernetes.io/hostname',
+            whenUnsatisfiable: 'ScheduleAnyway',
+            labelSelector: { matchLabels: selectorLabels(relay) },
+            matchLabelKeys: ['pod-template-hash'],
+          },
+          {
+            maxSkew: 1,
+            topologyKey: 'topology.kubernetes.io/zone',
+            whenUnsatisfiable: 'ScheduleAnyway',
+            labelSelector: { matchLabels: selectorLabels(relay) },
+            matchLabelKeys: ['pod-template-hash'],
+          },
+        ],
+      },
+    },
+  };
+  const podSpec = spec.template.spec!;
+  if (s.nodeSelector && Object.keys(s.nodeSelector).length > 0) podSpec.nodeSelector = sortedRecord(s.nodeSelector);
+  if (s.tolerations && s.tolerations.length > 0) podSpec.tolerations = s.tolerations.map((t) => ({ ...t }));
+  if (s.priorityClassName) podSpec.priorityClassName = s.priorityClassName;
+  return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: childMetadata(relay, names.deployment), spec };
+}
+
+/** Quantities as strings (the CRD allows integers too: `cpu: 1`). */
+function quantities(list: Record<string, string | number> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(list ?? {})) out[k] = String(v);
+  return out;
+}
