@@ -1,0 +1,211 @@
+#!/usr/bin/env node
+// smtp-relay: the hardened SMTP submission relay run in each relay pod.
+//   smtp-relay serve --config FILE
+//   smtp-relay check-config --config FILE
+//   smtp-relay hash-password        (password on stdin)
+
+import type http from 'node:http';
+import pino from 'pino';
+import prom from 'prom-client';
+import { loadCertificate } from './certificate.js';
+import { loadConfig, restartNeeded, type RelaySettings } from './config.js';
+import { createMetrics, startMetricsServer } from './metrics.js';
+import { hashPassword } from './password.js';
+import { Relay } from './server.js';
+import { Upstream } from './upstream.js';
+import { loadUsers } from './users.js';
+import { ValidationError } from './validate.js';
+import { watchFiles, type FileWatch } from './watch.js';
+
+const USAGE = `usage:
+  smtp-relay serve --config FILE          run the relay
+  smtp-relay check-config --config FILE   validate a config (and the files it names)
+  smtp-relay hash-password                read a password on stdin, print its hash`;
+
+function configArg(args: string[]): string {
+  const i = args.indexOf('--config');
+  const file = i >= 0 ? args[i + 1] : args.find((a) => a.startsWith('--config='))?.slice('--config='.length);
+  if (!file) {
+    process.stderr.write(`missing --config FILE\n${USAGE}\n`);
+    process.exit(2);
+  }
+  return file;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function hashPasswordCommand(): Promise<number> {
+  if (process.stdin.isTTY) process.stderr.write('Password (then Enter and Ctrl-D): ');
+  const text = await readStdin();
+  // one trailing newline is the terminal's, not the password's
+  const password = text.replace(/\r?\n$/, '');
+  if (password.length === 0) {
+    process.stderr.write('hash-password: empty password on stdin\n');
+    return 1;
+  }
+  if (password.length < 12) process.stderr.write('hash-password: warning: password shorter than 12 characters\n');
+  process.stdout.write((await hashPassword(password)) + '\n');
+  return 0;
+}
+
+function checkConfig(file: string): number {
+  try {
+    const settings = loadConfig(file);
+    const users = loadUsers(settings.auth.usersFile);
+    loadCertificate(settings.tls.certFile, settings.tls.keyFile, settings.tls);
+    process.stdout.write(`${file}: ok (${settings.listeners.length} listener(s), ${users.size} user(s))\n`);
+    return 0;
+  } catch (err) {
+    process.stderr.write(`${describe(err)}\n`);
+    return 1;
+  }
+}
+
+async function serve(file: string): Promise<void> {
+  const logger = pino({ base: { service: 'smtp-relay' }, timestamp: pino.stdTimeFunctions.isoTime, level: process.env.LOG_LEVEL ?? 'info' });
+  let settings: RelaySettings;
+  let relay: Relay;
+  let upstream: Upstream;
+  const registry = new prom.Registry();
+  prom.collectDefaultMetrics({ register: registry });
+  const metrics = createMetrics(registry);
+  try {
+    settings = loadConfig(file);
+    const users = loadUsers(settings.auth.usersFile);
+    const certificate = loadCertificate(settings.tls.certFile, settings.tls.keyFile, settings.tls);
+    upstream = new Upstream(settings.upstream, { hostname: settings.hostname, dkim: settings.dkim, logger, registry });
+    relay = new Relay(settings, users, certificate, upstream, logger, metrics);
+    logger.info({ event: 'certificate', subject: certificate.subject, notAfter: certificate.notAfter.toISOString(), users: users.size }, 'loaded');
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start');
+    process.stderr.write(`${describe(err)}\n`);
+    process.exit(1);
+  }
+
+  let metricsServer: http.Server;
+  try {
+    const ports = await relay.listen();
+    metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
+    logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot listen');
+    process.exit(1);
+  }
+
+  const watches: FileWatch[] = [];
+  const reloadResult = (kind: string, ok: boolean) => metrics.configReloads.inc({ kind, result: ok ? 'success' : 'failure' });
+
+  watches.push(
+    watchFiles([settings.tls.certFile, settings.tls.keyFile], () => {
+      try {
+        const cert = relay.reloadCertificate();
+        reloadResult('certificate', true);
+        logger.info({ event: 'reload', kind: 'certificate', subject: cert.subject, notAfter: cert.notAfter.toISOString(), fingerprint256: cert.fingerprint256 }, 'certificate reloaded');
+      } catch (err) {
+        reloadResult('certificate', false);
+        logger.error({ event: 'reload_failed', kind: 'certificate', err: describe(err) }, 'new certificate refused, keeping the current one');
+      }
+    }),
+  );
+  watches.push(
+    watchFiles([settings.auth.usersFile], () => {
+      try {
+        const users = loadUsers(settings.auth.usersFile);
+        relay.setUsers(users);
+        reloadResult('users', true);
+        logger.info({ event: 'reload', kind: 'users', users: users.size }, 'users reloaded');
+      } catch (err) {
+        reloadResult('users', false);
+        logger.error({ event: 'reload_failed', kind: 'users', err: describe(err) }, 'new users file refused, keeping the current one');
+      }
+    }),
+  );
+  const upstreamFiles = (s: RelaySettings) =>
+    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...s.dkim.map((d) => d.keyFile)].filter((f): f is string => !!f);
+  let configWatch: FileWatch;
+  const watchConfig = () =>
+    watchFiles([file, ...upstreamFiles(settings)], () => {
+      let next: RelaySettings;
+      try {
+        next = loadConfig(file);
+      } catch (err) {
+        reloadResult('config', false);
+        logger.error({ event: 'reload_failed', kind: 'config', err: describe(err) }, 'new config refused, keeping the current one');
+        return;
+      }
+      const restart = restartNeeded(settings, next);
+      if (restart.length) logger.warn({ event: 'restart_needed', fields: restart }, 'config fields changed that only apply after a restart');
+      const filesChanged = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
+      relay.applySettings(next);
+      upstream.reload(next.upstream, next.dkim).then(
+        () => {
+          reloadResult('config', true);
+          logger.info({ event: 'reload', kind: 'config' }, 'config reloaded');
+        },
+        (err: unknown) => {
+          reloadResult('config', false);
+          logger.error({ event: 'reload_failed', kind: 'upstream', err: describe(err) }, 'upstream settings refused, keeping the current ones');
+        },
+      );
+      settings = { ...next, listeners: settings.listeners, metrics: settings.metrics, tls: settings.tls, hostname: settings.hostname, auth: { ...next.auth, usersFile: settings.auth.usersFile } };
+      if (filesChanged) {
+        configWatch.close();
+        configWatch = watchConfig();
+      }
+    });
+  configWatch = watchConfig();
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ event: 'shutdown', signal, gracePeriodSeconds: settings.shutdownGracePeriodMs / 1000 }, 'shutting down');
+    for (const w of watches) w.close();
+    configWatch.close();
+    await relay.shutdown();
+    await upstream.close().catch(() => undefined);
+    metricsServer.close();
+    metricsServer.closeAllConnections();
+    logger.info({ event: 'stopped' }, 'stopped');
+    logger.flush?.();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...args] = argv;
+  switch (command) {
+    case 'serve':
+      await serve(configArg(args));
+      return;
+    case 'check-config':
+      process.exit(checkConfig(configArg(args)));
+      return;
+    case 'hash-password':
+      process.exit(await hashPasswordCommand());
+      return;
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(`${USAGE}\n`);
+      return;
+    default:
+      process.stderr.write(`${command ? `unknown command ${JSON.stringify(command)}\n` : ''}${USAGE}\n`);
+      process.exit(2);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  process.stderr.write(`smtp-relay: ${describe(err)}\n`);
+  process.exit(1);
+});

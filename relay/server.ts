@@ -1,0 +1,535 @@
+// The relay: one smtp-server per listener, and the policy every session goes
+// through (allow-list, connection limits, TLS before anything, AUTH with
+// lockout, sender enforcement, smuggling defence, size/recipient/rate limits),
+// then hand-off to the upstream. A 250 after DATA only when the upstream accepted.
+
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type pino from 'pino';
+import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import { CidrSet, canonicalIp } from './access.js';
+import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
+import type { ListenerSettings, RelaySettings } from './config.js';
+import { Lockout, RateLimiter } from './lockout.js';
+import { fromAddresses, receivedHeader } from './message.js';
+import type { Metrics } from './metrics.js';
+import { dummyHash, verifyPassword } from './password.js';
+import { senderAllowed } from './senders.js';
+import { LineEndingCheck } from './smuggling.js';
+import type { UserTable } from './users.js';
+
+/** What the relay needs from the upstream (relay/upstream.ts implements it). */
+export interface Envelope {
+  mailFrom: string;
+  rcptTo: string[];
+}
+export type DeliveryOutcome =
+  | { kind: 'accepted'; response: string }
+  | { kind: 'temporary' | 'permanent'; code: number; message: string; refused: string[] };
+export interface Deliverer {
+  deliver(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome>;
+}
+
+/** Commands never offered: information leaks, proxy overrides, sendmail jokes. */
+const ALWAYS_DISABLED = ['VRFY', 'EXPN', 'HELP', 'XCLIENT', 'XFORWARD', 'WIZ', 'SHELL', 'KILL', 'LHLO', 'BDAT', 'ETRN', 'TURN'];
+/**
+ * Before TLS on a STARTTLS listener AUTH is neither advertised nor accepted. Disabling
+ * AUTH also drops smtp-server's own "authentication required" check, so onMailFrom and
+ * onRcptTo refuse without TLS and without a user themselves (never an open relay).
+ */
+const PRE_TLS_DISABLED = [...ALWAYS_DISABLED, 'AUTH'];
+const POST_TLS_DISABLED = [...ALWAYS_DISABLED, 'STARTTLS'];
+
+interface SessionState {
+  listener: string;
+  ip: string;
+  tlsVersion?: string;
+  cipher?: string;
+  user?: string;
+  messages: number;
+  lastResult?: string;
+  inFlight: boolean;
+}
+
+class SmtpError extends Error {
+  constructor(
+    readonly responseCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Keeps client-supplied or upstream text safe for a reply or a log line. */
+function oneLine(text: string, max = 300): string {
+  return text.replace(/[\x00-\x1f\x7f]+/g, ' ').trim().slice(0, max);
+}
+
+interface Connection {
+  id: string;
+  session: SMTPServerSession;
+  send(code: number, message: string): void;
+}
+
+export class Relay {
+  private settings: RelaySettings;
+  private users: UserTable;
+  private allowed: CidrSet;
+  private trustedProxies: CidrSet;
+  private readonly lockout: Lockout;
+  private readonly rate = new RateLimiter();
+  private certificate: LoadedCertificate;
+  private readonly servers: { listener: ListenerSettings; server: SMTPServer }[] = [];
+  private readonly perIp = new Map<string, number>();
+  private total = 0;
+  private readonly sessions = new Map<string, SessionState>();
+  private draining = false;
+  private inFlight = 0;
+  private readonly idleWaiters: (() => void)[] = [];
+  listening = false;
+
+  constructor(
+    settings: RelaySettings,
+    users: UserTable,
+    certificate: LoadedCertificate,
+    private readonly upstream: Deliverer,
+    private readonly logger: pino.Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.settings = settings;
+    this.users = users;
+    this.allowed = new CidrSet(settings.access.allowedCidrs);
+    this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
+    this.lockout = new Lockout(settings.auth.lockout);
+    this.certificate = certificate;
+    this.metrics.certificateExpiry.set(Math.floor(certificate.notAfter.getTime() / 1000));
+  }
+
+  /** Starts every listener; resolves with the bound ports by listener name. */
+  async listen(): Promise<Record<string, number>> {
+    const ports: Record<string, number> = {};
+    for (const listener of this.settings.listeners) {
+      const server = this.createServer(listener);
+      this.servers.push({ listener, server });
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error) => reject(new Error(`listener ${listener.name} (${listener.address}:${listener.port}): ${err.message}`));
+        server.server.once('error', onError);
+        server.listen(listener.port, listener.address, () => {
+          server.server.off('error', onError);
+          resolve();
+        });
+      });
+      const addr = server.server.address() as net.AddressInfo;
+      ports[listener.name] = addr.port;
+      this.logger.info({ event: 'listening', listener: listener.name, address: addr.address, port: addr.port, mode: listener.mode }, 'listening');
+    }
+    this.listening = true;
+    return ports;
+  }
+
+  private createServer(listener: ListenerSettings): SMTPServer {
+    const s = this.settings;
+    const implicit = listener.mode === 'implicit';
+    const server = new SMTPServer({
+      name: s.hostname,
+      secure: implicit,
+      key: this.certificate.key,
+      cert: this.certificate.cert,
+      ...tlsServerOptions(s.tls),
+      disableReverseLookup: true,
+      logger: false,
+      size: s.limits.maxMessageSize,
+      rejectOversized: true,
+      authMethods: ['PLAIN', 'LOGIN'],
+      allowInsecureAuth: false,
+      disabledCommands: implicit ? POST_TLS_DISABLED : PRE_TLS_DISABLED,
+      maxClients: s.limits.maxConnections,
+      socketTimeout: s.limits.idleTimeoutMs,
+      closeTimeout: s.shutdownGracePeriodMs,
+      authRequiredMessage: '5.7.0 Authentication required',
+      onConnect: (session, cb) => this.onConnect(listener, session, cb),
+      onSecure: (socket, session, cb) => this.onSecure(listener, socket, session, cb),
+      onAuth: (auth, session, cb) => {
+        this.onAuth(auth, session).then(
+          (user) => cb(null, { user }),
+          (err: Error) => (err instanceof SmtpError && err.responseCode === 535 ? cb(null, { message: err.message, responseCode: 535 } as never) : cb(err)),
+        );
+      },
+      onMailFrom: (address, session, cb) => cb(this.onMailFrom(address, session)),
+      onRcptTo: (address, session, cb) => cb(this.onRcptTo(address, session)),
+      onData: (stream, session, cb) => this.onData(stream, session, cb),
+      onClose: (session) => this.onClose(session),
+    });
+    // PROXY protocol only from trusted peers, matched by CIDR (smtp-server's useProxy
+    // takes exact addresses only). The header is read before TLS and before onConnect,
+    // so the allow-list, limits and lockout all see the client's address.
+    (server as unknown as { _expectsProxyHeader: (socket: net.Socket) => boolean })._expectsProxyHeader = (socket) =>
+      this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
+    server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
+      // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
+      // error normalizer); without this listener such a client would crash the process.
+      if (err.meta) this.metrics.tlsFailures.inc({ listener: listener.name });
+      this.logger.debug({ event: 'connection_error', listener: listener.name, code: err.code, err: oneLine(err.message) }, 'connection error');
+    });
+    return server;
+  }
+
+  private refuse(listener: string, reason: string, code: number, message: string): SmtpError {
+    this.metrics.connections.inc({ listener, result: 'rejected', reason });
+    this.metrics.rejections.inc({ reason });
+    return new SmtpError(code, message);
+  }
+
+  private onConnect(listener: ListenerSettings, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const ip = canonicalIp(session.remoteAddress);
+    const log = { event: 'connection_refused', session: session.id, listener: listener.name, clientIp: ip };
+    if (this.draining) return cb(this.refuse(listener.name, 'shutting_down', 421, '4.3.2 Server shutting down, try again later'));
+    if (!this.allowed.has(ip)) {
+      this.logger.info({ ...log, reason: 'ip_not_allowed' }, 'client address not allowed');
+      return cb(this.refuse(listener.name, 'ip_not_allowed', 554, '5.7.1 Access denied: your address is not allowed to use this relay'));
+    }
+    if (this.total >= this.settings.limits.maxConnections) {
+      this.logger.warn({ ...log, reason: 'too_many_connections' }, 'connection limit reached');
+      return cb(this.refuse(listener.name, 'too_many_connections', 421, '4.7.0 Too many connections, try again later'));
+    }
+    const n = this.perIp.get(ip) ?? 0;
+    if (n >= this.settings.limits.maxConnectionsPerIp) {
+      this.logger.warn({ ...log, reason: 'too_many_connections_per_ip' }, 'per-IP connection limit reached');
+      return cb(this.refuse(listener.name, 'too_many_connections_per_ip', 421, '4.7.0 Too many connections from your address, try again later'));
+    }
+    this.perIp.set(ip, n + 1);
+    this.total++;
+    this.sessions.set(session.id, { listener: listener.name, ip, messages: 0, inFlight: false });
+    this.metrics.connections.inc({ listener: listener.name, result: 'accepted', reason: '' });
+    this.metrics.activeConnections.inc({ listener: listener.name });
+    if (listener.mode === 'starttls') session.disabledCommands = PRE_TLS_DISABLED;
+    cb();
+  }
+
+  private onSecure(listener: ListenerSettings, socket: net.Socket | tls.TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const tlsSocket = socket as tls.TLSSocket;
+    const version = tlsSocket.getProtocol?.() ?? 'unknown';
+    const cipher = tlsSocket.getCipher?.()?.standardName ?? 'unknown';
+    this.metrics.tlsHandshakes.inc({ listener: listener.name, version, cipher });
+    const state = this.sessions.get(session.id);
+    if (state) {
+      state.tlsVersion = version;
+      state.cipher = cipher;
+    }
+    session.disabledCommands = POST_TLS_DISABLED;
+    cb();
+  }
+
+  private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<string> {
+    const mechanism = auth.method;
+    const state = this.sessions.get(session.id);
+    if (!session.secure || !state) {
+      this.metrics.rejections.inc({ reason: 'tls_required' });
+      throw new SmtpError(538, '5.7.11 Encryption required for requested authentication mechanism');
+    }
+    const username = auth.username ?? '';
+    const ipKey = `ip:${state.ip}`;
+    const userKey = `user:${username}`;
+    const known = this.users.get(username);
+    const logUser = known ? username : '(unknown user)';
+    const locked = Math.max(this.lockout.lockedFor(ipKey), this.lockout.lockedFor(userKey));
+    if (locked > 0) {
+      this.metrics.authAttempts.inc({ mechanism, result: 'locked' });
+      this.metrics.rejections.inc({ reason: 'locked_out' });
+      this.logger.warn({ event: 'auth_locked', session: session.id, clientIp: state.ip, user: logUser, retryAfterSeconds: Math.ceil(locked / 1000) }, 'AUTH refused: locked out');
+      throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
+    }
+    // An unknown user is verified against a dummy hash so that both cost the same.
+    const ok = (await verifyPassword(auth.password ?? '', known?.hash ?? dummyHash())) && known !== undefined;
+    if (ok) {
+      this.lockout.succeed(ipKey);
+      this.lockout.succeed(userKey);
+      this.metrics.authAttempts.inc({ mechanism, result: 'success' });
+      state.user = username;
+      this.logger.info({ event: 'auth_success', session: session.id, clientIp: state.ip, user: username, mechanism }, 'authenticated');
+      return username;
+    }
+    this.metrics.authAttempts.inc({ mechanism, result: 'failure' });
+    const ipLocked = this.lockout.fail(ipKey);
+    const userLocked = this.lockout.fail(userKey);
+    this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: logUser, mechanism }, 'authentication failed');
+    if (ipLocked || userLocked) {
+      if (ipLocked) this.metrics.lockouts.inc({ scope: 'ip' });
+      if (userLocked) this.metrics.lockouts.inc({ scope: 'user' });
+      this.metrics.rejections.inc({ reason: 'locked_out' });
+      const minutes = Math.ceil(this.settings.auth.lockout.durationMs / 60_000);
+      this.logger.warn(
+        { event: 'lockout', session: session.id, clientIp: state.ip, user: logUser, scope: [ipLocked && 'ip', userLocked && 'user'].filter(Boolean), minutes },
+        'brute-force lockout started',
+      );
+      throw new SmtpError(421, `4.7.0 Too many failed logins, locked out for ${minutes} minutes`);
+    }
+    throw new SmtpError(535, '5.7.8 Authentication credentials invalid');
+  }
+
+  private reject(reason: string, code: number, message: string): SmtpError {
+    this.metrics.rejections.inc({ reason });
+    return new SmtpError(code, message);
+  }
+
+  private onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): Error | null {
+    const state = this.sessions.get(session.id);
+    if (!session.secure) return this.reject('tls_required', 530, '5.7.0 Must issue a STARTTLS command first');
+    if (!session.user || !state?.user) return this.reject('auth_required', 530, '5.7.0 Authentication required');
+    if (this.draining) return new SmtpError(421, '4.3.2 Server shutting down, try again later');
+    const user = this.users.get(state.user);
+    if (!user) return this.reject('auth_required', 530, '5.7.0 Authentication required (account removed)');
+    if (!address.address || !senderAllowed(address.address, user.allowedSenders)) {
+      this.logger.info({ event: 'sender_refused', session: session.id, user: user.name, mailFrom: oneLine(address.address, 200) }, 'MAIL FROM not allowed');
+      return this.reject('sender_not_allowed', 553, `5.7.1 Sender address not allowed for user ${user.name}`);
+    }
+    if (user.rateLimit) {
+      const waitMs = this.rate.check(user.name, user.rateLimit);
+      if (waitMs > 0) {
+        const s = Math.ceil(waitMs / 1000);
+        this.logger.info({ event: 'rate_limited', session: session.id, user: user.name, retryAfterSeconds: s }, 'message rate limit reached');
+        return this.reject('rate_limited', 451, `4.7.1 Message rate limit reached for ${user.name}, try again in ${s} seconds`);
+      }
+    }
+    return null;
+  }
+
+  private onRcptTo(_address: SMTPServerAddress, session: SMTPServerSession): Error | null {
+    if (!session.secure) return this.reject('tls_required', 530, '5.7.0 Must issue a STARTTLS command first');
+    if (!session.user) return this.reject('auth_required', 530, '5.7.0 Authentication required');
+    if (session.envelope.rcptTo.length >= this.settings.limits.maxRecipients) {
+      return this.reject('too_many_recipients', 452, `4.5.3 Too many recipients (at most ${this.settings.limits.maxRecipients} per message)`);
+    }
+    return null;
+  }
+
+  private onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
+    const state = this.sessions.get(session.id);
+    const limit = this.settings.limits.maxMessageSize;
+    const lineEndings = new LineEndingCheck();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    // Read at wire speed: smtp-server's idle timer keeps running while DATA streams.
+    stream.on('data', (chunk: Buffer) => {
+      lineEndings.push(chunk);
+      size += chunk.length;
+      if (!lineEndings.found && size <= limit) chunks.push(chunk);
+    });
+    stream.on('end', () => {
+      if (state) state.inFlight = true;
+      this.inFlight++;
+      this.finishMessage(session, state, chunks, size, lineEndings.end(), stream.sizeExceeded).then(
+        (reply) => this.done(session, state, () => cb(null, reply)),
+        (err: Error) => this.done(session, state, () => cb(err)),
+      );
+    });
+  }
+
+  private done(session: SMTPServerSession, state: SessionState | undefined, reply: () => void): void {
+    if (state) state.inFlight = false;
+    this.inFlight--;
+    reply();
+    if (this.draining) {
+      // the transaction is over: tell this client now instead of waiting for its next command
+      setImmediate(() => this.sayGoodbye(session.id));
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private async finishMessage(
+    session: SMTPServerSession,
+    state: SessionState | undefined,
+    chunks: Buffer[],
+    size: number,
+    bare: 'bare_lf' | 'bare_cr' | undefined,
+    oversized: boolean,
+  ): Promise<string> {
+    const envelope: Envelope = {
+      mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+      rcptTo: session.envelope.rcptTo.map((r) => r.address),
+    };
+    const log = {
+      event: 'message',
+      session: session.id,
+      listener: state?.listener,
+      clientIp: state?.ip,
+      tlsVersion: state?.tlsVersion,
+      cipher: state?.cipher,
+      user: state?.user,
+      mailFrom: oneLine(envelope.mailFrom, 200),
+      recipients: envelope.rcptTo.length,
+      size,
+    };
+    const finish = (result: 'accepted' | 'rejected' | 'deferred', extra: Record<string, unknown>) => {
+      this.metrics.messages.inc({ result });
+      this.metrics.messageBytes.inc({ result }, size);
+      if (state) {
+        state.messages++;
+        state.lastResult = result;
+      }
+      this.logger.info({ ...log, result, ...extra }, `message ${result}`);
+    };
+    const refuse = (reason: string, code: number, message: string): never => {
+      this.metrics.rejections.inc({ reason });
+      finish(code >= 500 ? 'rejected' : 'deferred', { reason, reply: `${code} ${message}` });
+      throw new SmtpError(code, message);
+    };
+
+    if (!state?.user || !session.user || !session.secure) refuse('auth_required', 530, '5.7.0 Authentication required');
+    if (oversized || size > this.settings.limits.maxMessageSize) {
+      refuse('too_large', 552, `5.3.4 Message too big (the limit is ${this.settings.limits.maxMessageSize} bytes)`);
+    }
+    if (bare) {
+      refuse(bare, 550, `5.6.0 Message refused: bare ${bare === 'bare_lf' ? 'LF' : 'CR'} in message data (line endings must be CRLF)`);
+    }
+    const user = this.users.get(state!.user!);
+    if (!user) refuse('auth_required', 530, '5.7.0 Authentication required (account removed)');
+    const body = Buffer.concat(chunks, size);
+    const from = fromAddresses(body);
+    if (!from) refuse('bad_from_header', 550, '5.6.0 Message refused: no valid From: header');
+    const bad = from!.find((a) => !senderAllowed(a, user!.allowedSenders));
+    if (bad !== undefined) {
+      refuse('sender_not_allowed', 550, `5.7.1 From: address not allowed for user ${user!.name}`);
+    }
+    if (user!.rateLimit) this.rate.record(user!.name);
+
+    const trace = receivedHeader({
+      helo: session.hostNameAppearsAs || 'unknown',
+      clientIp: state!.ip,
+      hostname: this.settings.hostname,
+      protocol: 'ESMTPSA',
+      tlsVersion: state!.tlsVersion,
+      cipher: state!.cipher,
+      sessionId: session.id,
+      recipients: envelope.rcptTo,
+    });
+    const message = Buffer.concat([Buffer.from(trace, 'latin1'), body]);
+    let outcome: DeliveryOutcome;
+    try {
+      outcome = await this.upstream.deliver(envelope, message);
+    } catch (err) {
+      outcome = { kind: 'temporary', code: 451, message: (err as Error).message, refused: [] };
+    }
+    if (outcome.kind === 'accepted') {
+      const upstreamReply = oneLine(outcome.response, 200);
+      finish('accepted', { upstreamReply });
+      return `2.0.0 Ok: relayed, id ${session.id} (upstream: ${upstreamReply})`;
+    }
+    const upstreamReply = oneLine(outcome.message, 200);
+    const refused = outcome.refused.length ? ` (refused: ${outcome.refused.map((r) => oneLine(r, 100)).join(', ')})` : '';
+    if (outcome.kind === 'temporary') {
+      this.metrics.rejections.inc({ reason: 'upstream_temporary' });
+      finish('deferred', { upstreamReply, refused: outcome.refused.length, reply: '451' });
+      throw new SmtpError(451, `4.4.0 Upstream temporarily refused the message, try again later: ${upstreamReply}${refused}`);
+    }
+    const code = outcome.code === 550 || outcome.code === 554 || outcome.code === 553 || outcome.code === 552 ? outcome.code : 554;
+    this.metrics.rejections.inc({ reason: 'upstream_permanent' });
+    finish('rejected', { upstreamReply, refused: outcome.refused.length, reply: String(code) });
+    throw new SmtpError(code, `5.0.0 Upstream refused the message: ${upstreamReply}${refused}`);
+  }
+
+  private onClose(session: SMTPServerSession): void {
+    const state = this.sessions.get(session.id);
+    if (!state) return;
+    this.sessions.delete(session.id);
+    this.total--;
+    const n = (this.perIp.get(state.ip) ?? 1) - 1;
+    if (n <= 0) this.perIp.delete(state.ip);
+    else this.perIp.set(state.ip, n);
+    this.metrics.activeConnections.dec({ listener: state.listener });
+    this.logger.info(
+      {
+        event: 'session',
+        session: session.id,
+        listener: state.listener,
+        clientIp: state.ip,
+        tlsVersion: state.tlsVersion,
+        cipher: state.cipher,
+        user: state.user,
+        messages: state.messages,
+        result: state.lastResult ?? (state.user ? 'no_message' : 'no_auth'),
+      },
+      'session closed',
+    );
+  }
+
+  // --- live updates ---
+
+  /** Applies the parts of a new config that can change for new sessions. */
+  applySettings(next: RelaySettings): void {
+    this.settings = { ...next, listeners: this.settings.listeners, metrics: this.settings.metrics, tls: this.settings.tls, hostname: this.settings.hostname };
+    this.allowed = new CidrSet(next.access.allowedCidrs);
+    this.trustedProxies = new CidrSet(next.access.trustedProxyCidrs);
+    this.lockout.update(next.auth.lockout);
+    for (const { server } of this.servers) {
+      const o = server.options as { size?: number; maxClients?: number; socketTimeout?: number; closeTimeout?: number };
+      o.size = next.limits.maxMessageSize;
+      o.maxClients = next.limits.maxConnections;
+      o.socketTimeout = next.limits.idleTimeoutMs;
+      o.closeTimeout = next.shutdownGracePeriodMs;
+    }
+  }
+
+  setUsers(users: UserTable): void {
+    this.users = users;
+  }
+
+  /** Builds the new pair first; throws (keeping the old one) when it is unusable. */
+  reloadCertificate(): LoadedCertificate {
+    const next = loadCertificate(this.settings.tls.certFile, this.settings.tls.keyFile, this.settings.tls);
+    this.certificate = next;
+    for (const { server } of this.servers) {
+      // Not server.updateSecureContext(): it empties its map before rebuilding, so a
+      // failure would leave no context. New handshakes read the '*' entry.
+      server.secureContext.set('*', next.context);
+      Object.assign(server.options, { key: next.key, cert: next.cert });
+    }
+    this.metrics.certificateExpiry.set(Math.floor(next.notAfter.getTime() / 1000));
+    return next;
+  }
+
+  get ready(): boolean {
+    return this.listening && !this.draining;
+  }
+
+  // --- shutdown ---
+
+  private connections(): Connection[] {
+    const out: Connection[] = [];
+    for (const { server } of this.servers) {
+      for (const c of (server as unknown as { connections: Set<Connection> }).connections) out.push(c);
+    }
+    return out;
+  }
+
+  private sayGoodbye(id: string): void {
+    for (const c of this.connections()) {
+      if (c.id === id || c.session?.id === id) c.send(421, '4.3.2 Server shutting down, try again later');
+    }
+  }
+
+  /**
+   * Stops accepting, lets messages in flight (DATA received, upstream pending) finish
+   * up to the grace period, and says 421 to every other session.
+   */
+  async shutdown(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    this.listening = false;
+    const closed = Promise.all(this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    for (const c of this.connections()) {
+      const state = this.sessions.get(c.session?.id ?? c.id);
+      if (!state?.inFlight) c.send(421, '4.3.2 Server shutting down, try again later');
+    }
+    const grace = this.settings.shutdownGracePeriodMs;
+    const drained = this.inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, grace);
+    });
+    await Promise.race([drained, deadline]);
+    clearTimeout(timer);
+    for (const c of this.connections()) c.send(421, '4.3.2 Server shutting down, try again later');
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+  }
+}
