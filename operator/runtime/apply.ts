@@ -46,9 +46,10 @@ export function isSubset(want: unknown, have: unknown): boolean {
 }
 
 /** Secrets read back carry `data` only; compare `stringData` as the `data` it becomes. */
-function comparable(obj: KubeObject): KubeObject {
-  if (obj.kind !== 'Secret' || !obj['stringData']) return obj;
-  const { stringData, ...rest } = obj;
+function comparable(obj: KubeObject): Record<string, unknown> {
+  const o = obj as Record<string, unknown>;
+  if (obj.kind !== 'Secret' || !o['stringData']) return o;
+  const { stringData, ...rest } = o;
   const data: Record<string, string> = { ...((rest['data'] as Record<string, string>) ?? {}) };
   for (const [k, v] of Object.entries(stringData as Record<string, string>)) data[k] = Buffer.from(v, 'utf8').toString('base64');
   return { ...rest, data };
@@ -67,7 +68,7 @@ export function needsApply(desired: KubeObject, cached: KubeObject | undefined):
   if (!cached) return true;
   const d = withSpecHash(desired);
   if (cached.metadata?.annotations?.[ANNOTATION_SPEC_HASH] !== d.metadata?.annotations?.[ANNOTATION_SPEC_HASH]) return true;
-  const { metadata: dm, ...drest } = comparable(d);
+  const { metadata: dm, ...drest } = comparable(d) as KubeObject;
   const { metadata: cm, ...crest } = cached;
   const metaWant = { labels: dm?.labels, annotations: dm?.annotations, ownerReferences: dm?.ownerReferences };
   return !isSubset(metaWant, cm) || !isSubset(drest, crest);

@@ -298,3 +298,61 @@ export class Informer<T extends KubeObject> {
 function isAbort(err: unknown): boolean {
   return err instanceof Error && (err.name === 'AbortError' || (err as { code?: string }).code === 'ABORT_ERR');
 }
+
+/**
+ * One informer per watched namespace (or one for the whole cluster), read as
+ * one cache. Lets the operator run with namespace-scoped RBAC (Roles) when
+ * --namespaces is given.
+ */
+export class InformerGroup<T extends KubeObject> {
+  private readonly byNamespace = new Map<string, Informer<T>>();
+  private readonly all: Informer<T> | undefined;
+
+  constructor(namespaces: string[] | undefined, opts: Omit<InformerOptions<T>, 'namespace'>) {
+    if (!namespaces || namespaces.length === 0) this.all = new Informer<T>(opts);
+    else for (const ns of namespaces) this.byNamespace.set(ns, new Informer<T>({ ...opts, namespace: ns }));
+  }
+
+  get resource(): Resource {
+    return this.informers()[0]!.resource;
+  }
+
+  informers(): Informer<T>[] {
+    return this.all ? [this.all] : [...this.byNamespace.values()];
+  }
+
+  on(h: InformerHandlers<T>): void {
+    for (const i of this.informers()) i.on(h);
+  }
+
+  get(namespace: string, name: string): T | undefined {
+    const inf = this.all ?? this.byNamespace.get(namespace);
+    return inf?.get(namespace, name);
+  }
+
+  list(namespace?: string): T[] {
+    if (this.all) return this.all.list(namespace);
+    if (namespace) return this.byNamespace.get(namespace)?.list(namespace) ?? [];
+    return this.informers().flatMap((i) => i.list());
+  }
+
+  size(): number {
+    return this.informers().reduce((n, i) => n + i.size(), 0);
+  }
+
+  start(): void {
+    for (const i of this.informers()) i.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.informers().map((i) => i.stop()));
+  }
+
+  hasSynced(): boolean {
+    return this.informers().every((i) => i.hasSynced());
+  }
+
+  async waitForSync(): Promise<void> {
+    await Promise.all(this.informers().map((i) => i.waitForSync()));
+  }
+}

@@ -26,9 +26,7 @@ export interface KubeObject {
     deletionTimestamp?: string;
     creationTimestamp?: string;
     managedFields?: unknown[];
-    [k: string]: unknown;
   };
-  [k: string]: unknown;
 }
 
 export interface OwnerReference {

@@ -1,0 +1,96 @@
+// What every per-concern sync gets: clients, caches, recorders, options, and
+// the state one reconcile builds up before status is written once at the end.
+
+import type { Logger } from 'pino';
+import type { ConditionStatus, DnsRecord, SmtpRelay } from '../api/v1alpha1.js';
+import type { PasswordHasher } from '../builders/users.js';
+import type { Applier } from '../runtime/apply.js';
+import type { Clock } from '../runtime/clock.js';
+import type { EventRecorder } from '../runtime/events.js';
+import type { InformerGroup } from '../runtime/informer.js';
+import type { Kube, KubeObject } from '../runtime/kube.js';
+import { resourceForKind } from '../runtime/resources.js';
+import type { OperatorMetrics } from '../metrics.js';
+
+export interface Caches {
+  relays: InformerGroup<SmtpRelay & KubeObject>;
+  /** Children by kind, watched with the managed-by label selector (full objects). */
+  children: Map<string, InformerGroup<KubeObject>>;
+  /** Every Secret in the watched namespaces, metadata only (PartialObjectMetadata). */
+  secretMeta: InformerGroup<KubeObject>;
+}
+
+export interface OperatorOptions {
+  relayImage: string;
+  imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+}
+
+export interface Features {
+  /** cert-manager.io/v1 is served: Certificates can be created and watched. */
+  certManager: boolean;
+  /** monitoring.coreos.com/v1 ServiceMonitor is served. */
+  serviceMonitor: boolean;
+}
+
+export interface SyncContext {
+  kube: Kube;
+  applier: Applier;
+  caches: Caches;
+  events: EventRecorder;
+  metrics: OperatorMetrics;
+  hasher: PasswordHasher;
+  clock: Clock;
+  options: OperatorOptions;
+  features: Features;
+}
+
+/** A condition a sync decided on; the status step adds times and generation. */
+export interface ConditionDecision {
+  status: ConditionStatus;
+  reason: string;
+  message: string;
+}
+
+/** What one reconcile learns, filled by the syncs in order. */
+export interface ReconcileState {
+  relay: SmtpRelay & KubeObject;
+  log: Logger;
+  conditions: Map<string, ConditionDecision>;
+  /** User name → accepted plaintext password (in memory only, for hashing). */
+  passwords: Map<string, string>;
+  /** DKIM entries left out of the config (dkimRecordName keys). */
+  skipDkim: Set<string>;
+  dnsRecords: DnsRecord[];
+  certificate?: { notAfter?: string; secretName?: string };
+  /** Smallest requeue-after asked for by any sync. */
+  requeueAfterMs?: number;
+  /** Secrets (namespace/name) this relay reads; for the Secret → relay index. */
+  referencedSecrets: Set<string>;
+}
+
+export function requeueAfter(state: ReconcileState, ms: number): void {
+  state.requeueAfterMs = state.requeueAfterMs === undefined ? ms : Math.min(state.requeueAfterMs, ms);
+}
+
+export function decide(state: ReconcileState, type: string, status: ConditionStatus, reason: string, message: string): void {
+  state.conditions.set(type, { status, reason, message });
+}
+
+/** The cached child of a kind, or undefined. */
+export function cachedChild(ctx: SyncContext, kind: string, namespace: string, name: string): KubeObject | undefined {
+  return ctx.caches.children.get(kind)?.get(namespace, name);
+}
+
+/** Applies one child if it differs from the cache; counts what happened. */
+export async function applyChild(ctx: SyncContext, st: ReconcileState, desired: KubeObject): Promise<void> {
+  const kind = desired.kind ?? '';
+  const resource = resourceForKind(kind);
+  if (!resource) throw new Error(`no API resource known for kind ${kind}`);
+  const ns = desired.metadata?.namespace ?? '';
+  const name = desired.metadata?.name ?? '';
+  const outcome = await ctx.applier.apply(resource, desired, cachedChild(ctx, kind, ns, name));
+  if (outcome !== 'unchanged') {
+    ctx.metrics.applyTotal.inc({ kind, outcome });
+    st.log.info({ kind, child: name, outcome }, 'child written');
+  }
+}

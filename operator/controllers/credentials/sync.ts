@@ -1,0 +1,96 @@
+// Credentials: users' passwords (generated and owned when absent, only read
+// when present, refused below the policy), the hashed users Secret, the
+// upstream credentials/CA Secrets, and the DKIM keys.
+// Conditions owned here: CredentialsReady, UpstreamReady, DkimReady.
+
+import { ConditionType, Reason } from '../../api/v1alpha1.js';
+import {
+  buildGeneratedUserSecret,
+  checkPassword,
+  checkUpstreamCaSecret,
+  checkUpstreamCredentialsSecret,
+  generatePassword,
+  generatedPasswordLength,
+  readUserPassword,
+} from '../../builders/credentials.js';
+import { childNames, userSecretName } from '../../builders/meta.js';
+import type { Problem } from '../../builders/credentials.js';
+import { conditionFromProblems, credentialsCondition, type UserProblem } from '../../builders/status.js';
+import { buildUsersFile, buildUsersSecret, readUsersSecret } from '../../builders/users.js';
+import { applyChild, cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+import { createSecretIfAbsent, readSecret } from '../secrets.js';
+import { syncDkim } from './dkim.js';
+
+export const CONTROLLER = 'credentials';
+
+export async function syncCredentials(ctx: SyncContext, st: ReconcileState): Promise<void> {
+  await syncUsers(ctx, st);
+  await syncUpstream(ctx, st);
+  await syncDkim(ctx, st);
+}
+
+async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
+  const relay = st.relay;
+  const ns = relay.metadata.namespace;
+  const policy = relay.spec.auth.passwordPolicy;
+  const problems: UserProblem[] = [];
+
+  for (const user of relay.spec.auth.users) {
+    const secretName = userSecretName(relay, user);
+    let secret = await readSecret(ctx, st, ns, secretName);
+    if (!secret) {
+      const password = generatePassword(generatedPasswordLength(policy));
+      const result = await createSecretIfAbsent(ctx, buildGeneratedUserSecret(relay, user, password));
+      secret = result.secret;
+      if (result.created) {
+        st.log.info({ user: user.name, secret: secretName }, 'generated user password Secret');
+        void ctx.events.normal(relay, 'PasswordGenerated', `Generated Secret ${secretName} with a random password for user ${user.name}`);
+      }
+    }
+    const read = readUserPassword(secret, secretName);
+    if ('reason' in read) {
+      problems.push({ user: user.name, reason: read.reason, message: read.message });
+      continue;
+    }
+    const refusal = checkPassword(read.password, policy, user.name);
+    if (refusal) {
+      problems.push({ user: user.name, reason: Reason.PasswordRefused, message: `${refusal.message} (Secret ${secretName})` });
+      continue;
+    }
+    st.passwords.set(user.name, read.password);
+  }
+
+  // The hashed users file keeps a hash while its password still matches, so an
+  // unchanged password never rewrites the Secret.
+  const names = childNames(relay);
+  const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
+  const file = await buildUsersFile(relay, st.passwords, existing, ctx.hasher);
+  st.passwords.clear();
+  await applyChild(ctx, st, buildUsersSecret(relay, file));
+
+  for (const p of problems) await ctx.events.warning(relay, p.reason, `user ${p.user} left out: ${p.message}`);
+  const c = credentialsCondition(relay, problems);
+  decide(st, c.type, c.status, c.reason, c.message);
+}
+
+async function syncUpstream(ctx: SyncContext, st: ReconcileState): Promise<void> {
+  const relay = st.relay;
+  const ns = relay.metadata.namespace;
+  const up = relay.spec.upstream;
+  const problems: Problem[] = [];
+  if (up.credentialsSecretRef) {
+    const name = up.credentialsSecretRef.name;
+    const p = checkUpstreamCredentialsSecret(await readSecret(ctx, st, ns, name), name);
+    if (p) problems.push(p);
+  }
+  if (up.caSecretRef) {
+    const p = checkUpstreamCaSecret(await readSecret(ctx, st, ns, up.caSecretRef.name), up.caSecretRef);
+    if (p) problems.push(p);
+  }
+  for (const p of problems) await ctx.events.warning(relay, p.reason, p.message);
+  const c = conditionFromProblems(ConditionType.UpstreamReady, problems, {
+    reason: Reason.UpstreamConfigured,
+    message: `upstream ${up.host}:${up.port} (${up.tls})${up.credentialsSecretRef ? ' with credentials' : ''}`,
+  });
+  decide(st, c.type, c.status, c.reason, c.message);
+}

@@ -1,0 +1,92 @@
+// Readiness: the serving certificate (cert-manager's Certificate Ready
+// condition, or the given TLS Secret) and its notAfter, the Deployment's
+// availability, the endpoint. Conditions owned here: CertificateReady, Available.
+
+import { ConditionType, Reason } from '../../api/v1alpha1.js';
+import { checkTlsSecret } from '../../builders/credentials.js';
+import { childNames } from '../../builders/meta.js';
+import { relayEndpoint } from '../../builders/service.js';
+import { availableCondition, certificateCondition, certificateNotAfter, type ConditionInput } from '../../builders/status.js';
+import { isNotFound, resourcePath } from '../../runtime/kube.js';
+import { ClusterIssuers, Issuers } from '../../runtime/resources.js';
+import { cachedChild, decide, requeueAfter, type ReconcileState, type SyncContext } from '../context.js';
+import { readSecret } from '../secrets.js';
+
+export const CONTROLLER = 'readiness';
+
+/** How often to look again while waiting for a certificate (events usually come first). */
+export const CERTIFICATE_POLL_MS = 30_000;
+/** Look again at least this often once issued, to notice expiry. */
+export const CERTIFICATE_RECHECK_MS = 6 * 3600_000;
+
+export interface ReadinessResult {
+  endpoint: string;
+  replicas?: number;
+  readyReplicas?: number;
+}
+
+export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promise<ReadinessResult> {
+  const relay = st.relay;
+  const ns = relay.metadata.namespace;
+  const names = childNames(relay);
+  const now = () => new Date(ctx.clock.now());
+
+  let cert: ConditionInput;
+  const tls = await readSecret(ctx, st, ns, names.tlsSecret);
+  const tlsPem = typeof tls?.data?.['tls.crt'] === 'string' ? Buffer.from(tls.data['tls.crt'], 'base64').toString('utf8') : undefined;
+  const secretNotAfter = tlsPem ? certificateNotAfter(tlsPem) : undefined;
+
+  if (relay.spec.tls.issuerRef) {
+    const ref = relay.spec.tls.issuerRef;
+    if (!ctx.features.certManager) {
+      cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.IssuerNotFound, message: `spec.tls.issuerRef needs cert-manager, but the cert-manager.io/v1 API is not served; install cert-manager or use spec.tls.secretName` };
+    } else {
+      // External issuers (other groups) cannot be looked up here; cert-manager's own can.
+      const ownIssuer = !ref.group || ref.group === 'cert-manager.io';
+      const certificate = cachedChild(ctx, 'Certificate', ns, names.certificate) as Parameters<typeof certificateCondition>[1];
+      cert = ownIssuer
+        ? certificateCondition(relay, certificate, { issuerFound: await issuerExists(ctx, ns, ref.kind, ref.name), now })
+        : certificateCondition(relay, certificate, { now });
+      if (cert.status === 'True' && !tlsPem) {
+        cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.TlsSecretNotFound, message: `the Certificate is Ready but its Secret ${names.tlsSecret} has no tls.crt yet` };
+      }
+      const notAfter = certificate?.status?.notAfter ?? secretNotAfter;
+      st.certificate = { secretName: names.tlsSecret, ...(notAfter ? { notAfter } : {}) };
+    }
+  } else {
+    const problem = checkTlsSecret(tls, names.tlsSecret);
+    if (problem) cert = { type: ConditionType.CertificateReady, ...problem, status: 'False' };
+    else if (secretNotAfter && Date.parse(secretNotAfter) <= ctx.clock.now())
+      cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.CertificateExpired, message: `the certificate in Secret ${names.tlsSecret} expired at ${secretNotAfter}; replace it` };
+    else cert = { type: ConditionType.CertificateReady, status: 'True', reason: Reason.TlsSecretValid, message: `Secret ${names.tlsSecret} holds a valid certificate${secretNotAfter ? ` until ${secretNotAfter}` : ''}` };
+    st.certificate = { secretName: names.tlsSecret, ...(secretNotAfter ? { notAfter: secretNotAfter } : {}) };
+  }
+  decide(st, cert.type, cert.status, cert.reason, cert.message);
+  if (cert.status !== 'True') {
+    requeueAfter(st, CERTIFICATE_POLL_MS);
+    if (cert.reason !== Reason.Issuing) await ctx.events.warning(relay, cert.reason, cert.message);
+  } else {
+    const left = st.certificate?.notAfter ? Date.parse(st.certificate.notAfter) - ctx.clock.now() : CERTIFICATE_RECHECK_MS;
+    requeueAfter(st, Math.max(1000, Math.min(left, CERTIFICATE_RECHECK_MS)));
+  }
+
+  const deployment = cachedChild(ctx, 'Deployment', ns, names.deployment) as { status?: { replicas?: number; readyReplicas?: number; availableReplicas?: number } } | undefined;
+  const avail = availableCondition(relay, deployment);
+  decide(st, avail.type, avail.status, avail.reason, avail.message);
+
+  const out: ReadinessResult = { endpoint: relayEndpoint(relay) };
+  if (deployment?.status?.replicas !== undefined) out.replicas = deployment.status.replicas;
+  out.readyReplicas = deployment?.status?.readyReplicas ?? 0;
+  return out;
+}
+
+async function issuerExists(ctx: SyncContext, namespace: string, kind: string, name: string): Promise<boolean> {
+  const path = kind === 'ClusterIssuer' ? resourcePath(ClusterIssuers, undefined, name) : resourcePath(Issuers, namespace, name);
+  try {
+    await ctx.kube.get(path);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}

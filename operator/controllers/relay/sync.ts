@@ -1,0 +1,45 @@
+// The relay's children: ServiceAccount, ConfigMap, NetworkPolicy, Certificate,
+// Services, Deployment, PodDisruptionBudget, ServiceMonitor, built by the pure
+// builders and applied when they differ from the cache.
+// Condition owned here: Reconciled.
+
+import { ConditionType, Reason } from '../../api/v1alpha1.js';
+import { buildChildren } from '../../builders/children.js';
+import { childNames } from '../../builders/meta.js';
+import { applyChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+
+export const CONTROLLER = 'relay';
+
+/** Applies every child; returns the errors (the caller writes status, then retries with backoff). */
+export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promise<Error[]> {
+  const relay = st.relay;
+  const names = childNames(relay);
+  st.referencedSecrets.add(`${relay.metadata.namespace}/${names.tlsSecret}`);
+  const children = buildChildren(relay, {
+    image: ctx.options.relayImage,
+    ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
+    skipDkim: st.skipDkim,
+    serviceMonitorCrd: ctx.features.serviceMonitor,
+  });
+  const errors: Error[] = [];
+  const failed: string[] = [];
+  let applied = 0;
+  for (const child of children) {
+    // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
+    if (child.kind === 'Certificate' && !ctx.features.certManager) continue;
+    try {
+      await applyChild(ctx, st, child);
+      applied++;
+    } catch (err) {
+      errors.push(err instanceof Error ? err : new Error(String(err)));
+      failed.push(`${child.kind} ${child.metadata.name}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  if (failed.length === 0) {
+    decide(st, ConditionType.Reconciled, 'True', Reason.Applied, `${applied} child objects up to date`);
+  } else {
+    decide(st, ConditionType.Reconciled, 'False', Reason.ApplyFailed, `could not apply ${failed.join('; ')}`.slice(0, 2000));
+    await ctx.events.warning(relay, Reason.ApplyFailed, `could not apply ${failed.map((f) => f.split(':')[0]).join(', ')}; see the operator log`);
+  }
+  return errors;
+}

@@ -1,0 +1,307 @@
+// Wires the operator: informers → work queue → RelayReconciler, behind leader
+// election, with the metrics/health server. startOperator() is what main.ts
+// and the in-process integration tests call.
+
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import pino, { type Logger } from 'pino';
+import { FIELD_MANAGER, GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, type SmtpRelay } from './api/v1alpha1.js';
+import { cachingHasher, type PasswordHasher } from './builders/users.js';
+import { RelayReconciler } from './controllers/reconciler.js';
+import type { Caches, Features, SyncContext } from './controllers/context.js';
+import { OperatorMetrics, serveMetrics, RESULT_ERROR, RESULT_REQUEUE, RESULT_SUCCESS } from './metrics.js';
+import { Applier } from './runtime/apply.js';
+import { realClock, type Clock } from './runtime/clock.js';
+import { EventRecorder } from './runtime/events.js';
+import { InformerGroup } from './runtime/informer.js';
+import { type Kube, type KubeObject, isNotFound, keyOf } from './runtime/kube.js';
+import { LeaderElector } from './runtime/leader.js';
+import { WorkQueue } from './runtime/queue.js';
+import { CORE_CHILD_RESOURCES, Certificates, SmtpRelays, Secrets, ServiceMonitors } from './runtime/resources.js';
+import { hashPassword, parseHash, verifyPassword } from '../relay/password.js';
+import type { Server } from 'node:http';
+
+export interface OperatorConfig {
+  kube: Kube;
+  /** Watched namespaces; undefined or empty = all. */
+  namespaces?: string[];
+  relayImage: string;
+  imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  workers?: number;
+  /** 0 picks a free port; undefined = no metrics server. */
+  metricsPort?: number;
+  metricsHost?: string;
+  leaderElect?: boolean;
+  leaseName?: string;
+  leaseNamespace?: string;
+  leaseDurationMs?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  identity?: string;
+  log?: Logger;
+  clock?: Clock;
+  hasher?: PasswordHasher;
+  /** Informer watchdog: relist after this much silence. */
+  watchdogMs?: number;
+  /** Called when leadership is lost; default exits the process with status 1. */
+  onLostLeadership?: () => void;
+}
+
+export interface RunningOperator {
+  readonly identity: string;
+  readonly metrics: OperatorMetrics;
+  /** Port of the metrics server, when one runs. */
+  readonly metricsPort: number | undefined;
+  isLeader(): boolean;
+  /** Resolves once this instance leads and its caches are synced. */
+  whenRunning(): Promise<void>;
+  /** Graceful: stop workers (finish in-flight), stop informers, release the lease, close the server. */
+  stop(): Promise<void>;
+}
+
+/** The relay's scrypt hashing (relay/password.ts), as the users builder wants it. */
+export const relayPasswordHasher: PasswordHasher = {
+  hash: (password) => hashPassword(password),
+  async verify(password, passwordHash) {
+    const parsed = parseHash(passwordHash);
+    if (typeof parsed === 'string') return false;
+    return verifyPassword(password, parsed);
+  },
+};
+
+async function served(kube: Kube, groupVersion: string, plural: string): Promise<boolean> {
+  try {
+    const list = await kube.get<{ resources?: { name: string }[] }>(`/apis/${groupVersion}`);
+    return (list.resources ?? []).some((r) => r.name === plural);
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/** The SmtpRelay key named by an object's controller ownerReference, if any. */
+export function ownerKey(obj: KubeObject): string | undefined {
+  const ref = obj.metadata?.ownerReferences?.find((r) => r.controller && r.kind === KIND && r.apiVersion.startsWith(`${GROUP}/`));
+  return ref && obj.metadata?.namespace ? `${obj.metadata.namespace}/${ref.name}` : undefined;
+}
+
+/** Secret (namespace/name) → SmtpRelays that read it; maintained from each reconcile. */
+export class SecretIndex {
+  private readonly bySecret = new Map<string, Set<string>>();
+  private readonly byRelay = new Map<string, Set<string>>();
+
+  set(relayKey: string, secrets: Set<string>): void {
+    for (const s of this.byRelay.get(relayKey) ?? []) {
+      const relays = this.bySecret.get(s);
+      relays?.delete(relayKey);
+      if (relays?.size === 0) this.bySecret.delete(s);
+    }
+    if (secrets.size === 0) this.byRelay.delete(relayKey);
+    else this.byRelay.set(relayKey, new Set(secrets));
+    for (const s of secrets) {
+      let relays = this.bySecret.get(s);
+      if (!relays) this.bySecret.set(s, (relays = new Set()));
+      relays.add(relayKey);
+    }
+  }
+
+  relaysFor(secretKey: string): string[] {
+    return [...(this.bySecret.get(secretKey) ?? [])];
+  }
+
+  size(): number {
+    return this.bySecret.size;
+  }
+}
+
+export async function startOperator(cfg: OperatorConfig): Promise<RunningOperator> {
+  const identity = cfg.identity ?? `${hostname()}_${randomUUID().slice(0, 8)}`;
+  const log = (cfg.log ?? pino({ level: 'info' })).child({ identity });
+  const clock = cfg.clock ?? realClock;
+  const kube = cfg.kube;
+  const namespaces = cfg.namespaces && cfg.namespaces.length > 0 ? cfg.namespaces : undefined;
+
+  let queue: WorkQueue | undefined;
+  const metrics = new OperatorMetrics({ defaultMetrics: true, queueDepth: () => queue?.depth() ?? 0 });
+  let running = false;
+  let stopped = false;
+  let runningWaiters: (() => void)[] = [];
+  const groups: InformerGroup<KubeObject>[] = [];
+  let elector: LeaderElector | undefined;
+  let server: Server | undefined;
+
+  const health = {
+    live: () => true,
+    // A standby replica is ready (it serves metrics and waits); a leader once synced.
+    ready: () => !stopped && (running || (cfg.leaderElect === true && !elector?.isLeader())),
+  };
+  if (cfg.metricsPort !== undefined) {
+    server = await serveMetrics(metrics, health, cfg.metricsPort, cfg.metricsHost ?? '::');
+  }
+  const addr = server?.address();
+  const metricsPort = addr && typeof addr === 'object' ? addr.port : undefined;
+
+  async function startControllers(): Promise<void> {
+    const features: Features = {
+      certManager: await served(kube, 'cert-manager.io/v1', 'certificates'),
+      serviceMonitor: await served(kube, 'monitoring.coreos.com/v1', 'servicemonitors'),
+    };
+    log.info({ features, namespaces: namespaces ?? 'all' }, 'starting controllers');
+    const informerOpts = {
+      kube,
+      ...(cfg.watchdogMs !== undefined ? { watchdogMs: cfg.watchdogMs } : {}),
+      clock,
+      onError: (err: unknown, retryInMs: number) => log.warn({ err: String(err), retryInMs }, 'watch failed; retrying'),
+    };
+    const selector = `${LABEL_MANAGED_BY}=${MANAGED_BY}`;
+    const relays = new InformerGroup<SmtpRelay & KubeObject>(namespaces, { ...informerOpts, resource: SmtpRelays });
+    const children = new Map<string, InformerGroup<KubeObject>>();
+    const childResources = [...CORE_CHILD_RESOURCES];
+    if (features.certManager) childResources.push(Certificates);
+    if (features.serviceMonitor) childResources.push(ServiceMonitors);
+    for (const r of childResources) children.set(r.kind, new InformerGroup<KubeObject>(namespaces, { ...informerOpts, resource: r, labelSelector: selector }));
+    // Memory: Secrets we own (labelled) are cached whole; for every other Secret
+    // only PartialObjectMetadata is cached (a few hundred bytes each, managedFields
+    // and annotations dropped, which may hold kubectl's last-applied copy of the
+    // data). That tells us a referenced Secret appeared, changed or went away;
+    // its data is read with a GET during the reconcile that needs it.
+    const secretMeta = new InformerGroup<KubeObject>(namespaces, {
+      ...informerOpts,
+      resource: Secrets,
+      metadataOnly: true,
+      transform: (o) => {
+        if (o.metadata) delete o.metadata.annotations;
+        return o;
+      },
+    });
+    const caches: Caches = { relays, children, secretMeta };
+    groups.push(relays as unknown as InformerGroup<KubeObject>, ...children.values(), secretMeta);
+
+    const ctx: SyncContext = {
+      kube,
+      applier: new Applier({ kube, fieldManager: FIELD_MANAGER, onRecreate: (o) => metrics.recreateTotal.inc({ kind: o.kind ?? '' }) }),
+      caches,
+      events: new EventRecorder({ kube, component: MANAGED_BY, instance: identity, clock, log: (m, e) => log.warn(e ?? {}, m) }),
+      metrics,
+      hasher: cfg.hasher ?? cachingHasher(relayPasswordHasher),
+      clock,
+      options: { relayImage: cfg.relayImage, ...(cfg.imagePullPolicy ? { imagePullPolicy: cfg.imagePullPolicy } : {}) },
+      features,
+    };
+    const index = new SecretIndex();
+    const reconciler = new RelayReconciler(ctx, log, (key, secrets) => index.set(key, secrets));
+    const q = new WorkQueue({
+      workers: cfg.workers ?? 2,
+      clock,
+      onError: (key, err, retryInMs) => log.warn({ key, err: String(err), retryInMs }, 'reconcile failed; retrying'),
+      handler: async (key) => {
+        try {
+          const r = await reconciler.reconcile(key);
+          reconciler.recordResult(r.requeueAfterMs !== undefined ? RESULT_REQUEUE : RESULT_SUCCESS);
+          return r;
+        } catch (err) {
+          reconciler.recordResult(RESULT_ERROR);
+          throw err;
+        }
+      },
+    });
+    queue = q;
+
+    relays.on({
+      add: (o) => q.add(keyOf(o)),
+      // Our own status writes change resourceVersion but not generation: no reconcile.
+      update: (a, b) => {
+        const am = a.metadata;
+        const bm = b.metadata;
+        if (am.generation !== bm.generation || am.deletionTimestamp !== bm.deletionTimestamp || JSON.stringify(am.labels) !== JSON.stringify(bm.labels)) q.add(keyOf(b));
+      },
+      delete: (o) => q.add(keyOf(o)),
+    });
+    const toOwner = (o: KubeObject) => {
+      const k = ownerKey(o);
+      if (k) q.add(k);
+    };
+    for (const g of children.values()) {
+      g.on({
+        add: toOwner,
+        update: (a, b) => {
+          if (a.metadata?.resourceVersion !== b.metadata?.resourceVersion) toOwner(b);
+        },
+        delete: toOwner,
+      });
+    }
+    const toReaders = (o: KubeObject) => {
+      for (const k of index.relaysFor(keyOf(o))) q.add(k);
+    };
+    secretMeta.on({
+      add: toReaders,
+      update: (a, b) => {
+        if (a.metadata?.resourceVersion !== b.metadata?.resourceVersion) toReaders(b);
+      },
+      delete: toReaders,
+    });
+
+    for (const g of groups) g.start();
+    await Promise.all(groups.map((g) => g.waitForSync()));
+    if (stopped) return;
+    log.info({ relays: relays.size() }, 'caches synced');
+    q.start();
+    running = true;
+    for (const w of runningWaiters.splice(0)) w();
+  }
+
+  const begin = () =>
+    startControllers().catch((err) => {
+      log.error({ err: String(err) }, 'controllers failed to start');
+      if (!stopped) (cfg.onLostLeadership ?? (() => process.exit(1)))();
+    });
+
+  if (cfg.leaderElect) {
+    elector = new LeaderElector({
+      kube,
+      namespace: cfg.leaseNamespace ?? 'default',
+      name: cfg.leaseName ?? MANAGED_BY,
+      identity,
+      leaseDurationMs: cfg.leaseDurationMs ?? 15_000,
+      renewDeadlineMs: cfg.renewDeadlineMs ?? 10_000,
+      retryPeriodMs: cfg.retryPeriodMs ?? 2_000,
+      clock,
+      log: (m, e) => log.warn(e ?? {}, m),
+      onNewLeader: (id) => log.info({ leader: id }, 'leader observed'),
+      onStartedLeading: () => {
+        metrics.leader.set(1);
+        log.info('became leader');
+        void begin();
+      },
+      onStoppedLeading: () => {
+        metrics.leader.set(0);
+        log.error('lost leadership; stopping');
+        (cfg.onLostLeadership ?? (() => process.exit(1)))();
+      },
+    });
+    elector.start();
+  } else {
+    metrics.leader.set(1);
+    void begin();
+  }
+
+  return {
+    identity,
+    metrics,
+    metricsPort,
+    isLeader: () => (elector ? elector.isLeader() : true),
+    whenRunning: () => (running ? Promise.resolve() : new Promise<void>((r) => runningWaiters.push(r))),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      log.info('stopping');
+      await queue?.shutdown();
+      await Promise.all(groups.map((g) => g.stop()));
+      await elector?.release();
+      metrics.leader.set(0);
+      if (server) await new Promise<void>((r) => server!.close(() => r()));
+      runningWaiters = [];
+      log.info('stopped');
+    },
+  };
+}
