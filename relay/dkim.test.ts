@@ -1,7 +1,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { fromDomains, normalizeDomain, parseDkimKey, selectDkimKey, signMessage } from './dkim.js';
+import { fromDomains, normalizeDomain, parseDkimKey, relaxedBody, relaxedHeader, selectDkimKey, signMessage } from './dkim.js';
 
 const keys = [
   { domain: 'example.com', selector: 'a' },
@@ -60,9 +60,11 @@ describe('DKIM keys', () => {
     assert.equal(k.domain, 'example.com');
     assert.equal(k.selector, 'relay1');
   });
-  it('refuses an Ed25519 key with a message naming the file (the signer only does rsa-sha256)', () => {
+  it('accepts an Ed25519 key (ed25519-sha256) and refuses other key types naming the file', () => {
     const pem = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' });
-    assert.throws(() => parseDkimKey(cfg, pem), /\/keys\/k\.pem.*ed25519 is not supported; use an RSA key/);
+    assert.equal(parseDkimKey(cfg, pem).algorithm, 'ed25519-sha256');
+    const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    assert.throws(() => parseDkimKey(cfg, ec), /\/keys\/k\.pem.*key type ec is not supported; use an RSA .* or Ed25519 key/);
   });
   it('refuses a short RSA key', () => {
     const pem = generateKeyPairSync('rsa', { modulusLength: 768 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
@@ -81,5 +83,17 @@ describe('DKIM keys', () => {
     const prefix = signed.subarray(0, signed.length - m.length).toString('latin1');
     assert.match(prefix, /^DKIM-Signature: v=1; a=rsa-sha256; c=relaxed\/relaxed; d=example\.com;/);
     assert.ok(signed.subarray(prefix.length).equals(m));
+  });
+});
+
+describe('relaxed canonicalization (RFC 6376 §3.4.2, §3.4.4)', () => {
+  it('headers: lower-case name, unfolded, whitespace runs to one SP, none around the colon or at the end', () => {
+    assert.equal(relaxedHeader('Subject \t:  Hello \t  world\r\n\tagain  '), 'subject:Hello world again');
+    assert.equal(relaxedHeader('X-Nbsp: a\xa0'), 'x-nbsp:a\xa0', 'only SP and HTAB are whitespace');
+  });
+  it('body: trailing whitespace and trailing empty lines go, runs become one SP, empty body stays empty', () => {
+    assert.equal(relaxedBody(Buffer.from('a  b \t\r\n\r\nc\r\n\r\n\r\n')).toString(), 'a b\r\n\r\nc\r\n');
+    assert.equal(relaxedBody(Buffer.from('\r\n\r\n')).length, 0);
+    assert.equal(relaxedBody(Buffer.from('no final crlf')).toString(), 'no final crlf\r\n');
   });
 });

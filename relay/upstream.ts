@@ -10,8 +10,9 @@
 // (duplicates), 5xx tells it nobody got the message. So we drive
 // SMTPConnection ourselves and, when any RCPT is refused, abort the
 // transaction before a single byte of the message is sent: the connection is
-// closed after the 354, and RFC 5321 §4.1.1.4 makes the upstream discard a
-// transaction whose data never ended with "<CRLF>.<CRLF>". The relay then
+// closed after the 354; only the end-of-data indication "<CRLF>.<CRLF>" makes
+// a server process a transaction (RFC 5321 §4.1.1.4), so it is discarded
+// (proved against smtp-server in test/relay/upstream.test.ts). The relay then
 // refuses the whole message (5xx if any refusal was permanent, else 4xx) and
 // names the refused recipients: no recipient got it, nothing is duplicated,
 // nothing is lost silently. The pool queue of nodemailer is also unbounded;

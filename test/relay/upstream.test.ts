@@ -419,6 +419,27 @@ describe('DKIM and S/MIME through the upstream', () => {
     }
   });
 
+  it('signs with an Ed25519 key (ed25519-sha256, RFC 8463), verified by dkimpy', async () => {
+    const { privateKey } = generateKeyPairSync('ed25519');
+    const edKey = await file('ed.key', privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+    const edRecords = { 'ed1._domainkey.example.com': dkimTxtRecord(createPublicKey(privateKey)) };
+    const h = makeUpstream({ port: sink.port, caFile: sink.caFile }, [{ domain: 'example.com', selector: 'ed1', keyFile: edKey }]);
+    try {
+      const raw = message();
+      const before = sink.messages.length;
+      assertAccepted(await h.upstream.deliver(env, raw));
+      const got = sink.messages[before]!.raw;
+      assert.ok(got.subarray(got.length - raw.length).equals(raw));
+      assert.match(got.toString('latin1'), /^DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed\/relaxed; d=example\.com;\s+s=ed1;/);
+      const v = await verifyDkim(got, edRecords);
+      assert.ok(v.ok, v.output);
+      const tampered = Buffer.from(got.toString('latin1').replace('Date: Fri, 27 Nov', 'Date: Sat, 28 Nov'), 'latin1');
+      assert.equal((await verifyDkim(tampered, edRecords)).ok, false);
+    } finally {
+      await h.upstream.close();
+    }
+  });
+
   it('signs a subdomain From with the parent domain key, and leaves other domains unsigned', async () => {
     const h = makeUpstream({ port: sink.port, caFile: sink.caFile }, [{ domain: 'example.com', selector: 'relay1', keyFile }]);
     try {

@@ -29,9 +29,13 @@ print(("PASS" if ok else "FAIL") + " d=" + (d.domain or b"").decode() + " s=" + 
 sys.exit(0 if ok else 1)
 `;
 
-/** The DNS TXT record value for an RSA DKIM public key. */
+/** The DNS TXT record value for an RSA or Ed25519 DKIM public key. */
 export function dkimTxtRecord(publicKey: KeyObject): string {
   const der = publicKey.export({ type: 'spki', format: 'der' });
+  if (publicKey.asymmetricKeyType === 'ed25519') {
+    // RFC 8463: p= is the raw 32-byte public key, the tail of the SPKI encoding.
+    return `v=DKIM1; k=ed25519; p=${der.subarray(der.length - 32).toString('base64')}`;
+  }
   return `v=DKIM1; k=rsa; p=${der.toString('base64')}`;
 }
 
