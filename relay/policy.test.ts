@@ -176,6 +176,7 @@ describe('bare LF / CR detector', () => {
     assert.equal(check('x\r\n.\n'), 'bare_lf');
     assert.equal(check('x\n.\r\n'), 'bare_lf');
     assert.equal(check('x\r.\r'), 'bare_cr');
+    assert.equal(check('a\r\n', 'b\0c\r\n'), 'nul_byte');
   });
 });
 

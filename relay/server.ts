@@ -341,7 +341,7 @@ export class Relay {
     state: SessionState | undefined,
     chunks: Buffer[],
     size: number,
-    bare: 'bare_lf' | 'bare_cr' | undefined,
+    bare: 'bare_lf' | 'bare_cr' | 'nul_byte' | undefined,
     oversized: boolean,
   ): Promise<string> {
     const envelope: Envelope = {
@@ -380,7 +380,8 @@ export class Relay {
       refuse('too_large', 552, `5.3.4 Message too big (the limit is ${this.settings.limits.maxMessageSize} bytes)`);
     }
     if (bare) {
-      refuse(bare, 550, `5.6.0 Message refused: bare ${bare === 'bare_lf' ? 'LF' : 'CR'} in message data (line endings must be CRLF)`);
+      const what = bare === 'nul_byte' ? 'NUL byte' : bare === 'bare_lf' ? 'bare LF' : 'bare CR';
+      refuse(bare, 550, `5.6.0 Message refused: ${what} in message data (line endings must be CRLF, no NUL bytes)`);
     }
     const user = this.users.get(state!.user!);
     if (!user) refuse('auth_required', 530, '5.7.0 Authentication required (account removed)');

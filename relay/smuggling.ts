@@ -1,9 +1,10 @@
 // SMTP smuggling defence: message data may contain CR and LF only as CRLF pairs.
 // A bare LF or bare CR lets a client hide a second message behind an end-of-data
 // sequence that another server reads differently ("\n.\n", "\r.\r" ...), so any
-// such byte refuses the whole message. Fed chunk by chunk as DATA arrives.
+// such byte refuses the whole message. NUL bytes (RFC 5321 section 4.1.1.4 forbids
+// them in text) are refused the same way. Fed chunk by chunk as DATA arrives.
 
-export type BareLineEnding = 'bare_lf' | 'bare_cr';
+export type BareLineEnding = 'bare_lf' | 'bare_cr' | 'nul_byte';
 
 export class LineEndingCheck {
   private lastWasCr = false;
@@ -12,6 +13,10 @@ export class LineEndingCheck {
 
   push(chunk: Buffer): void {
     if (this.found || chunk.length === 0) return;
+    if (chunk.indexOf(0) !== -1) {
+      this.found = 'nul_byte';
+      return;
+    }
     // Buffer.indexOf runs natively: two passes over line ends, not a JS loop over every byte.
     for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) {
       const before = i === 0 ? this.lastWasCr : chunk[i - 1] === 0x0d;

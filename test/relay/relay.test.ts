@@ -357,6 +357,11 @@ describe('limits and malformed input', () => {
       const b4 = await d.cmd('!!!!');
       assert.ok(b4 && b4.code >= 500, b4?.text);
     }
+    // NUL inside message data
+    assert.equal((await d.login(ALICE.name, ALICE.password))?.code, 235);
+    const nulData = await rawData(d, 'alice@example.com', 'rcpt@example.net', 'From: alice@example.com\r\n\r\nbin\0ary\r\n.\r\n');
+    assert.equal(nulData?.code, 550, nulData?.text);
+    assert.match(nulData!.text, /NUL byte/);
     d.close();
     // still alive
     const e = await authed();
