@@ -58,6 +58,8 @@ export interface SinkOptions {
   behaviour?: Partial<SinkBehaviour>;
   /** Max message size (SIZE); default 50 MiB. */
   size?: number;
+  /** Loopback port to listen on; default an ephemeral one. */
+  port?: number;
 }
 
 export interface Sink {
@@ -217,7 +219,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   await new Promise<void>((resolve, reject) => {
     const onErr = (e: Error) => reject(e);
     inner.once('error', onErr);
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(opts.port ?? 0, '127.0.0.1', () => {
       inner.off('error', onErr);
       resolve();
     });
