@@ -261,6 +261,10 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
       ? { kind: 'sender_refused', outcome: permanentOutcome(rc, `5.1.0 Upstream refused the sender${upstreamSaid(e.response)}`) }
       : { kind: 'sender_refused', outcome: temporary(`4.1.0 Upstream deferred the sender${upstreamSaid(e.response)}`) };
   }
+  if (code === 'EMESSAGE' && e.command === 'MAIL FROM' && !rc) {
+    // nodemailer's own check against the SIZE the upstream advertised: it will never take it.
+    return { kind: 'message_refused', outcome: permanentOutcome(552, '5.3.4 Message too big for the upstream') };
+  }
   if (code === 'EENVELOPE' && e.rejected?.length) {
     return classifyError(new RecipientsRefused(e.rejected, e.rejectedErrors ?? []), rcptTo);
   }

@@ -276,6 +276,26 @@ describe('loss-free outcomes', () => {
     }
   });
 
+  it('all-or-nothing also without PIPELINING, and a message over the upstream SIZE is refused before sending', async () => {
+    const sink = await startSink({ pki, noPipelining: true, size: 1000, behaviour: { refuseRecipients: ['bob@example.net'] } });
+    const h = makeUpstream({ port: sink.port, caFile: sink.caFile });
+    try {
+      const small = Buffer.from('From: billing@example.com\r\nSubject: s\r\n\r\nsmall\r\n');
+      const o = await h.upstream.deliver(env, small);
+      assert.ok(o.kind === 'permanent', JSON.stringify(o));
+      assert.deepEqual(o.refused, ['bob@example.net']);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(sink.messages.length, 0);
+      const big = await h.upstream.deliver({ mailFrom: env.mailFrom, rcptTo: ['alice@example.net'] }, message());
+      assert.ok(big.kind === 'permanent' && big.code === 552, JSON.stringify(big));
+      assertAccepted(await h.upstream.deliver({ mailFrom: env.mailFrom, rcptTo: ['alice@example.net'] }, small));
+      assert.ok(sink.messages[0]!.raw.equals(small));
+    } finally {
+      await h.upstream.close();
+      await sink.stop();
+    }
+  });
+
   it('a recipient deferred (4xx) gives a temporary outcome naming it; all refused (5xx) gives permanent', async () => {
     const sink = await startSink({ pki, behaviour: { tempFailRecipients: ['bob@example.net'] } });
     const h = makeUpstream({ port: sink.port, caFile: sink.caFile });

@@ -60,6 +60,8 @@ export interface SinkOptions {
   size?: number;
   /** Loopback port to listen on; default an ephemeral one. */
   port?: number;
+  /** Do not advertise PIPELINING (clients then wait for each reply). */
+  noPipelining?: boolean;
 }
 
 export interface Sink {
@@ -132,6 +134,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     allowInsecureAuth: mode === 'none',
     disableReverseLookup: true,
     size: opts.size ?? 50 * 1024 * 1024,
+    hidePIPELINING: opts.noPipelining ?? false,
     banner: 'test sink',
     logger: false,
     closeTimeout: 1000,
