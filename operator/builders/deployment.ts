@@ -59,22 +59,21 @@ const SECRET_MODE = 0o440;
 const CONFIG_MODE = 0o444;
 
 /**
- * Config sections the relay reloads from config.yaml while running. Every other
- * part of the config (listeners, hostname, file paths, upstream, DKIM list,
- * metrics) goes into the restart hash and rolls the pods when it changes.
- * Users (users.yaml), certificates and secret file contents never enter it.
+ * The config fields the relay reads only at start (relay/config.ts
+ * restartNeeded: listeners, metrics, tls, auth.usersFile, hostname). A change
+ * to any of them rolls the pods; everything else in config.yaml (limits,
+ * access, lockout, upstream, DKIM) the relay reloads in place, and users,
+ * certificates and secret file contents never enter the hash at all.
  */
-export const HOT_RELOADABLE_CONFIG = ['limits', 'access', 'auth.lockout', 'tls.minVersion'] as const;
-
-/** The part of the config the relay reads only at start. */
 export function restartRelevantConfig(config: RelayConfig): unknown {
-  const copy = structuredClone(config) as unknown as Record<string, Record<string, unknown> | undefined>;
-  for (const path of HOT_RELOADABLE_CONFIG) {
-    const [head, tail] = path.split('.') as [string, string | undefined];
-    if (tail === undefined) delete copy[head];
-    else if (copy[head]) delete copy[head][tail];
-  }
-  return copy;
+  return {
+    version: config.version,
+    hostname: config.hostname,
+    listeners: config.listeners,
+    tls: config.tls,
+    metrics: config.metrics,
+    usersFile: config.auth.usersFile,
+  };
 }
 
 /** Hash of what the relay cannot hot-reload; the pod template carries it. */

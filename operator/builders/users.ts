@@ -8,6 +8,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import YAML from 'yaml';
 import type { UserEntry, UsersFile } from '../../relay/config-types.js';
+import { hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
 import { renderYaml } from './config.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
@@ -19,6 +20,15 @@ export interface PasswordHasher {
   /** Whether the password matches the stored hash; false (not an error) for a malformed hash. */
   verify(password: string, passwordHash: string): Promise<boolean>;
 }
+
+/** The relay's own scrypt hashing: what the operator passes in production. */
+export const relayPasswordHasher: PasswordHasher = {
+  hash: (password) => hashPassword(password),
+  async verify(password, passwordHash) {
+    const parsed = parseHash(passwordHash);
+    return typeof parsed === 'string' ? false : verifyPassword(password, parsed);
+  },
+};
 
 export interface Secret {
   apiVersion: 'v1';
