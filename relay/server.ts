@@ -163,8 +163,12 @@ export class Relay {
     // PROXY protocol only from trusted peers, matched by CIDR (smtp-server's useProxy
     // takes exact addresses only). The header is read before TLS and before onConnect,
     // so the allow-list, limits and lockout all see the client's address.
-    (server as unknown as { _expectsProxyHeader: (socket: net.Socket) => boolean })._expectsProxyHeader = (socket) =>
-      this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
+    const proxyHook = server as unknown as { _expectsProxyHeader?: (socket: net.Socket) => boolean };
+    if (typeof proxyHook._expectsProxyHeader !== 'function') {
+      // test/relay/abuse.test.ts proves the hook; fail loudly if an upgrade removed it
+      throw new Error('this smtp-server version has no _expectsProxyHeader hook: PROXY protocol trust by CIDR is unavailable');
+    }
+    proxyHook._expectsProxyHeader = (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
     server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
       // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
       // error normalizer); without this listener such a client would crash the process.
@@ -398,7 +402,7 @@ export class Relay {
       helo: session.hostNameAppearsAs || 'unknown',
       clientIp: state!.ip,
       hostname: this.settings.hostname,
-      protocol: 'ESMTPSA',
+      protocol: session.openingCommand === 'HELO' ? 'SMTPSA' : 'ESMTPSA', // RFC 3848
       tlsVersion: state!.tlsVersion,
       cipher: state!.cipher,
       sessionId: session.id,
