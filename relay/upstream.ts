@@ -333,7 +333,8 @@ function sendAllOrNothing(
   onDataStart: () => void,
 ): Promise<string> {
   const internal = conn as unknown as { _setEnvelope?: SetEnvelope };
-  const original = internal._setEnvelope;
+  // The prototype's method, not the instance property: that one holds the previous send's hook.
+  const original = (SMTPConnection.prototype as unknown as { _setEnvelope?: SetEnvelope })._setEnvelope;
   if (typeof original !== 'function') {
     return Promise.reject(new Error('nodemailer SMTPConnection has no _setEnvelope: the all-or-nothing RCPT check needs updating'));
   }

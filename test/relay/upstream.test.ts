@@ -253,9 +253,14 @@ describe('loss-free outcomes', () => {
   });
 
   it('one recipient refused: not accepted, the refused one is named, and NO recipient got the message', async () => {
-    const sink = await startSink({ pki, behaviour: { refuseRecipients: ['bob@example.net'] } });
+    const sink = await startSink({ pki });
     const h = makeUpstream({ port: sink.port, caFile: sink.caFile });
     try {
+      // Two messages first, so the refusal happens on a reused pooled connection.
+      for (let i = 0; i < 2; i++) assertAccepted(await h.upstream.deliver(env, message()));
+      sink.messages.length = 0;
+      sink.rcptAttempts.length = 0;
+      sink.behaviour.refuseRecipients = ['bob@example.net'];
       const o = await h.upstream.deliver(env, message());
       assert.equal(o.kind, 'permanent', JSON.stringify(o));
       assert.ok(o.kind === 'permanent');
