@@ -24,7 +24,8 @@ const USAGE = `usage:
 
 function configArg(args: string[]): string {
   const i = args.indexOf('--config');
-  const file = i >= 0 ? args[i + 1] : args.find((a) => a.startsWith('--config='))?.slice('--config='.length);
+  const file =
+    i >= 0 ? args[i + 1] : (args.find((a) => a.startsWith('--config='))?.slice('--config='.length) ?? args.find((a) => !a.startsWith('-')));
   if (!file) {
     process.stderr.write(`missing --config FILE\n${USAGE}\n`);
     process.exit(2);
