@@ -71,6 +71,15 @@ interface Connection {
   send(code: number, message: string): void;
 }
 
+/** smtp-server's per-connection command dispatch, wrapped to count plaintext commands. */
+interface PlaintextHook {
+  secure: boolean;
+  _upgrading: boolean;
+  _onCommand(command: Buffer, callback: () => void): unknown;
+}
+
+const MAX_PLAINTEXT_COMMANDS = 10;
+
 export class Relay {
   private settings: RelaySettings;
   private users: UserTable;
@@ -206,8 +215,35 @@ export class Relay {
     this.sessions.set(session.id, { listener: listener.name, ip, messages: 0, inFlight: false });
     this.metrics.connections.inc({ listener: listener.name, result: 'accepted', reason: '' });
     this.metrics.activeConnections.inc({ listener: listener.name });
-    if (listener.mode === 'starttls') session.disabledCommands = PRE_TLS_DISABLED;
+    if (listener.mode === 'starttls') {
+      session.disabledCommands = PRE_TLS_DISABLED;
+      this.limitPlaintextCommands(listener, session);
+    }
     cb();
+  }
+
+  /**
+   * A client may send only a few commands before STARTTLS (a real one needs EHLO and
+   * STARTTLS); smtp-server's own abuse counters do not cover NOOP/RSET/EHLO loops there.
+   */
+  private limitPlaintextCommands(listener: ListenerSettings, session: SMTPServerSession): void {
+    const server = this.servers.find((s) => s.listener === listener)?.server;
+    const conns = (server as unknown as { connections?: Set<Connection & PlaintextHook> } | undefined)?.connections;
+    if (!conns) return;
+    for (const conn of conns) {
+      if (conn.session !== session || typeof conn._onCommand !== 'function') continue;
+      const dispatch = conn._onCommand.bind(conn);
+      let count = 0;
+      conn._onCommand = (command: Buffer, callback: () => void) => {
+        if (!conn.secure && !conn._upgrading && ++count > MAX_PLAINTEXT_COMMANDS) {
+          this.metrics.rejections.inc({ reason: 'too_many_plaintext_commands' });
+          conn.send(421, '4.7.0 Too many commands before STARTTLS');
+          return;
+        }
+        return dispatch(command, callback);
+      };
+      return;
+    }
   }
 
   private onSecure(listener: ListenerSettings, socket: net.Socket | tls.TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {

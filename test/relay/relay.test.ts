@@ -75,6 +75,16 @@ describe('listeners and TLS', () => {
     assert.equal(sink.messages.length, 0);
   });
 
+  test('a client that keeps talking in plaintext is closed after 10 commands', async () => {
+    const c = await RawSmtp.connect(relay.ports.submission);
+    const codes: number[] = [];
+    for (let i = 0; i < 12 && !c.closed; i++) codes.push((await c.cmd('NOOP'))?.code ?? 0);
+    assert.deepEqual(codes.slice(0, 10), Array(10).fill(250));
+    assert.equal(codes[10], 421);
+    await c.closedP;
+    assert.ok((await relay.metric('smtp_relay_rejections_total', { reason: 'too_many_plaintext_commands' })) >= 1);
+  });
+
   test('after STARTTLS AUTH is advertised; without AUTH nothing is accepted (both listeners)', async () => {
     const c = await RawSmtp.connect(relay.ports.submission);
     await c.cmd('EHLO client.test');
