@@ -146,6 +146,19 @@ describe('listeners and TLS', () => {
     assert.match(out, /Protocol *: TLSv1\.2/);
     assert.match(out, /Cipher *: ECDHE-(ECDSA|RSA)-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)/);
     assert.match(out, /Compression: NONE/);
+    // a TLS 1.2 client asking to renegotiate is refused (the server sends a no_renegotiation alert)
+    const s12 = await new Promise<import('node:tls').TLSSocket>((resolve, reject) => {
+      const s = tlsMod.connect({ host: '127.0.0.1', port: relay.ports.submissions, rejectUnauthorized: false, maxVersion: 'TLSv1.2' }, () => resolve(s));
+      s.once('error', reject);
+    });
+    const renegError = new Promise<string>((resolve) => {
+      s12.on('error', (e) => resolve(e.message));
+      s12.on('close', () => resolve('closed'));
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    s12.renegotiate({ rejectUnauthorized: false }, () => undefined);
+    assert.match(await renegError, /no renegotiation|closed/);
+    s12.destroy();
     const weak = await opensslSession(['-connect', `127.0.0.1:${relay.ports.submissions}`, '-tls1_2', '-cipher', 'AES128-SHA'], 'QUIT\r\n');
     assert.doesNotMatch(weak, /Cipher *: AES128-SHA/);
   });
