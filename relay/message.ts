@@ -12,26 +12,29 @@ export function headerBlock(message: Buffer): Buffer {
 }
 
 /**
- * All addresses in all From: headers, lower-cased. Returns null when the header
- * is missing or holds something that is not a mailbox (a group with no members,
- * an address without a domain).
+ * All addresses in all From: headers, lower-cased. Each header is parsed twice, as
+ * sent and with RFC 2047 encoded-words decoded, and the addresses of both readings
+ * are returned: an encoded-word that decodes to quotes or brackets must not be able
+ * to hide an address from the check that a mail reader would still show. Returns
+ * null when the header is missing or a reading holds no usable mailbox.
  */
 export function fromAddresses(message: Buffer): string[] | null {
   const headers = new Headers(headerBlock(message));
-  const values = headers.getDecoded('from');
-  if (values.length === 0) return null;
-  const out: string[] = [];
-  for (const { value } of values) {
+  const raw = headers.get('from').map((line) => line.replace(/\r?\n/g, '').replace(/^[^:]*:/, ''));
+  if (raw.length === 0) return null;
+  const decoded = headers.getDecoded('from').map((h) => h.value);
+  const out = new Set<string>();
+  for (const value of [...raw, ...decoded]) {
     const parsed = addressparser(value, { flatten: true });
     const list = Array.isArray(parsed) ? parsed : [parsed];
     if (list.length === 0) return null;
     for (const a of list) {
       const addr = (a.address ?? '').trim();
       if (!addr || !addr.includes('@')) return null;
-      out.push(addr.toLowerCase());
+      out.add(addr.toLowerCase());
     }
   }
-  return out;
+  return [...out];
 }
 
 export interface TraceInfo {

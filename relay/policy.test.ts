@@ -186,6 +186,9 @@ describe('message headers', () => {
     assert.deepEqual(fromAddresses(Buffer.from('From: a@example.com\r\nFrom: b@example.com\r\n\r\n')), ['a@example.com', 'b@example.com']);
     assert.deepEqual(fromAddresses(Buffer.from('From: team: a@example.com, b@example.com;\r\n\r\n')), ['a@example.com', 'b@example.com']);
     assert.deepEqual(fromAddresses(Buffer.from('from:\r\n  a@example.com\r\n\r\n')), ['a@example.com'], 'folded, lower-case name');
+    // an encoded-word that decodes to a quote must not hide the address a reader sees
+    const tricky = fromAddresses(Buffer.from('From: =?utf-8?Q?=22?= <ceo@evil.com> =?utf-8?Q?=22?= alice@example.com\r\n\r\n'));
+    assert.ok(tricky?.includes('ceo@evil.com'), JSON.stringify(tricky));
     assert.equal(fromAddresses(Buffer.from('Subject: none\r\n\r\n')), null);
     assert.equal(fromAddresses(Buffer.from('From: undisclosed:;\r\n\r\n')), null);
     assert.equal(fromAddresses(Buffer.from('From: nobody\r\n\r\n')), null);

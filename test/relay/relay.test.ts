@@ -282,6 +282,7 @@ describe('sender enforcement', () => {
       'From: =?utf-8?Q?Alice?= <ceo@example.com>\r\nSubject: encoded\r\n\r\nx\r\n',
       'Subject: no from\r\n\r\nx\r\n',
       'From: alice@example.com\r\n (folded) <ceo@example.com>\r\n\r\nx\r\n',
+      'From: =?utf-8?Q?=22?= <ceo@example.com> =?utf-8?Q?=22?= alice@example.com\r\n\r\nx\r\n',
     ];
     for (const v of variants) {
       const r = await rawData(c, 'alice@example.com', 'rcpt@example.net', v + '.\r\n');
@@ -293,7 +294,7 @@ describe('sender enforcement', () => {
     c.close();
     await sink.waitForMessages(before + 1);
     assert.equal(sink.messages.length, before + 1);
-    assert.ok((await relay.metric('smtp_relay_rejections_total', { reason: 'sender_not_allowed' })) >= 5);
+    assert.ok((await relay.metric('smtp_relay_rejections_total', { reason: 'sender_not_allowed' })) >= 6);
   });
 });
 
