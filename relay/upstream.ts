@@ -251,6 +251,7 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
   }
   const code = e?.code ?? '';
   const rc = e?.responseCode;
+  if (code === 'ESHUTDOWN') return { kind: 'shutdown', outcome: temporary('4.3.2 Relay is shutting down, try again later') };
   if (code === 'EAUTH') return { kind: 'auth', outcome: temporary(`4.7.0 Upstream authentication failed, try again later${upstreamSaid(e.response)}`) };
   if (code === 'ETIMEDOUT') return { kind: 'timeout', outcome: temporary('4.4.1 Upstream connection timed out, try again later') };
   if (code === 'ETLS' || isCertError(e)) {
@@ -283,6 +284,10 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
 function isCertError(e: NodemailerError | undefined): boolean {
   const c = e?.originalCode ?? e?.code ?? '';
   return /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ERR_TLS|ERR_SSL|EPROTO/.test(c);
+}
+
+function shutdownError(): Error {
+  return Object.assign(new Error('upstream closed'), { code: 'ESHUTDOWN' });
 }
 
 function temporary(message: string, refused: string[] = []): DeliveryOutcome {
@@ -486,9 +491,9 @@ export class Upstream {
       // before any message data was sent (typically: the server closed it while idle).
       for (let i = 0; ; i++) {
         const { pooled, reused } = await this.acquire(s);
-        if (timedOut) {
+        if (timedOut || this.closed) {
           this.release(pooled, false);
-          throw new DeliveryTimeout(s.timeoutMs, false);
+          throw timedOut ? new DeliveryTimeout(s.timeoutMs, false) : shutdownError();
         }
         current = pooled;
         try {
@@ -667,14 +672,18 @@ export class Upstream {
   }
 
   /**
-   * Stops taking new deliveries (they get a 4xx), waits for the ones in
-   * flight (each bounded by upstream.timeout), then closes every connection.
+   * Shuts the upstream side down at once: new deliveries get a 4xx, and
+   * deliveries still in flight are cut off and resolve as temporary (their
+   * outcome may be unknown if the data was already sent; the client retries,
+   * which may duplicate but never loses). Meant to run after the server's own
+   * drain (grace period); resolves once every delivery has settled and every
+   * connection is closed.
    */
   async close(): Promise<void> {
     this.closed = true;
-    if (this.inFlight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
-    for (const w of this.waiters.splice(0)) w.reject(new Error('upstream closed'));
+    for (const w of this.waiters.splice(0)) w.reject(shutdownError());
     for (const p of this.idle.splice(0)) this.discard(p);
     for (const p of this.checkedOut) this.discard(p);
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
   }
 }

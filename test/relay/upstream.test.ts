@@ -387,6 +387,22 @@ describe('loss-free outcomes', () => {
     }
   });
 
+  it('close() cuts off a delivery still in flight at once: it resolves temporary, never accepted', async () => {
+    const sink = await startSink({ pki, behaviour: { delayDataMs: 5000 } });
+    const h = makeUpstream({ port: sink.port, caFile: sink.caFile, timeout: '20s' });
+    try {
+      const pending = h.upstream.deliver(env, message());
+      await new Promise((r) => setTimeout(r, 400)); // the data is sent, the reply is pending
+      const t0 = Date.now();
+      await h.upstream.close();
+      assert.ok(Date.now() - t0 < 2000, `close() took ${Date.now() - t0} ms`);
+      const o = await pending;
+      assert.equal(o.kind, 'temporary', JSON.stringify(o));
+    } finally {
+      await sink.stop();
+    }
+  });
+
   it('after close() deliveries are deferred and no connection is left open', async () => {
     const sink = await startSink({ pki });
     const h = makeUpstream({ port: sink.port, caFile: sink.caFile });
