@@ -59,13 +59,17 @@ export async function verifyPassword(password: string, stored: ParsedHash): Prom
   return crypto.timingSafeEqual(key, stored.hash);
 }
 
-let dummy: ParsedHash | undefined;
-/** A hash nobody knows the password of, with the default parameters. */
-export function dummyHash(): ParsedHash {
-  dummy ??= {
-    ...DEFAULT_PARAMS,
-    salt: crypto.randomBytes(SALT_LEN),
-    hash: crypto.randomBytes(KEY_LEN),
-  };
-  return dummy;
+const dummies = new Map<string, ParsedHash>();
+/**
+ * A hash nobody knows the password of. Pass the parameters the real users have
+ * (the relay uses the first user's), so an unknown user costs what a known one does.
+ */
+export function dummyHash(params: { N: number; r: number; p: number } = DEFAULT_PARAMS): ParsedHash {
+  const key = `${params.N}/${params.r}/${params.p}`;
+  let d = dummies.get(key);
+  if (!d) {
+    d = { N: params.N, r: params.r, p: params.p, salt: crypto.randomBytes(SALT_LEN), hash: crypto.randomBytes(KEY_LEN) };
+    dummies.set(key, d);
+  }
+  return d;
 }

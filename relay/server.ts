@@ -13,7 +13,7 @@ import type { ListenerSettings, RelaySettings } from './config.js';
 import { Lockout, RateLimiter } from './lockout.js';
 import { fromAddresses, receivedHeader } from './message.js';
 import type { Metrics } from './metrics.js';
-import { dummyHash, verifyPassword } from './password.js';
+import { dummyHash, verifyPassword, type ParsedHash } from './password.js';
 import { senderAllowed } from './senders.js';
 import { LineEndingCheck } from './smuggling.js';
 import type { UserTable } from './users.js';
@@ -51,6 +51,12 @@ interface SessionState {
   inFlight: boolean;
 }
 
+/** The dummy hash for unknown users has the cost parameters of the first real user. */
+function dummyFor(users: UserTable): ParsedHash {
+  const first = users.values().next().value;
+  return dummyHash(first ? first.hash : undefined);
+}
+
 class SmtpError extends Error {
   constructor(
     readonly responseCode: number,
@@ -83,6 +89,7 @@ const MAX_PLAINTEXT_COMMANDS = 10;
 export class Relay {
   private settings: RelaySettings;
   private users: UserTable;
+  private dummy: ParsedHash;
   private allowed: CidrSet;
   private trustedProxies: CidrSet;
   private readonly lockout: Lockout;
@@ -107,6 +114,7 @@ export class Relay {
   ) {
     this.settings = settings;
     this.users = users;
+    this.dummy = dummyFor(users);
     this.allowed = new CidrSet(settings.access.allowedCidrs);
     this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
     this.lockout = new Lockout(settings.auth.lockout);
@@ -280,7 +288,7 @@ export class Relay {
       throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
     }
     // An unknown user is verified against a dummy hash so that both cost the same.
-    const ok = (await verifyPassword(auth.password ?? '', known?.hash ?? dummyHash())) && known !== undefined;
+    const ok = (await verifyPassword(auth.password ?? '', known?.hash ?? this.dummy)) && known !== undefined;
     if (ok) {
       this.lockout.succeed(ipKey);
       this.lockout.succeed(userKey);
@@ -513,6 +521,7 @@ export class Relay {
 
   setUsers(users: UserTable): void {
     this.users = users;
+    this.dummy = dummyFor(users);
   }
 
   /** Builds the new pair first; throws (keeping the old one) when it is unusable. */

@@ -33,6 +33,8 @@ export interface TestUser {
   password: string;
   allowedSenders: string[];
   rateLimit?: { messages: number; per: string };
+  /** Hash with the production parameters (scrypt N=32768) instead of the cheap test ones. */
+  strongHash?: boolean;
 }
 
 /** Cheap scrypt parameters for test users (the relay honours what the hash says). */
@@ -42,7 +44,7 @@ export async function usersYaml(users: TestUser[]): Promise<string> {
   const lines = ['users:'];
   for (const u of users) {
     lines.push(`  - name: ${JSON.stringify(u.name)}`);
-    lines.push(`    passwordHash: ${JSON.stringify(await hashPassword(u.password, TEST_HASH))}`);
+    lines.push(`    passwordHash: ${JSON.stringify(await (u.strongHash ? hashPassword(u.password) : hashPassword(u.password, TEST_HASH)))}`);
     lines.push(`    allowedSenders: ${JSON.stringify(u.allowedSenders)}`);
     if (u.rateLimit) lines.push(`    rateLimit: {messages: ${u.rateLimit.messages}, per: ${JSON.stringify(u.rateLimit.per)}}`);
   }

@@ -18,6 +18,7 @@ let relay: RelayProcess;
 let dir: string;
 
 const ALICE = { name: 'alice', password: 'correct horse battery staple', allowedSenders: ['alice@example.com', '*@billing.example.com'] };
+const FRANK = { name: 'frank', password: 'frank-password-123', allowedSenders: ['frank@example.com'], strongHash: true };
 const BOB = { name: 'bob', password: 'bob-password-123456', allowedSenders: ['bob@example.org'], rateLimit: { messages: 2, per: '1h' } };
 
 before(async () => {
@@ -25,7 +26,7 @@ before(async () => {
   pki = await createPki();
   const cert = await pki.issue({ name: 'relay' });
   sink = await startSink({ pki });
-  relay = await startRelay({ dir, cert, users: [ALICE, BOB], upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile } });
+  relay = await startRelay({ dir, cert, users: [FRANK, ALICE, BOB], upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile } });
 });
 
 after(async () => {
@@ -358,6 +359,29 @@ describe('limits and malformed input', () => {
     assert.equal(r?.code, 451);
     assert.match(r!.text, /4\.7\.1 .*try again in \d+ seconds/);
     c.close();
+  });
+
+  test('an unknown user takes as long to refuse as a wrong password', async () => {
+    const c = await RawSmtp.connect(relay.ports.submissions, { implicitTls: true });
+    await c.cmd('EHLO client.test');
+    const timeLogin = async (user: string) => {
+      const t = process.hrtime.bigint();
+      const r = await c.login(user, 'wrong-password');
+      assert.equal(r?.code, 535);
+      return Number(process.hrtime.bigint() - t) / 1e6;
+    };
+    const wrong: number[] = [];
+    const unknown: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      wrong.push(await timeLogin(FRANK.name));
+      unknown.push(await timeLogin(`ghost${i}`));
+    }
+    c.close();
+    const median = (a: number[]) => a.sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+    const [w, u] = [median(wrong), median(unknown)];
+    console.log(`# AUTH refusal median: wrong password ${w.toFixed(1)} ms, unknown user ${u.toFixed(1)} ms`);
+    assert.ok(w > 10, 'the production scrypt cost is paid');
+    assert.ok(u > w * 0.6 && u < w * 1.6, `unknown user ${u.toFixed(1)} ms vs wrong password ${w.toFixed(1)} ms`);
   });
 
   test('overlong command line, NUL bytes, malformed AUTH base64: refused, relay still serves', async () => {
