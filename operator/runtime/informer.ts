@@ -251,7 +251,6 @@ export class Informer<T extends KubeObject> {
     } finally {
       this.cancelWatchdog?.();
       this.cancelWatchdog = undefined;
-      this.abort.abort(); // close the connection whichever way the watch ended
     }
   }
 

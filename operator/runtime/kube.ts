@@ -201,17 +201,30 @@ export class Kube {
     if (res.status !== 200 || !res.body) {
       throw statusError(res.status, await res.text());
     }
-    const lines = createInterface({ input: Readable.fromWeb(res.body as never), crlfDelay: Infinity });
+    const input = Readable.fromWeb(res.body as never);
+    // An abort destroys the stream with an AbortError; readline reports stream
+    // errors through the loop below, this handler only keeps them from being uncaught.
+    input.on('error', () => {});
+    const lines = createInterface({ input, crlfDelay: Infinity });
+    // A handler error ends our interest in the stream, but we keep reading to
+    // its end (the server closes a watch after an ERROR event): leaving the
+    // loop early and aborting later makes undici raise an uncaught AbortError.
+    let failed: { err: unknown } | undefined;
     for await (const line of lines) {
-      if (!line) continue;
+      if (!line || failed) continue;
       let ev: WatchEvent<T>;
       try {
         ev = JSON.parse(line) as WatchEvent<T>;
       } catch {
         continue;
       }
-      onEvent(ev);
+      try {
+        onEvent(ev);
+      } catch (err) {
+        failed = { err };
+      }
     }
+    if (failed) throw failed.err;
   }
 }
 
