@@ -13,7 +13,7 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import type { DkimKeyConfig, UpstreamConfig } from '../../relay/config-types.js';
 import { Upstream, type DeliveryOutcome } from '../../relay/upstream.js';
-import { createPki, type Pki } from '../support/pki.js';
+import { createPki, DAY, type Pki } from '../support/pki.js';
 import { closedPort, startSink, type Sink } from '../support/sink.js';
 import { dkimTxtRecord, verifyDkim } from '../support/dkim-verify.js';
 
@@ -172,6 +172,20 @@ describe('upstream delivery over verified TLS', () => {
     } finally {
       await h.upstream.close();
       await other.stop();
+    }
+  });
+
+  it('refuses an expired certificate from the trusted CA', async () => {
+    const expired = await startSink({ cert: await pki.issue({ name: 'expired', notBefore: -2 * DAY, notAfter: -DAY }) });
+    const h = makeUpstream({ port: expired.port, caFile });
+    try {
+      const o = await h.upstream.deliver(env, message());
+      assert.equal(o.kind, 'temporary', JSON.stringify(o));
+      assert.equal(expired.messages.length, 0);
+      assert.equal(await metric(h.registry, 'smtp_relay_upstream_errors_total', { kind: 'tls' }), 1);
+    } finally {
+      await h.upstream.close();
+      await expired.stop();
     }
   });
 
