@@ -29,11 +29,11 @@ export const MANAGED_BY = 'smtp-relay-operator';
 
 /**
  * On per-user credential Secrets the operator generated: the SmtpRelay user
- * name. Together with the controller ownerReference this tells a generated
- * Secret (owned, may be deleted with the relay) from a user-supplied one
- * (only ever read).
+ * name (an annotation: user names may hold '@', which label values may not).
+ * Together with the controller ownerReference this tells a generated Secret
+ * (owned, deleted with the relay) from a user-supplied one (only ever read).
  */
-export const LABEL_GENERATED_FOR_USER = 'smtprelay.dev/user';
+export const ANNOTATION_GENERATED_FOR_USER = 'smtprelay.dev/user';
 /** On generated DKIM key Secrets: the DNS name "<selector>._domainkey.<domain>" (an annotation: too long for a label value). */
 export const ANNOTATION_DKIM_RECORD = 'smtprelay.dev/dkim-record';
 /**

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import {
   BASIC_AUTH_PASSWORD_KEY,
   BASIC_AUTH_USERNAME_KEY,
-  LABEL_GENERATED_FOR_USER,
+  ANNOTATION_GENERATED_FOR_USER,
   Reason,
   type PasswordPolicySpec,
   type SecretKeyReference,
@@ -96,7 +96,7 @@ export function buildGeneratedUserSecret(relay: SmtpRelay, user: UserSpec, passw
   return {
     apiVersion: 'v1',
     kind: 'Secret',
-    metadata: childMetadata(relay, userSecretName(relay, user), { labels: { [LABEL_GENERATED_FOR_USER]: user.name } }),
+    metadata: childMetadata(relay, userSecretName(relay, user), { annotations: { [ANNOTATION_GENERATED_FOR_USER]: user.name } }),
     type: 'kubernetes.io/basic-auth',
     data: {
       [BASIC_AUTH_PASSWORD_KEY]: Buffer.from(password, 'utf8').toString('base64'),

@@ -85,7 +85,7 @@ export function dkimSecretName(relay: SmtpRelay, entry: DkimSpec): string {
 }
 
 export function generatedDkimSecretName(relay: SmtpRelay, entry: DkimSpec): string {
-  return boundedName(`${relay.metadata.name}-dkim-${entry.selector}-${entry.domain.replace(/\./g, '-')}`);
+  return boundedName(`${relay.metadata.name}-dkim-${entry.selector}-${entry.domain.toLowerCase().replace(/\./g, '-')}`);
 }
 
 /** Labels that select the relay's pods. Immutable in the Deployment, so only ours, never the user's. */
