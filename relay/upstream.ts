@@ -615,9 +615,13 @@ export class Upstream {
   }
 
   private freeSlot(): void {
-    const next = this.waiters.shift();
-    if (next) next.resolve(); // the slot passes straight to the next waiter
-    else this.busy--;
+    this.busy--;
+    // Hand free slots to waiters in order; after a reload that lowered maxConnections
+    // this waits until the pool is back under the new limit.
+    while (this.waiters.length && this.busy < this.settings.maxConnections) {
+      this.busy++;
+      this.waiters.shift()!.resolve();
+    }
   }
 
   private release(p: Pooled, reusable: boolean): void {
