@@ -164,6 +164,13 @@ describe('connection floods and broken handshakes', () => {
     c.close();
     for (const s of sockets) s.destroy();
     assert.equal(relay.exitCode, null, 'relay still running');
+    // every session is accounted for once the clients are gone (no leaked per-IP slots)
+    const end = Date.now() + 10_000;
+    while (Date.now() < end && (await relay.metric('smtp_relay_active_connections')) > 0) await delay(100);
+    assert.equal(await relay.metric('smtp_relay_active_connections'), 0);
+    const again = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2' });
+    assert.equal(again.greeting?.code, 220, 'the flooding IP may connect again');
+    again.close();
     assert.ok((await relay.metric('smtp_relay_connections_total', { reason: 'too_many_connections_per_ip' })) > 0);
     console.log(`# 1000 connections from one IP: ${greeted} greeted, ${refused} refused with 421, in ${Date.now() - started} ms`);
   });
