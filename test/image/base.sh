@@ -28,7 +28,7 @@ node="$NODE_BIN/node"
 
 base_ref="localhost/smtp-relay-node:$NODE_VERSION"
 build_ref="localhost/smtp-relay-node-build:$NODE_VERSION"
-inputs="$( { sha256sum "$0" "$node"; echo "npm $NPM_VERSION"; } | sha256sum | cut -c1-32)"
+inputs="$( { cat "$0" "$node"; echo "npm $NPM_VERSION"; } | sha256sum | cut -c1-32)"
 
 label_of() { bh inspect --type image --format '{{index .ImageAnnotations "smtp-relay.dev/base-inputs"}}' "$1" 2>/dev/null || true; }
 if [ "$(label_of "$base_ref")" = "$inputs" ] && [ "$(label_of "$build_ref")" = "$inputs" ]; then
