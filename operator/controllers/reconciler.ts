@@ -11,7 +11,7 @@ import { ConditionType, READY_DEPENDS_ON, type Condition, type SmtpRelay, type S
 import { replicasSummary, setCondition, summarizeReady } from '../builders/status.js';
 import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
-import { splitKey } from '../runtime/kube.js';
+import { isNotFound, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
 import { RESULT_ERROR, RESULT_REQUEUE, RESULT_SUCCESS } from '../metrics.js';
 import type { ReconcileState, SyncContext } from './context.js';
@@ -69,7 +69,17 @@ export class RelayReconciler {
 
     // A sync that threw left its condition undecided; keep what status said before.
     const status = this.buildStatus(relay, st, readiness);
-    const written = await this.ctx.applier.patchStatus(SmtpRelays, namespace, name, relay.status as Record<string, unknown> | undefined, status as Record<string, unknown>);
+    let written: boolean;
+    try {
+      written = await this.ctx.applier.patchStatus(SmtpRelays, namespace, name, relay.status as Record<string, unknown> | undefined, status as Record<string, unknown>);
+    } catch (err) {
+      // Deleted while we worked (the cache had not seen it yet): nothing left to report on.
+      if (isNotFound(err)) {
+        log.debug('relay deleted during reconcile');
+        return {};
+      }
+      throw err;
+    }
     const ready = status.conditions?.find((c) => c.type === ConditionType.Ready)?.status === 'True';
     this.readiness.set(key, ready);
     this.updateRelayGauge();

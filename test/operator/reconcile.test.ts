@@ -1,0 +1,303 @@
+// The operator against the real local control plane (etcd + kube-apiserver +
+// kube-controller-manager, test/controlplane/harness.ts), with the repo's CRD
+// and cert-manager's real CRDs. The operator runs in-process; cert-manager is
+// played by CertManagerStandIn (test/operator/support.ts).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseHash, verifyPassword } from '../../relay/password.js';
+import { USERS_KEY } from '../../operator/api/v1alpha1.js';
+import { Kube, resourcePath } from '../../operator/runtime/kube.js';
+import { SmtpRelays } from '../../operator/runtime/resources.js';
+import type { RunningOperator } from '../../operator/operator.js';
+import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import {
+  CertManagerStandIn,
+  b64,
+  condition,
+  createBasicAuthSecret,
+  createIssuer,
+  createNamespace,
+  createRelay,
+  eventually,
+  get,
+  getRelay,
+  relayManifest,
+  runOperator,
+  sleep,
+  templateHash,
+  unb64,
+} from './support.js';
+
+let cp: ControlPlane;
+let kube: Kube;
+let op: RunningOperator;
+let certManager: CertManagerStandIn;
+
+before(async () => {
+  cp = await startControlPlane();
+  kube = new Kube(cp.kubeconfig);
+  certManager = await CertManagerStandIn.create(kube);
+  op = await runOperator(cp, 'operator-a');
+  await op.whenRunning();
+});
+
+after(async () => {
+  await op?.stop();
+  await certManager?.cleanup();
+  await cp?.stop();
+});
+
+const childPaths = (ns: string, name: string) => ({
+  serviceAccount: `/api/v1/namespaces/${ns}/serviceaccounts/${name}`,
+  configMap: `/api/v1/namespaces/${ns}/configmaps/${name}-config`,
+  usersSecret: `/api/v1/namespaces/${ns}/secrets/${name}-users`,
+  deployment: `/apis/apps/v1/namespaces/${ns}/deployments/${name}`,
+  service: `/api/v1/namespaces/${ns}/services/${name}`,
+  metricsService: `/api/v1/namespaces/${ns}/services/${name}-metrics`,
+  certificate: `/apis/cert-manager.io/v1/namespaces/${ns}/certificates/${name}-tls`,
+  networkPolicy: `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/${name}`,
+  pdb: `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${name}`,
+});
+
+test('an SmtpRelay produces every child, owned by it, and a generated user Secret whose password never reaches the hashed Secret', async () => {
+  const ns = 'produce';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  const relay = await createRelay(kube, relayManifest(ns, 'outbound'));
+  const paths = childPaths(ns, 'outbound');
+  for (const [what, path] of Object.entries(paths)) {
+    const obj = await eventually(`${what} to exist`, () => get(kube, path));
+    const ref = obj.metadata.ownerReferences?.[0];
+    assert.equal(ref?.uid, relay.metadata?.uid, `${what} is owned by the SmtpRelay`);
+    assert.equal(ref?.controller, true, `${what} has a controller ownerReference`);
+    assert.equal(obj.metadata.labels['app.kubernetes.io/managed-by'], 'smtp-relay-operator');
+  }
+  const sa = await get(kube, paths.serviceAccount);
+  assert.equal(sa.automountServiceAccountToken, false);
+
+  const generated = await eventually('generated user Secret', () => get(kube, `/api/v1/namespaces/${ns}/secrets/outbound-user-app`));
+  assert.equal(generated.type, 'kubernetes.io/basic-auth');
+  assert.equal(generated.metadata.ownerReferences?.[0]?.uid, relay.metadata?.uid, 'a generated Secret is owned');
+  const password = unb64(generated.data.password);
+  assert.ok(password.length >= 16, 'generated password meets the default policy');
+
+  const users = await eventually('users Secret with the user', async () => {
+    const s = await get(kube, paths.usersSecret);
+    const text = unb64(s?.data?.[USERS_KEY]);
+    return text.includes('name: app') ? text : undefined;
+  });
+  assert.ok(!users.includes(password), 'the hashed users Secret never contains the plaintext');
+  const hash = /passwordHash: (\S+)/.exec(users)?.[1] ?? '';
+  const parsed = parseHash(hash.replace(/^"|"$/g, ''));
+  assert.notEqual(typeof parsed, 'string', `a parseable scrypt hash: ${hash}`);
+  assert.equal(await verifyPassword(password, parsed as Exclude<typeof parsed, string>), true);
+
+  const status = await eventually('status with conditions', async () => {
+    const r = await getRelay(kube, ns, 'outbound');
+    return condition(r, 'Ready') ? r : undefined;
+  });
+  assert.equal(status.status.observedGeneration, status.metadata.generation);
+  assert.equal(status.status.endpoint, 'outbound.produce.svc:587');
+  assert.equal(condition(status, 'CredentialsReady')?.status, 'True');
+  assert.equal(condition(status, 'CertificateReady')?.status, 'False');
+  assert.equal(condition(status, 'CertificateReady')?.reason, 'Issuing');
+  assert.equal(condition(status, 'Ready')?.status, 'False');
+});
+
+test('status conditions follow the certificate: Issuing → Issued (with notAfter from the Secret) → not ready again', async () => {
+  const ns = 'certs';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'tlsrelay'));
+  await eventually('Certificate', () => get(kube, `/apis/cert-manager.io/v1/namespaces/${ns}/certificates/tlsrelay-tls`));
+  await eventually('CertificateReady=False/Issuing', async () => condition(await getRelay(kube, ns, 'tlsrelay'), 'CertificateReady')?.reason === 'Issuing');
+
+  const { notAfter } = await certManager.issue(ns, 'tlsrelay-tls');
+  const issued = await eventually('CertificateReady=True', async () => {
+    const r = await getRelay(kube, ns, 'tlsrelay');
+    return condition(r, 'CertificateReady')?.status === 'True' ? r : undefined;
+  });
+  assert.equal(condition(issued, 'CertificateReady')?.reason, 'Issued');
+  assert.equal(issued.status.certificate?.notAfter, notAfter);
+  assert.equal(issued.status.certificate?.secretName, 'tlsrelay-tls');
+  // No kubelet runs pods here, so the Deployment is not available and Ready says so.
+  assert.equal(condition(issued, 'Ready')?.status, 'False');
+  assert.match(condition(issued, 'Ready')?.message ?? '', /Available/);
+
+  await certManager.setReady(ns, 'tlsrelay-tls', 'False', 'Renewing', 'renewal in progress');
+  await eventually('CertificateReady=False again', async () => condition(await getRelay(kube, ns, 'tlsrelay'), 'CertificateReady')?.status === 'False');
+});
+
+test('a missing issuer and a missing upstream credentials Secret are False conditions that say what to fix, with Warning Events', async () => {
+  const ns = 'broken';
+  await createNamespace(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'broken', { upstream: { host: 'smtp.example.net', credentialsSecretRef: { name: 'upstream-smtp' } } }));
+  const r = await eventually('UpstreamReady=False', async () => {
+    const r = await getRelay(kube, ns, 'broken');
+    return condition(r, 'UpstreamReady')?.status === 'False' && condition(r, 'CertificateReady') ? r : undefined;
+  });
+  assert.equal(condition(r, 'UpstreamReady')?.reason, 'UpstreamCredentialsNotFound');
+  assert.match(condition(r, 'UpstreamReady')?.message ?? '', /upstream-smtp.*does not exist; create/);
+  assert.equal(condition(r, 'CertificateReady')?.reason, 'IssuerNotFound');
+  assert.match(condition(r, 'CertificateReady')?.message ?? '', /ca-issuer/);
+  const events = await eventually('Warning events', async () => {
+    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/events`);
+    const reasons = new Set(list.items.filter((e: any) => e.type === 'Warning').map((e: any) => e.reason));
+    return reasons.has('UpstreamCredentialsNotFound') && reasons.has('IssuerNotFound') ? list : undefined;
+  });
+  const ours = events.items.filter((e: any) => e.reportingComponent === 'smtp-relay-operator');
+  assert.ok(ours.length >= 2);
+  assert.ok(ours.every((e: any) => e.involvedObject.name === 'broken' && e.involvedObject.kind === 'SmtpRelay'));
+
+  // Fixing it clears the condition.
+  await createBasicAuthSecret(kube, ns, 'upstream-smtp', 'relay', 'upstream-password-123');
+  await eventually('UpstreamReady=True after the Secret appears', async () => condition(await getRelay(kube, ns, 'broken'), 'UpstreamReady')?.status === 'True');
+});
+
+test('a password below the policy is refused: the user is left out, CredentialsReady names it, a Warning Event is recorded', async () => {
+  const ns = 'policy';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createBasicAuthSecret(kube, ns, 'short-pw', 'weak', 'tooshort');
+  await createBasicAuthSecret(kube, ns, 'good-pw', 'strong', 'a-long-enough-password-1');
+  await createRelay(
+    kube,
+    relayManifest(ns, 'strict', {
+      auth: {
+        users: [
+          { name: 'weak', secretRef: { name: 'short-pw' }, allowedSenders: ['a@example.com'] },
+          { name: 'strong', secretRef: { name: 'good-pw' }, allowedSenders: ['b@example.com'] },
+        ],
+      },
+    }),
+  );
+  const r = await eventually('CredentialsReady=False', async () => {
+    const r = await getRelay(kube, ns, 'strict');
+    return condition(r, 'CredentialsReady')?.status === 'False' ? r : undefined;
+  });
+  const c = condition(r, 'CredentialsReady')!;
+  assert.equal(c.reason, 'PasswordRefused');
+  assert.match(c.message, /weak/);
+  assert.match(c.message, /at least 16/);
+  assert.doesNotMatch(c.message, /tooshort/, 'the refused password itself is never shown');
+  const users = unb64((await get(kube, `/api/v1/namespaces/${ns}/secrets/strict-users`)).data[USERS_KEY]);
+  assert.match(users, /name: strong/);
+  assert.doesNotMatch(users, /name: weak/);
+  const ev = await eventually('PasswordRefused event', async () => {
+    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/events`);
+    return list.items.find((e: any) => e.reason === 'PasswordRefused' && e.type === 'Warning');
+  });
+  assert.match(ev.message, /weak/);
+  assert.doesNotMatch(ev.message, /tooshort/);
+  // The user's own Secret is only read, never changed.
+  const s = await get(kube, `/api/v1/namespaces/${ns}/secrets/short-pw`);
+  assert.equal(unb64(s.data.password), 'tooshort');
+  assert.equal(s.metadata.ownerReferences, undefined);
+});
+
+test('editing or deleting a child is repaired', async () => {
+  const ns = 'repair';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'fixme'));
+  const paths = childPaths(ns, 'fixme');
+  const cm = await eventually('ConfigMap', () => get(kube, paths.configMap));
+  const original = cm.data['config.yaml'];
+  await kube.request('PATCH', paths.configMap, { contentType: 'application/merge-patch+json', body: { data: { 'config.yaml': 'tampered: true\n' } } });
+  await eventually('ConfigMap repaired', async () => (await get(kube, paths.configMap))?.data?.['config.yaml'] === original);
+
+  const np = await eventually('NetworkPolicy', () => get(kube, paths.networkPolicy));
+  await kube.request('DELETE', paths.networkPolicy);
+  const back = await eventually('NetworkPolicy recreated', async () => {
+    const n = await get(kube, paths.networkPolicy);
+    return n && n.metadata.uid !== np.metadata.uid ? n : undefined;
+  });
+  assert.deepEqual(back.spec, np.spec);
+
+  const dep = await eventually('Deployment', () => get(kube, paths.deployment));
+  await kube.request('PATCH', paths.deployment, { contentType: 'application/merge-patch+json', body: { spec: { replicas: 7 } } });
+  await eventually('Deployment replicas repaired', async () => (await get(kube, paths.deployment))?.spec?.replicas === dep.spec.replicas);
+});
+
+test('changing a user Secret updates the hashed Secret without rolling the Deployment', async () => {
+  const ns = 'rotate';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createBasicAuthSecret(kube, ns, 'billing-smtp', 'billing', 'first-password-0123456');
+  await createRelay(kube, relayManifest(ns, 'rot', { auth: { users: [{ name: 'billing', secretRef: { name: 'billing-smtp' }, allowedSenders: ['billing@example.com'] }] } }));
+  const paths = childPaths(ns, 'rot');
+  const usersOf = async () => unb64((await get(kube, paths.usersSecret))?.data?.[USERS_KEY]);
+  const before1 = await eventually('users Secret', async () => ((await usersOf()).includes('billing') ? usersOf() : undefined));
+  const dep1 = await eventually('Deployment', () => get(kube, paths.deployment));
+  const usersRv = (await get(kube, paths.usersSecret)).metadata.resourceVersion;
+
+  // Unchanged password: reconciles do not rewrite the Secret (hash stability).
+  await kube.request('PATCH', resourcePath(SmtpRelays, ns, 'rot'), { contentType: 'application/merge-patch+json', body: { metadata: { labels: { poke: '1' } } } });
+  await sleep(1500);
+  assert.equal((await get(kube, paths.usersSecret)).metadata.resourceVersion, usersRv, 'an unchanged password does not rewrite the hashed Secret');
+
+  await kube.request('PATCH', `/api/v1/namespaces/${ns}/secrets/billing-smtp`, { contentType: 'application/merge-patch+json', body: { data: { password: b64('second-password-6543210') } } });
+  const after1 = await eventually('users Secret updated', async () => {
+    const u = await usersOf();
+    return u !== before1 ? u : undefined;
+  });
+  const hash = (/passwordHash: (\S+)/.exec(after1)?.[1] ?? '').replace(/^"|"$/g, '');
+  const parsed = parseHash(hash);
+  assert.notEqual(typeof parsed, 'string');
+  assert.equal(await verifyPassword('second-password-6543210', parsed as Exclude<typeof parsed, string>), true);
+  await sleep(1000);
+  const dep2 = await get(kube, paths.deployment);
+  assert.equal(templateHash(dep2), templateHash(dep1), 'the pod template is unchanged: no rollout');
+  assert.equal(dep2.metadata.generation, dep1.metadata.generation);
+});
+
+test('a settled relay is not reconciled again by its own status writes', async () => {
+  const ns = 'quiet';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'calm'));
+  await eventually('status', async () => condition(await getRelay(kube, ns, 'calm'), 'Ready'));
+  await sleep(2000);
+  const count = async () => {
+    const m = await op.metrics.reconcileTotal.get();
+    return m.values.filter((v) => v.labels.controller === 'smtprelay').reduce((n, v) => n + v.value, 0);
+  };
+  const n1 = await count();
+  const rv1 = (await getRelay(kube, ns, 'calm')).metadata.resourceVersion;
+  await sleep(3000);
+  assert.equal(await count(), n1, 'no reconcile without a change');
+  assert.equal((await getRelay(kube, ns, 'calm')).metadata.resourceVersion, rv1, 'no status write without a change');
+});
+
+test('deleting the SmtpRelay removes its children (garbage collector) but leaves user-supplied Secrets', async () => {
+  const ns = 'cleanup';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createBasicAuthSecret(kube, ns, 'mine', 'u', 'user-supplied-password-1');
+  await createRelay(kube, relayManifest(ns, 'gone', { auth: { users: [{ name: 'u', secretRef: { name: 'mine' }, allowedSenders: ['u@example.com'] }, { name: 'gen', allowedSenders: ['g@example.com'] }] } }));
+  const paths = childPaths(ns, 'gone');
+  for (const [what, path] of Object.entries(paths)) await eventually(`${what} to exist`, () => get(kube, path));
+  await eventually('generated Secret', () => get(kube, `/api/v1/namespaces/${ns}/secrets/gone-user-gen`));
+  await kube.request('DELETE', resourcePath(SmtpRelays, ns, 'gone'));
+  for (const [what, path] of Object.entries(paths)) await eventually(`${what} to be collected`, async () => (await get(kube, path)) === undefined, 60_000);
+  await eventually('generated Secret collected', async () => (await get(kube, `/api/v1/namespaces/${ns}/secrets/gone-user-gen`)) === undefined, 60_000);
+  assert.ok(await get(kube, `/api/v1/namespaces/${ns}/secrets/mine`), 'the user-supplied Secret stays');
+});
+
+test('the operator serves its metrics', async () => {
+  const res = await fetch(`http://127.0.0.1:${op.metricsPort}/metrics`);
+  const text = await res.text();
+  for (const name of [
+    'smtp_relay_operator_reconcile_total',
+    'smtp_relay_operator_reconcile_errors_total',
+    'smtp_relay_operator_reconcile_duration_seconds',
+    'smtp_relay_operator_workqueue_depth',
+    'smtp_relay_operator_relays',
+    'smtp_relay_operator_recreate_total',
+  ]) {
+    assert.match(text, new RegExp(`^# TYPE ${name} `, 'm'), name);
+  }
+  assert.match(text, /smtp_relay_operator_reconcile_total\{controller="smtprelay",result="(success|requeue)"\} [1-9]/);
+  assert.equal((await fetch(`http://127.0.0.1:${op.metricsPort}/readyz`)).status, 200);
+});
