@@ -131,7 +131,13 @@ describe('live reloads', () => {
 
   test('config reload: access and limits apply to new sessions; listener changes are logged as needing a restart', async () => {
     const text = await fs.readFile(relay.configFile, 'utf8');
-    await fs.writeFile(relay.configFile, text.replace('allowedCidrs: ["127.0.0.0/8", "::1/128"]', 'allowedCidrs: ["127.0.0.2/32"]').replace(`port: ${relay.ports.submission}`, `port: ${relay.ports.submission + 1}`));
+    await fs.writeFile(
+      relay.configFile,
+      text
+        .replace('allowedCidrs: ["127.0.0.0/8", "::1/128"]', 'allowedCidrs: ["127.0.0.2/32"]')
+        .replace('maxConnections: 200', 'maxConnections: 2')
+        .replace(`port: ${relay.ports.submission}`, `port: ${relay.ports.submission + 1}`),
+    );
     await relay.waitForLog((l) => l.event === 'restart_needed');
     await waitFor('the new allow-list', async () => {
       const c = await RawSmtp.connect(relay.ports.submission, { greeting: false });
@@ -139,9 +145,19 @@ describe('live reloads', () => {
       c.close();
       return r?.code === 554;
     });
+    // maxConnections (all listeners together) now 2
     const c = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2' });
     assert.equal(c.greeting?.code, 220);
+    const c2 = await RawSmtp.connect(relay.ports.submissions, { localAddress: '127.0.0.2', implicitTls: true });
+    assert.equal(c2.greeting?.code, 220);
+    const c3 = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2', greeting: false });
+    const full = await c3.read();
+    assert.equal(full?.code, 421);
+    assert.match(full!.text, /Too many connections/);
     c.close();
+    c2.close();
+    c3.close();
+    await waitFor('sessions closed', async () => (await relay.metric('smtp_relay_active_connections')) === 0);
     // a broken config is refused and the running one kept
     await fs.writeFile(relay.configFile, text.replace('allowedCidrs: ["127.0.0.0/8", "::1/128"]', 'allowedCidrs: ["127.0.0.0/40"]'));
     await relay.waitForLog((l) => l.event === 'reload_failed' && l.kind === 'config' && /127\.0\.0\.0\/40/.test(String(l.err)));
