@@ -150,7 +150,7 @@ export class LeaderElector {
     const spec: LeaseSpec = { ...lease.spec, ...mine };
     if (holder !== this.o.identity) {
       spec.acquireTime = microTime(now);
-      spec.leaseTransitions = (lease.spec.leaseTransitions ?? 0) + (holder ? 1 : 0);
+      spec.leaseTransitions = (lease.spec.leaseTransitions ?? 0) + 1;
     }
     try {
       await this.o.kube.request('PUT', this.path(), { body: { ...lease, spec } });

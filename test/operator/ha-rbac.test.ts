@@ -1,0 +1,167 @@
+// Leader election between two operator instances, and the operator running
+// under exactly the RBAC rules of operator/rbac/*.yaml (a ServiceAccount
+// token kubeconfig from the real API server), on the local control plane.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import YAML from 'yaml';
+import { Kube, resourcePath } from '../../operator/runtime/kube.js';
+import { Leases } from '../../operator/runtime/resources.js';
+import type { RunningOperator } from '../../operator/operator.js';
+import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { condition, createIssuer, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator, sleep } from './support.js';
+
+let cp: ControlPlane;
+let kube: Kube;
+const running: RunningOperator[] = [];
+
+before(async () => {
+  cp = await startControlPlane();
+  kube = new Kube(cp.kubeconfig);
+});
+
+after(async () => {
+  for (const op of running) await op.stop().catch(() => {});
+  await cp?.stop();
+});
+
+const reconciles = async (op: RunningOperator): Promise<number> => {
+  const m = await op.metrics.reconcileTotal.get();
+  return m.values.filter((v) => v.labels.controller === 'smtprelay').reduce((n, v) => n + v.value, 0);
+};
+
+const lease = { leaderElect: true, leaseNamespace: 'default', leaseName: 'ha-test', leaseDurationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 };
+
+test('two operator instances elect one leader; only it reconciles; on graceful stop it hands over at once', async () => {
+  const a = await runOperator(cp, 'op-a', lease);
+  running.push(a);
+  await a.whenRunning();
+  const b = await runOperator(cp, 'op-b', lease);
+  running.push(b);
+  await sleep(2000);
+  assert.equal(a.isLeader(), true);
+  assert.equal(b.isLeader(), false, 'the second instance stays standby');
+  const l = await kube.get<any>(resourcePath(Leases, 'default', 'ha-test'));
+  assert.equal(l.spec.holderIdentity, 'op-a');
+  assert.match(l.spec.renewTime, /\.\d{6}Z$/, 'renewTime is a MicroTime');
+
+  const ns = 'ha';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'one'));
+  await eventually('status from the leader', async () => condition(await getRelay(kube, ns, 'one'), 'Ready'));
+  assert.ok((await reconciles(a)) > 0);
+  assert.equal(await reconciles(b), 0, 'the standby does not reconcile');
+  // The standby is ready (it serves health and waits); it must not be restarted by probes.
+  assert.equal((await fetch(`http://127.0.0.1:${b.metricsPort}/readyz`)).status, 200);
+
+  const t0 = Date.now();
+  await a.stop();
+  await eventually('b to lead', async () => b.isLeader(), 10_000);
+  const tookMs = Date.now() - t0;
+  assert.ok(tookMs < lease.leaseDurationMs, `handover after release took ${tookMs} ms, less than a lease duration`);
+  await b.whenRunning();
+  await createRelay(kube, relayManifest(ns, 'two'));
+  await eventually('status from the new leader', async () => condition(await getRelay(kube, ns, 'two'), 'Ready'));
+  const l2 = await kube.get<any>(resourcePath(Leases, 'default', 'ha-test'));
+  assert.equal(l2.spec.holderIdentity, 'op-b');
+  assert.ok(l2.spec.leaseTransitions >= 1);
+  await b.stop();
+});
+
+/** operator/rbac/*.yaml as objects, with `drop` removing one verb from one resource's rule. */
+function rbacObjects(suffix: string, drop?: { resource: string; verb: string }): any[] {
+  const dir = join(repoRoot(), 'operator', 'rbac');
+  const out: any[] = [];
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.yaml')).sort()) {
+    for (const doc of YAML.parseAllDocuments(readFileSync(join(dir, f), 'utf8'))) {
+      const obj = doc.toJS();
+      if (!obj) continue;
+      obj.metadata.name += suffix;
+      if (drop) {
+        obj.rules = obj.rules.flatMap((r: any) => {
+          if (!r.resources.includes(drop.resource)) return [r];
+          const rest = { ...r, resources: r.resources.filter((x: string) => x !== drop.resource) };
+          const only = { ...r, resources: [drop.resource], verbs: r.verbs.filter((v: string) => v !== drop.verb) };
+          return [rest, only].filter((x) => x.resources.length > 0 && x.verbs.length > 0);
+        });
+      }
+      out.push(obj);
+    }
+  }
+  return out;
+}
+
+async function bindOperatorRbac(saNamespace: string, saName: string, suffix: string, drop?: { resource: string; verb: string }): Promise<Kube> {
+  const { kubeconfig } = await cp.serviceAccountKubeconfig(saNamespace, saName);
+  for (const obj of rbacObjects(suffix, drop)) {
+    const subjects = [{ kind: 'ServiceAccount', name: saName, namespace: saNamespace }];
+    if (obj.kind === 'ClusterRole') {
+      await kube.request('POST', '/apis/rbac.authorization.k8s.io/v1/clusterroles', { body: obj });
+      await kube.request('POST', '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings', {
+        body: { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding', metadata: { name: obj.metadata.name }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: obj.metadata.name }, subjects },
+      });
+    } else {
+      obj.metadata.namespace = saNamespace;
+      await kube.request('POST', `/apis/rbac.authorization.k8s.io/v1/namespaces/${saNamespace}/roles`, { body: obj });
+      await kube.request('POST', `/apis/rbac.authorization.k8s.io/v1/namespaces/${saNamespace}/rolebindings`, {
+        body: { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'RoleBinding', metadata: { name: obj.metadata.name, namespace: saNamespace }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: obj.metadata.name }, subjects },
+      });
+    }
+  }
+  return new Kube(kubeconfig);
+}
+
+test('with a ServiceAccount bound to exactly operator/rbac/*.yaml the operator reconciles; without one verb it cannot', async () => {
+  const system = 'smtp-relay-system';
+  await createNamespace(kube, system);
+  const saKube = await bindOperatorRbac(system, 'smtp-relay-operator', '');
+  const ns = 'rbac';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  const op = await runOperator(cp, 'op-rbac', { kube: saKube, leaderElect: true, leaseNamespace: system, leaseName: 'rbac-test', leaseDurationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 });
+  running.push(op);
+  await op.whenRunning();
+  await createRelay(kube, relayManifest(ns, 'least', { dkim: [{ domain: 'example.com', selector: 'sel1' }] }));
+  for (const path of [
+    `/api/v1/namespaces/${ns}/serviceaccounts/least`,
+    `/api/v1/namespaces/${ns}/configmaps/least-config`,
+    `/api/v1/namespaces/${ns}/secrets/least-users`,
+    `/api/v1/namespaces/${ns}/secrets/least-user-app`,
+    `/apis/apps/v1/namespaces/${ns}/deployments/least`,
+    `/apis/cert-manager.io/v1/namespaces/${ns}/certificates/least-tls`,
+    `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/least`,
+    `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/least`,
+  ]) {
+    await eventually(path, () => get(kube, path));
+  }
+  const r = await eventually('status with DKIM record', async () => {
+    const r = await getRelay(kube, ns, 'least');
+    return r?.status?.dnsRecords?.length ? r : undefined;
+  });
+  assert.equal(r.status.dnsRecords[0].name, 'sel1._domainkey.example.com');
+  assert.match(r.status.dnsRecords[0].value, /^v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]{300,}$/);
+  assert.equal(condition(r, 'DkimReady')?.status, 'True');
+  const errorsBefore = (await op.metrics.reconcileErrors.get()).values.reduce((n, v) => n + v.value, 0);
+  assert.equal(errorsBefore, 0, 'no reconcile failed for lack of permission');
+  await op.stop();
+
+  // The same rules minus "patch" on smtprelays/status: the operator cannot report status.
+  const weakKube = await bindOperatorRbac(system, 'weak-operator', '-weak', { resource: 'smtprelays/status', verb: 'patch' });
+  const ns2 = 'rbac-weak';
+  await createNamespace(kube, ns2);
+  await createIssuer(kube, ns2);
+  const review = await weakKube.request<any>('POST', '/apis/authorization.k8s.io/v1/selfsubjectaccessreviews', {
+    body: { apiVersion: 'authorization.k8s.io/v1', kind: 'SelfSubjectAccessReview', spec: { resourceAttributes: { group: 'smtprelay.dev', resource: 'smtprelays', subresource: 'status', verb: 'patch', namespace: ns2 } } },
+  });
+  assert.equal(review.status.allowed, false, `the reduced role must not allow patching status: ${JSON.stringify(review.status)}`);
+  const weak = await runOperator(cp, 'op-weak', { kube: weakKube, namespaces: [ns2] });
+  running.push(weak);
+  await weak.whenRunning();
+  await createRelay(kube, relayManifest(ns2, 'weak'));
+  await eventually('reconcile errors', async () => (await weak.metrics.reconcileErrors.get()).values.some((v) => v.value > 0));
+  assert.equal((await getRelay(kube, ns2, 'weak')).status, undefined, 'no status without the patch verb');
+  await weak.stop();
+});
