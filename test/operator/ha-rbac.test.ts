@@ -165,3 +165,29 @@ test('with a ServiceAccount bound to exactly operator/rbac/*.yaml the operator r
   assert.equal((await getRelay(kube, ns2, 'weak')).status, undefined, 'no status without the patch verb');
   await weak.stop();
 });
+
+test('the smtp-relay-operator CLI runs with --kubeconfig, leads, and on SIGTERM releases the Lease and exits 0', async () => {
+  const { spawn } = await import('node:child_process');
+  const main = join(repoRoot(), 'dist', 'operator', 'main.js');
+  const child = spawn(process.execPath, [main, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:cli', '--metrics-port', '0', '--metrics-address', '127.0.0.1', '--leader-elect', '--leader-election-namespace', 'default', '--leader-election-id', 'cli-test', '--retry-period', '0.5', '--lease-duration', '4', '--renew-deadline', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  try {
+    const port = await eventually('metrics port in the log', async () => Number(/"metricsPort":(\d+)/.exec(out)?.[1]) || undefined, 20_000);
+    await eventually('the CLI to lead', async () => (await kube.get<any>(resourcePath(Leases, 'default', 'cli-test'))).spec.holderIdentity);
+    await eventually('caches synced', async () => out.includes('caches synced'));
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    for (const line of out.trim().split('\n')) {
+      const rec = JSON.parse(line);
+      assert.ok(rec.level && rec.msg, `every log line is pino JSON: ${line}`);
+    }
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, `exit code 0 after SIGTERM; output:\n${out}`);
+    const l = await kube.get<any>(resourcePath(Leases, 'default', 'cli-test'));
+    assert.ok(!l.spec.holderIdentity, 'the Lease is released on graceful shutdown');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
