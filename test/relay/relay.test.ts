@@ -340,6 +340,19 @@ describe('limits and malformed input', () => {
     assert.equal(sink.messages.length, before);
   });
 
+  test('a client dropping in the middle of DATA: nothing is delivered', async () => {
+    const before = sink.messages.length;
+    const c = await authed();
+    assert.equal((await c.cmd('MAIL FROM:<alice@example.com>'))?.code, 250);
+    assert.equal((await c.cmd('RCPT TO:<rcpt@example.net>'))?.code, 250);
+    assert.equal((await c.cmd('DATA'))?.code, 354);
+    c.write('From: alice@example.com\r\nSubject: cut\r\n\r\nhalf a mess');
+    await new Promise((r) => setTimeout(r, 100));
+    c.close();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(sink.messages.length, before);
+  });
+
   test('more recipients than maxRecipients: 452', async () => {
     const c = await authed();
     assert.equal((await c.cmd('MAIL FROM:<alice@example.com>'))?.code, 250);
