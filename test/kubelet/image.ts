@@ -10,7 +10,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -125,5 +125,25 @@ export async function unpackImage(opts: { ociDir?: string; tag?: string; cacheDi
       await rm(tmp, { recursive: true, force: true });
     }
   }
+  await pruneUnpacked(cacheDir, hex);
   return { ref: `oci:${ociDir}:${tag}`, digest: desc.digest, rootfs, config: imageConfig.config ?? {} };
+}
+
+/**
+ * Removes unpacked images other than `keep` that no container uses as its lower layer any
+ * more (each is the size of the image), and unpack leftovers older than an hour.
+ */
+async function pruneUnpacked(cacheDir: string, keep: string): Promise<void> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
+  for (const name of await readdir(cacheDir)) {
+    if (name === keep) continue;
+    const dir = join(cacheDir, name);
+    if (name.startsWith('tmp-')) {
+      const { mtimeMs } = await stat(dir);
+      if (Date.now() - mtimeMs > 3600_000) await rm(dir, { recursive: true, force: true });
+      continue;
+    }
+    if (mountinfo.includes(dir)) continue;
+    await rm(dir, { recursive: true, force: true });
+  }
 }

@@ -7,13 +7,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { V1Container, V1PodSpec } from '@kubernetes/client-node';
+import { createPki } from '../support/pki.js';
 import { unpackImage, type UnpackedImage } from './image.js';
 import { createPodNetwork, type PodNetwork } from './netns.js';
 import { buildRuntimeSpec, ContainerConfigError, RuncRunner, resolveArgs, type RunningContainer } from './runc.js';
@@ -72,6 +73,37 @@ async function runNode(runner: RuncRunner, id: string, script: string, opts: {
   const res = { exitCode: st.exitCode, stdout: out(c), stderr: err(c) };
   await c.delete();
   return res;
+}
+
+async function retry<T>(fn: () => Promise<T>, ms: number): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/** The first reply line of an SMTP server, then QUIT. */
+function smtpBanner(host: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host, port, timeout: 5000 });
+    s.setEncoding('utf8');
+    let data = '';
+    s.on('data', (d) => {
+      data += d;
+      const nl = data.indexOf('\r\n');
+      if (nl >= 0) {
+        s.end('QUIT\r\n');
+        resolve(data.slice(0, nl));
+      }
+    });
+    s.on('timeout', () => { s.destroy(); reject(new Error('timeout')); });
+    s.on('error', reject);
+  });
 }
 
 function tcpGreeting(host: string, port: number): Promise<string> {
@@ -299,6 +331,75 @@ describe('runc runner: containers from the project image under runc', { timeout:
       assert.equal(st.exitCode, 0, text);
       assert.match(text, /^v24\./);
     }
+  });
+
+  it('the relay serves SMTP in its container under the hardened pod spec (check-config, serve, readyz, SIGTERM)', async (t) => {
+    if (!existsSync(join(image.rootfs, 'app/dist/relay/main.js'))) {
+      assert.fail('this image has no dist/relay/main.js: rebuild it with make image');
+    }
+    const net = await podNetwork();
+    const pki = await createPki();
+    t.after(() => pki.cleanup());
+    const cert = await pki.issue({ name: 'relay', dnsNames: ['relay.example.com'], ips: [net.podIP] });
+    // Volumes as the kubelet materializes them: Secret files group-readable by fsGroup 65532.
+    const vol = (name: string, files: Record<string, string>): string => {
+      const dir = join(scratch, `relay-${name}`);
+      mkdirSync(dir);
+      for (const [f, content] of Object.entries(files)) {
+        writeFileSync(join(dir, f), content);
+        chownSync(join(dir, f), 0, 65532);
+        chmodSync(join(dir, f), 0o440);
+      }
+      return dir;
+    };
+    const hash = execFileSync(process.execPath, [join(here, '../../relay/main.js'), 'hash-password'],
+      { input: 'a long random password for the test', encoding: 'utf8' }).trim();
+    const config = [
+      'version: 1',
+      'hostname: relay.example.com',
+      'listeners: [{name: submission, port: 2587, mode: starttls}, {name: submissions, port: 2465, mode: implicit}]',
+      'tls: {certFile: /etc/smtp-relay/tls/tls.crt, keyFile: /etc/smtp-relay/tls/tls.key}',
+      'auth: {usersFile: /etc/smtp-relay/users/users.yaml}',
+      `access: {allowedCidrs: ["${net.hostIP}/32"]}`,
+      `upstream: {host: ${net.hostIP}, port: 2525, tls: starttls}`,
+      'metrics: {port: 9090}',
+    ].join('\n') + '\n';
+    const volumes = {
+      config: { hostPath: vol('config', { 'relay.yaml': config }) },
+      tls: { hostPath: vol('tls', { 'tls.crt': cert.chainPem, 'tls.key': cert.keyPem }) },
+      users: { hostPath: vol('users', { 'users.yaml': `users:\n  - {name: app, passwordHash: "${hash}", allowedSenders: ["app@example.com"]}\n` }) },
+    };
+    const pod = hardenedPod({ volumes: [
+      { name: 'config', configMap: { name: 'relay-config' } },
+      { name: 'tls', secret: { secretName: 'relay-tls', defaultMode: 0o440 } },
+      { name: 'users', secret: { secretName: 'relay-users', defaultMode: 0o440 } },
+    ] });
+    const volumeMounts = [
+      { name: 'config', mountPath: '/etc/smtp-relay/config', readOnly: true },
+      { name: 'tls', mountPath: '/etc/smtp-relay/tls', readOnly: true },
+      { name: 'users', mountPath: '/etc/smtp-relay/users', readOnly: true },
+    ];
+    const check = await runner.start({ id: 'relay-check', pod, network: net, volumes, container: hardenedContainer({
+      args: ['relay', 'check-config', '--config', '/etc/smtp-relay/config/relay.yaml'], volumeMounts }) });
+    const checkStatus = await check.exited;
+    assert.equal(checkStatus.exitCode, 0, out(check) + err(check));
+    await check.delete();
+
+    const relay = await runner.start({ id: 'relay-serve', pod, network: net, podName: 'relay-0', volumes, container: hardenedContainer({
+      args: ['relay', 'serve', '--config', '/etc/smtp-relay/config/relay.yaml'], volumeMounts,
+      resources: { limits: { memory: '256Mi', cpu: '1' }, requests: { cpu: '100m', memory: '64Mi' } } }) });
+    t.after(() => relay.delete());
+    const banner = await retry(() => smtpBanner(net.podIP, 2587), 15_000);
+    assert.match(banner, /^220 relay\.example\.com ESMTP/, out(relay) + err(relay));
+    const ready = await retry(async () => {
+      const r = await fetch(`http://${net.podIP}:9090/readyz`);
+      if (r.status !== 200) throw new Error(`readyz ${r.status}`);
+      return r.status;
+    }, 15_000);
+    assert.equal(ready, 200);
+    await relay.kill('SIGTERM');
+    const st = await relay.exited;
+    assert.equal(st.exitCode, 0, err(relay));
   });
 
   it('a failing program reports its exit code and stderr', async () => {
