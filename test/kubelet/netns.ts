@@ -172,3 +172,48 @@ export async function createPodNetwork(opts: { stateDir?: string } = {}): Promis
   }
   return net;
 }
+
+/**
+ * Lets a pod reach a service that listens on the host's loopback only (the API server, an
+ * upstream SMTP sink): a TCP proxy in this process listening on the pod's hostIP:listenPort
+ * and forwarding each connection to target (default 127.0.0.1:listenPort). In a cluster the
+ * same role is played by a Service's ClusterIP. Closing it (or the process exiting) removes it.
+ */
+export async function proxyHostPort(
+  net: Pick<PodNetwork, 'hostIP'>,
+  listenPort: number,
+  target: { host?: string; port?: number } = {},
+): Promise<{ address: string; port: number; close(): Promise<void> }> {
+  const { createServer, connect } = await import('node:net');
+  const host = target.host ?? '127.0.0.1';
+  const port = target.port ?? listenPort;
+  const sockets = new Set<import('node:net').Socket>();
+  const server = createServer((inbound) => {
+    const outbound = connect({ host, port });
+    sockets.add(inbound);
+    sockets.add(outbound);
+    const done = (): void => {
+      inbound.destroy();
+      outbound.destroy();
+      sockets.delete(inbound);
+      sockets.delete(outbound);
+    };
+    inbound.on('error', done).on('close', done);
+    outbound.on('error', done).on('close', done);
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listenPort, net.hostIP, () => resolve());
+  });
+  const addr = server.address();
+  return {
+    address: net.hostIP,
+    port: typeof addr === 'object' && addr ? addr.port : listenPort,
+    close: () => new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    }),
+  };
+}

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { V1Container, V1PodSpec } from '@kubernetes/client-node';
 import { createPki } from '../support/pki.js';
 import { unpackImage, type UnpackedImage } from './image.js';
-import { createPodNetwork, type PodNetwork } from './netns.js';
+import { createPodNetwork, proxyHostPort, type PodNetwork } from './netns.js';
 import { buildRuntimeSpec, ContainerConfigError, RuncRunner, resolveArgs, type RunningContainer } from './runc.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -275,6 +275,41 @@ describe('runc runner: containers from the project image under runc', { timeout:
     assert.equal(withSysctl.stdout.trim(), 'bound', withSysctl.stderr);
     // The host's own setting is untouched.
     assert.equal(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8').trim() !== '0', true);
+  });
+
+  it('capabilities.add NET_BIND_SERVICE does not let a non-root process bind 587 (no ambient caps, as with containerd)', async () => {
+    const script = `require('net').createServer().once('error', (e) => { console.log(e.code); process.exit(0); })
+      .listen(587, () => { console.log('bound'); process.exit(0); });`;
+    const r = await runNode(runner, 'netbind-cap', script, {
+      network: await podNetwork(),
+      container: { securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'], add: ['NET_BIND_SERVICE'] } } },
+    });
+    assert.equal(r.stdout.trim(), 'EACCES', r.stderr);
+  });
+
+  it('a pod reaches only its host address; a host loopback service is reachable through proxyHostPort', async () => {
+    const net = await podNetwork();
+    const hostServer = createServer((c) => c.end('from host loopback\n'));
+    await new Promise<void>((r) => hostServer.listen(0, '127.0.0.1', () => r()));
+    const hostPort = (hostServer.address() as AddressInfo).port;
+    const proxy = await proxyHostPort(net, 0, { port: hostPort });
+    try {
+      const script = `
+        const net = require('net');
+        const get = (host, port) => new Promise((res) => { const s = net.connect({ host, port, timeout: 2000 });
+          let d = ''; s.on('data', (x) => d += x); s.on('end', () => res(d.trim())); s.on('timeout', () => { s.destroy(); res('timeout'); }); s.on('error', (e) => res(e.code)); });
+        (async () => console.log(JSON.stringify({
+          proxied: await get('${net.hostIP}', ${proxy.port}),
+          loopback: await get('127.0.0.1', ${hostPort}),
+          elsewhere: await get('198.18.255.254', 25),
+        })))();`;
+      const r = await runNode(runner, 'reach', script, { network: net });
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout), { proxied: 'from host loopback', loopback: 'ECONNREFUSED', elsewhere: 'ENETUNREACH' });
+    } finally {
+      await proxy.close();
+      await new Promise((r) => hostServer.close(r));
+    }
   });
 
   it('a read-only volume mount is read-only; a writable one is writable; nothing else is', async () => {
