@@ -108,12 +108,18 @@ export function startMetricsServer(
   });
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, address, () => {
-      server.off('error', reject);
-      resolve(server);
+  const bind = (addr: string) =>
+    new Promise<http.Server>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, addr, () => {
+        server.off('error', reject);
+        resolve(server);
+      });
     });
+  // "::" on a host without IPv6: fall back to all IPv4 addresses
+  return bind(address).catch((err: NodeJS.ErrnoException) => {
+    if (address === '::' && (err.code === 'EAFNOSUPPORT' || err.code === 'EADDRNOTAVAIL')) return bind('0.0.0.0');
+    throw err;
   });
 }
 

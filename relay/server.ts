@@ -128,14 +128,24 @@ export class Relay {
     for (const listener of this.settings.listeners) {
       const server = this.createServer(listener);
       this.servers.push({ listener, server });
-      await new Promise<void>((resolve, reject) => {
-        const onError = (err: Error) => reject(new Error(`listener ${listener.name} (${listener.address}:${listener.port}): ${err.message}`));
-        server.server.once('error', onError);
-        server.listen(listener.port, listener.address, () => {
-          server.server.off('error', onError);
-          resolve();
+      const bind = (address: string) =>
+        new Promise<void>((resolve, reject) => {
+          const onError = (err: NodeJS.ErrnoException) => reject(err);
+          server.server.once('error', onError);
+          server.listen(listener.port, address, () => {
+            server.server.off('error', onError);
+            resolve();
+          });
         });
-      });
+      try {
+        await bind(listener.address).catch((err: NodeJS.ErrnoException) => {
+          // "::" on a host without IPv6 (some pod networks): fall back to all IPv4 addresses
+          if (listener.address === '::' && (err.code === 'EAFNOSUPPORT' || err.code === 'EADDRNOTAVAIL')) return bind('0.0.0.0');
+          throw err;
+        });
+      } catch (err) {
+        throw new Error(`listener ${listener.name} (${listener.address}:${listener.port}): ${(err as Error).message}`);
+      }
       const addr = server.server.address() as net.AddressInfo;
       ports[listener.name] = addr.port;
       this.logger.info({ event: 'listening', listener: listener.name, address: addr.address, port: addr.port, mode: listener.mode }, 'listening');

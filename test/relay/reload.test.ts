@@ -8,12 +8,13 @@ import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { createPki, type CertFiles, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
-import { MAIN, NODE, RawSmtp, delay, message, startRelay, tempDir, usersYaml, type RelayProcess } from './harness.js';
+import { MAIN, NODE, RawSmtp, delay, freePort, message, startRelay, tempDir, usersYaml, type RelayProcess } from './harness.js';
 
 const run = promisify(execFile);
 
@@ -237,6 +238,35 @@ ${extra}`;
     const missing = await run(NODE, [MAIN, 'check-config', '--config', path.join(relayDir, 'nope.yaml')]).catch((e: { code: number; stderr: string }) => e);
     assert.equal((missing as { code: number }).code, 1);
     assert.match((missing as { stderr: string }).stderr, /cannot read the config file: ENOENT/);
+  });
+
+  test('serve exits 1 naming the listener when its port is taken', async () => {
+    const relayDir = await tempDir('relay-busy-');
+    const cert = await pki.issue({ name: 'busy' });
+    await fs.writeFile(path.join(relayDir, 'users.yaml'), await usersYaml([DAVE]));
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    const busyPort = (blocker.address() as net.AddressInfo).port;
+    const cfg = path.join(relayDir, 'relay.yaml');
+    await fs.writeFile(
+      cfg,
+      `version: 1
+hostname: relay.example.com
+listeners: [{name: submission, address: 127.0.0.1, port: ${busyPort}, mode: starttls}]
+tls: {certFile: ${cert.chainFile}, keyFile: ${cert.keyFile}}
+auth: {usersFile: users.yaml}
+access: {allowedCidrs: ["127.0.0.0/8"]}
+upstream: {host: 127.0.0.1, port: ${sink.port}, tls: starttls, caFile: ${sink.caFile}}
+metrics: {address: 127.0.0.1, port: ${await freePort()}}
+`,
+    );
+    const r = await run(NODE, [MAIN, 'serve', '--config', cfg], { timeout: 15_000 }).then(
+      () => ({ code: 0, out: '' }),
+      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout + e.stderr }),
+    );
+    blocker.close();
+    assert.equal(r.code, 1);
+    assert.match(r.out, /listener submission \(127\.0\.0\.1:\d+\): .*EADDRINUSE/);
   });
 
   test('hash-password reads stdin and prints an scrypt hash line', async () => {
