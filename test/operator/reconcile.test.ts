@@ -301,3 +301,42 @@ test('the operator serves its metrics', async () => {
   assert.match(text, /smtp_relay_operator_reconcile_total\{controller="smtprelay",result="(success|requeue)"\} [1-9]/);
   assert.equal((await fetch(`http://127.0.0.1:${op.metricsPort}/readyz`)).status, 200);
 });
+
+test('a hot-reloadable change (limits) updates the ConfigMap without a rollout; a restart-relevant one (hostname) rolls the pods', async () => {
+  const ns = 'reload';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'hot'));
+  const paths = childPaths(ns, 'hot');
+  const cm1 = await eventually('ConfigMap', () => get(kube, paths.configMap));
+  const dep1 = await eventually('Deployment', () => get(kube, paths.deployment));
+  await kube.request('PATCH', resourcePath(SmtpRelays, ns, 'hot'), { contentType: 'application/merge-patch+json', body: { spec: { limits: { maxRecipients: 7 } } } });
+  await eventually('ConfigMap with the new limit', async () => {
+    const c = await get(kube, paths.configMap);
+    return c.data['config.yaml'] !== cm1.data['config.yaml'] && /maxRecipients: 7/.test(c.data['config.yaml']);
+  });
+  await sleep(1000);
+  assert.equal(templateHash(await get(kube, paths.deployment)), templateHash(dep1), 'limits are hot-reloaded: same pod template');
+
+  await kube.request('PATCH', resourcePath(SmtpRelays, ns, 'hot'), { contentType: 'application/merge-patch+json', body: { spec: { hostname: 'relay2.example.com' } } });
+  await eventually('pod template rolled', async () => templateHash(await get(kube, paths.deployment)) !== templateHash(dep1));
+});
+
+test('a child the API server will not update in place (immutable Secret type) is deleted, recreated and counted', async () => {
+  const ns = 'immutable';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  // Left over from something else: same name as the hashed users Secret, another (immutable) type.
+  await kube.request('POST', `/api/v1/namespaces/${ns}/secrets`, {
+    body: { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'imm-users', namespace: ns, labels: { 'app.kubernetes.io/managed-by': 'smtp-relay-operator' } }, type: 'kubernetes.io/basic-auth', data: { username: b64('x'), password: b64('y') } },
+  });
+  const recreated = async () => (await op.metrics.recreateTotal.get()).values.reduce((n, v) => n + v.value, 0);
+  const before = await recreated();
+  await createRelay(kube, relayManifest(ns, 'imm'));
+  const s = await eventually('users Secret replaced', async () => {
+    const s = await get(kube, `/api/v1/namespaces/${ns}/secrets/imm-users`);
+    return s?.type === 'Opaque' ? s : undefined;
+  });
+  assert.ok(s.metadata.ownerReferences?.[0]?.controller);
+  assert.ok((await recreated()) > before, 'smtp_relay_operator_recreate_total counted it');
+});
