@@ -58,6 +58,14 @@ describe('access control', () => {
     assert.equal((await i.read())?.code, 554);
   });
 
+  test('IPv6: a client on ::1 (in the allow-list) is served', async () => {
+    const c = await RawSmtp.connect(relay.ports.v6, { host: '::1' });
+    assert.equal(c.greeting?.code, 220);
+    await ehloTls(c);
+    assert.equal((await c.login(CAROL.name, CAROL.password))?.code, 235);
+    c.close();
+  });
+
   test('PROXY protocol v1 from a trusted peer: the real client address decides', async () => {
     // allowed client behind the trusted proxy
     const ok = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.6', greeting: false });

@@ -113,7 +113,7 @@ export class RelayProcess {
   constructor(
     readonly child: ChildProcess,
     readonly configFile: string,
-    readonly ports: { submission: number; submissions: number; metrics: number },
+    readonly ports: { submission: number; submissions: number; v6: number; metrics: number },
     readonly tlsDir: SecretDir,
     readonly usersDir: SecretDir,
   ) {
@@ -191,13 +191,14 @@ export async function startRelay(o: RelayOptions): Promise<RelayProcess> {
   const usersDir = await SecretDir.create(o.dir, `users-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`, {
     'users.yaml': await usersYaml(o.users),
   });
-  const ports = { submission: await freePort(), submissions: await freePort(), metrics: await freePort() };
+  const ports = { submission: await freePort(), submissions: await freePort(), v6: await freePort(), metrics: await freePort() };
   const config = `# written by test/relay/harness.ts
 version: 1
 hostname: relay.test.example
 listeners:
   - {name: submission, address: 127.0.0.1, port: ${ports.submission}, mode: starttls}
   - {name: submissions, address: 127.0.0.1, port: ${ports.submissions}, mode: implicit}
+  - {name: v6, address: "::1", port: ${ports.v6}, mode: starttls}
 tls:
   certFile: ${tlsDir.file('tls.crt')}
   keyFile: ${tlsDir.file('tls.key')}

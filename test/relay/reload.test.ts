@@ -146,6 +146,10 @@ describe('live reloads', () => {
       c.close();
       return r?.code === 554;
     });
+    // IPv6 clients are checked too
+    const v6 = await RawSmtp.connect(relay.ports.v6, { host: '::1', greeting: false });
+    assert.equal((await v6.read())?.code, 554);
+    v6.close();
     // maxConnections (all listeners together) now 2
     const c = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2' });
     assert.equal(c.greeting?.code, 220);
