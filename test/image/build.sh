@@ -16,6 +16,7 @@
 #   stamp            hash of every input; `make image` does nothing while it matches
 # Environment: NODE_VERSION, NODE_BIN (from the Makefile), NPM_VERSION, IMAGE (tag),
 #   IMAGE_FORCE=1 to rebuild even if the stamp matches.
+# `build.sh --clean` (make image-clean) unmounts and removes all of .cache/image.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -27,6 +28,18 @@ IMAGE="${IMAGE:-localhost/smtp-relay-operator:dev}"
 out="$root/.cache/image"
 oci="$out/oci"
 stamp_file="$out/stamp"
+
+if [ "${1:-}" = --clean ]; then
+  # Unmount whatever buildah or the runc runner left mounted under .cache/image, then remove it.
+  if [ -d "$out" ]; then
+    awk -v p="$out/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r mp; do
+      umount -l "$mp" || true
+    done
+    rm -rf "$out"
+  fi
+  echo "image: removed $out" >&2
+  exit 0
+fi
 
 for tool in buildah runc; do
   command -v "$tool" >/dev/null || {
