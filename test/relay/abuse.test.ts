@@ -216,6 +216,26 @@ describe('connection floods and broken handshakes', () => {
     c.close();
   });
 
+  test('a message streamed for longer than the idle timeout (but never idle that long) is accepted', async () => {
+    const before = sink.messages.length;
+    const c = await RawSmtp.connect(relay.ports.submission);
+    await ehloTls(c);
+    assert.equal((await c.login(CAROL.name, CAROL.password))?.code, 235);
+    assert.equal((await c.cmd('MAIL FROM:<carol@example.com>'))?.code, 250);
+    assert.equal((await c.cmd('RCPT TO:<r@example.net>'))?.code, 250);
+    assert.equal((await c.cmd('DATA'))?.code, 354);
+    c.write('From: carol@example.com\r\nSubject: slow\r\n\r\n');
+    for (let i = 0; i < 4; i++) {
+      await delay(1000); // idleTimeout is 3s; 4s in total
+      c.write(`chunk ${i}\r\n`);
+    }
+    c.write('.\r\n');
+    const r = await c.read();
+    assert.equal(r?.code, 250, r?.text);
+    c.close();
+    await sink.waitForMessages(before + 1);
+  });
+
   test('an idle client is closed with 421 after the idle timeout', async () => {
     const c = await RawSmtp.connect(relay.ports.submission);
     const r = await c.read(8000);
