@@ -105,7 +105,7 @@ test('an SmtpRelay produces every child, owned by it, and a generated user Secre
   assert.equal(condition(status, 'Ready')?.status, 'False');
 });
 
-test('status conditions follow the certificate: Issuing → Issued (with notAfter from the Secret) → not ready again', async () => {
+test('status conditions follow the certificate: Issuing → Issued (notAfter from the Secret) → Ready once pods are ready → not ready again', async () => {
   const ns = 'certs';
   await createNamespace(kube, ns);
   await createIssuer(kube, ns);
@@ -125,8 +125,32 @@ test('status conditions follow the certificate: Issuing → Issued (with notAfte
   assert.equal(condition(issued, 'Ready')?.status, 'False');
   assert.match(condition(issued, 'Ready')?.message ?? '', /Available/);
 
+  // Play the kubelet: mark the relay pods Running and Ready, so the Deployment becomes available.
+  const pods = await eventually('relay pods from the ReplicaSet', async () => {
+    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/pods`, { query: { labelSelector: 'app.kubernetes.io/instance=tlsrelay' } });
+    return list.items.length >= 2 ? list.items : undefined;
+  });
+  const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+  for (const pod of pods) {
+    await kube.request('PATCH', `/api/v1/namespaces/${ns}/pods/${pod.metadata.name}/status`, {
+      contentType: 'application/merge-patch+json',
+      body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }, { type: 'ContainersReady', status: 'True', lastTransitionTime: now }] } },
+    });
+  }
+  const ready = await eventually('Ready=True', async () => {
+    const r = await getRelay(kube, ns, 'tlsrelay');
+    return condition(r, 'Ready')?.status === 'True' ? r : undefined;
+  });
+  assert.equal(condition(ready, 'Available')?.status, 'True');
+  assert.equal(ready.status.replicasSummary, '2/2');
+
   await certManager.setReady(ns, 'tlsrelay-tls', 'False', 'Renewing', 'renewal in progress');
-  await eventually('CertificateReady=False again', async () => condition(await getRelay(kube, ns, 'tlsrelay'), 'CertificateReady')?.status === 'False');
+  const again = await eventually('CertificateReady=False again', async () => {
+    const r = await getRelay(kube, ns, 'tlsrelay');
+    return condition(r, 'CertificateReady')?.status === 'False' ? r : undefined;
+  });
+  assert.equal(condition(again, 'Ready')?.status, 'False');
+  assert.match(condition(again, 'Ready')?.message ?? '', /CertificateReady/);
 });
 
 test('a missing issuer and a missing upstream credentials Secret are False conditions that say what to fix, with Warning Events', async () => {

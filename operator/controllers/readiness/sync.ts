@@ -50,7 +50,8 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
       if (cert.status === 'True' && !tlsPem) {
         cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.TlsSecretNotFound, message: `the Certificate is Ready but its Secret ${names.tlsSecret} has no tls.crt yet` };
       }
-      const notAfter = certificate?.status?.notAfter ?? secretNotAfter;
+      // What the relay serves is the Secret; the Certificate's notAfter is the fallback.
+      const notAfter = secretNotAfter ?? certificate?.status?.notAfter;
       st.certificate = { secretName: names.tlsSecret, ...(notAfter ? { notAfter } : {}) };
     }
   } else {
