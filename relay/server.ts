@@ -179,7 +179,7 @@ export class Relay {
       onAuth: (auth, session, cb) => {
         this.onAuth(auth, session).then(
           (user) => cb(null, { user }),
-          (err: Error) => (err instanceof SmtpError && err.responseCode === 535 ? cb(null, { message: err.message, responseCode: 535 } as never) : cb(err)),
+          (err: Error) => (err instanceof SmtpError && err.responseCode === 535 ? cb(null, { message: err.message, responseCode: 535 }) : cb(err)),
         );
       },
       onMailFrom: (address, session, cb) => cb(this.onMailFrom(address, session)),
