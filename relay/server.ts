@@ -479,12 +479,13 @@ export class Relay {
     if (outcome.kind === 'temporary') {
       this.metrics.rejections.inc({ reason: 'upstream_temporary' });
       finish('deferred', { upstreamReply, refused: outcome.refused.length, reply: '451' });
-      throw new SmtpError(451, `4.4.0 Upstream temporarily refused the message, try again later: ${upstreamReply}${refused}`);
+      throw new SmtpError(451, withEnhancedCode('4.4.0', `Upstream temporarily refused the message, try again later: ${upstreamReply}${refused}`, upstreamReply));
     }
-    const code = outcome.code === 550 || outcome.code === 554 || outcome.code === 553 || outcome.code === 552 ? outcome.code : 554;
+    // Keep the upstream's own 55x code (e.g. 552 too large, 553 bad address); anything else becomes 554.
+    const code = outcome.code >= 550 && outcome.code <= 559 ? outcome.code : 554;
     this.metrics.rejections.inc({ reason: 'upstream_permanent' });
     finish('rejected', { upstreamReply, refused: outcome.refused.length, reply: String(code) });
-    throw new SmtpError(code, `5.0.0 Upstream refused the message: ${upstreamReply}${refused}`);
+    throw new SmtpError(code, withEnhancedCode('5.0.0', `Upstream refused the message: ${upstreamReply}${refused}`, upstreamReply));
   }
 
   private onClose(session: SMTPServerSession): void {
@@ -592,4 +593,13 @@ export class Relay {
     for (const c of this.connections()) c.send(421, '4.3.2 Server shutting down, try again later');
     await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
   }
+}
+
+const ENHANCED_CODE = /^([245]\.\d{1,3}\.\d{1,3}) /;
+
+/** One enhanced status code per reply: the upstream's own when its text starts with one, else the fallback. */
+function withEnhancedCode(fallback: string, text: string, upstreamReply: string): string {
+  const own = ENHANCED_CODE.exec(upstreamReply)?.[1];
+  // The class digit must agree with the reply code we send (4xx vs 5xx).
+  return `${own && own[0] === fallback[0] ? own : fallback} ${text}`;
 }
