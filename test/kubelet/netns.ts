@@ -19,6 +19,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { onProcessEnd } from './cleanup.js';
 
 const run = promisify(execFile);
 
@@ -94,14 +95,15 @@ export function reapStaleNetworks(stateDir: string = NETNS_STATE_DIR): number {
 
 const live = new Map<number, PodNetwork>();
 let exitHookInstalled = false;
-function installExitHook(): void {
+function installExitHook(stateDir: string): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.on('exit', () => {
+  onProcessEnd(() => {
     for (const slot of live.keys()) {
       deleteNetnsSync(slot);
-      rmSync(join(NETNS_STATE_DIR, String(slot)), { recursive: true, force: true });
+      rmSync(join(stateDir, String(slot)), { recursive: true, force: true });
     }
+    live.clear();
   });
 }
 
@@ -128,7 +130,7 @@ export async function createPodNetwork(opts: { stateDir?: string } = {}): Promis
     break;
   }
   if (slot < 0) throw new Error('no free pod network slot');
-  installExitHook();
+  installExitHook(stateDir);
   const { ns, hostIf, podIf } = names(slot);
   const { hostIP, podIP } = slotAddresses(slot);
   const ipc = async (...args: string[]): Promise<void> => {

@@ -443,7 +443,7 @@ describe('runc runner: containers from the project image under runc', { timeout:
     assert.equal(r.stderr, 'boom\n');
   });
 
-  it('cleans up after a crashed test process: containers, mounts, netns', async () => {
+  const startCrashChild = async (): Promise<{ child: ReturnType<typeof spawn>; info: { pid: number; dir: string; netns: string; bundle: string } }> => {
     const child = spawn(process.execPath, [join(here, 'crash-child.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
     let line = '';
     child.stdout.setEncoding('utf8');
@@ -452,6 +452,23 @@ describe('runc runner: containers from the project image under runc', { timeout:
       const l = line.split('\n')[0];
       return line.includes('\n') && l ? (JSON.parse(l) as { pid: number; dir: string; netns: string; bundle: string }) : undefined;
     }, 30_000);
+    return { child, info };
+  };
+
+  it('cleans up when the test process is ended by SIGTERM', async () => {
+    const { child, info } = await startCrashChild();
+    assert.ok(processAlive(info.pid));
+    child.kill('SIGTERM');
+    const [, signal] = await new Promise<[number | null, string | null]>((r) => child.once('exit', (c, s) => r([c, s])));
+    assert.equal(signal, 'SIGTERM', 'the process still dies of the signal');
+    assert.ok(!processAlive(info.pid), 'container killed');
+    assert.ok(!existsSync(info.dir), 'runner state removed');
+    assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(info.dir), 'no mounts left');
+    assert.ok(!execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).includes(info.netns), 'netns deleted');
+  });
+
+  it('cleans up after a crashed (SIGKILLed) test process: containers, mounts, netns', async () => {
+    const { child, info } = await startCrashChild();
     assert.ok(processAlive(info.pid));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));

@@ -40,6 +40,7 @@ import { constants as osConstants } from 'node:os';
 import { join, posix, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { V1Container, V1PodSpec, V1SecurityContext, V1PodSecurityContext } from '@kubernetes/client-node';
+import { onProcessEnd } from './cleanup.js';
 import type { ImageConfig, UnpackedImage } from './image.js';
 import { ownerAlive, processIdentity, type PodNetwork } from './netns.js';
 import { quantityBytes, quantityMilli } from './quantity.js';
@@ -581,7 +582,7 @@ export class RuncRunner {
   readonly runnerId: string;
   private readonly live = new Map<string, LiveContainer>();
   private readonly swapAccounting = existsSync('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes');
-  private readonly exitHook = (): void => this.closeSync();
+  private readonly unregisterCleanup: () => void;
   private closed = false;
 
   private constructor(image: UnpackedImage, dir: string, runnerId: string) {
@@ -589,7 +590,7 @@ export class RuncRunner {
     this.dir = dir;
     this.runnerId = runnerId;
     this.runcRoot = join(dir, 'runc');
-    process.on('exit', this.exitHook);
+    this.unregisterCleanup = onProcessEnd(() => this.closeSync());
   }
 
   static async create(opts: RuncRunnerOptions): Promise<RuncRunner> {
@@ -746,7 +747,7 @@ export class RuncRunner {
   private closeSync(): void {
     if (this.closed) return;
     this.closed = true;
-    process.off('exit', this.exitHook);
+    this.unregisterCleanup();
     for (const e of this.live.values()) if (!e.done) e.child.kill('SIGKILL');
     destroyRunnerDirSync(this.dir);
   }
