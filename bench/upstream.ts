@@ -2,7 +2,7 @@
 // user would otherwise pick (nodemailer's pooled and unpooled SMTP transports),
 // and the cost of DKIM signing. Bounded: a fixed number of messages per row.
 //
-//   make bench            (or: node dist/bench/upstream.js [messages] [concurrency])
+//   part of make bench (bench/main.ts); upstreamHandOff(messages, concurrency) returns the table
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,8 +15,8 @@ import { Upstream } from '../relay/upstream.js';
 import { createPki } from '../test/support/pki.js';
 import { startSink, type Sink } from '../test/support/sink.js';
 
-const MESSAGES = Number(process.argv[2] ?? 300);
-const CONCURRENCY = Number(process.argv[3] ?? 10);
+let MESSAGES = 300;
+let CONCURRENCY = 10;
 const MAX_CONNECTIONS = 5;
 
 function message(i: number): Buffer {
@@ -50,7 +50,9 @@ interface Row {
   connections: number;
 }
 
-async function main() {
+export async function upstreamHandOff(messages = 300, concurrency = 10): Promise<string> {
+  MESSAGES = messages;
+  CONCURRENCY = concurrency;
   const dir = await mkdtemp(join(tmpdir(), 'bench-upstream-'));
   const pki = await createPki({ caName: 'bench CA' });
   const rows: Row[] = [];
@@ -104,14 +106,13 @@ async function main() {
     });
   }
 
-  console.log(`\nUpstream hand-off, loopback, STARTTLS with verified certificate; ${MESSAGES} messages of ~10 KB, ${CONCURRENCY} concurrent senders, maxConnections ${MAX_CONNECTIONS}\n`);
-  console.log('| scenario | delivered | time (ms) | msg/s | upstream connections |');
-  console.log('|---|---:|---:|---:|---:|');
+  const lines = [`### Upstream hand-off (relay/upstream.ts in-process), loopback, STARTTLS with verified certificate; ${MESSAGES} messages of ~10 KB, ${CONCURRENCY} concurrent senders, maxConnections ${MAX_CONNECTIONS}\n`];
+  lines.push('| scenario | delivered | time (ms) | msg/s | upstream connections |');
+  lines.push('|---|---:|---:|---:|---:|');
   for (const r of rows) {
-    console.log(`| ${r.name} | ${r.ok}/${MESSAGES} | ${r.ms.toFixed(0)} | ${((r.ok / r.ms) * 1000).toFixed(0)} | ${r.connections} |`);
+    lines.push(`| ${r.name} | ${r.ok}/${MESSAGES} | ${r.ms.toFixed(0)} | ${((r.ok / r.ms) * 1000).toFixed(0)} | ${r.connections} |`);
   }
   await pki.cleanup();
   await rm(dir, { recursive: true, force: true });
+  return lines.join('\n') + '\n';
 }
-
-await main();

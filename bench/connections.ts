@@ -1,0 +1,151 @@
+// Scenario 3: the relay's memory per idle TLS session, and full TLS handshakes per
+// second against what `openssl speed` says one core can do for the same key exchange
+// (X25519) and signature (ECDSA P-256, the certificate's key).
+//
+// Idle sessions: STARTTLS + EHLO, then nothing; opened from 10 source addresses
+// (127.0.0.2-11) by worker processes, with the relay's maxConnections and
+// maxConnectionsPerIp raised for it. Handshakes: implicit-TLS listener, a new
+// connection each time (no resumption), closed once the handshake is done.
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { createPki } from '../test/support/pki.js';
+import { cpuSeconds, fmt, log, rssKiB, sleep, table } from './common.js';
+import { holdConnections } from './loadgen.js';
+import { startRelay, startSmtpSink, startStunnel } from './targets.js';
+
+const SOURCES = Array.from({ length: 10 }, (_, i) => `127.0.0.${i + 2}`);
+
+/** openssl speed for X25519 and ECDSA P-256 on one core: ops/s. */
+function opensslSpeed(seconds: number): { x25519: number; sign: number; text: string } {
+  const out = execFileSync('openssl', ['speed', '-seconds', String(seconds), 'ecdhx25519', 'ecdsap256'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  const sign = /256 bits ecdsa \(nistp256\)\s+\S+\s+\S+\s+([\d.]+)/.exec(out);
+  const x = /ecdh \(X25519\)\s+\S+\s+([\d.]+)/.exec(out);
+  if (!sign || !x) throw new Error(`cannot parse openssl speed output:\n${out}`);
+  return { x25519: Number(x[1]), sign: Number(sign[1]), text: out.trim().split('\n').slice(-4).join('\n') };
+}
+
+/** Full handshakes for `ms` with `parallel` connections in flight; the client offers X25519 only. */
+async function handshakes(port: number, parallel: number, ms: number): Promise<{ count: number; failed: number; group: string; version: string }> {
+  const end = performance.now() + ms;
+  let count = 0;
+  let failed = 0;
+  let group = '';
+  let version = '';
+  await Promise.all(
+    Array.from({ length: parallel }, async () => {
+      while (performance.now() < end) {
+        try {
+          await new Promise<void>((resolve, reject) => {
+            const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, servername: 'localhost', ecdhCurve: 'X25519' }, () => {
+              if (!group) {
+                const k = s.getEphemeralKeyInfo();
+                group = k && 'name' in k ? String(k.name) : 'unknown';
+                version = s.getProtocol() ?? '';
+              }
+              if (!s.isSessionReused()) count++;
+              s.destroy();
+              resolve();
+            });
+            s.once('error', reject);
+          });
+        } catch {
+          failed++;
+          await sleep(10);
+        }
+      }
+    }),
+  );
+  return { count, failed, group, version };
+}
+
+export async function connections(o: { counts: number[]; handshakeMs: number }): Promise<string> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-conn-'));
+  const pki = await createPki({ caName: 'bench CA' });
+  const cert = await pki.issue({ name: 'server' });
+  const stops: (() => Promise<void>)[] = [];
+  const holders: (() => void)[] = [];
+  try {
+    const sink = await startSmtpSink();
+    stops.push(sink.stop);
+    const tlsSink = await startStunnel(dir, cert, sink.port);
+    stops.push(tlsSink.stop);
+    const max = Math.max(...o.counts);
+    const relay = await startRelay({
+      dir,
+      cert,
+      upstream: { port: tlsSink.port, caFile: cert.caFile, tls: 'implicit', maxConnections: 5 },
+      maxConnections: max + 100,
+      maxConnectionsPerIp: Math.ceil(max / SOURCES.length) + 100,
+      logLevel: 'warn',
+    });
+    stops.push(relay.stop);
+    const pid = relay.child.pid!;
+    // warm up the TLS and session code paths, then a baseline
+    const warm = await holdConnections({ mode: 'hold', host: '127.0.0.1', port: relay.submission, connections: 50, localAddresses: SOURCES, parallel: 50, timeoutMs: 20_000 }, 1);
+    warm.close();
+    await sleep(3000);
+    const rss0 = rssKiB(pid);
+    const rows: (string | number)[][] = [];
+    let held = 0;
+    let worst = 0;
+    for (const n of o.counts) {
+      const t0 = performance.now();
+      const h = await holdConnections(
+        { mode: 'hold', host: '127.0.0.1', port: relay.submission, connections: n - held, localAddresses: SOURCES, parallel: 200, timeoutMs: 120_000 },
+        2,
+      );
+      holders.push(h.close);
+      held += h.held;
+      const openS = (performance.now() - t0) / 1000;
+      if (h.failed) log(`hold ${n}: ${h.failed} failed, e.g. ${h.errors.join(' | ')}`);
+      await sleep(2000);
+      const rss = rssKiB(pid);
+      const per = (rss - rss0) / held;
+      worst = Math.max(worst, per);
+      rows.push([fmt(n), fmt(held), fmt(rss0), fmt(rss), fmt(per, 1), fmt(openS, 1)]);
+      log(`idle ${held}: RSS ${rss} KiB, ${per.toFixed(1)} KiB per connection`);
+    }
+    for (const c of holders.splice(0)) c();
+    await sleep(3000);
+
+    // full handshakes per second on the implicit-TLS listener
+    const speed = opensslSpeed(3);
+    const bound = 1 / (1 / speed.x25519 + 1 / speed.sign);
+    const cpu0 = cpuSeconds(pid);
+    const t0 = performance.now();
+    const hs = await handshakes(relay.submissions, 64, o.handshakeMs);
+    const secs = (performance.now() - t0) / 1000;
+    const relayCores = (cpuSeconds(pid) - cpu0) / secs;
+    const rate = hs.count / secs;
+    const perCore = relayCores > 0 ? rate / relayCores : NaN;
+    return (
+      `### Scenario 3: idle TLS sessions and full handshakes\n\n` +
+      `Idle sessions after STARTTLS + EHLO, from ${SOURCES.length} source addresses; relay RSS before: ${fmt(rss0)} KiB.\n\n` +
+      table(['target sessions', 'open', 'RSS before (KiB)', 'RSS with them (KiB)', 'KiB per session', 'time to open (s)'], rows) +
+      '\n\n' +
+      `Full TLS handshakes (${hs.version}, ${hs.group}, ECDSA P-256 certificate; new connection each, no resumption, 64 in flight, ${fmt(secs, 1)} s; ${hs.failed} failed):\n\n` +
+      table(
+        ['measure', 'value', 'goal'],
+        [
+          ['worst KiB per idle TLS session', fmt(worst, 1), '<= 30'],
+          ['handshakes/s (machine shared with the client)', fmt(rate), ''],
+          ['relay CPU during handshakes (cores)', fmt(relayCores, 2), '(single-threaded: <= 1)'],
+          ['handshakes per relay CPU-second', fmt(perCore), ''],
+          [`openssl speed, one core: X25519 ${fmt(speed.x25519)} op/s, ECDSA P-256 sign ${fmt(speed.sign)}/s -> bound`, fmt(bound), ''],
+          ['handshakes/s / bound', fmt(rate / bound, 3), '>= 0.25'],
+          ['handshakes per relay CPU-second / bound', fmt(perCore / bound, 3), '>= 0.25'],
+        ],
+      ) +
+      '\n'
+    );
+  } finally {
+    for (const c of holders) c();
+    for (const stop of stops.reverse()) await stop().catch((e: unknown) => log(`stop: ${String(e)}`));
+    await pki.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
