@@ -263,6 +263,7 @@ describe('runc runner: containers from the project image under runc', { timeout:
     const stB = await b.exited;
     assert.equal(stB.exitCode, 137);
     assert.equal(stB.signal, 'SIGKILL');
+    assert.equal(stB.oomKilled, false);
     await a.delete();
     await b.delete();
   });
@@ -435,6 +436,18 @@ describe('runc runner: containers from the project image under runc', { timeout:
     await relay.kill('SIGTERM');
     const st = await relay.exited;
     assert.equal(st.exitCode, 0, err(relay));
+  });
+
+  it('the memory limit is enforced: a container allocating past it is OOM-killed (137, oomKilled)', async () => {
+    const script = `const keep = []; for (let i = 0; i < 64; i++) { keep.push(Buffer.alloc(8 << 20, 1)); } console.log('survived');`;
+    const c = await runner.start({ id: 'oom', pod: hardenedPod(), container: hardenedContainer({
+      command: ['node', '-e', script], resources: { limits: { memory: '96Mi' } } }) });
+    const st = await c.exited;
+    const stdout = out(c);
+    await c.delete();
+    assert.equal(stdout, '', 'must not get past 512 MiB under a 96 MiB limit');
+    assert.equal(st.exitCode, 137);
+    assert.equal(st.oomKilled, true);
   });
 
   it('a failing program reports its exit code and stderr', async () => {

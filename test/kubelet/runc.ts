@@ -104,6 +104,8 @@ export interface ExitStatus {
   /** The container's exit code; 128+N when a signal N ended it (as runc and the kubelet report). */
   exitCode: number;
   signal?: NodeJS.Signals;
+  /** The kernel's OOM killer ended it (memory limit): the kubelet's reason "OOMKilled". */
+  oomKilled: boolean;
   finishedAt: Date;
 }
 
@@ -509,6 +511,20 @@ function cgroupDirs(rel: string): string[] {
   return dirs;
 }
 
+/** OOM kills recorded in a container's memory cgroup (v1 memory.oom_control, v2 memory.events). */
+function oomKills(cgroupsPath: string): number {
+  const files = existsSync('/sys/fs/cgroup/cgroup.controllers')
+    ? [join('/sys/fs/cgroup', cgroupsPath, 'memory.events')]
+    : [join('/sys/fs/cgroup/memory', cgroupsPath, 'memory.oom_control')];
+  for (const f of files) {
+    try {
+      const m = /^oom_kill (\d+)$/m.exec(readFileSync(f, 'utf8'));
+      if (m) return Number(m[1]);
+    } catch { /* no memory controller */ }
+  }
+  return 0;
+}
+
 function removeCgroupTreeSync(rel: string): void {
   for (const dir of cgroupDirs(rel)) {
     if (!existsSync(dir)) continue;
@@ -617,11 +633,12 @@ export class RuncRunner {
     const rootPath = join(bundle, 'rootfs');
     for (const d of ['rootfs', 'upper', 'work']) mkdirSync(join(bundle, d), { recursive: true });
 
+    const cgroupsPath = `/${CGROUP_PARENT}/${this.runnerId}/${req.id}`;
     const spec = buildRuntimeSpec(req, {
       image: this.image,
       rootPath,
       etcDir: join(bundle, 'etc'),
-      cgroupsPath: `/${CGROUP_PARENT}/${this.runnerId}/${req.id}`,
+      cgroupsPath,
       swapAccounting: this.swapAccounting,
     });
     writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
@@ -637,7 +654,7 @@ export class RuncRunner {
     const runcLog = join(bundle, 'runc.log');
     let child: ChildProcess;
     try {
-      child = spawn('runc', ['--root', this.runcRoot, '--log', runcLog, '--log-format', 'json', 'run', '--bundle', bundle, req.id], {
+      child = spawn('runc', ['--root', this.runcRoot, '--log', runcLog, '--log-format', 'json', 'run', '--keep', '--bundle', bundle, req.id], {
         stdio: ['ignore', outFd, errFd],
       });
     } finally {
@@ -648,14 +665,15 @@ export class RuncRunner {
       child.on('exit', (code, signal) => {
         // runc run exits with the container's status (128+N for a signal N).
         const exitCode = code ?? 128 + (signal ? (execSignalNumber(signal) ?? 0) : 0);
-        const status: ExitStatus = { exitCode, finishedAt: new Date() };
+        // `run --keep` leaves the stopped container and its cgroup until delete: read the OOM count.
+        const status: ExitStatus = { exitCode, oomKilled: oomKills(cgroupsPath) > 0, finishedAt: new Date() };
         if (exitCode > 128) {
           const name = signalName(exitCode - 128);
           if (name) status.signal = name;
         }
         resolveExit(status);
       });
-      child.on('error', () => resolveExit({ exitCode: 127, finishedAt: new Date() }));
+      child.on('error', () => resolveExit({ exitCode: 127, oomKilled: false, finishedAt: new Date() }));
     });
     const entry: LiveContainer = { id: req.id, child, bundle, exited, done: false };
     void exited.then(() => { entry.done = true; });
