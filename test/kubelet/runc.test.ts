@@ -450,6 +450,13 @@ describe('runc runner: containers from the project image under runc', { timeout:
     assert.equal(st.oomKilled, true);
   });
 
+  it('a pod spec that cannot work fails at start and leaves nothing behind', async () => {
+    await assert.rejects(runner.start({ id: 'bad', pod: hardenedPod({ securityContext: { runAsNonRoot: true, runAsUser: 0 } }),
+      container: { name: 'c', command: ['node', '--version'] } }), ContainerConfigError);
+    assert.ok(!existsSync(join(runner.dir, 'bundles', 'bad')));
+    assert.deepEqual(await runner.list(), []);
+  });
+
   it('a failing program reports its exit code and stderr', async () => {
     const r = await runNode(runner, 'fails', "console.error('boom'); process.exit(3)");
     assert.equal(r.exitCode, 3);

@@ -50,6 +50,8 @@ const execFileP = promisify(execFile);
 
 export const RUNNER_STATE_DIR = process.env['SROP_RUNC_STATE'] ?? '/run/smtp-relay-operator/runc';
 const CGROUP_PARENT = 'smtp-relay-kubelet';
+/** From `runc run` to the container's process running (generous: 2 cores shared with builds). */
+const START_TIMEOUT_MS = 30_000;
 
 /** containerd's default capability set (oci.DefaultCapabilities / Docker's). */
 export const DEFAULT_CAPABILITIES: readonly string[] = [
@@ -634,18 +636,23 @@ export class RuncRunner {
     for (const d of ['rootfs', 'upper', 'work']) mkdirSync(join(bundle, d), { recursive: true });
 
     const cgroupsPath = `/${CGROUP_PARENT}/${this.runnerId}/${req.id}`;
-    const spec = buildRuntimeSpec(req, {
-      image: this.image,
-      rootPath,
-      etcDir: join(bundle, 'etc'),
-      cgroupsPath,
-      swapAccounting: this.swapAccounting,
-    });
-    writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
-
-    // The container's root: image (read-only lower) + its own upper layer.
-    await execFileP('mount', ['-t', 'overlay', 'overlay', '-o',
-      `lowerdir=${this.image.rootfs},upperdir=${join(bundle, 'upper')},workdir=${join(bundle, 'work')}`, rootPath]);
+    try {
+      const spec = buildRuntimeSpec(req, {
+        image: this.image,
+        rootPath,
+        etcDir: join(bundle, 'etc'),
+        cgroupsPath,
+        swapAccounting: this.swapAccounting,
+      });
+      writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+      // The container's root: image (read-only lower) + its own upper layer.
+      await execFileP('mount', ['-t', 'overlay', 'overlay', '-o',
+        `lowerdir=${this.image.rootfs},upperdir=${join(bundle, 'upper')},workdir=${join(bundle, 'work')}`, rootPath]);
+    } catch (err) {
+      umountAllSync(bundle);
+      rmSync(bundle, { recursive: true, force: true });
+      throw err;
+    }
 
     const stdoutPath = req.stdoutPath ?? join(this.dir, 'logs', `${req.id}.stdout`);
     const stderrPath = req.stderrPath ?? join(this.dir, 'logs', `${req.id}.stderr`);
@@ -682,7 +689,8 @@ export class RuncRunner {
     // Wait for "running" (or an early exit: a failed start or a very short process).
     const startedAt = new Date();
     let pid = 0;
-    for (let i = 0; i < 300 && !entry.done; i++) {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (!entry.done && Date.now() < deadline) {
       const st = await this.state(req.id);
       if (st && st.pid > 0 && (st.status === 'running' || st.status === 'stopped')) {
         pid = st.pid;
@@ -692,7 +700,7 @@ export class RuncRunner {
     }
     if (pid === 0 && !entry.done) {
       await this.deleteContainer(req.id);
-      throw new Error(`container ${req.id} did not start within 6s: ${readRuncErrors(runcLog)}`);
+      throw new Error(`container ${req.id} did not start within ${START_TIMEOUT_MS / 1000}s: ${readRuncErrors(runcLog)}`);
     }
     if (pid === 0 && entry.done) {
       const st = await exited;
