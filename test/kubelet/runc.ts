@@ -29,8 +29,9 @@
  * - namespaces: pid, ipc, uts, mount, and network = the pod's netns (netns.ts) or the host's
  *   (hostNetwork); pod sysctls (e.g. net.ipv4.ip_unprivileged_port_start) only in a pod netns.
  *
- * The container runs as a child `runc run` (foreground, no terminal), whose exit status is
- * the container's; stdout/stderr go to files. Containers, overlays and bundles live under
+ * The container runs as a child `runc run --keep` (foreground, no terminal), whose exit
+ * status is the container's (128+N for signal N); stdout/stderr go to files; an OOM kill is
+ * read from the stopped container's memory cgroup before delete(). Containers, overlays and bundles live under
  * <stateDir>/<runner id>/; a runner whose process died (test crash) is cleaned up by the
  * next runner created (reapStaleRunners), and a process exit hook cleans up this one's.
  */
