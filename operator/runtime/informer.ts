@@ -132,6 +132,7 @@ export class Informer<T extends KubeObject> {
     while (!this.stopped) {
       try {
         if (!this.resourceVersion) await this.doList();
+        if (this.stopped) break; // stop() may come while the list is in flight
         failures = 0;
         const started = this.clock.now();
         await this.doWatch();

@@ -202,10 +202,14 @@ export class Kube {
       throw statusError(res.status, await res.text());
     }
     const input = Readable.fromWeb(res.body as never);
-    // An abort destroys the stream with an AbortError; readline reports stream
-    // errors through the loop below, this handler only keeps them from being uncaught.
-    input.on('error', () => {});
     const lines = createInterface({ input, crlfDelay: Infinity });
+    // readline ignores errors of its input: an abort or a broken connection
+    // would leave the loop below waiting forever (and the error uncaught).
+    let streamError: unknown;
+    input.on('error', (err) => {
+      streamError ??= err;
+      lines.close();
+    });
     // A handler error ends our interest in the stream, but we keep reading to
     // its end (the server closes a watch after an ERROR event): leaving the
     // loop early and aborting later makes undici raise an uncaught AbortError.
@@ -225,6 +229,8 @@ export class Kube {
       }
     }
     if (failed) throw failed.err;
+    if (streamError) throw streamError;
+    if (opts.signal.aborted) throw new DOMException('watch aborted', 'AbortError');
   }
 }
 

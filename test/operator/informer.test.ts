@@ -71,11 +71,12 @@ test('a watch resuming from an expired resourceVersion gets 410 Gone and relists
   await createNamespace(kube, ns);
   const inf = track(new Informer<KubeObject>({ kube, resource: ConfigMaps, namespace: ns }));
   await inf.waitForSync();
-  // Pretend we were away for long: resume from a resourceVersion the server no longer has.
-  (inf as unknown as { resourceVersion: string }).resourceVersion = '1';
+  // Away for long: stopped, history moved on and was compacted, then resumed from an old resourceVersion.
+  await inf.stop();
   await kube.request('POST', `/api/v1/namespaces/${ns}/configmaps`, { body: cm(ns, 'late', '1') });
   await cp.compactEtcd();
-  (inf as unknown as { abort: AbortController }).abort.abort();
+  (inf as unknown as { resourceVersion: string }).resourceVersion = '1';
+  inf.start();
   await eventually('relist', async () => inf.lists >= 2 && inf.get(ns, 'late'));
 });
 
