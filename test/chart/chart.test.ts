@@ -143,8 +143,11 @@ test('the operator Deployment is hardened and probes its health endpoints on the
   assert.ok(c.args.includes('--metrics-port=8080'));
   assert.equal(c.env.find((e: any) => e.name === 'POD_NAMESPACE').valueFrom.fieldRef.fieldPath, 'metadata.namespace');
   assert.deepEqual(c.ports, [{ name: 'http-metrics', containerPort: 8080, protocol: 'TCP' }]);
-  assert.deepEqual(c.livenessProbe.httpGet, { path: '/healthz', port: 'http-metrics' });
-  assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'http-metrics' });
+  assert.deepEqual(c.livenessProbe.httpGet, { path: '/healthz', port: 'http-metrics', scheme: 'HTTP' });
+  assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'http-metrics', scheme: 'HTTP' });
+  assert.deepEqual(c.securityContext.seccompProfile, { type: 'RuntimeDefault' });
+  assert.equal(c.securityContext.privileged, false);
+  assert.equal(pod.enableServiceLinks, false);
   const svc = one(objs, 'Service');
   assert.deepEqual(svc.spec.ports, [{ name: 'http-metrics', port: 8080, targetPort: 'http-metrics', protocol: 'TCP' }]);
   for (const [k, v] of Object.entries(svc.spec.selector)) assert.equal(d.spec.template.metadata.labels[k], v);

@@ -184,6 +184,12 @@ async function provesReconcile(op: ChildProcess, logName: string, port: number, 
 
 test('helm install (full values minus watched namespaces) installs the CRD and every object; the operator with the chart ServiceAccount token reconciles an SmtpRelay', async () => {
   const ns = 'smtp-relay-system';
+  // Pod Security admission enforces the "restricted" standard on the release namespace:
+  // the ReplicaSet controller's pod for the chart's Deployment must pass it.
+  await kube.request('PATCH', `/api/v1/namespaces/${ns}`, {
+    contentType: 'application/merge-patch+json',
+    body: { metadata: { labels: { 'pod-security.kubernetes.io/enforce': 'restricted', 'pod-security.kubernetes.io/enforce-version': 'latest' } } },
+  });
   const r = await helm([
     'install', 'relays', CHART, '--namespace', ns, '--create-namespace', '--kubeconfig', cp.kubeconfigPath,
     '-f', FULL_VALUES, '--set', 'watchNamespaces=null', '--set', 'dashboards.namespace=', '--set', 'replicaCount=1', ...IMAGE,
@@ -208,6 +214,24 @@ test('helm install (full values minus watched namespaces) installs the CRD and e
   ]) {
     assert.ok(await get(kube, path), `${path} exists after helm install`);
   }
+
+  const pod = await eventually('the Deployment\'s pod, admitted under the restricted Pod Security Standard', async () => {
+    const pods = await kube.get<any>(`/api/v1/namespaces/${ns}/pods`, { query: { labelSelector: 'app.kubernetes.io/instance=relays' } });
+    if (pods.items.length > 0) return pods.items[0];
+    const events = await kube.get<any>(`/api/v1/namespaces/${ns}/events`);
+    const refused = events.items.find((e: any) => e.reason === 'FailedCreate');
+    if (refused) throw new Error(`pod refused: ${refused.message}`);
+    return undefined;
+  });
+  assert.equal(pod.spec.serviceAccountName, 'smtp-relay-operator-ci');
+  // ... and that standard is really enforced there: a pod without the hardening is refused.
+  await assert.rejects(
+    kube.request('POST', `/api/v1/namespaces/${ns}/pods`, {
+      query: { dryRun: 'All' },
+      body: { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'unhardened' }, spec: { containers: [{ name: 'c', image: 'localhost/smtp-relay-operator:dev' }] } },
+    }),
+    /violates PodSecurity "restricted/,
+  );
 
   const sa = await cp.serviceAccountKubeconfig(ns, 'smtp-relay-operator-ci', { create: false });
   const port = await freePort();
