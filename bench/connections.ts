@@ -8,14 +8,39 @@
 // connection each time (no resumption), closed once the handshake is done.
 
 import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { createPki } from '../test/support/pki.js';
-import { cpuSeconds, fmt, log, rssKiB, sleep, table } from './common.js';
+import { cpuSeconds, fmt, log, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
 import { holdConnections } from './loadgen.js';
 import { startRelay, startSmtpSink, startStunnel } from './targets.js';
+
+const FLOOR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'tls-floor.js');
+
+/** KiB per idle implicit-TLS connection held by a bare node:tls server (Node's own floor). */
+async function nodeTlsFloor(certFile: string, keyFile: string, n: number): Promise<{ perConn: number; held: number }> {
+  const child = startProcess(process.execPath, [FLOOR, certFile, keyFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+      child.once('exit', (c) => reject(new Error(`tls-floor exited with ${c}`)));
+    });
+    const warm = await holdConnections({ mode: 'hold', tls: 'implicit', host: '127.0.0.1', port, connections: 50, localAddresses: SOURCES, parallel: 50, timeoutMs: 20_000 }, 1);
+    warm.close();
+    await sleep(2000);
+    const rss0 = rssKiB(child.pid!);
+    const h = await holdConnections({ mode: 'hold', tls: 'implicit', host: '127.0.0.1', port, connections: n, localAddresses: SOURCES, parallel: 200, timeoutMs: 60_000 }, 2);
+    await sleep(2000);
+    const rss = rssKiB(child.pid!);
+    h.close();
+    return { perConn: (rss - rss0) / Math.max(1, h.held), held: h.held };
+  } finally {
+    await stopProcess(child);
+  }
+}
 
 const SOURCES = Array.from({ length: 10 }, (_, i) => `127.0.0.${i + 2}`);
 
@@ -110,7 +135,28 @@ export async function connections(o: { counts: number[]; handshakeMs: number }):
       log(`idle ${held}: RSS ${rss} KiB, ${per.toFixed(1)} KiB per connection`);
     }
     for (const c of holders.splice(0)) c();
+    // the same for implicit TLS (one socket instead of the plaintext one plus its TLS wrapper), on a fresh relay
+    const relay2 = await startRelay({
+      dir,
+      cert,
+      upstream: { port: tlsSink.port, caFile: cert.caFile, tls: 'implicit', maxConnections: 5 },
+      maxConnections: max + 100,
+      maxConnectionsPerIp: Math.ceil(max / SOURCES.length) + 100,
+      logLevel: 'warn',
+    });
+    const warm2 = await holdConnections({ mode: 'hold', tls: 'implicit', host: '127.0.0.1', port: relay2.submissions, connections: 50, localAddresses: SOURCES, parallel: 50, timeoutMs: 20_000 }, 1);
+    warm2.close();
     await sleep(3000);
+    const rssI0 = rssKiB(relay2.child.pid!);
+    const hi = await holdConnections({ mode: 'hold', tls: 'implicit', host: '127.0.0.1', port: relay2.submissions, connections: o.counts[0]!, localAddresses: SOURCES, parallel: 200, timeoutMs: 60_000 }, 2);
+    await sleep(2000);
+    const rssI = rssKiB(relay2.child.pid!);
+    hi.close();
+    await relay2.stop();
+    const floor = await nodeTlsFloor(cert.chainFile, cert.keyFile, o.counts[0]!);
+    rows.push([`${fmt(o.counts[0]!)}, implicit TLS listener (fresh relay)`, fmt(hi.held), fmt(rssI0), fmt(rssI), fmt((rssI - rssI0) / Math.max(1, hi.held), 1), '']);
+    rows.push([`${fmt(o.counts[0]!)} on a bare node:tls server (Node's floor)`, fmt(floor.held), '', '', fmt(floor.perConn, 1), '']);
+    await sleep(1000);
 
     // full handshakes per second on the implicit-TLS listener
     const speed = opensslSpeed(3);

@@ -43,6 +43,8 @@ export interface HoldOptions {
   localAddresses: string[];
   /** Opening concurrency. */
   parallel: number;
+  /** Default 'starttls' (STARTTLS + EHLO); 'implicit': TLS from the first byte, then EHLO. */
+  tls?: 'starttls' | 'implicit';
   timeoutMs: number;
 }
 
@@ -296,7 +298,7 @@ async function runHold(o: HoldOptions): Promise<WorkerResult> {
       while (next < o.connections && Date.now() < deadline) {
         const i = next++;
         try {
-          heldClients.push(await connect(o.host, o.port, 'starttls', o.localAddresses[i % o.localAddresses.length]));
+          heldClients.push(await connect(o.host, o.port, o.tls ?? 'starttls', o.localAddresses[i % o.localAddresses.length]));
           res.ok++;
         } catch (e) {
           res.failed++;

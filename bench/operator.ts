@@ -1,3 +1,227 @@
-export async function operatorAtScale(_o: { applies: number; relays: number; namespaces: number; quietMs: number }): Promise<string> {
-  return 'todo';
+// Scenario 4: the operator (node dist/operator/main.js, its own process) on the local
+// control plane (test/controlplane/harness.ts: etcd, kube-apiserver, kube-controller-manager):
+//   - apply -> every child exists: p50/p99 over N SmtpRelays created one after another;
+//   - 1,000 SmtpRelays across 10 namespaces: time to converge (every status written for
+//     the current generation, every child Deployment there, work queue empty), operator RSS,
+//     and API write requests during the following quiet period, from the apiserver's
+//     apiserver_request_total (verb POST|PUT|PATCH|DELETE), by resource, and the operator's
+//     own apply/reconcile counters.
+// cert-manager is not running (its CRDs are installed), so Certificates stay un-issued and
+// relays not Ready: that is a steady state too, and it must be quiet.
+
+import { request } from 'node:https';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { API_VERSION, KIND } from '../operator/api/v1alpha1.js';
+import { Kube, resourcePath } from '../operator/runtime/kube.js';
+import { SmtpRelays } from '../operator/runtime/resources.js';
+import { startControlPlane, type ControlPlane } from '../test/controlplane/harness.js';
+import { fmt, freePort, log, percentile, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
+
+const OPERATOR_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../operator/main.js');
+
+function manifest(namespace: string, name: string) {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name, namespace },
+    spec: {
+      hostname: `${name}.example.com`,
+      tls: { issuerRef: { name: 'ca-issuer' } },
+      auth: { users: [{ name: 'app', allowedSenders: ['noreply@example.com'] }] },
+      upstream: { host: 'smtp.example.net' },
+    },
+  };
+}
+
+const CANDIDATE_CHILDREN = (ns: string, name: string): Record<string, string> => ({
+  serviceAccount: `/api/v1/namespaces/${ns}/serviceaccounts/${name}`,
+  configMap: `/api/v1/namespaces/${ns}/configmaps/${name}-config`,
+  usersSecret: `/api/v1/namespaces/${ns}/secrets/${name}-users`,
+  deployment: `/apis/apps/v1/namespaces/${ns}/deployments/${name}`,
+  service: `/api/v1/namespaces/${ns}/services/${name}`,
+  metricsService: `/api/v1/namespaces/${ns}/services/${name}-metrics`,
+  certificate: `/apis/cert-manager.io/v1/namespaces/${ns}/certificates/${name}-tls`,
+  networkPolicy: `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/${name}`,
+  pdb: `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${name}`,
+});
+
+/** GET a text endpoint of the apiserver with the admin credentials. */
+function getText(kc: KubeConfig, server: string, p: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(server + p);
+    const opts: Record<string, unknown> = { hostname: u.hostname, port: u.port, path: u.pathname, method: 'GET' };
+    kc.applyToHTTPSOptions(opts as never);
+    const req = request(opts, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${p}: ${res.statusCode} ${body.slice(0, 200)}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** apiserver_request_total write requests, summed by resource (subresource appended). */
+function writesByResource(metrics: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of metrics.split('\n')) {
+    if (!line.startsWith('apiserver_request_total{')) continue;
+    const verb = /verb="([A-Z]+)"/.exec(line)?.[1];
+    if (!verb || !['POST', 'PUT', 'PATCH', 'DELETE'].includes(verb)) continue;
+    const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? '';
+    const sub = /subresource="([^"]*)"/.exec(line)?.[1] ?? '';
+    const key = sub ? `${resource}/${sub}` : resource;
+    out.set(key, (out.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1)));
+  }
+  return out;
+}
+
+function sumMetric(text: string, name: string): number {
+  let s = 0;
+  for (const line of text.split('\n')) if (line.startsWith(name + '{') || line.startsWith(name + ' ')) s += Number(line.slice(line.lastIndexOf(' ') + 1));
+  return s;
+}
+
+async function withConcurrency<T>(items: T[], n: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(Array.from({ length: n }, async () => {
+    while (i < items.length) await fn(items[i++]!);
+  }));
+}
+
+export async function operatorAtScale(o: { applies: number; relays: number; namespaces: number; quietMs: number }): Promise<string> {
+  const cp: ControlPlane = await startControlPlane();
+  const kube = new Kube(cp.kubeconfig);
+  const metricsPort = await freePort();
+  const op = startProcess(
+    process.execPath,
+    [OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let opErr = '';
+  op.stderr?.on('data', (d: Buffer) => (opErr = (opErr + d.toString()).slice(-4000)));
+  const opMetrics = async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  try {
+    const t0 = Date.now();
+    for (;;) {
+      try {
+        if ((await fetch(`http://127.0.0.1:${metricsPort}/readyz`)).status === 200) break;
+      } catch {
+        /* not yet */
+      }
+      if (op.exitCode !== null) throw new Error(`operator exited with ${op.exitCode}: ${opErr}`);
+      if (Date.now() - t0 > 30_000) throw new Error(`operator not ready after 30 s: ${opErr}`);
+      await sleep(200);
+    }
+    const namespaces = Array.from({ length: o.namespaces }, (_, i) => `bench-${i}`);
+    for (const ns of [...namespaces, 'apply']) {
+      await kube.request('POST', '/api/v1/namespaces', { body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } } });
+      await kube.request('POST', resourcePath({ group: 'cert-manager.io', version: 'v1', plural: 'issuers', kind: 'Issuer', namespaced: true }, ns), {
+        body: { apiVersion: 'cert-manager.io/v1', kind: 'Issuer', metadata: { name: 'ca-issuer', namespace: ns }, spec: { selfSigned: {} } },
+      });
+    }
+
+    // which children does an SmtpRelay get? (those that exist once the first one reconciled)
+    await kube.request('POST', resourcePath(SmtpRelays, 'apply'), { body: manifest('apply', 'probe') });
+    const probeDeadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await kube.get<any>(resourcePath(SmtpRelays, 'apply', 'probe'));
+      if (r.status?.observedGeneration === r.metadata.generation) break;
+      if (Date.now() > probeDeadline) throw new Error(`first SmtpRelay not reconciled in 30 s: ${opErr}`);
+      await sleep(100);
+    }
+    const kinds: string[] = [];
+    for (const [k, p] of Object.entries(CANDIDATE_CHILDREN('apply', 'probe'))) if (await kube.getOrUndefined(p)) kinds.push(k);
+
+    // apply -> all children, one at a time
+    const lat: number[] = [];
+    for (let i = 0; i < o.applies; i++) {
+      const name = `r${i}`;
+      const paths = Object.entries(CANDIDATE_CHILDREN('apply', name)).filter(([k]) => kinds.includes(k)).map(([, p]) => p);
+      const s = performance.now();
+      await kube.request('POST', resourcePath(SmtpRelays, 'apply'), { body: manifest('apply', name) });
+      const missing = new Set(paths);
+      while (missing.size && performance.now() - s < 30_000) {
+        await Promise.all([...missing].map(async (p) => ((await kube.getOrUndefined(p)) ? missing.delete(p) : undefined)));
+        if (missing.size) await sleep(20);
+      }
+      if (missing.size) throw new Error(`children of apply/${name} missing after 30 s: ${[...missing].join(', ')}`);
+      lat.push(performance.now() - s);
+    }
+    log(`apply -> children: p50 ${percentile(lat, 50).toFixed(0)} ms, p99 ${percentile(lat, 99).toFixed(0)} ms`);
+
+    // 1,000 SmtpRelays across the namespaces
+    const items = Array.from({ length: o.relays }, (_, i) => ({ ns: namespaces[i % namespaces.length]!, name: `relay-${i}` }));
+    const total = o.relays + o.applies + 1;
+    const c0 = performance.now();
+    await withConcurrency(items, 16, async ({ ns, name }) => {
+      await kube.request('POST', resourcePath(SmtpRelays, ns), { body: manifest(ns, name) });
+    });
+    const createdS = (performance.now() - c0) / 1000;
+    let convergedS = NaN;
+    let peakRss = 0;
+    let pending = 0;
+    const deadline = performance.now() + 240_000;
+    while (performance.now() < deadline) {
+      peakRss = Math.max(peakRss, rssKiB(op.pid!));
+      const relays = await kube.get<{ items: any[] }>(resourcePath(SmtpRelays));
+      pending = relays.items.filter((r) => r.status?.observedGeneration !== r.metadata.generation).length;
+      if (pending === 0 && relays.items.length === total) {
+        const deps = await kube.get<{ items: unknown[] }>('/apis/apps/v1/deployments', { accept: 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1' });
+        const depth = sumMetric(await opMetrics(), 'smtp_relay_operator_workqueue_depth');
+        if (deps.items.length >= total && depth === 0) {
+          convergedS = (performance.now() - c0) / 1000;
+          break;
+        }
+      }
+      await sleep(1000);
+    }
+    log(`${o.relays} SmtpRelays: converged in ${convergedS.toFixed(1)} s (${pending} pending), operator RSS peak ${peakRss} KiB`);
+
+    // quiet period: writes at rest
+    await sleep(2000);
+    const api0 = writesByResource(await getText(cp.kubeconfig, cp.server, '/metrics'));
+    const op0 = await opMetrics();
+    const rssStart = rssKiB(op.pid!);
+    const q0 = performance.now();
+    while (performance.now() - q0 < o.quietMs) {
+      peakRss = Math.max(peakRss, rssKiB(op.pid!));
+      await sleep(1000);
+    }
+    const api1 = writesByResource(await getText(cp.kubeconfig, cp.server, '/metrics'));
+    const op1 = await opMetrics();
+    const rssEnd = rssKiB(op.pid!);
+    const deltas = [...api1.entries()].map(([k, v]) => [k, v - (api0.get(k) ?? 0)] as const).filter(([, d]) => d > 0);
+    const OPERATOR_OWNED = new Set(['smtprelays', 'smtprelays/status', 'configmaps', 'secrets', 'services', 'deployments', 'certificates', 'networkpolicies', 'poddisruptionbudgets', 'serviceaccounts', 'servicemonitors', 'events']);
+    const ownedWrites = deltas.filter(([k]) => OPERATOR_OWNED.has(k)).reduce((a, [, d]) => a + d, 0);
+    const allWrites = deltas.reduce((a, [, d]) => a + d, 0);
+    const applies = sumMetric(op1, 'smtp_relay_operator_apply_total') - sumMetric(op0, 'smtp_relay_operator_apply_total');
+    const reconciles = sumMetric(op1, 'smtp_relay_operator_reconcile_total') - sumMetric(op0, 'smtp_relay_operator_reconcile_total');
+
+    return (
+      `### Scenario 4: operator on the local control plane (etcd + kube-apiserver + kube-controller-manager on the same 2 cores)\n\n` +
+      `Children per SmtpRelay: ${kinds.join(', ')} (${kinds.length}).\n\n` +
+      table(
+        ['measure', 'value', 'goal'],
+        [
+          [`apply -> all children exist, p50 over ${o.applies} (ms)`, fmt(percentile(lat, 50)), '< 1,000'],
+          [`apply -> all children exist, p99 over ${o.applies} (ms)`, fmt(percentile(lat, 99)), ''],
+          [`${o.relays} SmtpRelays in ${o.namespaces} namespaces: created by the client in (s)`, fmt(createdS, 1), ''],
+          [`${o.relays} SmtpRelays: converged (status for every generation, ${total} Deployments, queue empty) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} statuses pending)` : fmt(convergedS, 1), '< 60'],
+          ['operator RSS peak (MiB)', fmt(peakRss / 1024, 1), '< 300'],
+          [`operator RSS at rest, start/end of the quiet period (MiB)`, `${fmt(rssStart / 1024, 1)} / ${fmt(rssEnd / 1024, 1)}`, ''],
+          [`API writes in the ${o.quietMs / 1000} s after ${Number.isNaN(convergedS) ? 'the 240 s limit (NOT converged)' : 'convergence'}, operator-owned resources (apiserver_request_total)`, fmt(ownedWrites), '0'],
+          [`API writes in that period, all (incl. controller-manager and apiserver leases)`, `${fmt(allWrites)}${deltas.length ? ' (' + deltas.map(([k, d]) => `${k}: ${d}`).join(', ') + ')' : ''}`, ''],
+          ['operator child applies / reconciles in that period (own counters)', `${fmt(applies)} / ${fmt(reconciles)}`, '0 applies'],
+        ],
+      ) +
+      '\n'
+    );
+  } finally {
+    await stopProcess(op);
+    await cp.stop();
+  }
 }
