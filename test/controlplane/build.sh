@@ -16,7 +16,7 @@ cd "$here"
 [ -x /usr/local/go/bin/go ] && ! command -v go >/dev/null && export PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || {
   echo "controlplane: 'go' not found. The test control plane is built from the Kubernetes Go modules;" >&2
-  echo "install Go >= 1.26 (e.g. apt-get install golang-go, or from the Go site) and run 'make controlplane'." >&2
+  echo "install Go >= 1.26 (go.mod of Kubernetes v1.37 needs it; Debian's golang-go is older) and run 'make controlplane'." >&2
   exit 1
 }
 
@@ -24,7 +24,8 @@ k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' go.mod)"
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2 }' go.mod)"
 [ -n "$k8s_version" ] && [ -n "$etcd_version" ] || { echo "controlplane: cannot read versions from $here/go.mod" >&2; exit 1; }
 
-root="${CONTROLPLANE_CACHE:-$HOME/.cache/smtp-relay-operator/controlplane}"
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+root="${CONTROLPLANE_CACHE:-$home/.cache/smtp-relay-operator/controlplane}"
 bin="$root/$k8s_version/bin"
 stamp_file="$bin/.stamp"
 want_stamp="k8s.io/kubernetes $k8s_version; go.etcd.io/etcd/server/v3 $etcd_version; $(go env GOVERSION); $(cat go.mod go.sum build.sh | sha256sum | cut -c1-16)"
@@ -42,7 +43,7 @@ if have_all && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want_stamp" 
 fi
 
 echo "controlplane: building kube-apiserver, kube-controller-manager $k8s_version and etcd $etcd_version into $bin" >&2
-echo "controlplane: the first build on a machine takes about 6-10 min on 2 cores (module download included)" >&2
+echo "controlplane: the first build on a machine takes about 6 min on 2 idle cores (up to ~13 min on a busy machine)" >&2
 mkdir -p "$bin"
 rm -f "$stamp_file"
 tmp="$(mktemp -d "$bin/.build.XXXXXX")"
