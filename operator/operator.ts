@@ -8,6 +8,7 @@ import pino, { type Logger } from 'pino';
 import { FIELD_MANAGER, GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, type SmtpRelay } from './api/v1alpha1.js';
 import { cachingHasher, type PasswordHasher } from './builders/users.js';
 import { RelayReconciler } from './controllers/reconciler.js';
+import { CERTIFICATE_POLL_MS } from './controllers/readiness/sync.js';
 import type { Caches, Features, SyncContext } from './controllers/context.js';
 import { OperatorMetrics, serveMetrics, RESULT_ERROR, RESULT_REQUEUE, RESULT_SUCCESS } from './metrics.js';
 import { Applier } from './runtime/apply.js';
@@ -197,7 +198,8 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       handler: async (key) => {
         try {
           const r = await reconciler.reconcile(key);
-          reconciler.recordResult(r.requeueAfterMs !== undefined ? RESULT_REQUEUE : RESULT_SUCCESS);
+          // "requeue": waiting for something outside our control (a certificate being issued).
+          reconciler.recordResult(r.requeueAfterMs !== undefined && r.requeueAfterMs <= CERTIFICATE_POLL_MS ? RESULT_REQUEUE : RESULT_SUCCESS);
           return r;
         } catch (err) {
           reconciler.recordResult(RESULT_ERROR);
