@@ -7,7 +7,7 @@ import { checkTlsSecret } from '../../builders/credentials.js';
 import { childNames } from '../../builders/meta.js';
 import { relayEndpoint } from '../../builders/service.js';
 import { availableCondition, certificateCondition, certificateNotAfter, type ConditionInput } from '../../builders/status.js';
-import { isNotFound, resourcePath } from '../../runtime/kube.js';
+import { KubeError, isNotFound, resourcePath } from '../../runtime/kube.js';
 import { ClusterIssuers, Issuers } from '../../runtime/resources.js';
 import { cachedChild, decide, requeueAfter, type ReconcileState, type SyncContext } from '../context.js';
 import { readSecret } from '../secrets.js';
@@ -45,7 +45,7 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
       const ownIssuer = !ref.group || ref.group === 'cert-manager.io';
       const certificate = cachedChild(ctx, 'Certificate', ns, names.certificate) as Parameters<typeof certificateCondition>[1];
       cert = ownIssuer
-        ? certificateCondition(relay, certificate, { issuerFound: await issuerExists(ctx, ns, ref.kind, ref.name), now })
+        ? certificateCondition(relay, certificate, { issuerFound: await issuerExists(ctx, st, ns, ref.kind, ref.name), now })
         : certificateCondition(relay, certificate, { now });
       if (cert.status === 'True' && !tlsPem) {
         cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.TlsSecretNotFound, message: `the Certificate is Ready but its Secret ${names.tlsSecret} has no tls.crt yet` };
@@ -81,13 +81,18 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
   return out;
 }
 
-async function issuerExists(ctx: SyncContext, namespace: string, kind: string, name: string): Promise<boolean> {
+/** Whether the issuer exists; undefined when we may not look (e.g. ClusterIssuers under namespaced Roles). */
+async function issuerExists(ctx: SyncContext, st: ReconcileState, namespace: string, kind: string, name: string): Promise<boolean | undefined> {
   const path = kind === 'ClusterIssuer' ? resourcePath(ClusterIssuers, undefined, name) : resourcePath(Issuers, namespace, name);
   try {
     await ctx.kube.get(path);
     return true;
   } catch (err) {
     if (isNotFound(err)) return false;
+    if (err instanceof KubeError && err.code === 403) {
+      st.log.debug({ issuer: `${kind}/${name}` }, 'not allowed to read the issuer; relying on the Certificate alone');
+      return undefined;
+    }
     throw err;
   }
 }
