@@ -24,8 +24,25 @@ let pki: Pki;
 
 const SECRET: Resource = { group: '', version: 'v1', plural: 'secrets', kind: 'Secret', namespaced: true };
 
+/**
+ * A stand-in for prometheus-operator's ServiceMonitor CRD (same group, version
+ * and names; the schema keeps any spec): enough for the operator to detect the
+ * kind and for the API server to store what it applies.
+ */
+const serviceMonitorCrdStandIn = {
+  apiVersion: 'apiextensions.k8s.io/v1',
+  kind: 'CustomResourceDefinition',
+  metadata: { name: 'servicemonitors.monitoring.coreos.com' },
+  spec: {
+    group: 'monitoring.coreos.com',
+    scope: 'Namespaced',
+    names: { plural: 'servicemonitors', singular: 'servicemonitor', kind: 'ServiceMonitor', listKind: 'ServiceMonitorList' },
+    versions: [{ name: 'v1', served: true, storage: true, schema: { openAPIV3Schema: { type: 'object', properties: { spec: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true } } } } }],
+  },
+};
+
 before(async () => {
-  cp = await startControlPlane();
+  cp = await startControlPlane({ crdObjects: [serviceMonitorCrdStandIn] });
   kube = new Kube(cp.kubeconfig);
   pki = await createPki();
   op = await runOperator(cp, 'operator-examples');
@@ -97,6 +114,10 @@ test('every example applies and yields its children and a truthful status', asyn
   }
   const signed = await getRelay(kube, 'mail', 'signed');
   assert.deepEqual(signed.status.dnsRecords.map((d: { name: string }) => d.name).sort(), ['relay1._domainkey.example.com', 'sel2026._domainkey.example.org']);
+  const sm = await eventually('ServiceMonitor of outbound-full (serviceMonitor.enabled)', () => get(kube, '/apis/monitoring.coreos.com/v1/namespaces/mail/servicemonitors/outbound-full'));
+  assert.equal(sm.metadata.labels.release, 'prometheus');
+  assert.equal(sm.spec.endpoints[0].port, 'metrics');
+  assert.equal(await get(kube, '/apis/monitoring.coreos.com/v1/namespaces/mail/servicemonitors/outbound'), undefined, 'no ServiceMonitor unless enabled');
   const full = await getRelay(kube, 'mail', 'outbound-full');
   assert.match(condition(full, 'UpstreamReady')!.message, /sendgrid-smtp/);
   assert.match(condition(full, 'DkimReady')!.message, /billing-dkim/);
