@@ -5,7 +5,9 @@
 // that leaves no process behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import * as k8s from '@kubernetes/client-node';
 import { join, resolve } from 'node:path';
 import { startControlPlane, repoRoot, type ControlPlane } from './harness.js';
@@ -256,6 +258,54 @@ test('TokenRequest ServiceAccount kubeconfig: forbidden without a RoleBinding, a
   // Still only what the Role grants.
   await assert.rejects(saCore.listNamespacedSecret({ namespace: ns }), (e: unknown) => code(e) === 403);
   await assert.rejects(saCore.listNamespacedConfigMap({ namespace: 'default' }), (e: unknown) => code(e) === 403);
+});
+
+test('a missing binary fails with a message that says how to build it', async () => {
+  const empty = mkdtempSync(join(tmpdir(), 'cp-nobin-'));
+  const saved = process.env.CONTROLPLANE_BIN;
+  process.env.CONTROLPLANE_BIN = empty;
+  try {
+    await assert.rejects(startControlPlane(), /etcd is missing .*Run `make controlplane`/);
+  } finally {
+    if (saved === undefined) delete process.env.CONTROLPLANE_BIN;
+    else process.env.CONTROLPLANE_BIN = saved;
+    rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+test('a SIGKILLed test process leaves no control plane process running', async () => {
+  const harness = new URL('./harness.js', import.meta.url).href;
+  const script = `import(${JSON.stringify(harness)}).then(async (m) => {
+    const cp = await m.startControlPlane({ defaultCrds: false, controllerManager: false });
+    process.stdout.write(JSON.stringify({ pids: cp.pids, dir: cp.dir }) + '\\n');
+    setInterval(() => {}, 1 << 30);
+  });`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((r) => child.once('exit', r));
+  const line = await new Promise<string>((res, rej) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) res(buf.split('\n')[0]!);
+    });
+    child.once('exit', (c) => rej(new Error(`child exited early (${c})`)));
+  });
+  const { pids, dir } = JSON.parse(line) as { pids: number[]; dir: string };
+  assert.equal(pids.length, 2);
+  for (const pid of pids) process.kill(pid, 0); // running
+  child.kill('SIGKILL');
+  await exited;
+  await eventually('children of the killed process to die', async () =>
+    pids.every((pid) => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch (e) {
+        return (e as NodeJS.ErrnoException).code === 'ESRCH';
+      }
+    }), 15_000);
+  // Its temp folder stays (the next startControlPlane() removes such folders); remove it here.
+  rmSync(dir, { recursive: true, force: true });
 });
 
 test('stop() ends every process it started and removes its temp folder', async () => {
