@@ -292,6 +292,17 @@ test('a settled relay is not reconciled again by its own status writes', async (
   await sleep(3000);
   assert.equal(await count(), n1, 'no reconcile without a change');
   assert.equal((await getRelay(kube, ns, 'calm')).metadata.resourceVersion, rv1, 'no status write without a change');
+
+  // A reconcile that finds everything in place writes nothing: no apply, no status.
+  const applies = async () => (await op.metrics.applyTotal.get()).values.reduce((n, v) => n + v.value, 0);
+  const a1 = await applies();
+  const paths = childPaths(ns, 'calm');
+  const rvs = await Promise.all(Object.values(paths).map(async (p) => (await get(kube, p)).metadata.resourceVersion));
+  await kube.request('PATCH', resourcePath(SmtpRelays, ns, 'calm'), { contentType: 'application/merge-patch+json', body: { metadata: { labels: { poke: 'yes' } } } });
+  await eventually('the poke to be reconciled', async () => (await count()) > n1);
+  await sleep(500);
+  assert.equal(await applies(), a1, 'no child was written');
+  assert.deepEqual(await Promise.all(Object.values(paths).map(async (p) => (await get(kube, p)).metadata.resourceVersion)), rvs, 'no child changed');
 });
 
 test('deleting the SmtpRelay removes its children (garbage collector) but leaves user-supplied Secrets', async () => {
