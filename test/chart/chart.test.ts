@@ -240,6 +240,37 @@ test('dashboards: generated from test/chart/dashboards.ts, shipped as ConfigMaps
   for (const p of relay.panels.filter((p: any) => p.type !== 'row')) for (const t of p.targets) assert.match(t.expr, /\$relay/, `"${p.title}" filters by relay`);
 });
 
+test('the dashboards cover what the issue asks for, with the metric names the code registers', () => {
+  const exprs = (file: string) => JSON.parse(dashboardFiles()[file]!).panels.flatMap((p: any) => (p.targets ?? []).map((t: any) => t.expr as string)).join('\n');
+  const registered = (dir: string) =>
+    new Set(
+      readdirSync(join(ROOT, dir), { recursive: true })
+        .map(String)
+        .filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts'))
+        .flatMap((f) => [...readFileSync(join(ROOT, dir, f), 'utf8').matchAll(/name: '(smtp_relay_[a-z_]+)'/g)].map((m) => m[1]!)),
+    );
+  const relayMetrics = registered('relay');
+  const operatorMetrics = registered('operator');
+  const relay = exprs('smtp-relay-overview.json');
+  const operator = exprs('smtp-relay-operator.json');
+  // traffic, bytes, rejections, auth, lockouts, TLS handshakes, TLS failures, certificate expiry,
+  // upstream latency and errors, connections, reloads
+  for (const m of ['messages_total', 'message_bytes_total', 'rejections_total', 'auth_attempts_total', 'lockouts_total', 'tls_handshakes_total', 'tls_failures_total', 'certificate_expiry_timestamp_seconds', 'upstream_duration_seconds', 'upstream_errors_total', 'connections_total', 'active_connections', 'config_reloads_total']) {
+    assert.ok(relayMetrics.has(`smtp_relay_${m}`), `the relay registers smtp_relay_${m}`);
+    assert.match(relay, new RegExp(`smtp_relay_${m}`), `the relay dashboard shows smtp_relay_${m}`);
+  }
+  // reconciles by result, latency, queue depth, relays ready / not ready
+  for (const m of ['reconcile_total', 'reconcile_errors_total', 'reconcile_duration_seconds', 'workqueue_depth', 'relays']) {
+    assert.ok(operatorMetrics.has(`smtp_relay_operator_${m}`), `the operator registers smtp_relay_operator_${m}`);
+    assert.match(operator, new RegExp(`smtp_relay_operator_${m}(_bucket|_count|_sum)?\\b`), `the operator dashboard shows smtp_relay_operator_${m}`);
+  }
+  // Every metric a dashboard reads is registered by the code (histograms add _bucket/_count/_sum).
+  const known = new Set([...relayMetrics, ...operatorMetrics]);
+  for (const name of new Set([...`${relay}\n${operator}`.matchAll(/\b(smtp_relay_[a-z_]+)/g)].map((m) => m[1]!))) {
+    assert.ok(known.has(name.replace(/_(bucket|count|sum)$/, '')), `${name} is registered in relay/ or operator/`);
+  }
+});
+
 test('the chart README documents every value in values.yaml', () => {
   const values = YAML.parse(readFileSync(join(CHART, 'values.yaml'), 'utf8'));
   const readme = readFileSync(join(CHART, 'README.md'), 'utf8');

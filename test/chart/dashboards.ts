@@ -305,6 +305,12 @@ export function relayDashboard(): object {
       description: 'Messages being handed to the upstream or waiting for an upstream connection.',
       targets: [{ expr: `sum(smtp_relay_upstream_in_flight{${R}})`, legendFormat: 'in flight' }],
     },
+    {
+      title: 'DKIM signatures by domain',
+      description: 'DKIM signatures added to relayed messages per second, by signing domain.',
+      unit: 'reqps',
+      targets: [{ expr: `sum by (domain) (rate(smtp_relay_dkim_signatures_total{${R}}[${RATE}]))`, legendFormat: '{{domain}}' }],
+    },
     { row: 'Reloads' },
     {
       title: 'Reloads by kind and result',

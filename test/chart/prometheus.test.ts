@@ -24,6 +24,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -289,8 +290,12 @@ before(async () => {
   sink = await startSink({ pki, behaviour: { tempFailRecipients: ['defer@example.net'] } });
   // The relay's certificate expires in 10 days: SmtpRelayCertificateExpiringSoon (14 days).
   const cert = await pki.issue({ name: 'relay', notAfter: 10 * DAY });
+  const relayDir = await tempDir('chart-prom-relay-');
+  const dkimKey = join(relayDir, 'example.com.key');
+  writeFileSync(dkimKey, generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, { mode: 0o600 });
   relay = await startRelay({
-    dir: await tempDir('chart-prom-relay-'),
+    dir: relayDir,
+    dkim: `dkim:\n  - {domain: example.com, selector: relay1, keyFile: ${dkimKey}}`,
     cert,
     users: [APP, ...VICTIMS],
     upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile },
