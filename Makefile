@@ -28,7 +28,8 @@ build: deps
 	tsc -p tsconfig.json
 
 # Unit tests sit beside the code (relay/, operator/); integration tests in test/.
-TEST_FILES ?= dist/relay/**/*.test.js dist/operator/**/*.test.js dist/test/**/*.test.js
+# Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
+TEST_FILES ?= 'dist/relay/**/*.test.js' 'dist/operator/**/*.test.js' 'dist/test/**/*.test.js'
 test: build controlplane image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
