@@ -48,7 +48,7 @@
  * (--service-cluster-ip-range=10.0.0.0/24 --allow-privileged --disable-admission-plugins=ServiceAccount
  * --authorization-mode=RBAC), client-cert auth against a generated CA, SA issuer = server URL;
  * kube-controller-manager with the garbage-collector, namespace, deployment, replicaset,
- * serviceaccount, serviceaccount-token and root-ca-certificate-publisher controllers.
+ * serviceaccount, serviceaccount-token, root-ca-certificate-publisher and endpointslice controllers.
  * No scheduler and no kubelet: Pods are created but never scheduled or run.
  * Start-up from warm binaries: about 3.5-5 s (7 CRDs included) on 2 cores.
  *
@@ -517,6 +517,8 @@ const KCM_CONTROLLERS = [
   'serviceaccount-controller',
   'serviceaccount-token-controller',
   'root-ca-certificate-publisher-controller',
+  // EndpointSlices of Services from ready pods (the container kubelet writes pod readiness).
+  'endpointslice-controller',
 ];
 
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
