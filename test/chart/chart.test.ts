@@ -168,6 +168,7 @@ test('ci/full-values.yaml turns every optional part on', async () => {
   const args: string[] = d.spec.template.spec.containers[0].args;
   assert.ok(args.includes('--image-pull-policy=IfNotPresent'));
   assert.ok(args.includes('--relay-image=localhost/smtp-relay-operator:dev'));
+  assert.ok(args.includes('--metrics-address=0.0.0.0'));
   const sm = one(objs, 'ServiceMonitor');
   assert.equal(sm.spec.endpoints[0].port, 'http-metrics');
   assert.equal(sm.metadata.labels?.release, 'kube-prometheus-stack');
