@@ -10,7 +10,7 @@ import { startOperator, type RunningOperator } from './operator.js';
 
 export const USAGE = `Usage: smtp-relay-operator [flags]
 
-  --kubeconfig PATH            kubeconfig file (default: in-cluster config, then $KUBECONFIG / ~/.kube/config)
+  --kubeconfig PATH            kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster ServiceAccount)
   --namespaces A,B             namespaces to watch (default: all; with a list, namespaced Roles suffice)
   --relay-image IMAGE          image the relay pods run (required; or $RELAY_IMAGE)
   --image-pull-policy POLICY   Always | IfNotPresent | Never (default: Kubernetes' default)
