@@ -164,17 +164,20 @@ const CHILD_PATHS = (ns: string, n: string) => [
   `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${n}`,
 ];
 
-async function provesReconcile(op: ChildProcess, logName: string, port: number, ns: string, name: string): Promise<void> {
+async function provesReconcile(op: ChildProcess, logName: string, port: number, ns: string, name: string, opts: { serviceMonitor?: boolean } = {}): Promise<void> {
   const cm = await CertManagerStandIn.create(kube);
   await ensureNamespace(ns);
   await createIssuer(kube, ns);
-  await createRelay(kube, relayManifest(ns, name));
+  await createRelay(kube, relayManifest(ns, name, opts.serviceMonitor ? { metrics: { serviceMonitor: { enabled: true } } } : {}));
   const alive = async <T>(what: string, fn: () => Promise<T | undefined | false | null>, ms = 60_000): Promise<T> =>
     eventually(what, async () => {
       if (op.exitCode !== null) throw new Error(`operator exited with ${op.exitCode}:\n${logOf(logName)}`);
       return fn();
     }, ms);
-  for (const path of CHILD_PATHS(ns, name)) await alive(path, () => get(kube, path));
+  const children = CHILD_PATHS(ns, name);
+  // The ServiceMonitor child exercises the chart's monitoring.coreos.com rule.
+  if (opts.serviceMonitor) children.push(`/apis/monitoring.coreos.com/v1/namespaces/${ns}/servicemonitors/${name}`);
+  for (const path of children) await alive(path, () => get(kube, path));
   await cm.issue(ns, `${name}-tls`);
   const relay = await alive('CertificateReady=True in the status', async () => {
     const r = await getRelay(kube, ns, name);
@@ -241,7 +244,7 @@ test('helm install (full values minus watched namespaces) installs the CRD and e
   const port = await freePort();
   const args = await containerCommand(ns, 'relays-smtp-relay-operator', port, sa.path);
   const op = startOperatorProcess(args, ns, 'chart-operator');
-  await provesReconcile(op, 'chart-operator', port, 'mail', 'outbound');
+  await provesReconcile(op, 'chart-operator', port, 'mail', 'outbound', { serviceMonitor: true });
   // It holds the Lease the chart's Role lets it manage.
   const lease = await kube.get<any>(`/apis/coordination.k8s.io/v1/namespaces/${ns}/leases/smtp-relay-operator-ci`);
   assert.ok(lease.spec.holderIdentity);
@@ -249,7 +252,7 @@ test('helm install (full values minus watched namespaces) installs the CRD and e
   await stopProcess(op);
 });
 
-test('with watchNamespaces the namespaced Roles are enough: a second release reconciles only its namespace', async () => {
+test('with watchNamespaces the namespaced Roles are enough: a second release reconciles its namespace; helm upgrade and uninstall work, the CRD stays', async () => {
   const ns = 'smtp-relay-scoped';
   // The Roles go into the watched namespaces, so they must exist first (README, NOTES).
   await ensureNamespace('mail-scoped');
@@ -268,6 +271,24 @@ test('with watchNamespaces the namespaced Roles are enough: a second release rec
   const op = startOperatorProcess(args, ns, 'scoped-operator');
   await provesReconcile(op, 'scoped-operator', port, 'mail-scoped', 'scoped');
   await stopProcess(op);
+
+  // helm upgrade with changed values, then uninstall: the chart's objects go, the CRD and
+  // the SmtpRelays stay (Helm never deletes crds/).
+  const up = await helm(['upgrade', 'scoped', CHART, '--namespace', ns, '--kubeconfig', cp.kubeconfigPath, '--reuse-values', '--set', 'workers=3']);
+  assert.equal(up.code, 0, up.stderr);
+  const d = await kube.get<any>(`/apis/apps/v1/namespaces/${ns}/deployments/scoped-smtp-relay-operator`);
+  assert.ok(d.spec.template.spec.containers[0].args.includes('--workers=3'));
+  const un = await helm(['uninstall', 'scoped', '--namespace', ns, '--kubeconfig', cp.kubeconfigPath]);
+  assert.equal(un.code, 0, un.stderr);
+  for (const path of [
+    `/apis/apps/v1/namespaces/${ns}/deployments/scoped-smtp-relay-operator`,
+    '/apis/rbac.authorization.k8s.io/v1/namespaces/mail-scoped/roles/scoped-smtp-relay-operator',
+    '/apis/rbac.authorization.k8s.io/v1/clusterroles/scoped-smtp-relay-operator-cluster',
+  ]) {
+    await eventually(`${path} deleted by helm uninstall`, async () => (await get(kube, path)) === undefined);
+  }
+  assert.ok(await get(kube, '/apis/apiextensions.k8s.io/v1/customresourcedefinitions/smtprelays.smtprelay.dev'));
+  assert.ok(await getRelay(kube, 'mail-scoped', 'scoped'));
 });
 
 test('the same ClusterRole without one verb (create on apps/deployments) leaves the operator unable to reconcile', async () => {
