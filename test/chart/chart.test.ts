@@ -154,12 +154,13 @@ test('the operator Deployment is hardened and probes its health endpoints on the
   // Optional Prometheus-operator objects are off by default (no CRD needed to install).
   assert.equal(byKind(objs, 'ServiceMonitor').length, 0);
   assert.equal(byKind(objs, 'PrometheusRule').length, 0);
+  assert.equal(byKind(objs, 'PodDisruptionBudget').length, 0, 'no PodDisruptionBudget for a single replica');
 });
 
 test('ci/full-values.yaml turns every optional part on', async () => {
   const objs = await template(['-f', FULL_VALUES]);
   const kinds = new Set(objs.map((o) => o.kind));
-  for (const k of ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'Deployment', 'Service', 'ServiceMonitor', 'PrometheusRule', 'ConfigMap']) {
+  for (const k of ['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'Deployment', 'Service', 'ServiceMonitor', 'PrometheusRule', 'ConfigMap', 'PodDisruptionBudget']) {
     assert.ok(kinds.has(k), `full values render a ${k}`);
   }
   const d = one(objs, 'Deployment');

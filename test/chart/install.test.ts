@@ -61,6 +61,7 @@ const PLURALS: Record<string, { prefix: string; plural: string; namespaced: bool
   RoleBinding: { prefix: '/apis/rbac.authorization.k8s.io/v1', plural: 'rolebindings', namespaced: true },
   ServiceMonitor: { prefix: '/apis/monitoring.coreos.com/v1', plural: 'servicemonitors', namespaced: true },
   PrometheusRule: { prefix: '/apis/monitoring.coreos.com/v1', plural: 'prometheusrules', namespaced: true },
+  PodDisruptionBudget: { prefix: '/apis/policy/v1', plural: 'poddisruptionbudgets', namespaced: true },
 };
 
 function objectPath(o: KObject, defaultNs: string): string {
