@@ -16,7 +16,7 @@ import { PrometheusRule, ServiceMonitor } from '@kubernetes-models/prometheus-op
 import { Kube, isNotFound } from '../../operator/runtime/kube.js';
 import { freePort, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import { CertManagerStandIn, condition, createIssuer, eventually, get, getRelay, relayManifest, createRelay, sleep } from '../operator/support.js';
-import { CHART, FULL_VALUES, ROOT, helm, parseDocs, type KObject } from './support.js';
+import { CHART, FULL_VALUES, ROOT, helm, parseDocs, withParentDeathSignal, type KObject } from './support.js';
 
 const CERT_MANAGER_CRDS = join(ROOT, '..', 'shared', 'cert-manager-crds');
 const PROM_CRDS = join(ROOT, 'test', 'chart', 'fixtures', 'prometheus-operator-crds.yaml');
@@ -124,7 +124,8 @@ async function containerCommand(namespace: string, deployment: string, metricsPo
 function startOperatorProcess(args: string[], namespace: string, logName: string): ChildProcess {
   const fd = openSync(join(cp.dir, 'logs', `${logName}.log`), 'a');
   try {
-    const p = spawn(process.execPath, [join(ROOT, 'dist', 'entrypoint.js'), ...args], {
+    const [cmd, argv] = withParentDeathSignal(process.execPath, [join(ROOT, 'dist', 'entrypoint.js'), ...args]);
+    const p = spawn(cmd, argv, {
       stdio: ['ignore', fd, fd],
       env: { ...process.env, POD_NAMESPACE: namespace, POD_NAME: `${logName}-pod` },
     });

@@ -38,7 +38,7 @@ import { RawSmtp, freePort, message, startRelay, tempDir, usersYaml, type RelayP
 import { createPki, DAY, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
 import { dashboardFiles } from './dashboards.js';
-import { ROOT, prometheusBin, renderRuleFile } from './support.js';
+import { ROOT, prometheusBin, renderRuleFile, withParentDeathSignal } from './support.js';
 
 const RELAY_NS = 'mail';
 const RELAY = 'outbound';
@@ -104,17 +104,14 @@ async function startPrometheus(relayMetricsPort: number, operatorPort: number): 
   );
   const fd = openSync(join(dir, 'prometheus.log'), 'a');
   try {
-    prom = spawn(
-      bin,
-      [
-        `--config.file=${join(dir, 'prometheus.yml')}`,
-        `--storage.tsdb.path=${join(dir, 'data')}`,
-        `--web.listen-address=127.0.0.1:${port}`,
-        '--storage.tsdb.retention.time=1h',
-        '--log.level=warn',
-      ],
-      { stdio: ['ignore', fd, fd], detached: true },
-    );
+    const [cmd, argv] = withParentDeathSignal(bin, [
+      `--config.file=${join(dir, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      '--storage.tsdb.retention.time=1h',
+      '--log.level=warn',
+    ]);
+    prom = spawn(cmd, argv, { stdio: ['ignore', fd, fd], detached: true });
   } finally {
     closeSync(fd);
   }

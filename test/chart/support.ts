@@ -1,7 +1,7 @@
 // Shared pieces of the chart tests: the helm and promtool binaries, rendering the chart.
 
 import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
@@ -95,3 +95,11 @@ export async function renderRuleFile(extra: string[] = []): Promise<{ groups: Ar
   return rule.spec;
 }
 
+
+/**
+ * [command, args] that start `bin` so that it is killed if this test process dies (util-linux
+ * setpriv's parent-death signal, as the control plane harness does), where setpriv exists.
+ */
+export function withParentDeathSignal(bin: string, args: string[]): [string, string[]] {
+  return existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', ['--pdeathsig', 'KILL', bin, ...args]] : [bin, args];
+}
