@@ -157,6 +157,19 @@ test('the operator Deployment is hardened and probes its health endpoints on the
   assert.equal(byKind(objs, 'PodDisruptionBudget').length, 0, 'no PodDisruptionBudget for a single replica');
 });
 
+test('image references: tag defaults to appVersion, a digest pins the image, the relay image inherits only what belongs to its repository', async () => {
+  const refs = async (args: string[]) => {
+    const c = one(await template(args), 'Deployment').spec.template.spec.containers[0];
+    return [c.image, c.args.find((a: string) => a.startsWith('--relay-image=')).slice('--relay-image='.length)];
+  };
+  const digest = `sha256:${'ab'.repeat(32)}`;
+  assert.deepEqual(await refs([]), ['smtp-relay-operator:0.1.0', 'smtp-relay-operator:0.1.0']);
+  assert.deepEqual(await refs(['--set', 'image.tag=dev']), ['smtp-relay-operator:dev', 'smtp-relay-operator:dev']);
+  assert.deepEqual(await refs(['--set', `image.digest=${digest}`]), [`smtp-relay-operator@${digest}`, `smtp-relay-operator@${digest}`]);
+  assert.deepEqual(await refs(['--set', `image.digest=${digest}`, '--set', 'relayImage.repository=mirror.example/relay']), [`smtp-relay-operator@${digest}`, 'mirror.example/relay:0.1.0']);
+  assert.deepEqual(await refs(['--set', 'relayImage.repository=mirror.example/relay', '--set', 'relayImage.tag=1.2.3']), ['smtp-relay-operator:0.1.0', 'mirror.example/relay:1.2.3']);
+});
+
 test('ci/full-values.yaml turns every optional part on', async () => {
   const objs = await template(['-f', FULL_VALUES]);
   const kinds = new Set(objs.map((o) => o.kind));

@@ -51,7 +51,8 @@ app.kubernetes.io/part-of: smtp-relay-operator
 {{- define "smtp-relay-operator.imageRef" -}}
 {{- $repo := .image.repository | default .fallback.repository -}}
 {{- $tag := .image.tag | default .fallback.tag | default .appVersion -}}
-{{- $digest := .image.digest | default .fallback.digest -}}
+{{- /* A digest belongs to one repository: inherit it only along with the repository. */ -}}
+{{- $digest := .image.digest | default (ternary .fallback.digest "" (empty .image.repository)) -}}
 {{- if $digest -}}
 {{- printf "%s@%s" $repo $digest -}}
 {{- else -}}
