@@ -54,7 +54,8 @@ async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Par
   const t0 = performance.now();
   const load = await runLoad({ mode: 'send', connections: cfg.connections, durationMs: cfg.durationMs, warmupMs: cfg.warmupMs, ...c.load, ...extra }, cfg.processes, cores);
   const secs = (performance.now() - t0) / 1000;
-  const targetCores = (c.target.pids().reduce((a, p) => a + cpuSeconds(p), 0) - cpu0) / secs;
+  // Postfix's smtpd/cleanup/smtp processes come and go, so their CPU cannot be summed from /proc.
+  const targetCores = c.target.name === 'postfix' ? NaN : (c.target.pids().reduce((a, p) => a + cpuSeconds(p), 0) - cpu0) / secs;
   const machineBusy = (machineBusySeconds() - busy0) / secs / cores;
   let drainMs = 0;
   if (c.drain) {
