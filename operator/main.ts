@@ -98,7 +98,7 @@ export async function runOperator(argv: string[]): Promise<number> {
   let op: RunningOperator;
   try {
     op = await startOperator({
-      kube: Kube.fromKubeconfig(args.kubeconfig),
+      kube: await Kube.fromKubeconfig(args.kubeconfig),
       namespaces: args.namespaces,
       relayImage: args.relayImage,
       ...(args.imagePullPolicy ? { imagePullPolicy: args.imagePullPolicy } : {}),

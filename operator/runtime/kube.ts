@@ -1,13 +1,10 @@
 // A thin raw client for the Kubernetes API: JSON in, JSON out, every header
-// under our control. @kubernetes/client-node's KubeConfig still does the
-// loading (in-cluster, kubeconfig files, exec/file token auth, TLS); we only
-// skip its generated clients, which cannot send the metadata-only Accept
-// header, pick the patch Content-Type per call site only with care (see
-// PITFALLS: status patches default to json-patch) and (de)serialize
-// MicroTime wrongly.
+// under our control. Not client-node's generated clients: they cannot send the
+// metadata-only Accept header, default status patches to json-patch (PITFALLS)
+// and (de)serialize MicroTime wrongly. Connection and auth: transport.ts.
 
-import { KubeConfig } from '@kubernetes/client-node';
-import { fetch, type Dispatcher } from 'undici';
+import { fetch } from 'undici';
+import { KubeConfigTransport, loadTransport, type KubeConfigLike, type KubeTransport, type PreparedRequest } from './transport.js';
 import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 
@@ -109,43 +106,22 @@ export interface WatchEvent<T> {
 }
 
 export class Kube {
-  private dispatcher: Dispatcher | undefined;
+  readonly transport: KubeTransport;
   private readonly server: string;
 
-  constructor(readonly config: KubeConfig) {
-    const cluster = config.getCurrentCluster();
-    if (!cluster) throw new Error('kubeconfig has no current cluster; set current-context or use --kubeconfig');
-    this.server = cluster.server.replace(/\/+$/, '');
+  /** From a transport, or from a @kubernetes/client-node KubeConfig (tests, plugins). */
+  constructor(source: KubeTransport | KubeConfigLike) {
+    this.transport = 'prepare' in source ? source : new KubeConfigTransport(source);
+    this.server = this.transport.server;
   }
 
-  static fromKubeconfig(path?: string): Kube {
-    const kc = new KubeConfig();
-    if (path) kc.loadFromFile(path);
-    else kc.loadFromDefault();
-    return new Kube(kc);
+  /** --kubeconfig PATH, else $KUBECONFIG, ~/.kube/config, else the in-cluster ServiceAccount. */
+  static async fromKubeconfig(path?: string): Promise<Kube> {
+    return new Kube(await loadTransport(path));
   }
 
-  private async prepare(url: string, method: string): Promise<{ headers: Record<string, string>; dispatcher?: Dispatcher }> {
-    // KubeConfig fills headers (bearer token, re-read from file for projected
-    // tokens) and a TLS dispatcher. It builds a new dispatcher per call; we keep
-    // the first so connections are reused.
-    const headers: Record<string, string> = {};
-    let dispatcher: Dispatcher | undefined;
-    const ctx = {
-      setHeaderParam(k: string, v: string) {
-        headers[k] = v;
-      },
-      setDispatcher(d: Dispatcher) {
-        dispatcher = d;
-      },
-      getUrl: () => url,
-      getHttpMethod: () => method,
-    };
-    await this.config.applySecurityAuthentication(ctx as never);
-    if (!this.dispatcher && dispatcher) this.dispatcher = dispatcher;
-    const out: { headers: Record<string, string>; dispatcher?: Dispatcher } = { headers };
-    if (this.dispatcher) out.dispatcher = this.dispatcher;
-    return out;
+  private prepare(url: string, method: string): Promise<PreparedRequest> {
+    return this.transport.prepare(url, method);
   }
 
   private url(path: string, query?: RequestOptions['query']): string {

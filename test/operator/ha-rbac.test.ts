@@ -95,7 +95,8 @@ function rbacObjects(suffix: string, drop?: { resource: string; verb: string }):
 }
 
 async function bindOperatorRbac(saNamespace: string, saName: string, suffix: string, drop?: { resource: string; verb: string }): Promise<Kube> {
-  const { kubeconfig } = await cp.serviceAccountKubeconfig(saNamespace, saName);
+  // The operator's own kubeconfig reader (bearer token), as the CLI would load it.
+  const { path } = await cp.serviceAccountKubeconfig(saNamespace, saName);
   for (const obj of rbacObjects(suffix, drop)) {
     const subjects = [{ kind: 'ServiceAccount', name: saName, namespace: saNamespace }];
     if (obj.kind === 'ClusterRole') {
@@ -111,7 +112,7 @@ async function bindOperatorRbac(saNamespace: string, saName: string, suffix: str
       });
     }
   }
-  return new Kube(kubeconfig);
+  return Kube.fromKubeconfig(path);
 }
 
 test('with a ServiceAccount bound to exactly operator/rbac/*.yaml the operator reconciles; without one verb it cannot', async () => {
