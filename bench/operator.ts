@@ -17,7 +17,10 @@ import { API_VERSION, KIND } from '../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../operator/runtime/kube.js';
 import { SmtpRelays } from '../operator/runtime/resources.js';
 import { startControlPlane, type ControlPlane } from '../test/controlplane/harness.js';
-import { fmt, freePort, log, percentile, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import os from 'node:os';
+import { cpuSeconds, fmt, freePort, log, percentile, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
+import { summarize } from './profile.js';
 
 const OPERATOR_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../operator/main.js');
 
@@ -96,9 +99,11 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
   const cp: ControlPlane = await startControlPlane();
   const kube = new Kube(cp.kubeconfig);
   const metricsPort = await freePort();
+  // BENCH_PROFILE=1: the operator runs with --cpu-prof and the report gets its top costs.
+  const profDir = process.env['BENCH_PROFILE'] ? mkdtempSync(path.join(os.tmpdir(), 'bench-opprof-')) : undefined;
   const op = startProcess(
     process.execPath,
-    [OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
+    [...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let opErr = '';
@@ -161,6 +166,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
       await kube.request('POST', resourcePath(SmtpRelays, ns), { body: manifest(ns, name) });
     });
     const createdS = (performance.now() - c0) / 1000;
+    const opCpu0 = cpuSeconds(op.pid!);
     let convergedS = NaN;
     let peakRss = 0;
     let pending = 0;
@@ -179,6 +185,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
       }
       await sleep(1000);
     }
+    const convergeCpu = cpuSeconds(op.pid!) - opCpu0;
     log(`${o.relays} SmtpRelays: converged in ${convergedS.toFixed(1)} s (${pending} pending), operator RSS peak ${peakRss} KiB`);
 
     // quiet period: writes at rest
@@ -194,6 +201,15 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     const api1 = writesByResource(await getText(cp.kubeconfig, cp.server, '/metrics'));
     const op1 = await opMetrics();
     const rssEnd = rssKiB(op.pid!);
+    // which Events were written while at rest (by reason), to name what keeps writing
+    const events = await kube.get<{ items: any[] }>('/api/v1/events');
+    const quietStart = Date.now() - (performance.now() - q0);
+    const reasons = new Map<string, number>();
+    for (const e of events.items) {
+      const t = Date.parse(e.lastTimestamp ?? e.eventTime ?? e.metadata?.creationTimestamp ?? 0);
+      if (t >= quietStart - 1000) reasons.set(`${e.reason}: ${String(e.message ?? '').slice(0, 80)}`, (reasons.get(`${e.reason}: ${String(e.message ?? '').slice(0, 80)}`) ?? 0) + 1);
+    }
+    const topReasons = [...reasons.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, n]) => `${n}x ${k}`).join('; ');
     const deltas = [...api1.entries()].map(([k, v]) => [k, v - (api0.get(k) ?? 0)] as const).filter(([, d]) => d > 0);
     const OPERATOR_OWNED = new Set(['smtprelays', 'smtprelays/status', 'configmaps', 'secrets', 'services', 'deployments', 'certificates', 'networkpolicies', 'poddisruptionbudgets', 'serviceaccounts', 'servicemonitors', 'events']);
     const ownedWrites = deltas.filter(([k]) => OPERATOR_OWNED.has(k)).reduce((a, [, d]) => a + d, 0);
@@ -211,11 +227,13 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
           [`apply -> all children exist, p99 over ${o.applies} (ms)`, fmt(percentile(lat, 99)), ''],
           [`${o.relays} SmtpRelays in ${o.namespaces} namespaces: created by the client in (s)`, fmt(createdS, 1), ''],
           [`${o.relays} SmtpRelays: converged (status for every generation, ${total} Deployments, queue empty) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} statuses pending)` : fmt(convergedS, 1), '< 60'],
+          ['operator CPU from the first create to convergence (s, all threads incl. the scrypt pool)', fmt(convergeCpu, 1), ''],
           ['operator RSS peak (MiB)', fmt(peakRss / 1024, 1), '< 300'],
           [`operator RSS at rest, start/end of the quiet period (MiB)`, `${fmt(rssStart / 1024, 1)} / ${fmt(rssEnd / 1024, 1)}`, ''],
           [`API writes in the ${o.quietMs / 1000} s after ${Number.isNaN(convergedS) ? 'the 240 s limit (NOT converged)' : 'convergence'}, operator-owned resources (apiserver_request_total)`, fmt(ownedWrites), '0'],
           [`API writes in that period, all (incl. controller-manager and apiserver leases)`, `${fmt(allWrites)}${deltas.length ? ' (' + deltas.map(([k, d]) => `${k}: ${d}`).join(', ') + ')' : ''}`, ''],
           ['operator child applies / reconciles in that period (own counters)', `${fmt(applies)} / ${fmt(reconciles)}`, '0 applies'],
+          ['Events touched in that period, top reasons', topReasons || 'none', ''],
         ],
       ) +
       '\n'
@@ -223,5 +241,9 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
   } finally {
     await stopProcess(op);
     await cp.stop();
+    if (profDir) {
+      const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'));
+      if (f) process.stderr.write(summarize(path.join(profDir, f), 20) + '\n');
+    }
   }
 }
