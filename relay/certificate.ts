@@ -61,5 +61,7 @@ export function loadCertificate(certFile: string, keyFile: string, policy: TlsPo
   } catch (err) {
     throw new Error(`${certFile}/${keyFile}: TLS rejected the pair (${(err as Error).message})`);
   }
-  return { key, cert, context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint256: x509.fingerprint256 };
+  // cert-manager leaves the subject empty when a Certificate has no commonName (x509.subject undefined).
+  const subject = (x509.subject ?? '').replace(/\n/g, ', ') || `(empty subject) ${x509.subjectAltName ?? ''}`.trim();
+  return { key, cert, context, notAfter, subject, fingerprint256: x509.fingerprint256 };
 }

@@ -8,7 +8,11 @@
  */
 import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { loadCertificate } from '../../relay/certificate.js';
 import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import { Kube } from '../../operator/runtime/kube.js';
 import { CertIssuerStandIn, parseGoDuration } from './issuer.js';
@@ -103,6 +107,14 @@ describe('certificate issuer stand-in (cert-manager)', { timeout: 180_000 }, () 
     assert.equal(na - nb, 24 * 3_600_000);
     assert.equal(Date.parse(x.validTo), na);
     assert.equal(Date.parse(c.status!.renewalTime!), na - 8 * 3_600_000, 'renewal at 2/3 of the duration');
+    // No commonName: an empty subject, as cert-manager issues it; the relay loads such a pair.
+    assert.equal(x.subject ?? '', '');
+    const dir = await mkdtemp(join(tmpdir(), 'issued-'));
+    await writeFile(join(dir, 'tls.crt'), pem);
+    await writeFile(join(dir, 'tls.key'), keyPem);
+    const loaded = loadCertificate(join(dir, 'tls.crt'), join(dir, 'tls.key'), { minVersion: 'TLSv1.2', ciphers: 'ECDHE+AESGCM' });
+    assert.match(loaded.subject, /relay\.example\.com/);
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('re-issues on renew (cmctl renew), on a spec change and when the Secret is deleted', async () => {
