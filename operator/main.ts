@@ -1,5 +1,8 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 // smtp-relay-operator: runs the SmtpRelay controller, in-cluster or with --kubeconfig.
+// --max-semi-space-size=2: the operator allocates in bursts (JSON of watch events); V8's default
+// young generation (up to 64 MiB here) then holds ~130 MiB more RSS at rest for 100 relays
+// (234 vs 107 MiB measured). The container image should pass the same flag (NODE_OPTIONS).
 
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
