@@ -15,12 +15,21 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
   const relay = st.relay;
   const names = childNames(relay);
   st.referencedSecrets.add(`${relay.metadata.namespace}/${names.tlsSecret}`);
-  const children = buildChildren(relay, {
-    image: ctx.options.relayImage,
-    ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
-    skipDkim: st.skipDkim,
-    serviceMonitorCrd: ctx.features.serviceMonitor,
-  });
+  let children: ReturnType<typeof buildChildren>;
+  try {
+    children = buildChildren(relay, {
+      image: ctx.options.relayImage,
+      ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
+      skipDkim: st.skipDkim,
+      serviceMonitorCrd: ctx.features.serviceMonitor,
+    });
+  } catch (err) {
+    // Something the CRD's validation let through: retrying will not help, a spec change will.
+    const message = `the spec cannot be turned into a relay: ${err instanceof Error ? err.message : String(err)}; fix the SmtpRelay`;
+    decide(st, ConditionType.Reconciled, 'False', Reason.InvalidSpec, message);
+    await ctx.events.warning(relay, Reason.InvalidSpec, message);
+    return [];
+  }
   const errors: Error[] = [];
   const failed: string[] = [];
   let applied = 0;
