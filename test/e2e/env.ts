@@ -333,3 +333,46 @@ export async function startEnvironment(o: EnvironmentOptions = {}): Promise<Envi
     throw err;
   }
 }
+
+/**
+ * The serial number of the certificate a relay endpoint serves after STARTTLS (a new
+ * connection each time), verified against `ca` for `servername`.
+ */
+export async function servedCertificateSerial(ep: Endpoint, ca: string, servername = RELAY_HOSTNAME): Promise<string> {
+  const net = await import('node:net');
+  const tls = await import('node:tls');
+  return new Promise<string>((resolve, reject) => {
+    const sock = net.connect({ host: ep.ip, port: ep.port });
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error('STARTTLS probe timed out')); }, 10_000);
+    let buf = '';
+    let stage = 0;
+    sock.setEncoding('utf8');
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+    sock.on('data', (d: string) => {
+      buf += d;
+      if (!/\r\n$/.test(buf)) return;
+      const last = buf.trimEnd().split('\r\n').pop() ?? '';
+      if (/^\d{3}-/.test(last)) return;
+      const code = Number(last.slice(0, 3));
+      buf = '';
+      if (stage === 0 && code === 220) { stage = 1; sock.write('EHLO probe.example\r\n'); return; }
+      if (stage === 1 && code === 250) { stage = 2; sock.write('STARTTLS\r\n'); return; }
+      if (stage === 2 && code === 220) {
+        stage = 3;
+        sock.removeAllListeners('data');
+        const t = tls.connect({ socket: sock, servername, ca }, () => {
+          clearTimeout(timer);
+          const serial = t.getPeerCertificate().serialNumber;
+          t.end('QUIT\r\n');
+          t.destroy();
+          resolve(serial);
+        });
+        t.on('error', (e) => { clearTimeout(timer); reject(e); });
+        return;
+      }
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new Error(`unexpected reply at stage ${stage}: ${last}`));
+    });
+  });
+}
