@@ -97,7 +97,10 @@ interface ContainerRuntime {
   spec: V1Container;
   running?: RunningContainer;
   runSeq: number;
+  /** Restarts so far (counted when a container is started again, as the kubelet does). */
   restartCount: number;
+  /** A container of this spec ran before (so the next start is a restart). */
+  hasRun: boolean;
   crashes: number;
   state: Record<string, unknown>;
   lastState?: Record<string, unknown>;
@@ -334,7 +337,7 @@ export class ContainerKubelet {
       const logPath = join(dir, 'logs', `${c.name}.log`);
       this.logFiles.set(`${ns}/${name}/${c.name}`, logPath);
       containers.set(c.name, {
-        spec: c, runSeq: 0, restartCount: 0, crashes: 0, ready: false, nextStartAt: 0, starting: false, finished: false,
+        spec: c, runSeq: 0, restartCount: 0, hasRun: false, crashes: 0, ready: false, nextStartAt: 0, starting: false, finished: false,
         state: { waiting: { reason: 'ContainerCreating' } }, readiness: { successes: 0, failures: 0 }, liveness: { successes: 0, failures: 0 }, logPath,
       });
     }
@@ -658,6 +661,8 @@ export class ContainerKubelet {
         stderrPath: c.logPath,
       });
       c.running = running;
+      if (c.hasRun) c.restartCount++;
+      c.hasRun = true;
       c.containerID = `runc://${id}`;
       c.state = { running: { startedAt: running.startedAt.toISOString().replace(/\.\d+Z$/, 'Z') } };
       c.ready = false;
@@ -713,7 +718,6 @@ export class ContainerKubelet {
       c.lastState = { terminated };
       const delay = this.backoff(c);
       c.crashes++;
-      c.restartCount++;
       c.nextStartAt = Date.now() + delay;
       c.state = delay > 0
         ? { waiting: { reason: 'CrashLoopBackOff', message: `back-off ${Math.round(delay / 1000)}s restarting failed container=${c.spec.name} pod=${pr.name}_${pr.namespace}(${pr.uid})` } }
@@ -849,7 +853,7 @@ export class ContainerKubelet {
     let phase = 'Pending';
     if (allFinished) {
       phase = [...pr.containers.values()].every((c) => (c.state['terminated'] as { exitCode?: number } | undefined)?.exitCode === 0) ? 'Succeeded' : 'Failed';
-    } else if (anyRunning || [...pr.containers.values()].some((c) => c.restartCount > 0)) phase = 'Running';
+    } else if (anyRunning || [...pr.containers.values()].some((c) => c.hasRun)) phase = 'Running';
     const cond = (type: string, ok: boolean, reason?: string): Record<string, unknown> => {
       const old = (prev.conditions ?? []).find((x) => x.type === type);
       const status = ok ? 'True' : 'False';
