@@ -11,7 +11,7 @@ import { Kube, resourcePath } from '../../operator/runtime/kube.js';
 import { Leases } from '../../operator/runtime/resources.js';
 import type { RunningOperator } from '../../operator/operator.js';
 import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
-import { condition, createIssuer, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator, sleep } from './support.js';
+import { condition, createIssuer, lostLeadership, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator, sleep } from './support.js';
 
 let cp: ControlPlane;
 let kube: Kube;
@@ -32,7 +32,8 @@ const reconciles = async (op: RunningOperator): Promise<number> => {
   return m.values.filter((v) => v.labels.controller === 'smtprelay').reduce((n, v) => n + v.value, 0);
 };
 
-const lease = { leaderElect: true, leaseNamespace: 'default', leaseName: 'ha-test', leaseDurationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 };
+// Short enough for a quick test, long enough not to lose a lease on a loaded 2-core machine.
+const lease = { leaderElect: true, leaseNamespace: 'default', leaseName: 'ha-test', leaseDurationMs: 8000, renewDeadlineMs: 6000, retryPeriodMs: 500 };
 
 test('two operator instances elect one leader; only it reconciles; on graceful stop it hands over at once', async () => {
   const a = await runOperator(cp, 'op-a', lease);
@@ -65,6 +66,7 @@ test('two operator instances elect one leader; only it reconciles; on graceful s
   await b.whenRunning();
   await createRelay(kube, relayManifest(ns, 'two'));
   await eventually('status from the new leader', async () => condition(await getRelay(kube, ns, 'two'), 'Ready'));
+  assert.deepEqual(lostLeadership, [], 'no instance lost its Lease');
   const l2 = await kube.get<any>(resourcePath(Leases, 'default', 'ha-test'));
   assert.equal(l2.spec.holderIdentity, 'op-b');
   assert.ok(l2.spec.leaseTransitions >= 1);
@@ -122,7 +124,7 @@ test('with a ServiceAccount bound to exactly operator/rbac/*.yaml the operator r
   const ns = 'rbac';
   await createNamespace(kube, ns);
   await createIssuer(kube, ns);
-  const op = await runOperator(cp, 'op-rbac', { kube: saKube, leaderElect: true, leaseNamespace: system, leaseName: 'rbac-test', leaseDurationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 });
+  const op = await runOperator(cp, 'op-rbac', { kube: saKube, leaderElect: true, leaseNamespace: system, leaseName: 'rbac-test', leaseDurationMs: 8000, renewDeadlineMs: 6000, retryPeriodMs: 500 });
   running.push(op);
   await op.whenRunning();
   await createRelay(kube, relayManifest(ns, 'least', { dkim: [{ domain: 'example.com', selector: 'sel1' }] }));
@@ -170,7 +172,7 @@ test('with a ServiceAccount bound to exactly operator/rbac/*.yaml the operator r
 test('the smtp-relay-operator CLI runs with --kubeconfig, leads, and on SIGTERM releases the Lease and exits 0', async () => {
   const { spawn } = await import('node:child_process');
   const main = join(repoRoot(), 'dist', 'operator', 'main.js');
-  const child = spawn(process.execPath, [main, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:cli', '--metrics-port', '0', '--metrics-address', '127.0.0.1', '--leader-elect', '--leader-election-namespace', 'default', '--leader-election-id', 'cli-test', '--retry-period', '0.5', '--lease-duration', '4', '--renew-deadline', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [main, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:cli', '--metrics-port', '0', '--metrics-address', '127.0.0.1', '--leader-elect', '--leader-election-namespace', 'default', '--leader-election-id', 'cli-test', '--retry-period', '0.5', '--lease-duration', '8', '--renew-deadline', '6'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (out += d));
