@@ -298,7 +298,7 @@ export async function startEnvironment(o: EnvironmentOptions = {}): Promise<Envi
   const step = o.step ?? (() => {});
   step('unpack the image built by make image');
   const image = await unpackImage();
-  step('start the control plane (etcd, kube-apiserver, kube-controller-manager)');
+  step('start the control plane (etcd, kube-apiserver, kube-controller-manager; CRDs: SmtpRelay and cert-manager\'s)');
   const cp = await startControlPlane({ log });
   let issuer: CertIssuerStandIn | undefined;
   let kubelet: ContainerKubelet | undefined;
