@@ -282,6 +282,11 @@ test('a settled relay is not reconciled again by its own status writes', async (
   await createIssuer(kube, ns);
   await createRelay(kube, relayManifest(ns, 'calm'));
   await eventually('status', async () => condition(await getRelay(kube, ns, 'calm'), 'Ready'));
+  // Let kube-controller-manager finish with the Deployment (ReplicaSet, pods, status) first.
+  await eventually('Deployment status settled', async () => {
+    const d = await get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/calm`);
+    return d?.status?.observedGeneration === d?.metadata?.generation && d?.status?.replicas === d?.spec?.replicas && d?.status?.unavailableReplicas === d?.spec?.replicas;
+  });
   await sleep(2000);
   const count = async () => {
     const m = await op.metrics.reconcileTotal.get();
