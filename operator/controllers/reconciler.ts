@@ -13,7 +13,7 @@ import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
 import { isNotFound, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
-import { RESULT_ERROR, RESULT_REQUEUE, RESULT_SUCCESS } from '../metrics.js';
+import { RESULT_ERROR, RESULT_SUCCESS } from '../metrics.js';
 import type { ReconcileState, SyncContext } from './context.js';
 import { syncCredentials, CONTROLLER as CREDENTIALS } from './credentials/sync.js';
 import { syncReadiness, CONTROLLER as READINESS } from './readiness/sync.js';
@@ -147,4 +147,3 @@ export class RelayReconciler {
   }
 }
 
-export { RESULT_REQUEUE };
