@@ -190,4 +190,28 @@ describe('end to end: operator + relay containers on the local control plane', {
     assert.equal(restarted.name, victim.name, 'the same pod, restarted in place');
     await env.waitEndpoints(RELAY, 2);
   });
+
+  it('a deleted relay pod is replaced by its ReplicaSet and mail sent with retries meanwhile is not lost', async () => {
+    const [victim] = await env.relayPods(RELAY);
+    assert.ok(victim);
+    const base = env.sink.messages.length;
+    const subjects: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      if (i === 2) await env.kube.request('DELETE', `/api/v1/namespaces/${RELAY_NAMESPACE}/pods/${victim.name}`);
+      const subject = `delete-test ${i} ${randomBytes(4).toString('hex')}`;
+      await env.send({ relay: RELAY, user: 'app', password, from: 'app@example.com', to: 'deleted@example.net', subject, retries: 20 });
+      subjects.push(subject);
+    }
+    const got = (await env.sink.waitForMessages(base + subjects.length, 30_000)).slice(base);
+    const gotSubjects = got.map((m) => /^Subject: (.*)$/m.exec(m.raw.toString('utf8'))?.[1]?.trim());
+    for (const s of subjects) assert.ok(gotSubjects.includes(s), `delivered: ${s}`);
+    const pods = await waitFor('two ready relay pods, the deleted one replaced', async () => {
+      const p = await env.relayPods(RELAY);
+      return p.length === 2 && p.every((x) => x.ready) && !p.some((x) => x.uid === victim.uid) ? p : undefined;
+    }, 120_000);
+    assert.equal(pods.length, 2);
+    assert.match(env.kubelet.logs(RELAY_NAMESPACE, victim.name), /SIGTERM|shutting down|drain/i, 'the deleted pod got SIGTERM');
+    const eps = await env.waitEndpoints(RELAY, 2);
+    assert.ok(eps.every((e) => pods.some((p) => p.ip === e.ip)), 'endpoints follow the new pod');
+  });
 });
