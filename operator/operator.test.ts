@@ -11,6 +11,9 @@ test('the Secret index maps a Secret to every relay that reads it and forgets dr
   idx.set('ns/a', new Set(['ns/other']));
   assert.deepEqual(idx.relaysFor('ns/shared'), ['ns/b']);
   assert.deepEqual(idx.relaysFor('ns/a-only'), []);
+  idx.add('ns/a', new Set(['ns/more']));
+  assert.deepEqual(idx.relaysFor('ns/other'), ['ns/a'], 'add keeps what was known');
+  assert.deepEqual(idx.relaysFor('ns/more'), ['ns/a']);
   idx.set('ns/b', new Set());
   idx.set('ns/a', new Set());
   assert.equal(idx.size(), 0, 'no entries left behind for deleted relays');

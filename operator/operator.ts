@@ -106,6 +106,11 @@ export class SecretIndex {
     }
   }
 
+  /** Adds references without dropping the known ones. */
+  add(relayKey: string, secrets: Set<string>): void {
+    this.set(relayKey, new Set([...(this.byRelay.get(relayKey) ?? []), ...secrets]));
+  }
+
   relaysFor(secretKey: string): string[] {
     return [...(this.bySecret.get(secretKey) ?? [])];
   }
@@ -190,7 +195,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       features,
     };
     const index = new SecretIndex();
-    const reconciler = new RelayReconciler(ctx, log, (key, secrets) => index.set(key, secrets));
+    const reconciler = new RelayReconciler(ctx, log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
     const q = new WorkQueue({
       workers: cfg.workers ?? 2,
       clock,

@@ -28,8 +28,12 @@ export class RelayReconciler {
   constructor(
     private readonly ctx: SyncContext,
     private readonly log: Logger,
-    /** Called after each reconcile with the Secrets the relay reads (for the Secret → relay index). */
-    private readonly onReferences: (key: string, secrets: Set<string>) => void,
+    /**
+     * Called after each reconcile with the Secrets the relay reads (for the
+     * Secret → relay index); `complete` false when the reconcile stopped early,
+     * so the list may lack some and must be added, not substituted.
+     */
+    private readonly onReferences: (key: string, secrets: Set<string>, complete: boolean) => void,
   ) {}
 
   async reconcile(key: string): Promise<SyncResult> {
@@ -39,7 +43,7 @@ export class RelayReconciler {
     if (!relay || relay.metadata.deletionTimestamp) {
       // Children go with it (ownerReferences, garbage collector).
       this.readiness.delete(key);
-      this.onReferences(key, new Set());
+      this.onReferences(key, new Set(), true);
       this.updateRelayGauge();
       log.debug('relay gone or being deleted');
       return {};
@@ -64,7 +68,7 @@ export class RelayReconciler {
       errors.push(err);
     } finally {
       st.passwords.clear();
-      this.onReferences(key, st.referencedSecrets);
+      this.onReferences(key, st.referencedSecrets, errors.length === 0);
     }
 
     // A sync that threw left its condition undecided; keep what status said before.
