@@ -5,6 +5,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY } from '../../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../../operator/runtime/kube.js';
@@ -92,6 +94,13 @@ test('an SmtpRelay produces every child, owned by it, and a generated user Secre
   const parsed = parseHash(hash.replace(/^"|"$/g, ''));
   assert.notEqual(typeof parsed, 'string', `a parseable scrypt hash: ${hash}`);
   assert.equal(await verifyPassword(password, parsed as Exclude<typeof parsed, string>), true);
+
+  // Secrets never reach the operator's log or Events.
+  const logText = readFileSync(join(cp.dir, 'logs', 'operator-a.log'), 'utf8');
+  assert.ok(logText.includes('produce/outbound'), 'the log names the relay');
+  assert.ok(!logText.includes(password) && !logText.includes(generated.data.password), 'no password in the log');
+  const events = await kube.get<any>(`/api/v1/namespaces/${ns}/events`);
+  assert.ok(!JSON.stringify(events).includes(password), 'no password in Events');
 
   const status = await eventually('status with conditions', async () => {
     const r = await getRelay(kube, ns, 'outbound');
