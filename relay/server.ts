@@ -17,15 +17,10 @@ import { dummyHash, verifyPassword, type ParsedHash } from './password.js';
 import { senderAllowed } from './senders.js';
 import { LineEndingCheck } from './smuggling.js';
 import type { UserTable } from './users.js';
+import type { DeliveryOutcome, Envelope } from './upstream.js';
+export type { DeliveryOutcome, Envelope } from './upstream.js';
 
 /** What the relay needs from the upstream (relay/upstream.ts implements it). */
-export interface Envelope {
-  mailFrom: string;
-  rcptTo: string[];
-}
-export type DeliveryOutcome =
-  | { kind: 'accepted'; response: string }
-  | { kind: 'temporary' | 'permanent'; code: number; message: string; refused: string[] };
 export interface Deliverer {
   deliver(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome>;
 }

@@ -9,21 +9,12 @@
 
 import { createHash } from 'node:crypto';
 import { ANNOTATION_SPEC_HASH } from '../api/v1alpha1.js';
+import { canonicalJson } from '../builders/meta.js';
 import { type Kube, type KubeObject, type Resource, KubeError, MEDIA_APPLY_PATCH, MEDIA_MERGE_PATCH, isNotFound, resourcePath } from './kube.js';
 
 export type ApplyOutcome = 'unchanged' | 'created' | 'applied' | 'recreated';
 
-/** JSON with object keys sorted, so equal objects hash equally. */
-export function canonicalJson(v: unknown): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  const o = v as Record<string, unknown>;
-  return `{${Object.keys(o)
-    .filter((k) => o[k] !== undefined)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-    .join(',')}}`;
-}
+export { canonicalJson };
 
 export function hashOf(v: unknown): string {
   return createHash('sha256').update(canonicalJson(v)).digest('hex').slice(0, 32);
