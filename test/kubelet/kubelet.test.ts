@@ -267,6 +267,38 @@ describe('container kubelet (stand-in) on the local control plane', { timeout: 6
     assert.deepEqual(kubelet.containerPids(), []);
   });
 
+  it('restarts a container whose liveness probe fails (SIGTERM, SIGKILL after the grace period, a new container)', async () => {
+    await kube.request('POST', `/apis/apps/v1/namespaces/${NS}/deployments`, {
+      body: deployment('unhealthy', 1, {
+        command: ['node', '-e', "require('http').createServer((q, s) => { s.statusCode = q.url === '/healthz' ? 500 : 200; s.end(); }).listen(8080)"],
+        ports: [{ name: 'http', containerPort: 8080 }],
+        livenessProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 1, failureThreshold: 2 },
+      }, { terminationGracePeriodSeconds: 2 }),
+    });
+    const p = await waitFor('liveness restart', async () => {
+      const [x] = await pods('unhealthy');
+      const cs = x?.status?.containerStatuses?.[0] as { restartCount: number; lastState?: { terminated?: { exitCode: number } } } | undefined;
+      return cs && cs.restartCount >= 1 && cs.lastState?.terminated ? cs : undefined;
+    }, 60_000);
+    // node is PID 1 of the container and has no SIGTERM handler here: PID 1 ignores it (as in a
+    // cluster), so the kubelet's SIGKILL after the grace period ends it: 128+9.
+    assert.equal(p.lastState?.terminated?.exitCode, 137, 'SIGKILL after the grace period');
+    await kube.request('DELETE', `/apis/apps/v1/namespaces/${NS}/deployments/unhealthy`, { body: { propagationPolicy: 'Foreground' } });
+    await waitFor('unhealthy gone', async () => ((await pods('unhealthy')).length === 0 ? true : undefined), 60_000);
+  });
+
+  it('leaves a pod Pending whose nodeSelector the node does not satisfy (as the scheduler would)', async () => {
+    await kube.request('POST', `/api/v1/namespaces/${NS}/pods`, {
+      body: { metadata: { name: 'picky', labels: { app: 'picky' } }, spec: { nodeSelector: { disktype: 'ssd' }, containers: [{ name: 'main', image: 'smtp-relay-operator:dev', command: ['node', '-e', 'setInterval(() => {}, 1000)'] }] } },
+    });
+    await new Promise((r) => setTimeout(r, 3000));
+    const [p] = await pods('picky');
+    assert.equal(p?.spec.nodeName, undefined, 'not bound');
+    assert.equal(p?.status?.phase, 'Pending');
+    await kube.request('DELETE', `/api/v1/namespaces/${NS}/pods/picky`);
+    await waitFor('picky gone', async () => ((await pods('picky')).length === 0 ? true : undefined), 10_000);
+  });
+
   it('stop() leaves no container process and removes the Node', async () => {
     const pids = kubelet.containerPids();
     await kubelet.stop();

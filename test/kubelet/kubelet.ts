@@ -5,7 +5,8 @@
  *
  * - registers a Node (Ready, with capacity/allocatable) and deletes it on stop();
  * - watches Pods; binds the unscheduled ones to its node itself (POST pods/<name>/binding,
- *   the scheduler's job, as no scheduler runs), and runs the ones bound to it;
+ *   the scheduler's job, as no scheduler runs: only pods for the default scheduler whose
+ *   nodeSelector the node's labels satisfy; others stay Pending), and runs the ones bound to it;
  * - runs each container under runc from the image `make image` built (every pod image name
  *   maps to that one local OCI image), with the OCI config derived from the pod spec
  *   (runc.ts: user, fsGroup, capabilities, no_new_privs, read-only root, seccomp
@@ -161,6 +162,9 @@ export class ContainerKubelet {
   private syncAgain = false;
   private stopped = false;
   private readonly apiTarget: { host: string; port: number };
+  private get nodeLabels(): Record<string, string> {
+    return { 'kubernetes.io/hostname': this.nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64' };
+  }
   /** Logs of pods that are gone, kept until stop(). */
   private readonly logFiles = new Map<string, string>();
 
@@ -207,7 +211,7 @@ export class ContainerKubelet {
     const cpus = (await import('node:os')).availableParallelism();
     const mem = (await import('node:os')).totalmem();
     const capacity = { cpu: String(cpus), memory: `${Math.floor(mem / 1024)}Ki`, pods: '110', 'ephemeral-storage': '10Gi' };
-    const labels = { 'kubernetes.io/hostname': this.nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64' };
+    const labels = this.nodeLabels;
     try {
       await this.kube.request('POST', '/api/v1/nodes', { body: { apiVersion: 'v1', kind: 'Node', metadata: { name: this.nodeName, labels } } });
     } catch (err) {
@@ -263,7 +267,10 @@ export class ContainerKubelet {
       const spec = pod.spec;
       if (!spec) continue;
       if (!spec.nodeName) {
-        if (!pod.metadata?.deletionTimestamp && !spec.schedulerName?.startsWith('none')) await this.bind(pod);
+        // The default scheduler's part: pods for it whose nodeSelector this node satisfies.
+        const forUs = (spec.schedulerName ?? 'default-scheduler') === 'default-scheduler'
+          && Object.entries(spec.nodeSelector ?? {}).every(([k, v]) => this.nodeLabels[k] === v);
+        if (!pod.metadata?.deletionTimestamp && forUs) await this.bind(pod);
         continue;
       }
       if (spec.nodeName !== this.nodeName) continue;
