@@ -6,6 +6,7 @@
 // clear; our relay has no plaintext mode on either side). Every run is bounded in time
 // (warmup + window) and each target is measured 3 times, interleaved; the median is reported.
 
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -110,6 +111,17 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
         results.set(c.key, [...(results.get(c.key) ?? []), m]);
       }
     }
+    // reference: Postfix's own load generator against the same sink (is ours the limit?)
+    let smtpSource = NaN;
+    if (!cfg.only || cfg.only.includes('a')) {
+      const n = 20_000;
+      const t0 = performance.now();
+      const ok = await new Promise<boolean>((resolve) =>
+        execFile('smtp-source', ['-4', '-s', String(cfg.connections), '-l', '10240', '-m', String(n), '-f', 'bench@example.com', '-t', 'rcpt@example.net', `127.0.0.1:${sink.port}`], { timeout: 30_000 }, (err) => resolve(!err)),
+      );
+      if (ok) smtpSource = n / ((performance.now() - t0) / 1000);
+      log(`smtp-source -> smtp-sink: ${fmt(smtpSource)} msgs/s`);
+    }
     const rates: Record<string, number> = {};
     const rows: (string | number)[][] = [];
     for (const c of cases) {
@@ -134,7 +146,7 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
     let text =
       `### Scenario 1: throughput (10 KB messages, ${cfg.connections} connections, ${cfg.reps} runs of ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warmup, median)\n\n` +
       table(['target', 'msgs/s (median)', 'runs', 'generator CPU (of all cores)', 'target CPU (of one core)', 'machine busy', 'TLS resumed', 'failed', 'Postfix queue drain after run (ms)'], rows) +
-      '\n\n' +
+      `\n\nReference: Postfix's smtp-source (${cfg.connections} sessions, 20,000 messages of 10,240 bytes, one run) -> the same smtp-sink: ${fmt(smtpSource)} msgs/s, against our generator's ${fmt(rates['a'] ?? NaN)} msgs/s in row a).\n\n` +
       table(
         ['ratio', 'value', 'goal'],
         [
