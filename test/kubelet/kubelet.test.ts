@@ -8,7 +8,7 @@
  * and is never Ready; deletion sends SIGTERM and leaves nothing running.
  */
 import assert from 'node:assert/strict';
-import { lstatSync, readlinkSync, statSync } from 'node:fs';
+import { lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -202,7 +202,10 @@ describe('container kubelet (stand-in) on the local control plane', { timeout: 6
     assert.equal(api.status, 200, `in-cluster API access from the pod: ${JSON.stringify(api)}`);
 
     // Atomic-writer layout on the host side.
-    const volDir = join((kubelet as unknown as { dir: string }).dir, 'pods', p0.metadata.uid, 'volumes', 'creds');
+    const memDir = join((kubelet as unknown as { dir: string }).dir, 'pods', p0.metadata.uid, 'memory');
+    const volDir = join(memDir, 'creds');
+    const mount = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === memDir);
+    assert.match(mount ?? '', / - tmpfs /, 'secret volumes on a tmpfs, never on disk');
     assert.equal(readlinkSync(join(volDir, 'password')), '..data/password');
     assert.match(readlinkSync(join(volDir, '..data')), /^\.\.\d{4}_\d\d_\d\d_/);
     const st = statSync(join(volDir, 'password'));
@@ -234,6 +237,7 @@ describe('container kubelet (stand-in) on the local control plane', { timeout: 6
     await waitFor('web pods gone', async () => ((await pods('web')).length === 0 ? true : undefined), 60_000);
     assert.match(kubelet.logs(NS, p0.metadata.name, 'main'), /got SIGTERM/);
     assert.equal(kubelet.runningPods().filter((p) => p.name.startsWith('web-')).length, 0);
+    assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(memDir), 'the tmpfs is unmounted');
   });
 
   it('a pod spec that cannot work fails as in a cluster: CrashLoopBackOff, never Ready', async () => {

@@ -19,7 +19,8 @@
  *   (disk or Memory) and, when automount is on, the service-account token volume
  *   (kube-api-access-*, which the ServiceAccount admission plugin adds in a cluster; the test
  *   API server runs without that plugin, so the kubelet adds it the same way), in the
- *   atomic-writer layout (atomic-writer.ts), bind-mounted at the mount paths, and kept in
+ *   atomic-writer layout (atomic-writer.ts) on a tmpfs per pod (never on disk, as the kubelet
+ *   keeps them), bind-mounted at the mount paths, and kept in
  *   sync when the Secrets/ConfigMaps change (it watches them);
  * - runs readiness/liveness probes (httpGet, tcpSocket) against the pod IP and writes the pod
  *   status (phase, podIP(s), hostIP, startTime, conditions PodScheduled/Initialized/
@@ -41,6 +42,7 @@
  * Not done (not needed by this project's pods): init/ephemeral/sidecar containers, startup
  * and exec probes, hostPath/PVC volumes, subPath updates, image pulls, service-link env vars.
  */
+import { execFileSync } from 'node:child_process';
 import { createConnection } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { appendFileSync, chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -51,6 +53,7 @@ import { Kube, KubeError, isNotFound, MEDIA_MERGE_PATCH, type KubeObject } from 
 import { Informer } from '../../operator/runtime/informer.js';
 import { writeAtomic, type Payload } from './atomic-writer.js';
 import type { UnpackedImage } from './image.js';
+import { onProcessEnd } from './cleanup.js';
 import { createPodNetwork, proxyHostPort, type PodNetwork } from './netns.js';
 import { ContainerConfigError, expandVars, RuncRunner, type EnvVar, type ExitStatus, type RunningContainer, type VolumeSource } from './runc.js';
 import { quantityBytes } from './quantity.js';
@@ -165,6 +168,8 @@ export class ContainerKubelet {
   private get nodeLabels(): Record<string, string> {
     return { 'kubernetes.io/hostname': this.nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64' };
   }
+  private readonly tmpfsMounted = new Set<string>();
+  private unregisterCleanup?: () => void;
   /** Logs of pods that are gone, kept until stop(). */
   private readonly logFiles = new Map<string, string>();
 
@@ -192,6 +197,13 @@ export class ContainerKubelet {
   private async init(): Promise<void> {
     mkdirSync(this.dir, { recursive: true, mode: 0o711 });
     this.runner = await RuncRunner.create({ image: this.o.image });
+    // A process that ends without stop() still unmounts the pods' tmpfs volumes.
+    this.unregisterCleanup = onProcessEnd(() => {
+      for (const d of this.tmpfsMounted) {
+        try { execFileSync('umount', ['-l', d], { stdio: 'ignore' }); } catch { /* gone */ }
+      }
+      this.tmpfsMounted.clear();
+    });
     await this.registerNode();
     const strip = <T extends KubeObject>(x: T): T => { delete x.metadata?.managedFields; return x; };
     this.pods = new Informer<Pod>({ kube: this.kube, resource: POD, transform: strip, watchTimeoutSeconds: 60 });
@@ -427,6 +439,26 @@ export class ContainerKubelet {
     }
   }
 
+  /**
+   * Secret, ConfigMap and projected volumes live on a tmpfs per pod, as the kubelet keeps them
+   * (secrets never touch the node's disk); unmounted when the pod goes (or the process ends).
+   */
+  private memoryDir(pr: PodRuntime): string {
+    const d = join(pr.dir, 'memory');
+    if (!this.tmpfsMounted.has(d)) {
+      mkdirSync(d, { recursive: true, mode: 0o711 });
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m,mode=0711,nosuid,nodev,noexec', 'tmpfs', d]);
+      this.tmpfsMounted.add(d);
+    }
+    return d;
+  }
+
+  private unmountMemoryDir(pr: PodRuntime): void {
+    const d = join(pr.dir, 'memory');
+    if (!this.tmpfsMounted.delete(d)) return;
+    try { execFileSync('umount', ['-l', d], { stdio: 'ignore' }); } catch { /* gone */ }
+  }
+
   private fsGroup(pr: PodRuntime): number | undefined {
     return pr.spec.securityContext?.fsGroup;
   }
@@ -452,7 +484,7 @@ export class ContainerKubelet {
       }
       const payload = await this.payload(pr, vol);
       if (payload === undefined) throw new ContainerConfigError(`volume ${vol.name}: unsupported volume type (stand-in supports configMap, secret, projected, emptyDir)`);
-      const d = join(pr.dir, 'volumes', vol.name);
+      const d = join(this.memoryDir(pr), vol.name);
       const g = this.fsGroup(pr);
       const changed = writeAtomic(d, payload, g !== undefined ? { gid: g } : {});
       if (changed && pr.volumes[vol.name]) this.log(`${pr.namespace}/${pr.name}: volume ${vol.name} updated`);
@@ -933,7 +965,9 @@ export class ContainerKubelet {
     for (const p of pr.proxies) await p.close().catch(() => {});
     pr.proxies = [];
     await pr.network?.release().catch(() => {});
+    this.unmountMemoryDir(pr);
     rmSync(join(pr.dir, 'volumes'), { recursive: true, force: true });
+    rmSync(join(pr.dir, 'memory'), { recursive: true, force: true });
     this.runtimes.delete(pr.uid);
     if (deleteObject) await this.finalize(pr.pod);
     this.log(`${pr.namespace}/${pr.name}: stopped and removed`);
@@ -1008,6 +1042,12 @@ export class ContainerKubelet {
     if (opts.deleteNode !== false) {
       await this.kube.request('DELETE', `/api/v1/nodes/${this.nodeName}`).catch(() => {});
     }
+    for (const pr of this.runtimes.values()) this.unmountMemoryDir(pr);
+    for (const d of this.tmpfsMounted) {
+      try { execFileSync('umount', ['-l', d], { stdio: 'ignore' }); } catch { /* gone */ }
+    }
+    this.tmpfsMounted.clear();
+    this.unregisterCleanup?.();
     if (this.ownDir && existsSync(this.dir)) rmSync(this.dir, { recursive: true, force: true });
   }
 }
