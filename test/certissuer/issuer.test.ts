@@ -137,4 +137,32 @@ describe('certificate issuer stand-in (cert-manager)', { timeout: 180_000 }, () 
     // No double issuance: one record per revision.
     assert.deepEqual(issuer.issued.filter((r) => r.name === 'web').map((r) => r.revision), [1, 2, 3, 4]);
   });
+
+  it('honours the private key settings (ECDSA P-384, default PKCS1/SEC1 encoding), commonName and usages; a namespaced Issuer', async () => {
+    await kube.request('POST', `/apis/cert-manager.io/v1/namespaces/${NS}/issuers`, {
+      body: { apiVersion: 'cert-manager.io/v1', kind: 'Issuer', metadata: { name: 'local', namespace: NS }, spec: { ca: { secretName: 'x' } } },
+    });
+    await kube.request('POST', `/apis/cert-manager.io/v1/namespaces/${NS}/certificates`, {
+      body: {
+        apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'client', namespace: NS },
+        spec: {
+          secretName: 'client-tls', commonName: 'billing-client', dnsNames: ['billing.example.com'], usages: ['client auth', 'digital signature'],
+          issuerRef: { name: 'local' }, duration: '2h', renewBeforePercentage: 25, privateKey: { algorithm: 'ECDSA', size: 384 },
+        },
+      },
+    });
+    const c = await issuer.waitForRevision(NS, 'client', 1);
+    const s = await kube.get<Secret>(`/api/v1/namespaces/${NS}/secrets/client-tls`);
+    assert.equal(s.metadata.annotations?.['cert-manager.io/issuer-kind'], 'Issuer');
+    assert.equal(s.metadata.annotations?.['cert-manager.io/common-name'], 'billing-client');
+    const keyPem = Buffer.from(s.data['tls.key']!, 'base64').toString();
+    assert.match(keyPem, /^-----BEGIN EC PRIVATE KEY-----/, 'cert-manager\'s default encoding PKCS1 (SEC1 for EC)');
+    assert.equal(createPrivateKey(keyPem).asymmetricKeyDetails?.namedCurve, 'secp384r1');
+    const x = new X509Certificate(Buffer.from(s.data['tls.crt']!, 'base64').toString());
+    assert.equal(x.subject, 'CN=billing-client');
+    assert.deepEqual(x.keyUsage, ['1.3.6.1.5.5.7.3.2'], 'clientAuth only');
+    const na = Date.parse(c.status!.notAfter!);
+    assert.equal(na - Date.parse(c.status!.notBefore!), 2 * 3_600_000);
+    assert.equal(Date.parse(c.status!.renewalTime!), na - 0.25 * 2 * 3_600_000);
+  });
 });
