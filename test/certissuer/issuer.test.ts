@@ -165,4 +165,18 @@ describe('certificate issuer stand-in (cert-manager)', { timeout: 180_000 }, () 
     assert.equal(na - Date.parse(c.status!.notBefore!), 2 * 3_600_000);
     assert.equal(Date.parse(c.status!.renewalTime!), na - 0.25 * 2 * 3_600_000);
   });
+
+  it('re-issues by itself at renewalTime', async () => {
+    await kube.request('POST', `/apis/cert-manager.io/v1/namespaces/${NS}/certificates`, {
+      body: {
+        apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'short', namespace: NS },
+        spec: { secretName: 'short-tls', dnsNames: ['short.example.com'], issuerRef: { name: 'test-ca', kind: 'ClusterIssuer' }, duration: '1h', renewBefore: '59m57s', privateKey: { algorithm: 'ECDSA' } },
+      },
+    });
+    const first = await issuer.waitForRevision(NS, 'short', 1);
+    const renewAt = Date.parse(first.status!.renewalTime!);
+    assert.ok(renewAt - Date.parse(first.status!.notBefore!) === 3000);
+    const second = await issuer.waitForRevision(NS, 'short', 2, 20_000);
+    assert.ok(Date.parse(second.status!.notBefore!) >= renewAt - 1000, 'not before renewalTime');
+  });
 });
