@@ -262,6 +262,18 @@ describe('container kubelet (stand-in) on the local control plane', { timeout: 6
       const d = await kube.get<{ status?: { readyReplicas?: number } }>(`/apis/apps/v1/namespaces/${NS}/deployments/${app}`);
       assert.equal(d.status?.readyReplicas ?? 0, 0);
     }
+    // The same spec with the pod sysctl a cluster would need binds port 80 and becomes Ready.
+    await kube.request('POST', `/apis/apps/v1/namespaces/${NS}/deployments`, {
+      body: deployment('lowport-sysctl', 1, {
+        command: ['node', '-e', "require('net').createServer().listen(80, () => console.log('bound 80'))"],
+        readinessProbe: { tcpSocket: { port: 80 }, periodSeconds: 1 },
+      }, { securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: { type: 'RuntimeDefault' }, sysctls: [{ name: 'net.ipv4.ip_unprivileged_port_start', value: '0' }] } }),
+    });
+    await waitFor('lowport-sysctl Ready', async () => {
+      const d = await kube.get<{ status?: { readyReplicas?: number } }>(`/apis/apps/v1/namespaces/${NS}/deployments/lowport-sysctl`);
+      return d.status?.readyReplicas === 1 ? true : undefined;
+    }, 60_000);
+    await kube.request('DELETE', `/apis/apps/v1/namespaces/${NS}/deployments/lowport-sysctl`, { body: { propagationPolicy: 'Foreground' } });
     const lowLog = kubelet.logs(NS, (await pods('lowport'))[0]!.metadata.name);
     assert.match(lowLog, /EACCES/);
     assert.doesNotMatch(lowLog, /bound 80/);
