@@ -296,6 +296,7 @@ export interface EnvironmentOptions {
 export async function startEnvironment(o: EnvironmentOptions = {}): Promise<Environment> {
   const log = o.log ?? (() => {});
   const step = o.step ?? (() => {});
+  if (process.getuid?.() !== 0) throw new Error('needs root: containers run under runc in network namespaces of their own (run as root, e.g. sudo make demo)');
   step('unpack the image built by make image');
   const image = await unpackImage();
   step('start the control plane (etcd, kube-apiserver, kube-controller-manager; CRDs: SmtpRelay and cert-manager\'s)');
