@@ -222,13 +222,20 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     let peakRss = 0;
     let pending = 0;
     let depthAtConvergence = NaN;
+    let pendingExample = '';
     const deadline = performance.now() + 240_000;
     while (performance.now() < deadline) {
       peakRss = Math.max(peakRss, rssKiB(op.pid!));
       const relays = await kube.get<{ items: any[] }>(resourcePath(SmtpRelays));
-      pending = relays.items.filter(
+      const pendingItems = relays.items.filter(
         (r) => r.status?.observedGeneration !== r.metadata.generation || !r.status?.conditions?.some((c: any) => c.type === 'CertificateReady' && c.status === 'True'),
-      ).length;
+      );
+      pending = pendingItems.length;
+      if (pending) {
+        const r = pendingItems[0];
+        const c = (r.status?.conditions ?? []).filter((x: any) => x.status !== 'True').map((x: any) => `${x.type}=${x.status} ${x.reason}`);
+        pendingExample = `${r.metadata.namespace}/${r.metadata.name}: observedGeneration ${r.status?.observedGeneration ?? 'none'} of ${r.metadata.generation}; ${c.join(', ') || 'no conditions'}`;
+      }
       if (pending === 0 && relays.items.length === total) {
         const deps = await kube.get<{ items: unknown[] }>('/apis/apps/v1/deployments', { accept: 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1' });
         if (deps.items.length >= total) {
@@ -287,7 +294,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
           [`apply -> all children exist, p50 over ${o.applies} (ms)`, fmt(percentile(lat, 50)), '< 1,000'],
           [`apply -> all children exist, p99 over ${o.applies} (ms)`, fmt(percentile(lat, 99)), ''],
           [`${o.relays} SmtpRelays in ${o.namespaces} namespaces: created by the client in (s)`, fmt(createdS, 1), ''],
-          [`${o.relays} SmtpRelays: converged (status for every generation with CertificateReady=True, all ${total} Deployments) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} statuses pending)` : fmt(convergedS, 1), '< 60'],
+          [`${o.relays} SmtpRelays: converged (status for every generation with CertificateReady=True, all ${total} Deployments) after (s)`, Number.isNaN(convergedS) ? `not within 240 s (${pending} pending, e.g. ${pendingExample})` : fmt(convergedS, 1), '< 60'],
           ['operator work queue depth at convergence', fmt(depthAtConvergence), ''],
           ['operator CPU from the first create to convergence (s, all threads incl. the scrypt pool)', fmt(convergeCpu, 1), ''],
           ['operator RSS peak (MiB)', fmt(peakRss / 1024, 1), '< 300'],
