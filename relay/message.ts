@@ -5,6 +5,9 @@
 import { Headers } from 'mailsplit';
 import addressparser from 'nodemailer/lib/addressparser';
 
+/** Text shaped like local@domain, for the display-name and comment check of From:. */
+const ADDRESS_LIKE = /[^\s<>"'(),;:[\]\\]+@[^\s<>"'(),;:[\]\\]+/g;
+
 /** The header block: everything up to and including the first empty line. */
 export function headerBlock(message: Buffer): Buffer {
   const end = message.indexOf('\r\n\r\n');
@@ -19,10 +22,22 @@ export function headerBlock(message: Buffer): Buffer {
  * null when the header is missing or a reading holds no usable mailbox.
  */
 export function fromAddresses(message: Buffer): string[] | null {
-  const headers = new Headers(headerBlock(message));
+  const block = headerBlock(message);
+  // mailsplit drops a first line starting with "From " (mbox) or "POST " without a trace,
+  // yet "From : ceo@..." (space before the colon, RFC 5322 obsolete syntax) is a From
+  // field to other parsers: refuse instead of checking only the fields after it.
+  if (/^(from|post)[ \t]/i.test(block.subarray(0, 5).toString('latin1'))) return null;
+  const headers = new Headers(block);
   const raw = headers.get('from').map((line) => line.replace(/\r?\n/g, '').replace(/^[^:]*:/, ''));
   if (raw.length === 0) return null;
-  const decoded = headers.getDecoded('from').map((h) => h.value);
+  // (getDecoded only unfolds: it does not decode encoded-words)
+  const decoded = raw.map((v) => {
+    try {
+      return headers.libmime.decodeWords(v);
+    } catch {
+      return v;
+    }
+  });
   const out = new Set<string>();
   for (const value of [...raw, ...decoded]) {
     const parsed = addressparser(value, { flatten: true });
@@ -33,6 +48,10 @@ export function fromAddresses(message: Buffer): string[] | null {
       if (!addr || !addr.includes('@')) return null;
       out.add(addr.toLowerCase());
     }
+    // Anything else in the field that looks like an address (a display name or comment
+    // such as "ceo@bank.example" <alice@...>, or text that another parser reads as a
+    // second mailbox: <alice@...> ceo@bank.example) is checked too: readers show it.
+    for (const m of value.matchAll(ADDRESS_LIKE)) out.add(m[0].replace(/\.+$/, '').toLowerCase());
   }
   return [...out];
 }

@@ -76,3 +76,50 @@ describe('trace header', () => {
     c.close();
   });
 });
+
+/** MAIL FROM, RCPT TO, DATA with the bytes as given; returns the final reply. */
+async function send(c: RawSmtp, from: string, data: string) {
+  assert.equal((await c.cmd(`MAIL FROM:<${from}>`))?.code, 250);
+  assert.equal((await c.cmd('RCPT TO:<rcpt@example.net>'))?.code, 250);
+  assert.equal((await c.cmd('DATA'))?.code, 354);
+  c.write(data + '.\r\n');
+  return c.read();
+}
+
+describe('From: header parser differentials', () => {
+  test('a From field hidden from the parser, or an address in a display name or comment, is refused', async () => {
+    const before = sink.messages.length;
+    const c = await authed();
+    const refused = [
+      // mailsplit drops a first line "From ..." as an mbox separator; other parsers read a From field
+      'From : ceo@bank.example\r\nFrom: alice@example.com\r\nSubject: a\r\n\r\nx\r\n',
+      'From :\r\n ceo@bank.example\r\nFrom: alice@example.com\r\n\r\nx\r\n',
+      // addressparser reads alice only; Python's getaddresses reads a second mailbox
+      'From: <alice@example.com> ceo@bank.example\r\n\r\nx\r\n',
+      // display name or comment showing another address
+      'From: "ceo@bank.example" <alice@example.com>\r\n\r\nx\r\n',
+      'From: alice@example.com (ceo@bank.example)\r\n\r\nx\r\n',
+      'From: =?utf-8?Q?ceo=40bank.example?= <alice@example.com>\r\n\r\nx\r\n',
+      // an encoded-word that decodes to an angle-bracket address
+      'From: =?utf-8?Q?=3Cceo=40bank.example=3E?= alice@example.com\r\n\r\nx\r\n',
+    ];
+    for (const v of refused) {
+      const r = await send(c, 'alice@example.com', v);
+      assert.equal(r?.code, 550, `${JSON.stringify(v)} -> ${r?.text}`);
+    }
+    const accepted = [
+      'From: Alice <alice@example.com>\r\n\r\nx\r\n',
+      'From: "Alice Smith (Example)" <Alice@EXAMPLE.com>\r\n\r\nx\r\n',
+      'From: alice@example.com (Alice)\r\n\r\nx\r\n',
+      'From: "alice@example.com" <alice@example.com>\r\n\r\nx\r\n',
+      'From: =?utf-8?Q?Al=C3=AFce?= <alice@example.com>\r\n\r\nx\r\n',
+    ];
+    for (const v of accepted) {
+      const r = await send(c, 'alice@example.com', v);
+      assert.equal(r?.code, 250, `${JSON.stringify(v)} -> ${r?.text}`);
+    }
+    c.close();
+    await sink.waitForMessages(before + accepted.length);
+    assert.equal(sink.messages.length, before + accepted.length);
+  });
+});
