@@ -50,7 +50,7 @@ export class Lockout {
     return false;
   }
 
-  /** A successful login clears the failures of its keys. */
+  /** A successful login clears the failures of its key (the relay passes the username's only). */
   succeed(key: string): void {
     const e = this.entries.get(key);
     if (e && e.lockedUntil <= this.now()) this.entries.delete(key);

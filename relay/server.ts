@@ -295,7 +295,8 @@ export class Relay {
     // An unknown user is verified against a dummy hash so that both cost the same.
     const ok = (await verifyPassword(auth.password ?? '', known?.hash ?? this.dummy)) && known !== undefined;
     if (ok) {
-      this.lockout.succeed(ipKey);
+      // Only the username's failures are forgiven. Clearing the IP's as well would let a
+      // client with one valid account reset the per-IP count between guesses at others.
       this.lockout.succeed(userKey);
       this.metrics.authAttempts.inc({ mechanism, result: 'success' });
       state.user = username;

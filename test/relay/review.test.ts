@@ -123,3 +123,27 @@ describe('From: header parser differentials', () => {
     assert.equal(sink.messages.length, before + accepted.length);
   });
 });
+
+describe('brute-force lockout', () => {
+  test('a successful login with an own account does not reset the failures counted for the client IP', async () => {
+    // Password spraying: 2 guesses (maxFailures is 3), a login with an account the
+    // attacker owns, 2 more guesses ... Each guess is against another username, so
+    // only the per-IP count can stop it.
+    const ip = '127.0.0.2';
+    const attempt = async (user: string, password: string) => {
+      const c = await RawSmtp.connect(relay.ports.submission, { localAddress: ip });
+      assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+      await c.starttls();
+      assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+      const r = await c.login(user, password);
+      c.close();
+      return r?.code;
+    };
+    assert.equal(await attempt('spray-1', 'guess'), 535);
+    assert.equal(await attempt('spray-2', 'guess'), 535);
+    assert.equal(await attempt(MALLORY.name, MALLORY.password), 235);
+    assert.equal(await attempt('spray-3', 'guess'), 421, 'the third failure from this IP within the window starts the lockout');
+    assert.equal(await attempt(MALLORY.name, MALLORY.password), 421, 'the IP is locked');
+    await relay.waitForLog((l) => l.event === 'lockout' && l.clientIp === ip);
+  });
+});
