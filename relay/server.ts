@@ -446,7 +446,15 @@ export class Relay {
     if (bad !== undefined) {
       refuse('sender_not_allowed', 550, `5.7.1 From: address not allowed for user ${user!.name}`);
     }
-    if (user!.rateLimit) this.rate.record(user!.name);
+    if (user!.rateLimit) {
+      // MAIL FROM checked the limit, but parallel sessions all pass that check before any
+      // of them is recorded: check again now, and record in the same synchronous step.
+      const waitMs = this.rate.check(user!.name, user!.rateLimit);
+      if (waitMs > 0) {
+        refuse('rate_limited', 451, `4.7.1 Message rate limit reached for ${user!.name}, try again in ${Math.ceil(waitMs / 1000)} seconds`);
+      }
+      this.rate.record(user!.name);
+    }
 
     const trace = receivedHeader({
       helo: session.hostNameAppearsAs || 'unknown',

@@ -147,3 +147,27 @@ describe('brute-force lockout', () => {
     await relay.waitForLog((l) => l.event === 'lockout' && l.clientIp === ip);
   });
 });
+
+describe('rate limit', () => {
+  test('parallel sessions cannot send more than the limit (checked again when the message is complete)', async () => {
+    const before = sink.messages.length;
+    const a = await authed(RATED, '127.0.0.3');
+    const b = await authed(RATED, '127.0.0.3');
+    // both transactions pass MAIL FROM while nothing has been sent yet
+    for (const c of [a, b]) {
+      assert.equal((await c.cmd('MAIL FROM:<rated@example.com>'))?.code, 250);
+      assert.equal((await c.cmd('RCPT TO:<rcpt@example.net>'))?.code, 250);
+      assert.equal((await c.cmd('DATA'))?.code, 354);
+    }
+    a.write(message('rated@example.com', 'rcpt@example.net') + '.\r\n');
+    assert.equal((await a.read())?.code, 250);
+    b.write(message('rated@example.com', 'rcpt@example.net') + '.\r\n');
+    const second = await b.read();
+    assert.equal(second?.code, 451, second?.text);
+    assert.match(second!.text, /4\.7\.1 .*try again in \d+ seconds/);
+    a.close();
+    b.close();
+    await sink.waitForMessages(before + 1);
+    assert.equal(sink.messages.length, before + 1, 'one message for a limit of one per hour');
+  });
+});
