@@ -8,8 +8,9 @@ import type { Applier } from '../runtime/apply.js';
 import type { Clock } from '../runtime/clock.js';
 import type { EventRecorder } from '../runtime/events.js';
 import type { InformerGroup } from '../runtime/informer.js';
-import type { Kube, KubeObject } from '../runtime/kube.js';
+import { type Kube, type KubeObject, resourcePath } from '../runtime/kube.js';
 import { resourceForKind } from '../runtime/resources.js';
+import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
 import type { OperatorMetrics } from '../metrics.js';
 
 export interface Caches {
@@ -64,6 +65,8 @@ export interface ReconcileState {
   certificate?: { notAfter?: string; secretName?: string };
   /** Smallest requeue-after asked for by any sync. */
   requeueAfterMs?: number;
+  /** The hashed users Secret the credentials sync built; applied with the other children. */
+  usersSecret?: KubeObject;
   /** Secrets (namespace/name) this relay reads; for the Secret → relay index. */
   referencedSecrets: Set<string>;
 }
@@ -88,9 +91,31 @@ export async function applyChild(ctx: SyncContext, st: ReconcileState, desired: 
   if (!resource) throw new Error(`no API resource known for kind ${kind}`);
   const ns = desired.metadata?.namespace ?? '';
   const name = desired.metadata?.name ?? '';
-  const outcome = await ctx.applier.apply(resource, desired, cachedChild(ctx, kind, ns, name));
+  const cached = cachedChild(ctx, kind, ns, name);
+  // The cache holds only labelled objects: a miss may still be someone else's object
+  // of that name, which a forced apply would take over (and an immutable-field
+  // rejection would delete). Look before writing.
+  const existing = cached ?? (await ctx.kube.getOrUndefined<KubeObject>(resourcePath(resource, ns, name)));
+  const foreign = existing && notOurs(ctx, st.relay, existing);
+  if (foreign) throw new Error(`${kind} ${name} exists and is not managed by this SmtpRelay (${foreign}); delete or rename it, or rename the SmtpRelay`);
+  const outcome = await ctx.applier.apply(resource, desired, cached);
   if (outcome !== 'unchanged') {
     ctx.metrics.applyTotal.inc({ kind, outcome });
     st.log.info({ kind, child: name, outcome }, 'child written');
   }
+}
+
+/**
+ * Why an existing object must not be written as this relay's child, or
+ * undefined when it is ours: controlled by this relay, or left by the operator
+ * (managed-by label) with no live controller (e.g. orphaned by a relay deleted
+ * with --cascade=orphan). Never someone else's object or another relay's child.
+ */
+export function notOurs(ctx: SyncContext, relay: SmtpRelay & KubeObject, obj: KubeObject): string | undefined {
+  const owner = obj.metadata?.ownerReferences?.find((r) => r.controller);
+  if (owner?.uid === relay.metadata.uid) return undefined;
+  if (obj.metadata?.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY) return 'it has no app.kubernetes.io/managed-by=smtp-relay-operator label';
+  if (!owner) return undefined;
+  const live = owner.kind === KIND && ctx.caches.relays.list(relay.metadata.namespace).some((r) => r.metadata.uid === owner.uid);
+  return live || owner.kind !== KIND ? `it is controlled by ${owner.kind} ${owner.name}` : undefined;
 }

@@ -389,3 +389,38 @@ test('a child the API server will not update in place (immutable Secret type) is
   assert.ok(s.metadata.ownerReferences?.[0]?.controller);
   assert.ok((await recreated()) > before, 'smtp_relay_operator_recreate_total counted it');
 });
+
+test('an existing object the relay does not own (a user Secret and ConfigMap with a child\'s name) is neither taken over nor deleted', async () => {
+  const ns = 'foreign';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  // Not ours: no managed-by label, no ownerReference. The Secret's type differs from the
+  // hashed users Secret's (Opaque), which an in-place update cannot change.
+  await createBasicAuthSecret(kube, ns, 'mail-users', 'someone', 'their-own-password-1');
+  await kube.request('POST', `/api/v1/namespaces/${ns}/configmaps`, { body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'mail-config', namespace: ns }, data: { mine: 'yes' } } });
+  const secretBefore = await get(kube, `/api/v1/namespaces/${ns}/secrets/mail-users`);
+  const cmBefore = await get(kube, `/api/v1/namespaces/${ns}/configmaps/mail-config`);
+  await createRelay(kube, relayManifest(ns, 'mail'));
+  const r = await eventually('Reconciled=False naming the foreign objects', async () => {
+    const r = await getRelay(kube, ns, 'mail');
+    return condition(r, 'Reconciled')?.status === 'False' ? r : undefined;
+  });
+  assert.match(condition(r, 'Reconciled')?.message ?? '', /Secret mail-users.*not managed by this SmtpRelay/);
+  assert.match(condition(r, 'Reconciled')?.message ?? '', /ConfigMap mail-config/);
+  await eventually('the other children', () => get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/mail`));
+  await sleep(1500);
+  const secretAfter = await get(kube, `/api/v1/namespaces/${ns}/secrets/mail-users`);
+  assert.equal(secretAfter?.metadata.uid, secretBefore.metadata.uid, 'the user Secret was not deleted');
+  assert.equal(secretAfter.metadata.resourceVersion, secretBefore.metadata.resourceVersion, 'the user Secret was not written');
+  const cmAfter = await get(kube, `/api/v1/namespaces/${ns}/configmaps/mail-config`);
+  assert.equal(cmAfter.metadata.resourceVersion, cmBefore.metadata.resourceVersion, 'the user ConfigMap was not written');
+  assert.equal(cmAfter.metadata.ownerReferences, undefined);
+
+  // Once the user removes them, the relay gets its own.
+  await kube.request('DELETE', `/api/v1/namespaces/${ns}/secrets/mail-users`);
+  await kube.request('DELETE', `/api/v1/namespaces/${ns}/configmaps/mail-config`);
+  await eventually('Reconciled=True', async () => condition(await getRelay(kube, ns, 'mail'), 'Reconciled')?.status === 'True', 60_000);
+  const users = await get(kube, `/api/v1/namespaces/${ns}/secrets/mail-users`);
+  assert.equal(users.type, 'Opaque');
+  assert.equal(users.metadata.ownerReferences?.[0]?.controller, true);
+});

@@ -17,7 +17,7 @@ import { childNames, userSecretName } from '../../builders/meta.js';
 import type { Problem } from '../../builders/credentials.js';
 import { conditionFromProblems, credentialsCondition, type UserProblem } from '../../builders/status.js';
 import { buildUsersFile, buildUsersSecret, readUsersSecret } from '../../builders/users.js';
-import { applyChild, cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+import { cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret } from '../secrets.js';
 import { syncDkim } from './dkim.js';
 
@@ -66,7 +66,8 @@ async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
   const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
   const file = await buildUsersFile(relay, st.passwords, existing, ctx.hasher);
   st.passwords.clear();
-  await applyChild(ctx, st, buildUsersSecret(relay, file));
+  // Applied with the other children (relay/sync.ts), so a failure shows in Reconciled.
+  st.usersSecret = buildUsersSecret(relay, file);
 
   for (const p of problems) await ctx.events.warning(relay, p.reason, `user ${p.user} left out: ${p.message}`);
   const c = credentialsCondition(relay, problems);

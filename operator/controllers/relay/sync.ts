@@ -33,7 +33,7 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
   const errors: Error[] = [];
   const failed: string[] = [];
   let applied = 0;
-  for (const child of children) {
+  for (const child of [...(st.usersSecret ? [st.usersSecret] : []), ...children]) {
     // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
     if (child.kind === 'Certificate' && !ctx.features.certManager) continue;
     try {
@@ -41,7 +41,7 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
       applied++;
     } catch (err) {
       errors.push(err instanceof Error ? err : new Error(String(err)));
-      failed.push(`${child.kind} ${child.metadata.name}: ${err instanceof Error ? err.message : String(err)}`);
+      failed.push(`${child.kind} ${child.metadata?.name}: ${err instanceof Error ? err.message : String(err)}`);
     }
   }
   if (failed.length === 0) {
