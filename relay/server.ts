@@ -191,6 +191,7 @@ export class Relay {
       throw new Error('this smtp-server version has no _expectsProxyHeader hook: PROXY protocol trust by CIDR is unavailable');
     }
     proxyHook._expectsProxyHeader = (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
+    if (implicit) this.refuseBeforeHandshake(listener, server);
     server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
       // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
       // error normalizer); without this listener such a client would crash the process.
@@ -198,6 +199,34 @@ export class Relay {
       this.logger.debug({ event: 'connection_error', listener: listener.name, code: err.code, err: oneLine(err.message) }, 'connection error');
     });
     return server;
+  }
+
+  /**
+   * On an implicit-TLS listener smtp-server calls onConnect only after the TLS handshake,
+   * so a client outside the allow-list could make the relay pay for a handshake (and hold
+   * a pending-handshake slot) before being told 554. Such a client is dropped as soon as
+   * TCP is accepted instead, unless it is a trusted PROXY peer (then the address that
+   * counts is in the header, and onConnect checks it).
+   */
+  private refuseBeforeHandshake(listener: ListenerSettings, server: SMTPServer): void {
+    const tcp = server.server;
+    const accept = tcp.listeners('connection') as ((socket: net.Socket) => void)[];
+    if (accept.length === 0) throw new Error('this smtp-server version has no connection listener to wrap');
+    tcp.removeAllListeners('connection');
+    tcp.on('connection', (socket: net.Socket) => {
+      const peer = socket.remoteAddress;
+      if (!this.trustedProxies.has(peer) && !this.allowed.has(peer)) {
+        socket.on('error', () => undefined);
+        socket.destroy();
+        this.refuse(listener.name, 'ip_not_allowed', 554, '');
+        this.logger.info(
+          { event: 'connection_refused', listener: listener.name, clientIp: canonicalIp(peer ?? ''), reason: 'ip_not_allowed' },
+          'client address not allowed (dropped before the TLS handshake)',
+        );
+        return;
+      }
+      for (const handler of accept) handler.call(tcp, socket);
+    });
   }
 
   private refuse(listener: string, reason: string, code: number, message: string): SmtpError {

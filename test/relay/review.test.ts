@@ -4,6 +4,8 @@
 // implicit-TLS allow-list. Each test failed before its fix.
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
@@ -169,5 +171,54 @@ describe('rate limit', () => {
     b.close();
     await sink.waitForMessages(before + 1);
     assert.equal(sink.messages.length, before + 1, 'one message for a limit of one per hour');
+  });
+});
+
+/** Opens a TLS connection to the implicit listener; resolves with the first reply, or with the error if no handshake. */
+function implicitTls(localAddress: string, proxyLine?: string): Promise<{ handshake: boolean; reply?: string; error?: string }> {
+  return new Promise((resolve) => {
+    const raw = net.connect({ host: '127.0.0.1', port: relay.ports.submissions, localAddress }, () => {
+      if (proxyLine) raw.write(proxyLine);
+      let handshake = false;
+      const t = tls.connect({ socket: raw, rejectUnauthorized: false, servername: 'localhost' }, () => (handshake = true));
+      let data = '';
+      const timer = setTimeout(() => finish('timeout'), 10_000);
+      const finish = (error?: string) => {
+        clearTimeout(timer);
+        t.destroy();
+        resolve({ handshake, ...(data ? { reply: data } : {}), ...(error ? { error } : {}) });
+      };
+      t.setEncoding('latin1');
+      t.on('data', (d: string) => {
+        data += d;
+        if (data.includes('\r\n')) finish();
+      });
+      t.on('error', (err) => finish(err.message));
+      t.on('close', () => finish('closed'));
+    });
+    raw.on('error', (err) => resolve({ handshake: false, error: err.message }));
+  });
+}
+
+describe('implicit-TLS listener allow-list', () => {
+  test('a client outside the allow-list is dropped before the TLS handshake; a trusted PROXY peer still gets through', async () => {
+    const refused0 = await relay.metric('smtp_relay_connections_total', { listener: 'submissions', result: 'rejected', reason: 'ip_not_allowed' });
+    const handshakes0 = await relay.metric('smtp_relay_tls_handshakes_total', { listener: 'submissions' });
+    const out = await implicitTls('127.0.0.5');
+    assert.equal(out.handshake, false, `no TLS handshake for a refused address: ${JSON.stringify(out)}`);
+    assert.equal(out.reply, undefined);
+    assert.equal((await relay.metric('smtp_relay_connections_total', { listener: 'submissions', result: 'rejected', reason: 'ip_not_allowed' })) - refused0, 1);
+    assert.equal(await relay.metric('smtp_relay_tls_handshakes_total', { listener: 'submissions' }), handshakes0);
+    await relay.waitForLog((l) => l.event === 'connection_refused' && l.clientIp === '127.0.0.5' && l.listener === 'submissions');
+
+    // an allowed client behind the trusted proxy (itself not in the allow-list) is served
+    const ok = await implicitTls('127.0.0.6', 'PROXY TCP4 127.0.0.2 127.0.0.1 40000 465\r\n');
+    assert.ok(ok.handshake && /^220 /.test(ok.reply ?? ''), JSON.stringify(ok));
+    // a refused client behind it gets the 554 after the handshake (its address is in the header)
+    const no = await implicitTls('127.0.0.6', 'PROXY TCP4 127.0.0.9 127.0.0.1 40000 465\r\n');
+    assert.ok(no.handshake && /^554 /.test(no.reply ?? ''), JSON.stringify(no));
+    // allowed clients are unaffected
+    const direct = await implicitTls('127.0.0.1');
+    assert.ok(direct.handshake && /^220 /.test(direct.reply ?? ''), JSON.stringify(direct));
   });
 });
