@@ -28,6 +28,7 @@ import {
   type SmtpRelay,
 } from '../api/v1alpha1.js';
 import { buildRelayConfig, usableDkim, type ConfigInputs } from './config.js';
+import { canonicalQuantity } from './quantity.js';
 import { childMetadata, childNames, dkimSecretName, selectorLabels, shortHash, sortedRecord, standardLabels, userAnnotations, type ChildMetadata } from './meta.js';
 
 export interface DeploymentInputs extends ConfigInputs {
@@ -245,9 +246,9 @@ export function buildDeployment(relay: SmtpRelay, inputs: DeploymentInputs): Dep
   return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: childMetadata(relay, names.deployment), spec };
 }
 
-/** Quantities as strings (the CRD allows integers too: `cpu: 1`). */
+/** Quantities as the server stores them (the CRD allows integers too: `cpu: 1`), so applies converge. */
 function quantities(list: Record<string, string | number> | undefined): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(list ?? {})) out[k] = String(v);
+  for (const [k, v] of Object.entries(list ?? {})) out[k] = canonicalQuantity(v);
   return out;
 }

@@ -70,3 +70,43 @@ export function assertValidAgainstSchema(obj: { apiVersion: string; kind: string
     assert.fail(`${obj.kind} ${obj.metadata?.name}: ${(err as Error).message}`);
   }
 }
+
+// Expected values are what kube-apiserver stores for a container's resources, where it
+// rewrites the input; test/operator/builders-server.test.ts checks the table on a real server.
+export const QUANTITY_CASES: [string | number, string][] = [
+  ['100m', '100m'],
+  ['0.5', '500m'],
+  [0.5, '500m'],
+  [1, '1'],
+  ['1000m', '1'],
+  ['1500m', '1500m'],
+  ['1.5', '1500m'],
+  ['2', '2'],
+  ['100', '100'],
+  ['12000', '12k'],
+  ['0.1m', '1m'],
+  ['0.0000000001', '1m'],
+  ['128Mi', '128Mi'],
+  ['1024Mi', '1Gi'],
+  ['1536Mi', '1536Mi'],
+  ['0.5Gi', '512Mi'],
+  ['1.5Gi', '1536Mi'],
+  ['0.5Ki', '512'],
+  ['1000Ki', '1000Ki'],
+  ['2048', '2048'],
+  ['1e3', '1e3'],
+  ['1.5e3', '1500'],
+  ['1G', '1G'],
+  ['1000M', '1G'],
+  ['0', '0'],
+  ['0Mi', '0'],
+  ['+2', '2'],
+  ['01', '1'],
+  ['1E3', '1e3'],
+  ['1e-3', '1e-3'],
+  ['100e-2', '1'],
+  ['5.5Gi', '5632Mi'],
+  ['1024Ki', '1Mi'],
+  ['0.5Mi', '512Ki'],
+  ['+1Gi', '1Gi'],
+];

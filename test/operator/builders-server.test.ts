@@ -24,6 +24,7 @@ import { buildChildren } from '../../operator/builders/children.js';
 import { buildGeneratedUserSecret, generatePassword } from '../../operator/builders/credentials.js';
 import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim.js';
 import { buildUsersSecret } from '../../operator/builders/users.js';
+import { QUANTITY_CASES } from '../../operator/builders/testkit.js';
 
 interface Obj {
   apiVersion: string;
@@ -103,4 +104,32 @@ describe('built children on a real API server', () => {
       }
     });
   }
+
+  test('user-written quantities (cpu 0.5, memory 1024Mi) reach the Deployment in the form the server stores', async () => {
+    const relay = exampleRelays()[0]!;
+    relay.spec.resources = { requests: { cpu: '0.5', memory: '0.5Gi' }, limits: { cpu: 1.5, memory: '1024Mi' } };
+    const d = buildChildren(relay, { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
+    const stored = await kube.request<any>('POST', collectionPath(d as Obj), { body: d, query: { dryRun: 'All', fieldValidation: 'Strict' } });
+    const { metadata, ...rest } = d as unknown as Obj & Record<string, unknown>;
+    const { metadata: _m, ...storedRest } = stored as { metadata: unknown };
+    assert.deepEqual(stored.spec.template.spec.containers[0].resources, { requests: { cpu: '500m', memory: '512Mi' }, limits: { cpu: '1500m', memory: '1Gi' } });
+    assert.ok(isSubset(rest, storedRest), 'the applier sees no difference');
+  });
+
+  test('canonicalQuantity agrees with the API server on every case of its table', async () => {
+    // Sent as written, the server either keeps a quantity or rewrites it to our canonical form;
+    // our canonical form it always keeps (so an applied Deployment is stored as sent).
+    const inputs = QUANTITY_CASES.flatMap(([q, want]) => [q, want]);
+    const containers = inputs.map((q, i) => ({ name: `c${i}`, image: 'x', resources: { requests: { cpu: q, memory: q } } }));
+    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'quantities', namespace: 'mail' }, spec: { containers } };
+    const stored = await kube.request<any>('POST', '/api/v1/namespaces/mail/pods', { body: pod, query: { dryRun: 'All' } });
+    stored.spec.containers.forEach((c: any, i: number) => {
+      const sent = String(inputs[i]);
+      const want = QUANTITY_CASES[Math.floor(i / 2)]![1];
+      for (const got of [c.resources.requests.cpu, c.resources.requests.memory]) {
+        if (i % 2 === 1) assert.equal(got, sent, `the canonical ${sent} is stored unchanged`);
+        else if (got !== sent) assert.equal(got, want, `${sent} is stored as ${got}`);
+      }
+    });
+  });
 });
