@@ -92,6 +92,8 @@ export class Relay {
   private certificate: LoadedCertificate;
   private readonly servers: { listener: ListenerSettings; server: SMTPServer }[] = [];
   private readonly perIp = new Map<string, number>();
+  /** TCP connections per client address on implicit-TLS listeners, handshakes included. */
+  private readonly tcpPerIp = new Map<string, number>();
   private total = 0;
   private readonly sessions = new Map<string, SessionState>();
   private draining = false;
@@ -206,7 +208,9 @@ export class Relay {
    * so a client outside the allow-list could make the relay pay for a handshake (and hold
    * a pending-handshake slot) before being told 554. Such a client is dropped as soon as
    * TCP is accepted instead, unless it is a trusted PROXY peer (then the address that
-   * counts is in the header, and onConnect checks it).
+   * counts is in the header, and onConnect checks it). For the same reason the per-IP
+   * connection limit is applied here too, to TCP connections still in their handshake:
+   * else one allowed address could fill every pending-handshake slot (maxClients).
    */
   private refuseBeforeHandshake(listener: ListenerSettings, server: SMTPServer): void {
     const tcp = server.server;
@@ -224,6 +228,23 @@ export class Relay {
           'client address not allowed (dropped before the TLS handshake)',
         );
         return;
+      }
+      if (!this.trustedProxies.has(peer)) {
+        const ip = canonicalIp(peer ?? '');
+        const n = this.tcpPerIp.get(ip) ?? 0;
+        if (n >= this.settings.limits.maxConnectionsPerIp) {
+          socket.on('error', () => undefined);
+          socket.destroy();
+          this.refuse(listener.name, 'too_many_connections_per_ip', 421, '');
+          this.logger.warn({ event: 'connection_refused', listener: listener.name, clientIp: ip, reason: 'too_many_connections_per_ip' }, 'per-IP connection limit reached (before the TLS handshake)');
+          return;
+        }
+        this.tcpPerIp.set(ip, n + 1);
+        socket.once('close', () => {
+          const left = (this.tcpPerIp.get(ip) ?? 1) - 1;
+          if (left <= 0) this.tcpPerIp.delete(ip);
+          else this.tcpPerIp.set(ip, left);
+        });
       }
       for (const handler of accept) handler.call(tcp, socket);
     });

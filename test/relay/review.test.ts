@@ -222,3 +222,29 @@ describe('implicit-TLS listener allow-list', () => {
     assert.ok(direct.handshake && /^220 /.test(direct.reply ?? ''), JSON.stringify(direct));
   });
 });
+
+describe('implicit-TLS pending handshakes', () => {
+  test('one address cannot fill every pending-handshake slot: the per-IP limit covers handshakes too', async () => {
+    // harness limits: maxConnections 200, maxConnectionsPerIp 50. 220 silent TCP
+    // connections from one address would otherwise take all of smtp-server's pending slots.
+    const sockets: net.Socket[] = [];
+    const refused0 = await relay.metric('smtp_relay_connections_total', { listener: 'submissions', reason: 'too_many_connections_per_ip' });
+    try {
+      for (let i = 0; i < 220; i++) {
+        const s = net.connect({ host: '127.0.0.1', port: relay.ports.submissions, localAddress: '127.0.0.3' });
+        s.on('error', () => undefined);
+        sockets.push(s);
+        if (i % 50 === 49) await new Promise((r) => setTimeout(r, 50));
+      }
+      await Promise.all(sockets.map((s) => new Promise((r) => (s.connecting ? s.once('connect', r).once('close', r) : r(null)))));
+      await new Promise((r) => setTimeout(r, 300));
+      const open = sockets.filter((s) => !s.destroyed && !s.readableEnded).length;
+      assert.ok(open <= 50 + 5, `at most the per-IP limit held open, got ${open}`);
+      assert.ok((await relay.metric('smtp_relay_connections_total', { listener: 'submissions', reason: 'too_many_connections_per_ip' })) - refused0 >= 150);
+      const other = await implicitTls('127.0.0.1');
+      assert.ok(other.handshake && /^220 /.test(other.reply ?? ''), `another client is served: ${JSON.stringify(other)}`);
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+  });
+});
