@@ -90,10 +90,18 @@ export class LeaderElector {
   private async tick(): Promise<void> {
     if (this.stopped) return;
     let ok = false;
+    // A renewal must not outlive the renew deadline: a request hanging on a dead
+    // connection would otherwise keep us "leading" (and reconciling) after the
+    // Lease expired and another replica took over.
+    const abort = new AbortController();
+    const budget = this.leading ? this.lastRenew + this.o.renewDeadlineMs - this.clock.now() : this.o.renewDeadlineMs;
+    const cancelTimeout = this.clock.setTimer(() => abort.abort(), Math.max(1, budget));
     try {
-      ok = await this.tryAcquireOrRenew();
+      ok = await this.tryAcquireOrRenew(abort.signal);
     } catch (err) {
-      this.o.log?.('lease update failed', { err: String(err) });
+      this.o.log?.('lease update failed', { err: abort.signal.aborted ? 'timed out' : String(err) });
+    } finally {
+      cancelTimeout();
     }
     if (this.stopped) return;
     const now = this.clock.now();
@@ -103,7 +111,7 @@ export class LeaderElector {
         this.leading = true;
         this.o.onStartedLeading();
       }
-    } else if (this.leading && now - this.lastRenew >= this.o.renewDeadlineMs) {
+    } else if (this.leading && (abort.signal.aborted || now - this.lastRenew >= this.o.renewDeadlineMs)) {
       this.leading = false;
       this.stopped = true;
       this.o.onStoppedLeading();
@@ -115,9 +123,15 @@ export class LeaderElector {
   }
 
   /** One round: true when we hold the Lease afterwards. */
-  async tryAcquireOrRenew(): Promise<boolean> {
+  async tryAcquireOrRenew(signal?: AbortSignal): Promise<boolean> {
     const now = this.clock.now();
-    const lease = await this.o.kube.getOrUndefined<Lease>(this.path());
+    const opts = signal ? { signal } : {};
+    let lease: Lease | undefined;
+    try {
+      lease = await this.o.kube.get<Lease>(this.path(), opts);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
     const mine: LeaseSpec = {
       holderIdentity: this.o.identity,
       leaseDurationSeconds: Math.ceil(this.o.leaseDurationMs / 1000),
@@ -126,6 +140,7 @@ export class LeaderElector {
     if (!lease) {
       try {
         await this.o.kube.request('POST', `/apis/coordination.k8s.io/v1/namespaces/${encodeURIComponent(this.o.namespace)}/leases`, {
+          ...opts,
           body: {
             apiVersion: 'coordination.k8s.io/v1',
             kind: 'Lease',
@@ -153,7 +168,7 @@ export class LeaderElector {
       spec.leaseTransitions = (lease.spec.leaseTransitions ?? 0) + 1;
     }
     try {
-      await this.o.kube.request('PUT', this.path(), { body: { ...lease, spec } });
+      await this.o.kube.request('PUT', this.path(), { ...opts, body: { ...lease, spec } });
     } catch (err) {
       if (isConflict(err)) return false; // another candidate wrote between our read and write
       throw err;
@@ -178,15 +193,21 @@ export class LeaderElector {
     this.cancelTimer?.();
     if (!this.leading) return;
     this.leading = false;
+    // Best effort, bounded: a shutdown must not wait on a hung API server.
+    const abort = new AbortController();
+    const cancelTimeout = this.clock.setTimer(() => abort.abort(), this.o.renewDeadlineMs);
     try {
-      const lease = await this.o.kube.getOrUndefined<Lease>(this.path());
-      if (!lease || lease.spec.holderIdentity !== this.o.identity) return;
+      const lease = await this.o.kube.get<Lease>(this.path(), { signal: abort.signal });
+      if (lease.spec.holderIdentity !== this.o.identity) return;
       const now = this.clock.now();
       await this.o.kube.request('PUT', this.path(), {
+        signal: abort.signal,
         body: { ...lease, spec: { ...lease.spec, holderIdentity: null, leaseDurationSeconds: 1, renewTime: microTime(now), acquireTime: microTime(now) } },
       });
     } catch (err) {
-      if (!isNotFound(err)) this.o.log?.('lease release failed', { err: String(err) });
+      if (!isNotFound(err)) this.o.log?.('lease release failed', { err: abort.signal.aborted ? 'timed out' : String(err) });
+    } finally {
+      cancelTimeout();
     }
   }
 }
