@@ -15,7 +15,7 @@ import { Applier } from './runtime/apply.js';
 import { realClock, type Clock } from './runtime/clock.js';
 import { EventRecorder } from './runtime/events.js';
 import { InformerGroup } from './runtime/informer.js';
-import { type Kube, type KubeObject, isNotFound, keyOf } from './runtime/kube.js';
+import { type Kube, type KubeObject, type Resource, apiVersionOf, isNotFound, keyOf } from './runtime/kube.js';
 import { LeaderElector } from './runtime/leader.js';
 import { WorkQueue } from './runtime/queue.js';
 import { CORE_CHILD_RESOURCES, Certificates, SmtpRelays, Secrets, ServiceMonitors } from './runtime/resources.js';
@@ -44,6 +44,8 @@ export interface OperatorConfig {
   hasher?: PasswordHasher;
   /** Informer watchdog: relist after this much silence. */
   watchdogMs?: number;
+  /** How often to look again for optional APIs (cert-manager, ServiceMonitor) not served at start. Default 60 s. */
+  discoveryIntervalMs?: number;
   /** Called when leadership is lost; default exits the process with status 1. */
   onLostLeadership?: () => void;
 }
@@ -135,6 +137,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
   const groups: InformerGroup<KubeObject>[] = [];
   let elector: LeaderElector | undefined;
   let server: Server | undefined;
+  let cancelDiscovery: (() => void) | undefined;
 
   const health = {
     live: () => true,
@@ -165,7 +168,8 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     const childResources = [...CORE_CHILD_RESOURCES];
     if (features.certManager) childResources.push(Certificates);
     if (features.serviceMonitor) childResources.push(ServiceMonitors);
-    for (const r of childResources) children.set(r.kind, new InformerGroup<KubeObject>(namespaces, { ...informerOpts, resource: r, labelSelector: selector }));
+    const childGroup = (r: Resource) => new InformerGroup<KubeObject>(namespaces, { ...informerOpts, resource: r, labelSelector: selector });
+    for (const r of childResources) children.set(r.kind, childGroup(r));
     // Memory: Secrets we own (labelled) are cached whole; for every other Secret
     // only PartialObjectMetadata is cached (a few hundred bytes each, managedFields
     // and annotations dropped, which may hold kubectl's last-applied copy of the
@@ -228,7 +232,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       const k = ownerKey(o);
       if (k) q.add(k);
     };
-    for (const g of children.values()) {
+    const watchChildren = (g: InformerGroup<KubeObject>) =>
       g.on({
         add: toOwner,
         update: (a, b) => {
@@ -236,7 +240,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
         },
         delete: toOwner,
       });
-    }
+    for (const g of children.values()) watchChildren(g);
     const toReaders = (o: KubeObject) => {
       for (const k of index.relaysFor(keyOf(o))) q.add(k);
     };
@@ -255,6 +259,35 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     q.start();
     running = true;
     for (const w of runningWaiters.splice(0)) w();
+
+    // cert-manager or prometheus-operator installed after we started: look again
+    // now and then; once served, watch the kind and reconcile every relay (their
+    // conditions said the API was missing).
+    const optional = [
+      { feature: 'certManager' as const, resource: Certificates },
+      { feature: 'serviceMonitor' as const, resource: ServiceMonitors },
+    ];
+    const rediscover = async () => {
+      for (const o of optional) {
+        if (features[o.feature] || stopped) continue;
+        if (!(await served(kube, apiVersionOf(o.resource), o.resource.plural).catch(() => false))) continue;
+        const g = childGroup(o.resource);
+        watchChildren(g);
+        groups.push(g);
+        g.start();
+        await g.waitForSync();
+        if (stopped) return;
+        children.set(o.resource.kind, g);
+        features[o.feature] = true;
+        log.info({ kind: o.resource.kind, features }, 'API now served; watching it');
+        for (const r of relays.list()) q.add(keyOf(r));
+      }
+    };
+    const again = () => {
+      if (stopped || (features.certManager && features.serviceMonitor)) return;
+      cancelDiscovery = clock.setTimer(() => void rediscover().finally(again), cfg.discoveryIntervalMs ?? 60_000);
+    };
+    again();
   }
 
   const begin = () =>
@@ -302,6 +335,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       if (stopped) return;
       stopped = true;
       log.info('stopping');
+      cancelDiscovery?.();
       await queue?.shutdown();
       await Promise.all(groups.map((g) => g.stop()));
       await elector?.release();
