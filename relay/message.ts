@@ -1,12 +1,19 @@
 // What the relay reads from and adds to a message: the From: header addresses
-// (parsed with mailsplit's header parser and nodemailer's address parser) and
-// the Received: trace header (RFC 5321 section 4.4).
+// (fields split and unfolded in linear time, addresses parsed with nodemailer's
+// address parser) and the Received: trace header (RFC 5321 section 4.4).
 
 import { Headers } from 'mailsplit';
 import addressparser from 'nodemailer/lib/addressparser';
+import { fromFieldValues } from './dkim.js';
 
 /** Text shaped like local@domain, for the display-name and comment check of From:. */
 const ADDRESS_LIKE = /[^\s<>"'(),;:[\]\\]+@[^\s<>"'(),;:[\]\\]+/g;
+
+/** Longest From: content (all From fields, unfolded) the relay reads; real ones are far shorter. */
+export const MAX_FROM_LENGTH = 16 * 1024;
+
+/** libmime's RFC 2047 decoder, from the instance mailsplit carries. */
+const mime = new Headers(Buffer.alloc(0)).libmime;
 
 /** The header block: everything up to and including the first empty line. */
 export function headerBlock(message: Buffer): Buffer {
@@ -19,21 +26,23 @@ export function headerBlock(message: Buffer): Buffer {
  * sent and with RFC 2047 encoded-words decoded, and the addresses of both readings
  * are returned: an encoded-word that decodes to quotes or brackets must not be able
  * to hide an address from the check that a mail reader would still show. Returns
- * null when the header is missing or a reading holds no usable mailbox.
+ * null when the header is missing, longer than MAX_FROM_LENGTH, or a reading holds
+ * no usable mailbox.
+ *
+ * The fields are split with dkim.ts's linear unfolding, not mailsplit's Headers: that
+ * one joins continuation lines in quadratic time (a 300 KB header block of short folded
+ * lines blocked the event loop for seconds) and drops a first line "From ..." as mbox.
  */
 export function fromAddresses(message: Buffer): string[] | null {
   const block = headerBlock(message);
-  // mailsplit drops a first line starting with "From " (mbox) or "POST " without a trace,
-  // yet "From : ceo@..." (space before the colon, RFC 5322 obsolete syntax) is a From
-  // field to other parsers: refuse instead of checking only the fields after it.
+  // a first line "From ..." or "POST ...": an mbox or HTTP line, not a message
   if (/^(from|post)[ \t]/i.test(block.subarray(0, 5).toString('latin1'))) return null;
-  const headers = new Headers(block);
-  const raw = headers.get('from').map((line) => line.replace(/\r?\n/g, '').replace(/^[^:]*:/, ''));
+  const raw = fromFieldValues(block);
   if (raw.length === 0) return null;
-  // (getDecoded only unfolds: it does not decode encoded-words)
+  if (raw.reduce((n, v) => n + v.length, 0) > MAX_FROM_LENGTH) return null;
   const decoded = raw.map((v) => {
     try {
-      return headers.libmime.decodeWords(v);
+      return mime.decodeWords(v);
     } catch {
       return v;
     }

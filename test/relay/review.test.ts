@@ -30,6 +30,7 @@ before(async () => {
     // 127.0.0.0-3 allowed; 127.0.0.6 is a trusted PROXY peer but not itself allowed
     access: '  allowedCidrs: ["127.0.0.0/30", "::1/128"]\n  proxyProtocol: {trustedCidrs: ["127.0.0.6/32"]}',
     lockout: '{maxFailures: 3, window: 10m, duration: 15m}',
+    limits: '{maxMessageSize: 1Mi, maxRecipients: 5, maxConnections: 200, maxConnectionsPerIp: 50, idleTimeout: 30s}',
   });
 });
 
@@ -246,5 +247,29 @@ describe('implicit-TLS pending handshakes', () => {
     } finally {
       for (const s of sockets) s.destroy();
     }
+  });
+});
+
+describe('header parsing cost', () => {
+  test('a header block of many folded lines is parsed in linear time (the relay does not stall)', async () => {
+    const before = sink.messages.length;
+    const c = await authed();
+    // ~300 KB of continuation lines in one unrelated field, then a valid From
+    const bigField = 'From: alice@example.com\r\nX-Big: a' + '\r\n a'.repeat(75_000) + '\r\nSubject: big\r\n\r\nbody\r\n';
+    let t = performance.now();
+    const r1 = await send(c, 'alice@example.com', bigField);
+    const ms1 = performance.now() - t;
+    assert.equal(r1?.code, 250, r1?.text);
+    // ~250 KB of From: field, folded into 12,000 lines
+    const bigFrom = 'From: alice@example.com' + ',\r\n alice@example.com'.repeat(12_000) + '\r\n\r\nbody\r\n';
+    t = performance.now();
+    const r2 = await send(c, 'alice@example.com', bigFrom);
+    const ms2 = performance.now() - t;
+    assert.equal(r2?.code, 550, r2?.text);
+    assert.match(r2!.text, /From/);
+    console.log(`# 300 KB folded header: ${ms1.toFixed(0)} ms; 250 KB From field: ${ms2.toFixed(0)} ms`);
+    assert.ok(ms1 < 3000 && ms2 < 3000, `answered in ${ms1.toFixed(0)} ms and ${ms2.toFixed(0)} ms`);
+    c.close();
+    await sink.waitForMessages(before + 1);
   });
 });
