@@ -424,3 +424,16 @@ test('an existing object the relay does not own (a user Secret and ConfigMap wit
   assert.equal(users.type, 'Opaque');
   assert.equal(users.metadata.ownerReferences?.[0]?.controller, true);
 });
+
+test('a child the relay no longer wants (its Certificate, after switching to spec.tls.secretName) is deleted', async () => {
+  const ns = 'prune';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'p'));
+  const certPath = `/apis/cert-manager.io/v1/namespaces/${ns}/certificates/p-tls`;
+  await eventually('the Certificate', () => get(kube, certPath));
+  await kube.request('PATCH', resourcePath(SmtpRelays, ns, 'p'), { contentType: 'application/merge-patch+json', body: { spec: { tls: { issuerRef: null, secretName: 'p-own-tls' } } } });
+  await eventually('the Certificate to be deleted', async () => (await get(kube, certPath)) === undefined);
+  await eventually('CertificateReady about the given Secret', async () => condition(await getRelay(kube, ns, 'p'), 'CertificateReady')?.reason === 'TlsSecretNotFound');
+  assert.ok(await get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/p`), 'the other children stay');
+});

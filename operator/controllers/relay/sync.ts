@@ -6,7 +6,9 @@
 import { ConditionType, Reason } from '../../api/v1alpha1.js';
 import { buildChildren } from '../../builders/children.js';
 import { childNames } from '../../builders/meta.js';
-import { applyChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+import { isNotFound, resourcePath } from '../../runtime/kube.js';
+import { resourceForKind } from '../../runtime/resources.js';
+import { applyChild, cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
 
 export const CONTROLLER = 'relay';
 
@@ -42,6 +44,29 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
     } catch (err) {
       errors.push(err instanceof Error ? err : new Error(String(err)));
       failed.push(`${child.kind} ${child.metadata?.name}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  // Optional children this relay no longer wants (spec.tls switched to secretName,
+  // the ServiceMonitor disabled): delete ours, or cert-manager keeps issuing and
+  // Prometheus keeps scraping for nothing. Secrets are never pruned (keys, passwords).
+  const wanted = new Set(children.map((c) => `${c.kind}/${c.metadata.name}`));
+  for (const [kind, name] of [
+    ['Certificate', names.certificate],
+    ['ServiceMonitor', names.serviceMonitor],
+  ] as const) {
+    const cached = cachedChild(ctx, kind, relay.metadata.namespace, name);
+    if (wanted.has(`${kind}/${name}`) || !cached) continue;
+    if (cached.metadata?.ownerReferences?.find((r) => r.controller)?.uid !== relay.metadata.uid) continue;
+    try {
+      await ctx.kube.request('DELETE', resourcePath(resourceForKind(kind)!, relay.metadata.namespace, name), {
+        body: { preconditions: { uid: cached.metadata?.uid } },
+      });
+      ctx.metrics.applyTotal.inc({ kind, outcome: 'deleted' });
+      st.log.info({ kind, child: name }, 'child no longer wanted; deleted');
+    } catch (err) {
+      if (isNotFound(err)) continue;
+      errors.push(err instanceof Error ? err : new Error(String(err)));
+      failed.push(`${kind} ${name} (delete): ${err instanceof Error ? err.message : String(err)}`);
     }
   }
   if (failed.length === 0) {
