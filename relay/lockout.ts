@@ -11,6 +11,18 @@ interface Entry {
 /** Bound on tracked keys so an attacker rotating usernames cannot grow memory without limit. */
 const MAX_KEYS = 100_000;
 
+/** The users file allows names up to this length (relay/users.ts). */
+export const MAX_USERNAME_LENGTH = 256;
+
+/**
+ * The lockout key of a username. An AUTH line may carry a username of ~12 KB; longer
+ * than any user can have, such names share one key, so MAX_KEYS entries stay a few
+ * hundred bytes each instead of up to 12 KB (over a gigabyte when full).
+ */
+export function userLockoutKey(username: string): string {
+  return username.length > MAX_USERNAME_LENGTH ? 'user:(overlong)' : `user:${username}`;
+}
+
 export class Lockout {
   private readonly entries = new Map<string, Entry>();
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CidrSet, canonicalIp } from './access.js';
-import { Lockout, RateLimiter } from './lockout.js';
+import { Lockout, MAX_USERNAME_LENGTH, RateLimiter, userLockoutKey } from './lockout.js';
 import { fromAddresses, receivedHeader } from './message.js';
 import { dummyHash, hashPassword, parseHash, verifyPassword } from './password.js';
 import { parseSenderPattern, senderAllowed, type SenderPattern } from './senders.js';
@@ -87,6 +87,13 @@ describe('lockout', () => {
     assert.ok(l.lockedFor('ip:1') > 0);
     now = 5900;
     assert.equal(l.lockedFor('ip:1'), 0, 'lockout ends after the duration');
+  });
+
+  test('lockout keys of usernames are bounded in length', () => {
+    assert.equal(userLockoutKey('alice'), 'user:alice');
+    const longest = 'a'.repeat(MAX_USERNAME_LENGTH);
+    assert.equal(userLockoutKey(longest), `user:${longest}`, 'a name the users file allows keeps its own key');
+    for (const n of [MAX_USERNAME_LENGTH + 1, 12_000]) assert.ok(userLockoutKey('x'.repeat(n)).length <= MAX_USERNAME_LENGTH + 5, `${n} characters`);
   });
 
   test('failures outside the window do not add up; success clears', () => {

@@ -10,7 +10,7 @@ import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type
 import { CidrSet, canonicalIp } from './access.js';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
 import type { ListenerSettings, RelaySettings } from './config.js';
-import { Lockout, RateLimiter } from './lockout.js';
+import { Lockout, RateLimiter, userLockoutKey } from './lockout.js';
 import { fromAddresses, receivedHeader } from './message.js';
 import type { Metrics } from './metrics.js';
 import { dummyHash, verifyPassword, type ParsedHash } from './password.js';
@@ -332,7 +332,7 @@ export class Relay {
     }
     const username = auth.username ?? '';
     const ipKey = `ip:${state.ip}`;
-    const userKey = `user:${username}`;
+    const userKey = userLockoutKey(username);
     const known = this.users.get(username);
     const logUser = known ? username : '(unknown user)';
     const locked = Math.max(this.lockout.lockedFor(ipKey), this.lockout.lockedFor(userKey));

@@ -2,6 +2,7 @@
 
 import fs from 'node:fs';
 import { parseYamlDocument } from './config.js';
+import { MAX_USERNAME_LENGTH } from './lockout.js';
 import { parseHash, type ParsedHash } from './password.js';
 import { parseSenderPattern, type SenderPattern } from './senders.js';
 import { Checker, ValidationError, join, show } from './validate.js';
@@ -26,7 +27,7 @@ export function validateUsers(doc: unknown, file: string): UserTable {
     if (!o) return;
     const name = o.name === undefined ? undefined : c.string(join(p, 'name'), o.name);
     if (name !== undefined) {
-      if (/[\x00-\x20\x7f]/.test(name) || name.length > 256) c.fail(join(p, 'name'), `${show(name)} must have no spaces or control characters (max 256)`);
+      if (/[\x00-\x20\x7f]/.test(name) || name.length > MAX_USERNAME_LENGTH) c.fail(join(p, 'name'), `${show(name)} must have no spaces or control characters (max 256)`);
       else if (users.has(name)) c.fail(join(p, 'name'), `${show(name)} is listed twice`);
     }
     let hash: ParsedHash | undefined;
