@@ -4,7 +4,6 @@
 
 import { Headers } from 'mailsplit';
 import addressparser from 'nodemailer/lib/addressparser';
-import { fromFieldValues } from './dkim.js';
 
 /** Text shaped like local@domain, for the display-name and comment check of From:. */
 const ADDRESS_LIKE = /[^\s<>"'(),;:[\]\\]+@[^\s<>"'(),;:[\]\\]+/g;
@@ -21,25 +20,34 @@ export function headerBlock(message: Buffer): Buffer {
   return end === -1 ? message : message.subarray(0, end + 2);
 }
 
+/** Longest content of the checked fields (all of one kind, unfolded) the relay reads. */
+const MAX_FIELDS_LENGTH = MAX_FROM_LENGTH;
+
 /**
- * All addresses in all From: headers, lower-cased. Each header is parsed twice, as
- * sent and with RFC 2047 encoded-words decoded, and the addresses of both readings
- * are returned: an encoded-word that decodes to quotes or brackets must not be able
- * to hide an address from the check that a mail reader would still show. Returns
- * null when the header is missing, longer than MAX_FROM_LENGTH, or a reading holds
- * no usable mailbox.
- *
- * The fields are split with dkim.ts's linear unfolding, not mailsplit's Headers: that
- * one joins continuation lines in quadratic time (a 300 KB header block of short folded
- * lines blocked the event loop for seconds) and drops a first line "From ..." as mbox.
+ * Values of every header field named in `names` (lower case), unfolded, decoded as
+ * UTF-8, in linear time: not mailsplit's Headers, which joins continuation lines in
+ * quadratic time (a 300 KB header block of short folded lines blocked the event loop
+ * for seconds) and drops a first line "From ..." as mbox. "From :" (obsolete syntax,
+ * space before the colon) counts as a From field, as other parsers read it.
  */
-export function fromAddresses(message: Buffer): string[] | null {
-  const block = headerBlock(message);
-  // a first line "From ..." or "POST ...": an mbox or HTTP line, not a message
-  if (/^(from|post)[ \t]/i.test(block.subarray(0, 5).toString('latin1'))) return null;
-  const raw = fromFieldValues(block);
-  if (raw.length === 0) return null;
-  if (raw.reduce((n, v) => n + v.length, 0) > MAX_FROM_LENGTH) return null;
+function fieldValues(block: Buffer, names: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  for (const line of block.toString('latin1').replace(/\r\n(?=[ \t])/g, '').split('\r\n')) {
+    const m = /^([^:\s]+)[ \t]*:(.*)$/s.exec(line);
+    if (m && names.has(m[1]!.toLowerCase())) out.push(Buffer.from(m[2]!, 'latin1').toString('utf8'));
+  }
+  return out;
+}
+
+/**
+ * The addresses in field values, lower-cased. Each value is parsed twice, as sent and
+ * with RFC 2047 encoded-words decoded, and the addresses of both readings are returned:
+ * an encoded-word that decodes to quotes or brackets must not be able to hide an address
+ * that a mail reader would still show. Null when the values are too long or a reading
+ * holds no usable mailbox.
+ */
+function addressesIn(raw: string[]): string[] | null {
+  if (raw.reduce((n, v) => n + v.length, 0) > MAX_FIELDS_LENGTH) return null;
   const decoded = raw.map((v) => {
     try {
       return mime.decodeWords(v);
@@ -63,6 +71,32 @@ export function fromAddresses(message: Buffer): string[] | null {
     for (const m of value.matchAll(ADDRESS_LIKE)) out.add(m[0].replace(/\.+$/, '').toLowerCase());
   }
   return [...out];
+}
+
+const FROM = new Set(['from']);
+/** Other originator fields (RFC 5322 3.6.2, 3.6.6) that readers show as who sent the message. */
+const OTHER_ORIGINATORS = new Set(['sender', 'resent-from', 'resent-sender']);
+
+/**
+ * All addresses in all From: fields (see addressesIn). Null when there is no From:
+ * field, its content is longer than MAX_FROM_LENGTH, a reading holds no usable mailbox,
+ * or the message starts with a line "From ..." or "POST ..." (mbox/HTTP, not a header).
+ */
+export function fromAddresses(message: Buffer): string[] | null {
+  const block = headerBlock(message);
+  if (/^(from|post)[ \t]/i.test(block.subarray(0, 5).toString('latin1'))) return null;
+  const raw = fieldValues(block, FROM);
+  return raw.length === 0 ? null : addressesIn(raw);
+}
+
+/**
+ * All addresses in Sender:, Resent-From: and Resent-Sender: fields ([] when there are
+ * none; null when one holds no usable mailbox or they are too long). Outlook shows
+ * "<Sender> on behalf of <From>", so these are held to the same allowed senders.
+ */
+export function otherOriginatorAddresses(message: Buffer): string[] | null {
+  const raw = fieldValues(headerBlock(message), OTHER_ORIGINATORS);
+  return raw.length === 0 ? [] : addressesIn(raw);
 }
 
 export interface TraceInfo {

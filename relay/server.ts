@@ -11,7 +11,7 @@ import { CidrSet, canonicalIp } from './access.js';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
 import type { ListenerSettings, RelaySettings } from './config.js';
 import { Lockout, RateLimiter, userLockoutKey } from './lockout.js';
-import { fromAddresses, receivedHeader } from './message.js';
+import { fromAddresses, otherOriginatorAddresses, receivedHeader } from './message.js';
 import type { Metrics } from './metrics.js';
 import { dummyHash, verifyPassword, type ParsedHash } from './password.js';
 import { senderAllowed } from './senders.js';
@@ -495,6 +495,11 @@ export class Relay {
     const bad = from!.find((a) => !senderAllowed(a, user!.allowedSenders));
     if (bad !== undefined) {
       refuse('sender_not_allowed', 550, `5.7.1 From: address not allowed for user ${user!.name}`);
+    }
+    const others = otherOriginatorAddresses(body);
+    if (!others) refuse('bad_from_header', 550, '5.6.0 Message refused: Sender:/Resent-From:/Resent-Sender: header without a valid address');
+    if (others!.some((a) => !senderAllowed(a, user!.allowedSenders))) {
+      refuse('sender_not_allowed', 550, `5.7.1 Sender:/Resent-From:/Resent-Sender: address not allowed for user ${user!.name}`);
     }
     if (user!.rateLimit) {
       // MAIL FROM checked the limit, but parallel sessions all pass that check before any

@@ -273,3 +273,26 @@ describe('header parsing cost', () => {
     await sink.waitForMessages(before + 1);
   });
 });
+
+describe('other originator fields', () => {
+  test('Sender:, Resent-From: and Resent-Sender: are held to the allowed senders too', async () => {
+    const before = sink.messages.length;
+    const c = await authed();
+    const refused = [
+      // Outlook shows "ceo@bank.example on behalf of alice@example.com"
+      'From: alice@example.com\r\nSender: ceo@bank.example\r\n\r\nx\r\n',
+      'From: alice@example.com\r\nResent-From: CEO <ceo@bank.example>\r\n\r\nx\r\n',
+      'From: alice@example.com\r\nresent-sender:\r\n ceo@bank.example\r\n\r\nx\r\n',
+      'From: alice@example.com\r\nSender: nobody\r\n\r\nx\r\n',
+    ];
+    for (const v of refused) {
+      const r = await send(c, 'alice@example.com', v);
+      assert.equal(r?.code, 550, `${JSON.stringify(v)} -> ${r?.text}`);
+    }
+    const ok = await send(c, 'alice@example.com', 'From: Alice <alice@example.com>\r\nSender: alice@example.com\r\nReply-To: help@elsewhere.example\r\n\r\nx\r\n');
+    assert.equal(ok?.code, 250, ok?.text);
+    c.close();
+    await sink.waitForMessages(before + 1);
+    assert.equal(sink.messages.length, before + 1);
+  });
+});
