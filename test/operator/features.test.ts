@@ -50,3 +50,19 @@ test('without cert-manager an issuerRef is CertificateReady=False saying so; ins
   });
   assert.equal(op.isLeader(), true);
 });
+
+test('a ServiceMonitor asked for without its CRD is explained in Reconciled and a Warning Event', async () => {
+  const ns = 'nosm';
+  await createNamespace(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'relay', { metrics: { serviceMonitor: { enabled: true } } }));
+  const r = await eventually('Reconciled', async () => {
+    const r = await getRelay(kube, ns, 'relay');
+    return condition(r, 'Reconciled') ? r : undefined;
+  });
+  assert.equal(condition(r, 'Reconciled')?.status, 'True', 'the relay itself is fine');
+  assert.match(condition(r, 'Reconciled')?.message ?? '', /no ServiceMonitor: .*ServiceMonitor API is not served: install the prometheus-operator CRDs/);
+  await eventually('the Warning Event', async () => {
+    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/events`);
+    return list.items.some((e: any) => e.type === 'Warning' && e.reason === 'ServiceMonitorUnavailable');
+  });
+});

@@ -70,7 +70,11 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
     }
   }
   if (failed.length === 0) {
-    decide(st, ConditionType.Reconciled, 'True', Reason.Applied, `${applied} child objects up to date`);
+    // The relay works without it, but the user asked for one: say why there is none.
+    const noServiceMonitor = relay.spec.metrics.serviceMonitor.enabled && !ctx.features.serviceMonitor;
+    const why = 'spec.metrics.serviceMonitor.enabled is set, but the monitoring.coreos.com/v1 ServiceMonitor API is not served: install the prometheus-operator CRDs';
+    decide(st, ConditionType.Reconciled, 'True', Reason.Applied, `${applied} child objects up to date${noServiceMonitor ? `; no ServiceMonitor: ${why}` : ''}`);
+    if (noServiceMonitor) await ctx.events.warning(relay, 'ServiceMonitorUnavailable', why);
   } else {
     decide(st, ConditionType.Reconciled, 'False', Reason.ApplyFailed, `could not apply ${failed.join('; ')}`.slice(0, 2000));
     await ctx.events.warning(relay, Reason.ApplyFailed, `could not apply ${failed.map((f) => f.split(':')[0]).join(', ')}; see the operator log`);
