@@ -9,7 +9,7 @@ interface Entry {
 }
 
 /** Bound on tracked keys so an attacker rotating usernames cannot grow memory without limit. */
-const MAX_KEYS = 100_000;
+export const MAX_KEYS = 100_000;
 
 /** The users file allows names up to this length (relay/users.ts). */
 export const MAX_USERNAME_LENGTH = 256;
@@ -68,13 +68,24 @@ export class Lockout {
     if (e && e.lockedUntil <= this.now()) this.entries.delete(key);
   }
 
+  /**
+   * Makes room: drops what no longer matters, then the oldest entries that only count
+   * failures, and only then the oldest lockouts. Evicting oldest-first regardless would
+   * let a flood of new usernames push a running lockout (the victim's) out of the map.
+   * Prunes down to 90 % so that a full map is not scanned on every new key.
+   */
   private prune(t: number): void {
+    const target = Math.floor(MAX_KEYS * 0.9);
     for (const [k, e] of this.entries) {
       if (e.lockedUntil <= t && e.failures.every((f) => t - f >= this.settings.windowMs)) this.entries.delete(k);
     }
-    // still full: drop the oldest entries (Map keeps insertion order)
+    // Map keeps insertion order: oldest first
+    for (const [k, e] of this.entries) {
+      if (this.entries.size <= target) return;
+      if (e.lockedUntil <= t) this.entries.delete(k);
+    }
     for (const k of this.entries.keys()) {
-      if (this.entries.size < MAX_KEYS) break;
+      if (this.entries.size <= target) return;
       this.entries.delete(k);
     }
   }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CidrSet, canonicalIp } from './access.js';
-import { Lockout, MAX_USERNAME_LENGTH, RateLimiter, userLockoutKey } from './lockout.js';
+import { Lockout, MAX_KEYS, MAX_USERNAME_LENGTH, RateLimiter, userLockoutKey } from './lockout.js';
 import { fromAddresses, receivedHeader } from './message.js';
 import { dummyHash, hashPassword, parseHash, verifyPassword } from './password.js';
 import { parseSenderPattern, senderAllowed, type SenderPattern } from './senders.js';
@@ -87,6 +87,18 @@ describe('lockout', () => {
     assert.ok(l.lockedFor('ip:1') > 0);
     now = 5900;
     assert.equal(l.lockedFor('ip:1'), 0, 'lockout ends after the duration');
+  });
+
+  test('a flood of new keys does not evict a running lockout', () => {
+    let now = 0;
+    const l = new Lockout({ maxFailures: 2, windowMs: 600_000, durationMs: 900_000 }, () => now);
+    l.fail('user:victim');
+    assert.equal(l.fail('user:victim'), true);
+    for (let i = 0; i < MAX_KEYS + 20_000; i++) {
+      now = 1 + Math.floor(i / 1000); // all within the window: nothing expires
+      l.fail(`user:spray-${i}`);
+    }
+    assert.ok(l.lockedFor('user:victim') > 0, 'the victim is still locked out');
   });
 
   test('lockout keys of usernames are bounded in length', () => {
