@@ -331,6 +331,14 @@ export class Relay {
       throw new SmtpError(538, '5.7.11 Encryption required for requested authentication mechanism');
     }
     const username = auth.username ?? '';
+    // RFC 4616: a PLAIN authorization identity other than the login name asks to act as
+    // another user, which nobody may here. (An empty authcid with the name in authzid is
+    // a common client quirk: smtp-server then makes authzid the username, which is fine.)
+    if (auth.authzid && auth.authcid && auth.authzid !== auth.authcid) {
+      this.metrics.authAttempts.inc({ mechanism, result: 'failure' });
+      this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: '(authzid differs)', mechanism }, 'authentication failed');
+      throw new SmtpError(535, '5.7.8 Authentication credentials invalid (authorization identity must be empty or the login name)');
+    }
     const ipKey = `ip:${state.ip}`;
     const userKey = userLockoutKey(username);
     const known = this.users.get(username);

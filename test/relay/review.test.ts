@@ -296,3 +296,24 @@ describe('other originator fields', () => {
     assert.equal(sink.messages.length, before + 1);
   });
 });
+
+describe('AUTH PLAIN authorization identity', () => {
+  test('authzid naming another user is refused; empty or equal authzid works', async () => {
+    const plain = (authzid: string, authcid: string, pass: string) => `AUTH PLAIN ${Buffer.from(`${authzid}\0${authcid}\0${pass}`).toString('base64')}`;
+    const session = async () => {
+      const c = await RawSmtp.connect(relay.ports.submissions, { implicitTls: true, localAddress: '127.0.0.1' });
+      assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+      return c;
+    };
+    let c = await session();
+    const r = await c.cmd(plain(MALLORY.name, ALICE.name, ALICE.password));
+    assert.equal(r?.code, 535, `act as mallory with alice's password: ${r?.text}`);
+    c.close();
+    c = await session();
+    assert.equal((await c.cmd(plain(ALICE.name, ALICE.name, ALICE.password)))?.code, 235);
+    c.close();
+    c = await session();
+    assert.equal((await c.cmd(plain(ALICE.name, '', ALICE.password)))?.code, 235, 'name in authzid only (client quirk)');
+    c.close();
+  });
+});
