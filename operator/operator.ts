@@ -284,7 +284,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       }
     };
     const again = () => {
-      if (stopped || (features.certManager && features.serviceMonitor)) return;
+      if (stopped || !running || (features.certManager && features.serviceMonitor)) return;
       cancelDiscovery = clock.setTimer(() => void rediscover().finally(again), cfg.discoveryIntervalMs ?? 60_000);
     };
     again();
@@ -316,6 +316,10 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       onStoppedLeading: () => {
         metrics.leader.set(0);
         log.error('lost leadership; stopping');
+        // Stop work now, whatever onLostLeadership does: another replica may lead already.
+        running = false;
+        void queue?.shutdown();
+        for (const g of groups) void g.stop();
         (cfg.onLostLeadership ?? (() => process.exit(1)))();
       },
     });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import YAML from 'yaml';
 import { Kube, resourcePath } from '../../operator/runtime/kube.js';
 import { Leases } from '../../operator/runtime/resources.js';
+import { microTime } from '../../operator/runtime/leader.js';
 import type { RunningOperator } from '../../operator/operator.js';
 import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import { condition, createIssuer, lostLeadership, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator, sleep } from './support.js';
@@ -193,4 +194,32 @@ test('the smtp-relay-operator CLI runs with --kubeconfig, leads, and on SIGTERM 
   } finally {
     child.kill('SIGKILL');
   }
+});
+
+test('a leader whose Lease is taken over stops reconciling at once, even when the process does not exit', async () => {
+  const l = { ...lease, leaseName: 'ha-lost', leaseDurationMs: 3000, renewDeadlineMs: 2000, retryPeriodMs: 200 };
+  const op = await runOperator(cp, 'op-lost', l);
+  running.push(op);
+  await op.whenRunning();
+  // Someone else writes the Lease as its holder (as after a partition in which ours expired).
+  const path = resourcePath(Leases, 'default', 'ha-lost');
+  const deadline = Date.now() + 15_000;
+  while (!lostLeadership.includes('op-lost') && Date.now() < deadline) {
+    try {
+      const cur = await kube.get<any>(path);
+      await kube.request('PUT', path, { body: { ...cur, spec: { ...cur.spec, holderIdentity: 'intruder', renewTime: microTime(Date.now()) } } });
+    } catch {
+      /* a conflict with the elector's own write: try again */
+    }
+    await sleep(150);
+  }
+  assert.ok(lostLeadership.includes('op-lost'), 'the Lease was lost');
+  const n = await reconciles(op);
+  const ns = 'ha-lost';
+  await createNamespace(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'after'));
+  await sleep(2500);
+  assert.equal(await reconciles(op), n, 'no reconcile after leadership was lost');
+  assert.equal((await getRelay(kube, ns, 'after')).status, undefined, 'no status written');
+  assert.equal(await get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/after`), undefined, 'no child written');
 });
