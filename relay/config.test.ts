@@ -63,6 +63,12 @@ describe('relay config', () => {
     assert.deepEqual(s.dkim, []);
   });
 
+  test('a cipher list that only removes weak suites is accepted', () => {
+    const list = 'ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:-RC4:!3DES';
+    const s = loadConfig(write(BASE.replace('tls: {certFile: tls.crt, keyFile: tls.key}', `tls: {certFile: tls.crt, keyFile: tls.key, ciphers: "${list}"}`)));
+    assert.equal(s.tls.ciphers, list);
+  });
+
   test('every optional field is read', () => {
     const s = loadConfig(
       write(
@@ -121,6 +127,9 @@ shutdownGracePeriod: 1m30s
     ['no listeners', (d) => (d.listeners = []), ['listeners: at least one listener is required']],
     ['TLS 1.1', (d) => (d.tls.minVersion = 'TLSv1.1'), ['tls.minVersion: "TLSv1.1" is not one of TLSv1.2, TLSv1.3']],
     ['weak ciphers', (d) => (d.tls.ciphers = 'DEFAULT:RC4'), ['tls.ciphers: "DEFAULT:RC4" enables weak or null ciphers']],
+    ['a null cipher by name', (d) => (d.tls.ciphers = 'ECDHE-RSA-AES128-GCM-SHA256:NULL-SHA256'), ['tls.ciphers: "ECDHE-RSA-AES128-GCM-SHA256:NULL-SHA256" enables weak or null ciphers']],
+    ['an anonymous cipher by name', (d) => (d.tls.ciphers = 'ADH-AES256-GCM-SHA384'), ['tls.ciphers: "ADH-AES256-GCM-SHA384" enables weak or null ciphers']],
+    ['3DES and RC4 by name', (d) => (d.tls.ciphers = 'DES-CBC3-SHA:RC4-SHA'), ['tls.ciphers: "DES-CBC3-SHA:RC4-SHA" enables weak or null ciphers']],
     ['a bad duration', (d) => (d.limits = { idleTimeout: '10 minutes' }), ['limits.idleTimeout: "10 minutes" is not a duration (examples: "30s", "10m", "1h")']],
     ['a bad size', (d) => (d.limits = { maxMessageSize: '10MB' }), ['limits.maxMessageSize: "10MB" is not a size (bytes, or a number with Ki, Mi or Gi)']],
     ['a wrong version', (d) => (d.version = 2), ['version: 2 is not supported (must be 1)']],

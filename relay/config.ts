@@ -161,7 +161,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
         const s = c.string('tls.ciphers', o.ciphers);
         if (s !== undefined) {
           if (!/^[A-Za-z0-9_:+!@=.-]+$/.test(s)) c.fail('tls.ciphers', `${show(s)} is not an OpenSSL cipher list`);
-          else if (/(^|:)(ALL|DEFAULT|COMPLEMENTOFALL|eNULL|NULL|aNULL|EXPORT|RC4|DES|3DES|MD5)(:|$)/i.test(s)) {
+          else if (s.split(':').some((t) => weakCipherToken(t))) {
             c.fail('tls.ciphers', `${show(s)} enables weak or null ciphers`);
           } else ciphers = s;
         }
@@ -302,6 +302,19 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
 
   if (c.problems.length) throw new ValidationError(file, c.problems);
   return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs };
+}
+
+/**
+ * A cipher-list entry that adds weak suites: a broad group (ALL, DEFAULT ...) or a
+ * name or alias with null encryption, no authentication, RC4, (3)DES, MD5 or export
+ * strength, e.g. NULL-SHA256, ADH-AES256-GCM-SHA384, RC4-SHA, DES-CBC3-SHA. Entries
+ * that remove suites ("!aNULL", "-RC4") are fine.
+ */
+function weakCipherToken(token: string): boolean {
+  if (/^[!-]/.test(token)) return false;
+  const t = token.replace(/^\+/, '').toUpperCase();
+  if (/^(ALL|DEFAULT|COMPLEMENTOFALL|COMPLEMENTOFDEFAULT|LOW|MEDIUM)$/.test(t)) return true;
+  return /NULL|ADH|AECDH|ANON|RC4|DES|MD5|EXP/.test(t);
 }
 
 function lockoutDefaults(): LockoutSettings {
