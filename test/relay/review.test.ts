@@ -317,3 +317,36 @@ describe('AUTH PLAIN authorization identity', () => {
     c.close();
   });
 });
+
+describe('malformed PROXY headers from the trusted peer', () => {
+  test('garbage, overlong, v2 binary, bad addresses: each connection is closed, the relay keeps serving', async () => {
+    const lines: (string | Buffer)[] = [
+      'PROXY\r\n',
+      'PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\n',
+      'PROXY TCP4 127.0.0.2\r\nX\r\n',
+      'PROXY TCP4 127.0.0.2\r\n127.0.0.1 40000 587\r\n'.replace('\r\n', '\r\r\n'),
+      'PROXY TCP6 ::ffff:127.0.0.9 ::1 1 2\r\n',
+      'HELO x\r\n',
+      'PROXY ' + 'A'.repeat(5000) + '\r\n',
+      Buffer.from('0d0a0d0a000d0a515549540a2111000c7f0000027f00000109c4024b', 'hex'),
+      'PROXY TCP4 127.0.0.2 127.0.0.1 40000 587', // never finished; closed by the client
+    ];
+    for (const [port, name] of [[relay.ports.submission, 'starttls'], [relay.ports.submissions, 'implicit']] as const) {
+      for (const l of lines) {
+        const s = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.6' });
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('connect', r));
+        s.write(l);
+        let got = '';
+        s.setEncoding('latin1');
+        s.on('data', (d: string) => (got += d));
+        const closed = await Promise.race([new Promise((r) => s.once('close', () => r(true))), new Promise((r) => setTimeout(() => r(false), 1500))]);
+        s.destroy();
+        assert.ok(!/^220 /.test(got), `${name} ${JSON.stringify(l.toString().slice(0, 40))}: no SMTP session (${JSON.stringify(got.slice(0, 60))}, closed=${closed})`);
+      }
+    }
+    assert.equal(relay.exitCode, null, 'relay still running');
+    const ok = await implicitTls('127.0.0.6', 'PROXY TCP4 127.0.0.2 127.0.0.1 40000 465\r\n');
+    assert.ok(ok.handshake && /^220 /.test(ok.reply ?? ''), JSON.stringify(ok));
+  });
+});
