@@ -437,3 +437,28 @@ test('a child the relay no longer wants (its Certificate, after switching to spe
   await eventually('CertificateReady about the given Secret', async () => condition(await getRelay(kube, ns, 'p'), 'CertificateReady')?.reason === 'TlsSecretNotFound');
   assert.ok(await get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/p`), 'the other children stay');
 });
+
+test('two users whose generated password Secrets would have the same name (app.one, app-one) do not share a password', async () => {
+  const ns = 'shared-pw';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(
+    kube,
+    relayManifest(ns, 'r', {
+      auth: {
+        users: [
+          { name: 'app.one', allowedSenders: ['one@example.com'] },
+          { name: 'app-one', allowedSenders: ['ceo@example.com'] },
+        ],
+      },
+    }),
+  );
+  const r = await eventually('CredentialsReady=False', async () => {
+    const r = await getRelay(kube, ns, 'r');
+    return condition(r, 'CredentialsReady')?.status === 'False' ? r : undefined;
+  });
+  assert.match(condition(r, 'CredentialsReady')!.message, /app-one: .*r-user-app-one.*app\.one.*secretRef/);
+  const users = unb64((await get(kube, `/api/v1/namespaces/${ns}/secrets/r-users`)).data[USERS_KEY]);
+  assert.match(users, /name: app\.one/);
+  assert.doesNotMatch(users, /name: app-one/, 'the second user is left out, not given the first one\'s password');
+});

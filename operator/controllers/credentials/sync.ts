@@ -3,7 +3,7 @@
 // upstream credentials/CA Secrets, and the DKIM keys.
 // Conditions owned here: CredentialsReady, UpstreamReady, DkimReady.
 
-import { ConditionType, Reason } from '../../api/v1alpha1.js';
+import { ConditionType, Reason, type UserSpec } from '../../api/v1alpha1.js';
 import {
   buildGeneratedUserSecret,
   checkPassword,
@@ -35,8 +35,22 @@ async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
   const policy = relay.spec.auth.passwordPolicy;
   const problems: UserProblem[] = [];
 
+  // Generated names replace characters a Secret name cannot hold ("app.one" and
+  // "app-one" both give <relay>-user-app-one): two users must not end up with
+  // one password, and so one another's sender rights.
+  const firstUser = new Map<string, UserSpec>();
   for (const user of relay.spec.auth.users) {
     const secretName = userSecretName(relay, user);
+    const first = firstUser.get(secretName);
+    if (first && (!first.secretRef || !user.secretRef)) {
+      problems.push({
+        user: user.name,
+        reason: Reason.UserSecretInvalid,
+        message: `its password Secret ${secretName} would also be user ${first.name}'s; give one of them its own spec.auth.users[].secretRef`,
+      });
+      continue;
+    }
+    if (!first) firstUser.set(secretName, user);
     let secret = await readSecret(ctx, st, ns, secretName);
     if (!secret) {
       const password = generatePassword(generatedPasswordLength(policy));
