@@ -16,6 +16,8 @@ const mime = new Headers(Buffer.alloc(0)).libmime;
 
 /** The header block: everything up to and including the first empty line. */
 export function headerBlock(message: Buffer): Buffer {
+  // a message that starts with an empty line has no header at all: what follows is body
+  if (message[0] === 0x0d && message[1] === 0x0a) return message.subarray(0, 0);
   const end = message.indexOf('\r\n\r\n');
   return end === -1 ? message : message.subarray(0, end + 2);
 }

@@ -209,6 +209,7 @@ describe('message headers', () => {
     const tricky = fromAddresses(Buffer.from('From: =?utf-8?Q?=22?= <ceo@evil.com> =?utf-8?Q?=22?= alice@example.com\r\n\r\n'));
     assert.ok(tricky?.includes('ceo@evil.com'), JSON.stringify(tricky));
     assert.equal(fromAddresses(Buffer.from('Subject: none\r\n\r\n')), null);
+    assert.equal(fromAddresses(Buffer.from('\r\nFrom: a@example.com\r\n\r\nbody\r\n')), null, 'an empty first line ends the (empty) header: that From: is body');
     assert.equal(fromAddresses(Buffer.from('From: undisclosed:;\r\n\r\n')), null);
     assert.equal(fromAddresses(Buffer.from('From: nobody\r\n\r\n')), null);
   });
