@@ -48,9 +48,20 @@ export interface InformerOptions<T extends KubeObject> {
   onList?: (count: number) => void;
 }
 
-/** Removes what we never read, to keep the cache small. */
+export const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
+
+/**
+ * Removes what we never read, to keep the cache small: managedFields, and
+ * kubectl's last-applied annotation (a second copy of a `kubectl apply`-ed
+ * SmtpRelay's whole spec; 1,000 relays would be cached twice over).
+ */
 export function stripManagedFields<T extends KubeObject>(obj: T): T {
   if (obj.metadata?.managedFields) delete obj.metadata.managedFields;
+  const a = obj.metadata?.annotations;
+  if (a && LAST_APPLIED in a) {
+    delete a[LAST_APPLIED];
+    if (Object.keys(a).length === 0) delete obj.metadata!.annotations;
+  }
   return obj;
 }
 
