@@ -234,7 +234,8 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
       if (pending) {
         const r = pendingItems[0];
         const c = (r.status?.conditions ?? []).filter((x: any) => x.status !== 'True').map((x: any) => `${x.type}=${x.status} ${x.reason}`);
-        pendingExample = `${r.metadata.namespace}/${r.metadata.name}: observedGeneration ${r.status?.observedGeneration ?? 'none'} of ${r.metadata.generation}; ${c.join(', ') || 'no conditions'}`;
+        const first = (r.status?.conditions ?? []).find((x: any) => x.status !== 'True');
+        pendingExample = `${r.metadata.namespace}/${r.metadata.name}: observedGeneration ${r.status?.observedGeneration ?? 'none'} of ${r.metadata.generation}; ${c.join(', ') || 'no conditions'}${first?.message ? `; "${String(first.message).slice(0, 240)}"` : ''}`;
       }
       if (pending === 0 && relays.items.length === total) {
         const deps = await kube.get<{ items: unknown[] }>('/apis/apps/v1/deployments', { accept: 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1' });
