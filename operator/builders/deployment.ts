@@ -241,7 +241,11 @@ export function buildDeployment(relay: SmtpRelay, inputs: DeploymentInputs): Dep
   };
   const podSpec = spec.template.spec!;
   if (s.nodeSelector && Object.keys(s.nodeSelector).length > 0) podSpec.nodeSelector = sortedRecord(s.nodeSelector);
-  if (s.tolerations && s.tolerations.length > 0) podSpec.tolerations = s.tolerations.map((t) => ({ ...t }));
+  // Empty strings ("key: ''" with Exists = every taint) are not stored by the server
+  // (omitempty); sent anyway, the applier would see a difference on every reconcile.
+  if (s.tolerations && s.tolerations.length > 0) {
+    podSpec.tolerations = s.tolerations.map((t) => Object.fromEntries(Object.entries(t).filter(([, v]) => v !== '' && v !== undefined)));
+  }
   if (s.priorityClassName) podSpec.priorityClassName = s.priorityClassName;
   return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: childMetadata(relay, names.deployment), spec };
 }

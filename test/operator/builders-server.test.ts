@@ -116,6 +116,16 @@ describe('built children on a real API server', () => {
     assert.ok(isSubset(rest, storedRest), 'the applier sees no difference');
   });
 
+  test('tolerations with empty strings (key "" with Exists: all taints, as documented) are stored as the applier expects', async () => {
+    const relay = exampleRelays()[0]!;
+    relay.spec.tolerations = [{ key: '', operator: 'Exists' }, { key: 'dedicated', operator: 'Equal', value: '', effect: 'NoSchedule' }];
+    const d = buildChildren(relay, { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
+    const stored = await kube.request<any>('POST', collectionPath(d as Obj), { body: d, query: { dryRun: 'All', fieldValidation: 'Strict' } });
+    const { metadata, ...rest } = d as unknown as Obj & Record<string, unknown>;
+    const { metadata: _m, ...storedRest } = stored as { metadata: unknown };
+    assert.ok(isSubset(rest, storedRest), `the applier sees no difference: ${JSON.stringify(stored.spec.template.spec.tolerations)}`);
+  });
+
   test('canonicalQuantity agrees with the API server on every case of its table', async () => {
     // Sent as written, the server either keeps a quantity or rewrites it to our canonical form;
     // our canonical form it always keeps (so an applied Deployment is stored as sent).
