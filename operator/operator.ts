@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import pino, { type Logger } from 'pino';
 import { FIELD_MANAGER, GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, type SmtpRelay } from './api/v1alpha1.js';
-import { cachingHasher, type PasswordHasher } from './builders/users.js';
+import { cachingHasher, relayPasswordHasher, type PasswordHasher } from './builders/users.js';
 import { RelayReconciler } from './controllers/reconciler.js';
 import { CERTIFICATE_POLL_MS } from './controllers/readiness/sync.js';
 import type { Caches, Features, SyncContext } from './controllers/context.js';
@@ -19,7 +19,6 @@ import { type Kube, type KubeObject, type Resource, apiVersionOf, isNotFound, ke
 import { LeaderElector } from './runtime/leader.js';
 import { WorkQueue } from './runtime/queue.js';
 import { CORE_CHILD_RESOURCES, Certificates, SmtpRelays, Secrets, ServiceMonitors } from './runtime/resources.js';
-import { hashPassword, parseHash, verifyPassword } from '../relay/password.js';
 import type { Server } from 'node:http';
 
 export interface OperatorConfig {
@@ -61,16 +60,6 @@ export interface RunningOperator {
   /** Graceful: stop workers (finish in-flight), stop informers, release the lease, close the server. */
   stop(): Promise<void>;
 }
-
-/** The relay's scrypt hashing (relay/password.ts), as the users builder wants it. */
-export const relayPasswordHasher: PasswordHasher = {
-  hash: (password) => hashPassword(password),
-  async verify(password, passwordHash) {
-    const parsed = parseHash(passwordHash);
-    if (typeof parsed === 'string') return false;
-    return verifyPassword(password, parsed);
-  },
-};
 
 async function served(kube: Kube, groupVersion: string, plural: string): Promise<boolean> {
   try {
