@@ -16,21 +16,12 @@ import { loadCertificate } from '../../relay/certificate.js';
 import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import { Kube } from '../../operator/runtime/kube.js';
 import { CertIssuerStandIn, parseGoDuration } from './issuer.js';
+import { waitFor } from '../support/poll.js';
 
 const NS = 'certs';
 
 interface Secret { type: string; data: Record<string, string>; metadata: { labels?: Record<string, string>; annotations?: Record<string, string> } }
 interface Cert { metadata: { generation: number }; status?: { conditions?: { type: string; status: string; reason?: string; message?: string }[]; notBefore?: string; notAfter?: string; renewalTime?: string; revision?: number } }
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('certificate issuer stand-in (cert-manager)', { timeout: 180_000 }, () => {
   let cp: ControlPlane;

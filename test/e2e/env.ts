@@ -67,20 +67,8 @@ export function helmBin(): string {
   return process.env['HELM'] ?? join(repoRoot(), '.cache', 'bin', 'helm');
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, ms = 120_000, every = 250): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms / 1000}s waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
+import { waitFor } from '../support/poll.js';
+export { waitFor };
 
 export function httpGet(host: string, port: number, path: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

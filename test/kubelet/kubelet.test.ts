@@ -16,23 +16,9 @@ import { startControlPlane, type ControlPlane } from '../controlplane/harness.js
 import { Kube } from '../../operator/runtime/kube.js';
 import { unpackImage } from './image.js';
 import { ContainerKubelet } from './kubelet.js';
+import { waitFor } from '../support/poll.js';
 
 const NS = 'kubelet-test';
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 function httpGet(host: string, port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
