@@ -44,6 +44,12 @@ export function createMetrics(registry: prom.Registry) {
       labelNames: ['mechanism', 'result'] as const,
       registers: r,
     }),
+    passwordChecks: new prom.Counter({
+      name: 'smtp_relay_auth_password_checks_total',
+      help: 'Password checks by kind: scrypt (a full key derivation) or remembered (the same password and hash succeeded before in this process).',
+      labelNames: ['check'] as const,
+      registers: r,
+    }),
     lockouts: new prom.Counter({
       name: 'smtp_relay_lockouts_total',
       help: 'Brute-force lockouts started, by scope (ip, user).',

@@ -73,3 +73,53 @@ export function dummyHash(params: { N: number; r: number; p: number } = DEFAULT_
   }
   return d;
 }
+
+/** The stored form of a parsed hash ("scrypt$N$r$p$salt$hash"), e.g. as the input of a VerificationMemo. */
+export function formatHash(h: ParsedHash): string {
+  return `scrypt$${h.N}$${h.r}$${h.p}$${h.salt.toString('base64')}$${h.hash.toString('base64')}`;
+}
+
+/**
+ * Remembers successful verifications, so that checking the same password against the
+ * same stored hash again costs an HMAC instead of a scrypt (tens of ms, tens of MiB).
+ * One entry per slot (the relay: the username; the operator: the stored hash): an
+ * HMAC-SHA256 of (stored hash, password) under a per-process random key, so neither
+ * the plaintext nor a fast unsalted hash of it is kept, and nothing survives the process.
+ * A lookup compares in constant time. The stored hash is part of the HMAC input, so a
+ * changed hash (new password, new salt) never matches an old entry. Only successes are
+ * remembered: a wrong password always misses and must be checked in full by the caller.
+ * Bounded: beyond `maxEntries` the oldest entries go first.
+ */
+export class VerificationMemo {
+  private readonly key = crypto.randomBytes(32);
+  private readonly macs = new Map<string, Buffer>();
+
+  constructor(readonly maxEntries = 10_000) {}
+
+  private mac(password: string, stored: string): Buffer {
+    // the stored hash has no NUL (digits, '$', base64), so the split is unambiguous
+    return crypto.createHmac('sha256', this.key).update(stored).update('\0').update(password, 'utf8').digest();
+  }
+
+  /** Whether this password was verified against this stored hash in this slot before. */
+  has(slot: string, password: string, stored: string): boolean {
+    const known = this.macs.get(slot);
+    return known !== undefined && crypto.timingSafeEqual(known, this.mac(password, stored));
+  }
+
+  /** Records a successful verification (replacing the slot's previous one). */
+  remember(slot: string, password: string, stored: string): void {
+    this.macs.delete(slot);
+    this.macs.set(slot, this.mac(password, stored));
+    if (this.macs.size > this.maxEntries) this.macs.delete(this.macs.keys().next().value as string);
+  }
+
+  /** Drops the entries of slots `keep` says no to (e.g. users removed from the users file). */
+  retain(keep: (slot: string) => boolean): void {
+    for (const slot of this.macs.keys()) if (!keep(slot)) this.macs.delete(slot);
+  }
+
+  get size(): number {
+    return this.macs.size;
+  }
+}

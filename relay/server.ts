@@ -6,6 +6,7 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type pino from 'pino';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { CidrSet, canonicalIp } from './access.js';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
@@ -13,10 +14,10 @@ import type { ListenerSettings, RelaySettings } from './config.js';
 import { Lockout, RateLimiter, userLockoutKey } from './lockout.js';
 import { fromAddresses, otherOriginatorAddresses, receivedHeader } from './message.js';
 import type { Metrics } from './metrics.js';
-import { dummyHash, verifyPassword, type ParsedHash } from './password.js';
+import { VerificationMemo, dummyHash, formatHash, verifyPassword, type ParsedHash } from './password.js';
 import { senderAllowed } from './senders.js';
 import { LineEndingCheck } from './smuggling.js';
-import type { UserTable } from './users.js';
+import type { User, UserTable } from './users.js';
 import type { DeliveryOutcome, Envelope } from './upstream.js';
 export type { DeliveryOutcome, Envelope } from './upstream.js';
 
@@ -81,6 +82,67 @@ interface PlaintextHook {
 
 const MAX_PLAINTEXT_COMMANDS = 10;
 
+/** The parts of smtp-server's SMTPConnection that greetWithoutPause relies on. */
+interface GreetingHook {
+  name: string;
+  _server: { options: { maxClients?: number }; connections: Set<unknown> };
+  init(): void;
+  connectionReady(): void;
+  _setListeners(callback: () => void): void;
+  send(code: number, message: string, context?: unknown): void;
+}
+
+/**
+ * smtp-server's SMTPConnection.init() waits a fixed 100 ms before the greeting of every
+ * connection, to catch "early talkers" (spam software that sends before the greeting,
+ * answered "421 You talk too soon"). On a listener where TLS and AUTH come before any
+ * mail, talking early gains a client nothing, while a client that connects per message
+ * loses 100 ms each time. So the relay's connections start with this init(): the same
+ * steps (socket listeners, the maxClients check, then connectionReady(): onConnect,
+ * onSecure and the greeting) without the pause. The relay's onConnect/onSecure answer
+ * synchronously, so the greeting is written before the socket is first read: whatever
+ * an early talker sent is read after it, exactly like commands pipelined after the
+ * greeting, through the same checks (no AUTH before TLS, plaintext command limit,
+ * STARTTLS discarding whatever followed it in plaintext; test/relay/greeting.test.ts).
+ */
+function initWithoutPause(this: GreetingHook): void {
+  this._setListeners(() => {
+    const options = this._server.options;
+    if (options.maxClients && this._server.connections.size > options.maxClients) {
+      this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
+      return;
+    }
+    this.connectionReady();
+  });
+}
+
+/**
+ * Gives every connection this server adds initWithoutPause (smtp-server adds it to
+ * `server.connections` right before calling init()). Fails at start, not per
+ * connection, when this smtp-server version no longer has the parts it replaces.
+ */
+function greetWithoutPause(server: SMTPServer): void {
+  const proto = SMTPConnection.prototype as unknown as Partial<GreetingHook>;
+  const init = typeof proto.init === 'function' ? String(proto.init) : '';
+  const conns = (server as unknown as { connections?: Set<GreetingHook> }).connections;
+  if (
+    !(conns instanceof Set) ||
+    typeof proto.connectionReady !== 'function' ||
+    typeof proto._setListeners !== 'function' ||
+    typeof proto.send !== 'function' ||
+    !/_setListeners\(/.test(init) ||
+    !/setTimeout\([^]*connectionReady\(\)/.test(init)
+  ) {
+    // test/relay/greeting.test.ts proves the hook; fail loudly if an upgrade changed it
+    throw new Error('this smtp-server version changed SMTPConnection.init (the 100 ms greeting pause): review relay/server.ts greetWithoutPause');
+  }
+  const add = conns.add.bind(conns);
+  conns.add = (conn: GreetingHook) => {
+    conn.init = initWithoutPause;
+    return add(conn);
+  };
+}
+
 export class Relay {
   private settings: RelaySettings;
   private users: UserTable;
@@ -89,6 +151,8 @@ export class Relay {
   private trustedProxies: CidrSet;
   private readonly lockout: Lockout;
   private readonly rate = new RateLimiter();
+  /** Successful logins (HMAC under a per-process key, one per user): see checkPassword. */
+  private readonly verified = new VerificationMemo();
   private certificate: LoadedCertificate;
   private readonly servers: { listener: ListenerSettings; server: SMTPServer }[] = [];
   private readonly perIp = new Map<string, number>();
@@ -194,6 +258,9 @@ export class Relay {
     }
     proxyHook._expectsProxyHeader = (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
     if (implicit) this.refuseBeforeHandshake(listener, server);
+    // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
+    // none keeps smtp-server's early-talker pause (see greetWithoutPause).
+    greetWithoutPause(server);
     server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
       // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
       // error normalizer); without this listener such a client would crash the process.
@@ -350,8 +417,7 @@ export class Relay {
       this.logger.warn({ event: 'auth_locked', session: session.id, clientIp: state.ip, user: logUser, retryAfterSeconds: Math.ceil(locked / 1000) }, 'AUTH refused: locked out');
       throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
     }
-    // An unknown user is verified against a dummy hash so that both cost the same.
-    const ok = (await verifyPassword(auth.password ?? '', known?.hash ?? this.dummy)) && known !== undefined;
+    const ok = await this.checkPassword(username, auth.password ?? '', known);
     if (ok) {
       // Only the username's failures are forgiven. Clearing the IP's as well would let a
       // client with one valid account reset the per-IP count between guesses at others.
@@ -377,6 +443,26 @@ export class Relay {
       throw new SmtpError(421, `4.7.0 Too many failed logins, locked out for ${minutes} minutes`);
     }
     throw new SmtpError(535, '5.7.8 Authentication credentials invalid');
+  }
+
+  /**
+   * A password this user already logged in with (same stored hash) is accepted from the
+   * memo without scrypt, so a client that connects per message does not pay a full key
+   * derivation each time. Anything else (unknown user, other password, changed hash) gets
+   * the full check, so guessing stays as slow as before; lockout counting is the caller's.
+   */
+  private async checkPassword(username: string, password: string, known: User | undefined): Promise<boolean> {
+    const stored = known ? formatHash(known.hash) : '';
+    if (known && this.verified.has(username, password, stored)) {
+      this.metrics.passwordChecks.inc({ check: 'remembered' });
+      return true;
+    }
+    this.metrics.passwordChecks.inc({ check: 'scrypt' });
+    // An unknown user is verified against a dummy hash so that both cost the same.
+    const ok = (await verifyPassword(password, known?.hash ?? this.dummy)) && known !== undefined;
+    // not if the users file changed meanwhile (the user removed or given a new hash)
+    if (ok && this.users.get(username) === known) this.verified.remember(username, password, stored);
+    return ok;
   }
 
   private reject(reason: string, code: number, message: string): SmtpError {
@@ -600,6 +686,8 @@ export class Relay {
   setUsers(users: UserTable): void {
     this.users = users;
     this.dummy = dummyFor(users);
+    // a changed hash never matches its old entry anyway; removed users go now
+    this.verified.retain((name) => users.has(name));
   }
 
   /** Builds the new pair first; throws (keeping the old one) when it is unusable. */
