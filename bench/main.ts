@@ -1,6 +1,7 @@
 // `make bench`: every scenario in order, one report on stdout (Markdown), progress on stderr.
 //
-//   node dist/bench/main.js [--quick] [--only=1,2,3,4,upstream] [--out=FILE]
+//   node dist/bench/main.js [--quick] [--only=1,2,3,4,upstream] [--rows=aN,bN,bNc,cN] [--out=FILE]
+//   (--rows: only these scenario-1 rows, keys in bench/throughput.ts; 'lat' = scenario 2)
 //
 // Bounded: each measurement is a fixed time window; the whole run takes about 10-13 minutes.
 import { writeFileSync } from 'node:fs';
@@ -13,6 +14,7 @@ import { upstreamHandOff } from './upstream.js';
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', '3', '4', 'upstream'];
+const rows = args.find((a) => a.startsWith('--rows='))?.slice(7).split(',');
 const out = args.find((a) => a.startsWith('--out='))?.slice(6);
 
 const started = Date.now();
@@ -44,7 +46,7 @@ if (only.includes('1') || only.includes('2')) {
       warmupMs: quick ? 500 : 1000,
       durationMs: quick ? 2000 : 5000,
       processes: 2,
-      only: only.includes('1') ? undefined : ['b', 'lat'],
+      only: rows ?? (only.includes('1') ? undefined : ['b', 'lat']),
     });
     maxRate = r.rates['b'] ?? 0;
     return r.text;
