@@ -34,6 +34,17 @@ export const MANAGED_BY = 'smtp-relay-operator';
  * (owned, deleted with the relay) from a user-supplied one (only ever read).
  */
 export const ANNOTATION_GENERATED_FOR_USER = 'smtprelay.dev/user';
+/**
+ * On per-user credential Secrets the operator generated: the SHA-256 (hex) of
+ * the password it generated. While the Secret's password still has this digest,
+ * the password is the operator's ~190-bit random one, and the users file hashes
+ * it with the low scrypt cost (a slow KDF adds nothing against guessing 190
+ * bits); a password the user has since put there, or one from a Secret the user
+ * supplied, gets the relay's full production cost. The digest of a 190-bit
+ * random value reveals nothing, and whoever can read the annotation can read
+ * the Secret's data anyway.
+ */
+export const ANNOTATION_GENERATED_PASSWORD_SHA256 = 'smtprelay.dev/generated-password-sha256';
 /** On generated DKIM key Secrets: the DNS name "<selector>._domainkey.<domain>" (an annotation: too long for a label value). */
 export const ANNOTATION_DKIM_RECORD = 'smtprelay.dev/dkim-record';
 /**

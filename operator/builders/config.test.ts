@@ -7,7 +7,6 @@ import YAML from 'yaml';
 import { validateConfig } from '../../relay/config.js';
 import { validateUsers } from '../../relay/users.js';
 import { parseSenderPattern } from '../../relay/senders.js';
-import { hashPassword } from '../../relay/password.js';
 import { CONFIG_KEY, MOUNT_ROOT, USERS_FILE } from '../api/v1alpha1.js';
 import { buildConfigMap, buildRelayConfig, dkimRecordName } from './config.js';
 import { relayFixture } from './fixtures.js';
@@ -99,11 +98,12 @@ test("the rendered config.yaml and users.yaml pass the relay's own validation (t
     const users = await buildUsersFile(
       relay,
       new Map([
-        ['billing', 'correct horse battery staple'],
-        ['alerts@ops', 'another long enough password'],
+        ['billing', { password: 'correct horse battery staple', generated: false }],
+        ['alerts@ops', { password: 'another long enough password', generated: true }],
       ]),
       undefined,
-      { hash: (p) => hashPassword(p, { N: 1024, r: 8, p: 1 }), verify: relayPasswordHasher.verify },
+      relayPasswordHasher,
+      { generated: { N: 16, r: 8, p: 1 }, user: { N: 1024, r: 8, p: 1 } },
     );
     const table = validateUsers(YAML.parse(renderUsersFile(users)), USERS_FILE);
     assert.deepEqual([...table.keys()], ['billing', 'alerts@ops']);

@@ -9,9 +9,12 @@ import {
   checkUpstreamCredentialsSecret,
   generatePassword,
   generatedPasswordLength,
+  isGeneratedPassword,
+  passwordDigest,
   readUserPassword,
 } from './credentials.js';
 import { relayFixture } from './fixtures.js';
+import { assertGolden } from './testkit.js';
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 const policy = { minLength: 16 };
@@ -66,7 +69,10 @@ test('a generated user Secret is basic-auth, named after the relay and user, and
   const s = buildGeneratedUserSecret(relay, relay.spec.auth.users[1]!, 'p'.repeat(32));
   assert.equal(s.type, 'kubernetes.io/basic-auth');
   assert.equal(s.metadata.name, 'outbound-user-ops-team-a');
-  assert.deepEqual(s.metadata.annotations, { 'smtprelay.dev/user': 'ops@team_a' });
+  assert.deepEqual(s.metadata.annotations, {
+    'smtprelay.dev/user': 'ops@team_a',
+    'smtprelay.dev/generated-password-sha256': passwordDigest('p'.repeat(32)),
+  });
   assert.deepEqual(s.data, { password: b64('p'.repeat(32)), username: b64('ops@team_a') });
 });
 
@@ -96,4 +102,21 @@ test('the upstream CA and a given TLS Secret must hold PEM data', () => {
   assert.equal(checkTlsSecret(undefined, 't')?.reason, Reason.TlsSecretNotFound);
   assert.equal(checkTlsSecret({ data: { 'tls.crt': b64(PEM) } }, 't')?.reason, Reason.TlsSecretInvalid);
   assert.equal(checkTlsSecret({ data: { 'tls.crt': b64(PEM), 'tls.key': b64('-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n') } }, 't'), undefined);
+});
+
+test('a generated user Secret is exactly the golden object (marker annotation included)', () => {
+  const relay = relayFixture();
+  assertGolden('generated-user-secret', buildGeneratedUserSecret(relay, relay.spec.auth.users[0]!, 'Xk2v9QpL0aTzR7mWc4NbY8eHs1dUf6Gj'));
+});
+
+test('the generated marker: true while the password is the generated one; false once edited, without a marker, or with a malformed one', () => {
+  const relay = relayFixture();
+  const pw = generatePassword(32);
+  const secret = buildGeneratedUserSecret(relay, relay.spec.auth.users[0]!, pw);
+  assert.equal(passwordDigest('abc'), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
+  assert.equal(isGeneratedPassword(secret, pw), true);
+  assert.equal(isGeneratedPassword(secret, 'the-user-changed-it-1234'), false, 'edited by the user');
+  assert.equal(isGeneratedPassword({ type: 'kubernetes.io/basic-auth', data: secret.data }, pw), false, 'no marker: user-supplied');
+  assert.equal(isGeneratedPassword({ metadata: { annotations: { 'smtprelay.dev/generated-password-sha256': 'zz' } } }, pw), false, 'malformed marker');
+  assert.equal(isGeneratedPassword({ metadata: { annotations: { 'smtprelay.dev/generated-password-sha256': passwordDigest(pw).toUpperCase() } } }, pw), false, 'only the exact lowercase hex form');
 });

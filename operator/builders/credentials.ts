@@ -2,11 +2,12 @@
 // decisions, each answering nothing (fine) or a Problem (reason + a message
 // that says what to fix). Messages never contain secret values.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import {
   BASIC_AUTH_PASSWORD_KEY,
   BASIC_AUTH_USERNAME_KEY,
   ANNOTATION_GENERATED_FOR_USER,
+  ANNOTATION_GENERATED_PASSWORD_SHA256,
   Reason,
   type PasswordPolicySpec,
   type SecretKeyReference,
@@ -23,7 +24,7 @@ export interface Problem {
 
 /** A Secret as read from the API server (values base64 in `data`). */
 export interface SecretLike {
-  metadata?: { name?: string } | undefined;
+  metadata?: { name?: string; annotations?: Record<string, string> | undefined } | undefined;
   type?: string | undefined;
   data?: Record<string, string> | undefined;
 }
@@ -96,13 +97,34 @@ export function buildGeneratedUserSecret(relay: SmtpRelay, user: UserSpec, passw
   return {
     apiVersion: 'v1',
     kind: 'Secret',
-    metadata: childMetadata(relay, userSecretName(relay, user), { annotations: { [ANNOTATION_GENERATED_FOR_USER]: user.name } }),
+    metadata: childMetadata(relay, userSecretName(relay, user), {
+      annotations: { [ANNOTATION_GENERATED_FOR_USER]: user.name, [ANNOTATION_GENERATED_PASSWORD_SHA256]: passwordDigest(password) },
+    }),
     type: 'kubernetes.io/basic-auth',
     data: {
       [BASIC_AUTH_PASSWORD_KEY]: Buffer.from(password, 'utf8').toString('base64'),
       [BASIC_AUTH_USERNAME_KEY]: Buffer.from(user.name, 'utf8').toString('base64'),
     },
   };
+}
+
+/** SHA-256 (hex) of a password, the marker a generated Secret carries (see ANNOTATION_GENERATED_PASSWORD_SHA256). */
+export function passwordDigest(password: string): string {
+  return createHash('sha256').update(password, 'utf8').digest('hex');
+}
+
+/**
+ * Whether `password` (read from `secret`) is still the one the operator
+ * generated into it: the Secret carries the generated-password digest and the
+ * password matches it. An explicit record, not a guess from the password's look:
+ * a user-supplied Secret has no marker, and a generated Secret whose password
+ * the user has changed no longer matches its marker. Either way the password
+ * is then treated as user-chosen (full scrypt cost).
+ */
+export function isGeneratedPassword(secret: SecretLike, password: string): boolean {
+  const marker = secret.metadata?.annotations?.[ANNOTATION_GENERATED_PASSWORD_SHA256];
+  if (typeof marker !== 'string' || !/^[0-9a-f]{64}$/.test(marker)) return false;
+  return timingSafeEqual(Buffer.from(marker, 'hex'), Buffer.from(passwordDigest(password), 'hex'));
 }
 
 function decode(secret: SecretLike, key: string): string | undefined {

@@ -3,27 +3,64 @@
 // Hash stability: a password hash has a random salt, so hashing the same
 // password again gives a different Secret, and every reconcile would write it.
 // An existing hash is therefore kept while the password still verifies
-// against it; only a new user or a changed password is hashed afresh.
+// against it and has the cost that password should get; only a new user, a
+// changed password or a changed cost is hashed afresh.
+//
+// Cost: a password the operator generated itself (≥ 32 random letters and
+// digits, ≈ 190 bits) is hashed with a low scrypt cost; nobody can search 2^190
+// candidates, fast KDF or slow, so the production cost (~0.1 CPU-s and 32 MiB
+// per hash, paid by the operator for every relay and by the relay on every
+// AUTH) would buy nothing. User-chosen passwords (a Secret the user supplied,
+// or a generated one whose password the user has changed) keep the relay's
+// production cost. The relay honours the parameters stored in each hash.
 
 import { createHmac, randomBytes } from 'node:crypto';
 import YAML from 'yaml';
 import type { UserEntry, UsersFile } from '../../relay/config-types.js';
-import { hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
+import { DEFAULT_PARAMS, hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
 import { renderYaml } from './config.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
 
+/** scrypt cost parameters, as in a "scrypt$N$r$p$..." hash. */
+export interface ScryptCost {
+  N: number;
+  r: number;
+  p: number;
+}
+
+/** User-chosen passwords: the relay's production cost (N=32768, r=8: 32 MiB, ~0.1 CPU-s). */
+export const USER_PASSWORD_COST: ScryptCost = { ...DEFAULT_PARAMS };
+/**
+ * Passwords the operator generated (≈190 bits of randomness): 1 MiB and a few
+ * ms. Not lower: the relay verifies an unknown user against a dummy hash with
+ * the first user's cost, and this keeps such checks in the same range as before.
+ */
+export const GENERATED_PASSWORD_COST: ScryptCost = { N: 1024, r: 8, p: 1 };
+
+export interface PasswordCosts {
+  generated: ScryptCost;
+  user: ScryptCost;
+}
+export const PASSWORD_COSTS: PasswordCosts = { generated: GENERATED_PASSWORD_COST, user: USER_PASSWORD_COST };
+
+/** A password accepted for the users file, and whether it is still the one the operator generated. */
+export interface AcceptedPassword {
+  password: string;
+  generated: boolean;
+}
+
 /** The relay's password hashing (relay/password.ts), injected so tests and callers choose it. */
 export interface PasswordHasher {
-  /** A new "scrypt$..." hash of the password, with a fresh random salt. */
-  hash(password: string): Promise<string>;
+  /** A new "scrypt$..." hash of the password with this cost, with a fresh random salt. */
+  hash(password: string, cost: ScryptCost): Promise<string>;
   /** Whether the password matches the stored hash; false (not an error) for a malformed hash. */
   verify(password: string, passwordHash: string): Promise<boolean>;
 }
 
 /** The relay's own scrypt hashing: what the operator passes in production. */
 export const relayPasswordHasher: PasswordHasher = {
-  hash: (password) => hashPassword(password),
+  hash: (password, cost) => hashPassword(password, cost),
   async verify(password, passwordHash) {
     const parsed = parseHash(passwordHash);
     return typeof parsed === 'string' ? false : verifyPassword(password, parsed);
@@ -39,25 +76,35 @@ export interface Secret {
   data: Record<string, string>;
 }
 
+/** Whether a stored hash has exactly this cost (false for a malformed one). */
+export function hasCost(passwordHash: string, cost: ScryptCost): boolean {
+  const parsed = parseHash(passwordHash);
+  return typeof parsed !== 'string' && parsed.N === cost.N && parsed.r === cost.r && parsed.p === cost.p;
+}
+
 /**
  * The users file for the users whose password was accepted (`passwords`,
- * user name → plaintext), in spec order. A user missing from `passwords`
- * (refused, or its Secret unusable) is left out.
+ * user name → plaintext and whether it is generated), in spec order. A user
+ * missing from `passwords` (refused, or its Secret unusable) is left out.
  */
 export async function buildUsersFile(
   relay: SmtpRelay,
-  passwords: ReadonlyMap<string, string>,
+  passwords: ReadonlyMap<string, AcceptedPassword>,
   existing: UsersFile | undefined,
   hasher: PasswordHasher,
+  costs: PasswordCosts = PASSWORD_COSTS,
 ): Promise<UsersFile> {
   const previous = new Map<string, string>();
   for (const u of existing?.users ?? []) previous.set(u.name, u.passwordHash);
   const users: UserEntry[] = [];
   for (const user of relay.spec.auth.users) {
-    const password = passwords.get(user.name);
-    if (password === undefined) continue;
+    const accepted = passwords.get(user.name);
+    if (accepted === undefined) continue;
+    const { password } = accepted;
+    const cost = accepted.generated ? costs.generated : costs.user;
     const old = previous.get(user.name);
-    const passwordHash = old !== undefined && (await hasher.verify(password, old)) ? old : await hasher.hash(password);
+    const keep = old !== undefined && hasCost(old, cost) && (await hasher.verify(password, old));
+    const passwordHash = keep ? old : await hasher.hash(password, cost);
     const entry: UserEntry = { name: user.name, passwordHash, allowedSenders: [...user.allowedSenders] };
     if (user.rateLimit) entry.rateLimit = { messages: user.rateLimit.messages, per: user.rateLimit.per };
     users.push(entry);
@@ -111,7 +158,7 @@ export function cachingHasher(inner: PasswordHasher, maxEntries = 10_000): Passw
   const id = (password: string, passwordHash: string) =>
     createHmac('sha256', key).update(passwordHash).update('\0').update(password, 'utf8').digest('base64');
   return {
-    hash: (password) => inner.hash(password),
+    hash: (password, cost) => inner.hash(password, cost),
     async verify(password, passwordHash) {
       const k = id(password, passwordHash);
       if (verified.has(k)) return true;

@@ -3,7 +3,7 @@
 
 import type { Logger } from 'pino';
 import type { ConditionStatus, DnsRecord, SmtpRelay } from '../api/v1alpha1.js';
-import type { PasswordHasher } from '../builders/users.js';
+import type { AcceptedPassword, PasswordHasher } from '../builders/users.js';
 import type { Applier } from '../runtime/apply.js';
 import type { Clock } from '../runtime/clock.js';
 import type { EventRecorder } from '../runtime/events.js';
@@ -57,8 +57,8 @@ export interface ReconcileState {
   relay: SmtpRelay & KubeObject;
   log: Logger;
   conditions: Map<string, ConditionDecision>;
-  /** User name → accepted plaintext password (in memory only, for hashing). */
-  passwords: Map<string, string>;
+  /** User name → accepted plaintext password and whether the operator generated it (in memory only, for hashing). */
+  passwords: Map<string, AcceptedPassword>;
   /** DKIM entries left out of the config (dkimRecordName keys). */
   skipDkim: Set<string>;
   dnsRecords: DnsRecord[];

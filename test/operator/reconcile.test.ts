@@ -5,6 +5,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseHash, verifyPassword } from '../../relay/password.js';
@@ -94,6 +95,9 @@ test('an SmtpRelay produces every child, owned by it, and a generated user Secre
   const parsed = parseHash(hash.replace(/^"|"$/g, ''));
   assert.notEqual(typeof parsed, 'string', `a parseable scrypt hash: ${hash}`);
   assert.equal(await verifyPassword(password, parsed as Exclude<typeof parsed, string>), true);
+  // The operator's own random password: the marker says so, and the hash has the low cost.
+  assert.equal(generated.metadata.annotations?.['smtprelay.dev/generated-password-sha256'], createHash('sha256').update(password).digest('hex'));
+  assert.match(hash, /^"?scrypt\$1024\$8\$1\$/, 'a generated password gets the low scrypt cost');
 
   // Secrets never reach the operator's log or Events.
   const logText = readFileSync(join(cp.dir, 'logs', 'operator-a.log'), 'utf8');
@@ -112,6 +116,18 @@ test('an SmtpRelay produces every child, owned by it, and a generated user Secre
   assert.equal(condition(status, 'CertificateReady')?.status, 'False');
   assert.equal(condition(status, 'CertificateReady')?.reason, 'Issuing');
   assert.equal(condition(status, 'Ready')?.status, 'False');
+
+  // The user replaces the generated password (the marker stays but no longer matches): full cost.
+  await kube.request('PATCH', `/api/v1/namespaces/${ns}/secrets/outbound-user-app`, {
+    contentType: 'application/merge-patch+json',
+    body: { data: { password: b64('a-password-the-user-chose-1') } },
+  });
+  const rehashed = await eventually('users Secret re-hashed at the full cost', async () => {
+    const text = unb64((await get(kube, paths.usersSecret))?.data?.[USERS_KEY]);
+    return /scrypt\$32768\$8\$1\$/.test(text) ? text : undefined;
+  });
+  const h2 = parseHash((/passwordHash: (\S+)/.exec(rehashed)?.[1] ?? '').replace(/^"|"$/g, ''));
+  assert.equal(await verifyPassword('a-password-the-user-chose-1', h2 as Exclude<typeof h2, string>), true);
 });
 
 test('status conditions follow the certificate: Issuing → Issued (notAfter from the Secret) → Ready once pods are ready → not ready again', async () => {
@@ -279,6 +295,7 @@ test('changing a user Secret updates the hashed Secret without rolling the Deplo
   const parsed = parseHash(hash);
   assert.notEqual(typeof parsed, 'string');
   assert.equal(await verifyPassword('second-password-6543210', parsed as Exclude<typeof parsed, string>), true);
+  assert.match(hash, /^scrypt\$32768\$8\$1\$/, 'a user-supplied password gets the production scrypt cost');
   await sleep(1000);
   const dep2 = await get(kube, paths.deployment);
   assert.equal(templateHash(dep2), templateHash(dep1), 'the pod template is unchanged: no rollout');

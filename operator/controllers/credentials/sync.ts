@@ -11,6 +11,7 @@ import {
   checkUpstreamCredentialsSecret,
   generatePassword,
   generatedPasswordLength,
+  isGeneratedPassword,
   readUserPassword,
 } from '../../builders/credentials.js';
 import { childNames, userSecretName } from '../../builders/meta.js';
@@ -71,7 +72,9 @@ async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
       problems.push({ user: user.name, reason: Reason.PasswordRefused, message: `${refusal.message} (Secret ${secretName})` });
       continue;
     }
-    st.passwords.set(user.name, read.password);
+    // Generated (low scrypt cost) only while the Secret's password is still the
+    // one the operator put there, as its marker annotation records.
+    st.passwords.set(user.name, { password: read.password, generated: isGeneratedPassword(secret, read.password) });
   }
 
   // The hashed users file keeps a hash while its password still matches, so an
