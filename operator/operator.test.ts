@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SecretIndex, ownerKey } from './operator.js';
+import { SecretIndex, childChanged, ownerKey, trimChild } from './operator.js';
+import { SecretDerivations } from './controllers/secrets.js';
 import { parseOperatorArgs } from './main.js';
 
 test('the Secret index maps a Secret to every relay that reads it and forgets dropped references', () => {
@@ -41,4 +42,41 @@ test('CLI flags: defaults, lists, seconds to milliseconds, and refusals', () => 
   assert.throws(() => parseOperatorArgs(['--workers', '0']), /--workers must be a number >= 1/);
   assert.throws(() => parseOperatorArgs(['--image-pull-policy', 'Sometimes']), /Always, IfNotPresent or Never/);
   assert.throws(() => parseOperatorArgs(['--no-such-flag']), /Unknown option/);
+});
+
+const deployment = (rv: string, status: Record<string, unknown>, replicas = 2) =>
+  trimChild('Deployment', {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name: 'r', namespace: 'ns', resourceVersion: rv, generation: 1 },
+    spec: { replicas },
+    status,
+  } as never);
+
+test('the children cache keeps of a Deployment status only the replica counts the reconcile reads', () => {
+  const d = deployment('1', { observedGeneration: 1, replicas: 2, updatedReplicas: 2, readyReplicas: 1, availableReplicas: 1, unavailableReplicas: 1, conditions: [{ type: 'Progressing', lastUpdateTime: 't' }] });
+  assert.deepEqual((d as { status?: unknown }).status, { replicas: 2, readyReplicas: 1, availableReplicas: 1 });
+  const cert = trimChild('Certificate', { kind: 'Certificate', metadata: { name: 'c' }, status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok', lastTransitionTime: 't', observedGeneration: 1 }], notAfter: 'n', renewalTime: 'x', revision: 1 } } as never);
+  assert.deepEqual((cert as { status?: unknown }).status, { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok' }], notAfter: 'n' });
+});
+
+test("a child's update reconciles its relay only when something kept in the cache changed", () => {
+  const a = deployment('1', { observedGeneration: 1, replicas: 2, unavailableReplicas: 2 });
+  // The controller-manager's bookkeeping only: no reconcile.
+  assert.equal(childChanged(a, deployment('2', { observedGeneration: 2, replicas: 2, unavailableReplicas: 2, conditions: [{ type: 'Available' }] })), false);
+  assert.equal(childChanged(a, deployment('3', { replicas: 2, readyReplicas: 1 })), true, 'a pod became ready');
+  assert.equal(childChanged(a, deployment('4', { replicas: 2 }, 5)), true, 'someone edited the spec');
+  assert.equal(childChanged(a, a), false);
+});
+
+test('derived Secret values are valid for one resourceVersion and bounded', () => {
+  const d = new SecretDerivations(2);
+  d.set('tls\0ns/a', '10', { notAfter: 'x' });
+  assert.deepEqual(d.get('tls\0ns/a', '10'), { value: { notAfter: 'x' } });
+  assert.equal(d.get('tls\0ns/a', '11'), undefined, 'the Secret changed: derive again');
+  d.set('tls\0ns/b', '1', undefined);
+  assert.deepEqual(d.get('tls\0ns/b', '1'), { value: undefined }, 'an undefined value (no problem) is a hit too');
+  d.set('tls\0ns/c', '1', 1);
+  assert.equal(d.size(), 2);
+  assert.equal(d.get('tls\0ns/a', '10'), undefined, 'the oldest entry went first');
 });

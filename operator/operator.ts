@@ -8,6 +8,7 @@ import pino, { type Logger } from 'pino';
 import { FIELD_MANAGER, GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, type SmtpRelay } from './api/v1alpha1.js';
 import { cachingHasher, relayPasswordHasher, type PasswordHasher } from './builders/users.js';
 import { RelayReconciler } from './controllers/reconciler.js';
+import { SecretDerivations } from './controllers/secrets.js';
 import { CERTIFICATE_POLL_MS } from './controllers/readiness/sync.js';
 import type { Caches, Features, SyncContext } from './controllers/context.js';
 import { OperatorMetrics, serveMetrics, RESULT_ERROR, RESULT_REQUEUE, RESULT_SUCCESS } from './metrics.js';
@@ -75,6 +76,38 @@ async function served(kube: Kube, groupVersion: string, plural: string): Promise
 export function ownerKey(obj: KubeObject): string | undefined {
   const ref = obj.metadata?.ownerReferences?.find((r) => r.controller && r.kind === KIND && r.apiVersion.startsWith(`${GROUP}/`));
   return ref && obj.metadata?.namespace ? `${obj.metadata.namespace}/${ref.name}` : undefined;
+}
+
+/**
+ * What the children cache keeps of a child (informer transform): everything the
+ * appliers compare, but of a status only what the reconcile reads: a Deployment's
+ * replica counts (Available, status.replicas), a Certificate's conditions and notAfter.
+ */
+export function trimChild(kind: string, obj: KubeObject): KubeObject {
+  const o = obj as KubeObject & { status?: Record<string, unknown> };
+  if (!o.status) return obj;
+  if (kind === 'Deployment') {
+    const { replicas, readyReplicas, availableReplicas } = o.status;
+    o.status = {
+      ...(replicas !== undefined ? { replicas } : {}),
+      ...(readyReplicas !== undefined ? { readyReplicas } : {}),
+      ...(availableReplicas !== undefined ? { availableReplicas } : {}),
+    };
+  } else if (kind === 'Certificate') {
+    const { conditions, notAfter } = o.status as { conditions?: Array<Record<string, unknown>>; notAfter?: unknown };
+    o.status = {
+      ...(Array.isArray(conditions) ? { conditions: conditions.map(({ type, status, reason, message }) => ({ type, status, reason, message })) } : {}),
+      ...(notAfter !== undefined ? { notAfter } : {}),
+    };
+  }
+  return obj;
+}
+
+/** Whether two cached versions of a child differ in more than their resourceVersion. */
+export function childChanged(a: KubeObject, b: KubeObject): boolean {
+  if (a.metadata?.resourceVersion === b.metadata?.resourceVersion) return false;
+  const bare = (o: KubeObject) => JSON.stringify({ ...o, metadata: { ...o.metadata, resourceVersion: undefined } });
+  return bare(a) !== bare(b);
 }
 
 /** Secret (namespace/name) → SmtpRelays that read it; maintained from each reconcile. */
@@ -157,7 +190,8 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     const childResources = [...CORE_CHILD_RESOURCES];
     if (features.certManager) childResources.push(Certificates);
     if (features.serviceMonitor) childResources.push(ServiceMonitors);
-    const childGroup = (r: Resource) => new InformerGroup<KubeObject>(namespaces, { ...informerOpts, resource: r, labelSelector: selector });
+    const childGroup = (r: Resource) =>
+      new InformerGroup<KubeObject>(namespaces, { ...informerOpts, resource: r, labelSelector: selector, transform: (o) => trimChild(r.kind, o) });
     for (const r of childResources) children.set(r.kind, childGroup(r));
     // Memory: Secrets we own (labelled) are cached whole; for every other Secret
     // only PartialObjectMetadata is cached (a few hundred bytes each, managedFields
@@ -183,6 +217,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       events: new EventRecorder({ kube, component: MANAGED_BY, instance: identity, clock, log: (m, e) => log.warn(e ?? {}, m) }),
       metrics,
       hasher: cfg.hasher ?? cachingHasher(relayPasswordHasher),
+      derived: new SecretDerivations(),
       clock,
       options: { relayImage: cfg.relayImage, ...(cfg.imagePullPolicy ? { imagePullPolicy: cfg.imagePullPolicy } : {}) },
       features,
@@ -224,8 +259,11 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     const watchChildren = (g: InformerGroup<KubeObject>) =>
       g.on({
         add: toOwner,
+        // Only a change in what the cache keeps (trimChild) matters: the
+        // controller-manager's bookkeeping on Deployment status (observedGeneration,
+        // updatedReplicas, condition timestamps) must not reconcile the relay.
         update: (a, b) => {
-          if (a.metadata?.resourceVersion !== b.metadata?.resourceVersion) toOwner(b);
+          if (childChanged(a, b)) toOwner(b);
         },
         delete: toOwner,
       });

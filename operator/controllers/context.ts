@@ -12,6 +12,7 @@ import { type Kube, type KubeObject, resourcePath } from '../runtime/kube.js';
 import { resourceForKind } from '../runtime/resources.js';
 import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
 import type { OperatorMetrics } from '../metrics.js';
+import type { SecretDerivations } from './secrets.js';
 
 export interface Caches {
   relays: InformerGroup<SmtpRelay & KubeObject>;
@@ -40,6 +41,8 @@ export interface SyncContext {
   events: EventRecorder;
   metrics: OperatorMetrics;
   hasher: PasswordHasher;
+  /** Non-secret values derived from referenced Secrets, per resourceVersion (secrets.ts). */
+  derived: SecretDerivations;
   clock: Clock;
   options: OperatorOptions;
   features: Features;

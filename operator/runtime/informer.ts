@@ -17,7 +17,7 @@
 //   the operator never holds the data of Secrets it does not own.
 
 import { type Clock, realClock } from './clock.js';
-import { Kube, type KubeList, type KubeObject, type Resource, type WatchEvent, isGone, keyOf, resourcePath, MEDIA_METADATA, MEDIA_METADATA_LIST, KubeError } from './kube.js';
+import { Kube, type KubeList, type KubeObject, type Resource, type WatchEvent, apiVersionOf, isGone, keyOf, resourcePath, MEDIA_METADATA, MEDIA_METADATA_LIST, KubeError } from './kube.js';
 
 export interface InformerHandlers<T> {
   add?(obj: T): void;
@@ -205,6 +205,12 @@ export class Informer<T extends KubeObject> {
         ...(this.o.metadataOnly ? { accept: MEDIA_METADATA_LIST } : {}),
       });
       for (const item of list.items ?? []) {
+        // Items of a built-in kind's list carry no kind/apiVersion (watch events do):
+        // fill them in, so a relisted object compares like a watched one.
+        if (!this.o.metadataOnly) {
+          item.kind ??= this.o.resource.kind;
+          item.apiVersion ??= apiVersionOf(this.o.resource);
+        }
         const obj = this.prepare(item);
         fresh.set(keyOf(obj), obj);
       }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY } from '../../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../../operator/runtime/kube.js';
-import { SmtpRelays } from '../../operator/runtime/resources.js';
+import { Certificates, SmtpRelays } from '../../operator/runtime/resources.js';
 import type { RunningOperator } from '../../operator/operator.js';
 import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import {
@@ -478,4 +478,33 @@ test('two users whose generated password Secrets would have the same name (app.o
   const users = unb64((await get(kube, `/api/v1/namespaces/${ns}/secrets/r-users`)).data[USERS_KEY]);
   assert.match(users, /name: app\.one/);
   assert.doesNotMatch(users, /name: app-one/, 'the second user is left out, not given the first one\'s password');
+});
+
+test('an operator started on settled relays (caches filled by a list, not by watch events) writes nothing', async () => {
+  const ns = 'restart';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  await createRelay(kube, relayManifest(ns, 'steady'));
+  await eventually('Certificate', () => get(kube, resourcePath(Certificates, ns, 'steady-tls')));
+  await certManager.issue(ns, 'steady-tls');
+  await eventually('issued and reconciled', async () => {
+    const r = await getRelay(kube, ns, 'steady');
+    return condition(r, 'CertificateReady')?.status === 'True' && r.status?.observedGeneration === r.metadata.generation;
+  });
+  await sleep(1000);
+  const relayRv = (await getRelay(kube, ns, 'steady')).metadata.resourceVersion;
+  // A second operator for this namespace only (the first keeps running for the others;
+  // no leader election here): its first reconcile must find every child up to date.
+  const fresh = await runOperator(cp, 'operator-restart', { namespaces: [ns] });
+  try {
+    await fresh.whenRunning();
+    const reconciled = async () => (await fresh.metrics.reconcileTotal.get()).values.filter((v) => v.labels.controller === 'smtprelay').reduce((n, v) => n + v.value, 0);
+    await eventually('the fresh operator reconciled the relay', async () => (await reconciled()) >= 1);
+    await sleep(500);
+    const applies = (await fresh.metrics.applyTotal.get()).values.reduce((n, v) => n + v.value, 0);
+    assert.equal(applies, 0, 'no child re-applied after a relist');
+    assert.equal((await getRelay(kube, ns, 'steady')).metadata.resourceVersion, relayRv, 'no status write');
+  } finally {
+    await fresh.stop();
+  }
 });

@@ -19,7 +19,7 @@ import type { Problem } from '../../builders/credentials.js';
 import { conditionFromProblems, credentialsCondition, type UserProblem } from '../../builders/status.js';
 import { buildUsersFile, buildUsersSecret, readUsersSecret } from '../../builders/users.js';
 import { cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
-import { createSecretIfAbsent, readSecret } from '../secrets.js';
+import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
 import { syncDkim } from './dkim.js';
 
 export const CONTROLLER = 'credentials';
@@ -98,11 +98,12 @@ async function syncUpstream(ctx: SyncContext, st: ReconcileState): Promise<void>
   const problems: Problem[] = [];
   if (up.credentialsSecretRef) {
     const name = up.credentialsSecretRef.name;
-    const p = checkUpstreamCredentialsSecret(await readSecret(ctx, st, ns, name), name);
+    const p = await readSecretDerived(ctx, st, ns, name, 'upstream-credentials', (s) => checkUpstreamCredentialsSecret(s, name));
     if (p) problems.push(p);
   }
   if (up.caSecretRef) {
-    const p = checkUpstreamCaSecret(await readSecret(ctx, st, ns, up.caSecretRef.name), up.caSecretRef);
+    const ref = up.caSecretRef;
+    const p = await readSecretDerived(ctx, st, ns, ref.name, `upstream-ca/${ref.key}`, (s) => checkUpstreamCaSecret(s, ref));
     if (p) problems.push(p);
   }
   for (const p of problems) await ctx.events.warning(relay, p.reason, p.message);

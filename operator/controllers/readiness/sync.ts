@@ -3,14 +3,14 @@
 // availability, the endpoint. Conditions owned here: CertificateReady, Available.
 
 import { ConditionType, Reason } from '../../api/v1alpha1.js';
-import { checkTlsSecret } from '../../builders/credentials.js';
+import { checkTlsSecret, type Problem } from '../../builders/credentials.js';
 import { childNames } from '../../builders/meta.js';
 import { relayEndpoint } from '../../builders/service.js';
 import { availableCondition, certificateCondition, certificateNotAfter, type ConditionInput } from '../../builders/status.js';
 import { KubeError, isNotFound, resourcePath } from '../../runtime/kube.js';
 import { ClusterIssuers, Issuers } from '../../runtime/resources.js';
 import { cachedChild, decide, requeueAfter, type ReconcileState, type SyncContext } from '../context.js';
-import { readSecret } from '../secrets.js';
+import { readSecretDerived, type SecretObject } from '../secrets.js';
 
 export const CONTROLLER = 'readiness';
 
@@ -32,9 +32,10 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
   const now = () => new Date(ctx.clock.now());
 
   let cert: ConditionInput;
-  const tls = await readSecret(ctx, st, ns, names.tlsSecret);
-  const tlsPem = typeof tls?.data?.['tls.crt'] === 'string' ? Buffer.from(tls.data['tls.crt'], 'base64').toString('utf8') : undefined;
-  const secretNotAfter = tlsPem ? certificateNotAfter(tlsPem) : undefined;
+  // Only what is derived from the TLS Secret (not its key), remembered per resourceVersion.
+  const tls = await readSecretDerived(ctx, st, ns, names.tlsSecret, 'tls', (s) => summarizeTlsSecret(s, names.tlsSecret));
+  const tlsPem = tls.hasCertificate;
+  const secretNotAfter = tls.notAfter;
 
   if (relay.spec.tls.issuerRef) {
     const ref = relay.spec.tls.issuerRef;
@@ -44,7 +45,11 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
       // External issuers (other groups) cannot be looked up here; cert-manager's own can.
       const ownIssuer = !ref.group || ref.group === 'cert-manager.io';
       const certificate = cachedChild(ctx, 'Certificate', ns, names.certificate) as Parameters<typeof certificateCondition>[1];
-      cert = ownIssuer
+      // The issuer matters while the certificate is not issued (it explains why);
+      // an issued, valid certificate is served whatever became of its issuer, and
+      // cert-manager reports a failing renewal on the Certificate. So no GET per reconcile.
+      const issued = certificate?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      cert = ownIssuer && !issued
         ? certificateCondition(relay, certificate, { issuerFound: await issuerExists(ctx, st, ns, ref.kind, ref.name), now })
         : certificateCondition(relay, certificate, { now });
       if (cert.status === 'True' && !tlsPem) {
@@ -55,7 +60,7 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
       st.certificate = { secretName: names.tlsSecret, ...(notAfter ? { notAfter } : {}) };
     }
   } else {
-    const problem = checkTlsSecret(tls, names.tlsSecret);
+    const problem = tls.problem;
     if (problem) cert = { type: ConditionType.CertificateReady, ...problem, status: 'False' };
     else if (secretNotAfter && Date.parse(secretNotAfter) <= ctx.clock.now())
       cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.CertificateExpired, message: `the certificate in Secret ${names.tlsSecret} expired at ${secretNotAfter}; replace it` };
@@ -95,4 +100,20 @@ async function issuerExists(ctx: SyncContext, st: ReconcileState, namespace: str
     }
     throw err;
   }
+}
+
+/** What readiness needs from the TLS Secret: no key material, only facts about it. */
+export interface TlsSecretSummary {
+  hasCertificate: boolean;
+  notAfter?: string;
+  /** Why it cannot be served as spec.tls.secretName, if so. */
+  problem?: Problem;
+}
+
+export function summarizeTlsSecret(secret: SecretObject | undefined, name: string): TlsSecretSummary {
+  const crt = secret?.data?.['tls.crt'];
+  const pem = typeof crt === 'string' ? Buffer.from(crt, 'base64').toString('utf8') : undefined;
+  const notAfter = pem ? certificateNotAfter(pem) : undefined;
+  const problem = checkTlsSecret(secret, name);
+  return { hasCertificate: !!pem, ...(notAfter ? { notAfter } : {}), ...(problem ? { problem } : {}) };
 }
