@@ -144,9 +144,11 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
   const metricsPort = await freePort();
   // BENCH_PROFILE=1: the operator runs with --cpu-prof and the report gets its top costs.
   const profDir = process.env['BENCH_PROFILE'] ? mkdtempSync(path.join(os.tmpdir(), 'bench-opprof-')) : undefined;
+  // BENCH_HEAPSNAPSHOT=DIR: a heap snapshot of the operator at the end of the quiet period, written to DIR.
+  const snapDir = process.env['BENCH_HEAPSNAPSHOT'];
   const op = startProcess(
     process.execPath,
-    [...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
+    [...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : []), OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let opErr = '';
@@ -279,6 +281,16 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     const api1 = writesByResource(await getText(cp.kubeconfig, cp.server, '/metrics'));
     const op1 = await opMetrics();
     const rssEnd = rssKiB(op.pid!);
+    if (snapDir) {
+      op.kill('SIGUSR2');
+      const t = Date.now();
+      while (Date.now() - t < 60_000 && !readdirSync(snapDir).some((f) => f.endsWith('.heapsnapshot'))) await sleep(500);
+      await sleep(5000); // the file appears before it is complete
+      log(`heap snapshot in ${snapDir}`);
+    }
+    // Where the RSS is: the V8 heap (JS objects: caches, queues) vs the rest (native, allocator).
+    const mib = (name: string) => fmt(sumMetric(op1, `smtp_relay_operator_${name}`) / 1048576, 1);
+    const memoryBreakdown = `${mib('nodejs_heap_size_used_bytes')} / ${mib('nodejs_heap_size_total_bytes')} / ${mib('nodejs_external_memory_bytes')}`;
     // which Events were written while at rest (by reason), to name what keeps writing
     const events = await kube.get<{ items: any[] }>('/api/v1/events');
     const quietStart = Date.now() - (performance.now() - q0);
@@ -316,6 +328,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
           ['operator CPU from the first create to convergence (s, all threads incl. the scrypt pool)', fmt(convergeCpu, 1), ''],
           ['operator RSS peak (MiB)', fmt(peakRss / 1024, 1), '< 300'],
           [`operator RSS at rest, start/end of the quiet period (MiB)`, `${fmt(rssStart / 1024, 1)} / ${fmt(rssEnd / 1024, 1)}`, ''],
+          ['operator memory at rest: V8 heap used / heap total / external (MiB)', memoryBreakdown, ''],
           [`API writes in the next ${o.quietMs / 1000} s (at rest)${Number.isNaN(convergedS) ? ' (NOT converged)' : ''}, by the operator (apiserver_request_total on the resources it owns + Events it reported)`, fmt(ownedWrites), '0'],
           [`API writes in that period, all (incl. controller-manager and apiserver leases)`, `${fmt(allWrites)}${deltas.length ? ' (' + deltas.map(([k, d]) => `${k}: ${d}`).join(', ') + ')' : ''}`, ''],
           ['operator child applies / reconciles in that period (own counters)', `${fmt(applies)} / ${fmt(reconciles)}`, '0 applies'],

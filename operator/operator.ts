@@ -225,7 +225,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     const index = new SecretIndex();
     const reconciler = new RelayReconciler(ctx, log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
     const q = new WorkQueue({
-      workers: cfg.workers ?? 2,
+      workers: cfg.workers ?? 8,
       clock,
       onError: (key, err, retryInMs) => log.warn({ key, err: String(err), retryInMs }, 'reconcile failed; retrying'),
       handler: async (key) => {

@@ -35,16 +35,27 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
   const errors: Error[] = [];
   const failed: string[] = [];
   let applied = 0;
-  for (const child of [...(st.usersSecret ? [st.usersSecret] : []), ...children]) {
-    // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
-    if (child.kind === 'Certificate' && !ctx.features.certManager) continue;
-    try {
-      await applyChild(ctx, st, child);
-      applied++;
-    } catch (err) {
+  // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
+  const all = [...(st.usersSecret ? [st.usersSecret] : []), ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
+  // Two phases, each in parallel (a new relay's children are ~10 round trips to the
+  // API server; one after another they made the first reconcile the slowest part of
+  // converging): first what the pods use or are fenced by (Secrets, ServiceAccount,
+  // ConfigMap, NetworkPolicy, Certificate, Services), then the Deployment and what
+  // follows it in the builders' order.
+  const deploymentAt = all.findIndex((c) => c.kind === 'Deployment');
+  const phases = deploymentAt < 0 ? [all] : [all.slice(0, deploymentAt), all.slice(deploymentAt)];
+  for (const phase of phases) {
+    const results = await Promise.allSettled(phase.map((child) => applyChild(ctx, st, child)));
+    results.forEach((r, i) => {
+      const child = phase[i]!;
+      if (r.status === 'fulfilled') {
+        applied++;
+        return;
+      }
+      const err: unknown = r.reason;
       errors.push(err instanceof Error ? err : new Error(String(err)));
       failed.push(`${child.kind} ${child.metadata?.name}: ${err instanceof Error ? err.message : String(err)}`);
-    }
+    });
   }
   // Optional children this relay no longer wants (spec.tls switched to secretName,
   // the ServiceMonitor disabled): delete ours, or cert-manager keeps issuing and
