@@ -82,14 +82,16 @@ interface PlaintextHook {
 
 const MAX_PLAINTEXT_COMMANDS = 10;
 
-/** The parts of smtp-server's SMTPConnection that greetWithoutPause relies on. */
+/** The parts of smtp-server's SMTPConnection that tuneConnections relies on. */
 interface GreetingHook {
   name: string;
+  secure: boolean;
+  _socket: net.Socket;
   _server: { options: { maxClients?: number }; connections: Set<unknown> };
   init(): void;
   connectionReady(): void;
   _setListeners(callback: () => void): void;
-  send(code: number, message: string, context?: unknown): void;
+  send(code: number, message: unknown, context?: unknown): void;
 }
 
 /**
@@ -116,12 +118,34 @@ function initWithoutPause(this: GreetingHook): void {
   });
 }
 
+function uncork(socket: net.Socket): void {
+  socket.uncork();
+}
+
 /**
- * Gives every connection this server adds initWithoutPause (smtp-server adds it to
- * `server.connections` right before calling init()). Fails at start, not per
+ * smtp-server writes every reply with its own socket.write: inside TLS its own record
+ * and its own syscall (on loopback the sender's syscall also runs the receiver's TCP
+ * input). A client that pipelines (MAIL, RCPT and DATA in one packet) gets three replies
+ * in the same tick; corking the TLS socket until the end of the tick sends them in one
+ * write. A lone reply goes out at the end of the same tick, before any I/O, so nothing
+ * waits longer. Not on the plaintext socket of a STARTTLS session: that one is handed
+ * to TLS right after its last reply (close() ends the socket, which flushes it).
+ */
+function sendCorked(this: GreetingHook, code: number, data: unknown, context?: unknown): void {
+  const socket = this._socket;
+  if (this.secure && socket.writableCorked === 0 && !socket.destroyed) {
+    socket.cork();
+    process.nextTick(uncork, socket);
+  }
+  (SMTPConnection.prototype.send as (this: GreetingHook, code: number, data: unknown, context?: unknown) => void).call(this, code, data, context);
+}
+
+/**
+ * Gives every connection this server adds initWithoutPause and sendCorked (smtp-server
+ * adds it to `server.connections` right before calling init()). Fails at start, not per
  * connection, when this smtp-server version no longer has the parts it replaces.
  */
-function greetWithoutPause(server: SMTPServer): void {
+function tuneConnections(server: SMTPServer): void {
   const proto = SMTPConnection.prototype as unknown as Partial<GreetingHook>;
   const init = typeof proto.init === 'function' ? String(proto.init) : '';
   const conns = (server as unknown as { connections?: Set<GreetingHook> }).connections;
@@ -134,11 +158,12 @@ function greetWithoutPause(server: SMTPServer): void {
     !/setTimeout\([^]*connectionReady\(\)/.test(init)
   ) {
     // test/relay/greeting.test.ts proves the hook; fail loudly if an upgrade changed it
-    throw new Error('this smtp-server version changed SMTPConnection.init (the 100 ms greeting pause): review relay/server.ts greetWithoutPause');
+    throw new Error('this smtp-server version changed SMTPConnection.init (the 100 ms greeting pause): review relay/server.ts tuneConnections');
   }
   const add = conns.add.bind(conns);
   conns.add = (conn: GreetingHook) => {
     conn.init = initWithoutPause;
+    conn.send = sendCorked;
     return add(conn);
   };
 }
@@ -259,8 +284,8 @@ export class Relay {
     proxyHook._expectsProxyHeader = (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress);
     if (implicit) this.refuseBeforeHandshake(listener, server);
     // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
-    // none keeps smtp-server's early-talker pause (see greetWithoutPause).
-    greetWithoutPause(server);
+    // none keeps smtp-server's early-talker pause (see initWithoutPause).
+    tuneConnections(server);
     server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
       // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
       // error normalizer); without this listener such a client would crash the process.

@@ -251,3 +251,28 @@ async function waitForReload(n: number): Promise<void> {
     await delay(20);
   }
 }
+
+describe('pipelined replies', () => {
+  test('replies to pipelined MAIL, RCPT and DATA leave in one TLS record (one write), in order', async () => {
+    const c = await RawSmtp.connect(relay.ports.submissions, { implicitTls: true });
+    assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+    // a fresh user: gina may be locked out by the tests above
+    const JO: TestUser = { name: 'jo', password: 'jo-password-0123456789', allowedSenders: ['jo@example.com'] };
+    const reloads = relay.logs.filter((l) => l.event === 'reload' && l.kind === 'users').length;
+    await relay.usersDir.update({ 'users.yaml': await usersYaml([GINA, JO]) });
+    await waitForReload(reloads + 1);
+    assert.equal((await c.login(JO.name, JO.password))?.code, 235);
+    const chunks: string[] = [];
+    const s = c.socket as tls.TLSSocket;
+    s.on('data', (d: string) => chunks.push(d));
+    c.write('MAIL FROM:<jo@example.com>\r\nRCPT TO:<someone@example.net>\r\nDATA\r\n');
+    assert.equal((await c.read())?.code, 250);
+    assert.equal((await c.read())?.code, 250);
+    assert.equal((await c.read())?.code, 354);
+    assert.equal(chunks.length, 1, `replies arrived in ${chunks.length} reads: ${JSON.stringify(chunks)}`);
+    c.write(message('jo@example.com', 'someone@example.net', 'pipelined') + '.\r\n');
+    assert.equal((await c.read())?.code, 250);
+    assert.equal((await c.cmd('QUIT'))?.code, 221);
+    c.close();
+  });
+});
