@@ -8,7 +8,7 @@ import type { Applier } from '../runtime/apply.js';
 import type { Clock } from '../runtime/clock.js';
 import type { EventRecorder } from '../runtime/events.js';
 import type { InformerGroup } from '../runtime/informer.js';
-import { type Kube, type KubeObject, resourcePath } from '../runtime/kube.js';
+import { FROM_WATCH_CACHE, type Kube, type KubeObject, resourcePath } from '../runtime/kube.js';
 import { resourceForKind } from '../runtime/resources.js';
 import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
 import type { OperatorMetrics } from '../metrics.js';
@@ -97,8 +97,10 @@ export async function applyChild(ctx: SyncContext, st: ReconcileState, desired: 
   const cached = cachedChild(ctx, kind, ns, name);
   // The cache holds only labelled objects: a miss may still be someone else's object
   // of that name, which a forced apply would take over (and an immutable-field
-  // rejection would delete). Look before writing.
-  const existing = cached ?? (await ctx.kube.getOrUndefined<KubeObject>(resourcePath(resource, ns, name)));
+  // rejection would delete). Look before writing; the API server's watch cache
+  // answers (no etcd read: a new relay makes ten such lookups), which is as good
+  // as any GET here: an object could appear between the look and the write anyway.
+  const existing = cached ?? (await ctx.kube.getOrUndefined<KubeObject>(resourcePath(resource, ns, name), { query: FROM_WATCH_CACHE }));
   const foreign = existing && notOurs(ctx, st.relay, existing);
   if (foreign) throw new Error(`${kind} ${name} exists and is not managed by this SmtpRelay (${foreign}); delete or rename it, or rename the SmtpRelay`);
   const outcome = await ctx.applier.apply(resource, desired, cached);

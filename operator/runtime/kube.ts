@@ -92,6 +92,13 @@ export function isGone(err: unknown): boolean {
   return err instanceof KubeError && err.code === 410;
 }
 
+/**
+ * Query for a GET the API server may answer from its watch cache instead of a
+ * quorum read from etcd (resourceVersion=0: "any version it has"): much cheaper
+ * at scale, possibly a moment stale. For lookups where that is fine.
+ */
+export const FROM_WATCH_CACHE = { resourceVersion: '0' } as const;
+
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
   body?: unknown;
@@ -156,9 +163,9 @@ export class Kube {
   }
 
   /** GET that answers undefined for 404. */
-  async getOrUndefined<T = KubeObject>(path: string): Promise<T | undefined> {
+  async getOrUndefined<T = KubeObject>(path: string, opts?: RequestOptions): Promise<T | undefined> {
     try {
-      return await this.get<T>(path);
+      return await this.get<T>(path, opts);
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;

@@ -7,7 +7,7 @@ import { checkTlsSecret, type Problem } from '../../builders/credentials.js';
 import { childNames } from '../../builders/meta.js';
 import { relayEndpoint } from '../../builders/service.js';
 import { availableCondition, certificateCondition, certificateNotAfter, type ConditionInput } from '../../builders/status.js';
-import { KubeError, isNotFound, resourcePath } from '../../runtime/kube.js';
+import { FROM_WATCH_CACHE, KubeError, isNotFound, resourcePath } from '../../runtime/kube.js';
 import { ClusterIssuers, Issuers } from '../../runtime/resources.js';
 import { cachedChild, decide, requeueAfter, type ReconcileState, type SyncContext } from '../context.js';
 import { readSecretDerived, type SecretObject } from '../secrets.js';
@@ -90,7 +90,8 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
 async function issuerExists(ctx: SyncContext, st: ReconcileState, namespace: string, kind: string, name: string): Promise<boolean | undefined> {
   const path = kind === 'ClusterIssuer' ? resourcePath(ClusterIssuers, undefined, name) : resourcePath(Issuers, namespace, name);
   try {
-    await ctx.kube.get(path);
+    // From the API server's watch cache: this runs on every reconcile while a certificate is pending.
+    await ctx.kube.get(path, { query: FROM_WATCH_CACHE });
     return true;
   } catch (err) {
     if (isNotFound(err)) return false;
