@@ -46,7 +46,7 @@ export function createMetrics(registry: prom.Registry) {
     }),
     passwordChecks: new prom.Counter({
       name: 'smtp_relay_auth_password_checks_total',
-      help: 'Password checks by kind: scrypt (a full key derivation) or remembered (the same password and hash succeeded before in this process).',
+      help: 'Password checks by kind: scrypt (a full key derivation), remembered (the same password and hash succeeded before in this process), shared (waited for the same check already running).',
       labelNames: ['check'] as const,
       registers: r,
     }),

@@ -94,6 +94,8 @@ export class VerificationMemo {
   // a KeyObject: createHmac with a raw Buffer key costs ~5x more per call
   private readonly key = crypto.createSecretKey(crypto.randomBytes(32));
   private readonly macs = new Map<string, Buffer>();
+  /** Checks running now, at most one per slot (see verify). */
+  private readonly pending = new Map<string, { mac: Buffer; result: Promise<boolean> }>();
 
   constructor(readonly maxEntries = 10_000) {}
 
@@ -102,17 +104,39 @@ export class VerificationMemo {
     return crypto.createHmac('sha256', this.key).update(stored).update('\0').update(password, 'utf8').digest();
   }
 
-  /** Whether this password was verified against this stored hash in this slot before. */
-  has(slot: string, password: string, stored: string): boolean {
-    const known = this.macs.get(slot);
-    return known !== undefined && crypto.timingSafeEqual(known, this.mac(password, stored));
+  private store(slot: string, mac: Buffer): void {
+    this.macs.delete(slot);
+    this.macs.set(slot, mac);
+    if (this.macs.size > this.maxEntries) this.macs.delete(this.macs.keys().next().value as string);
   }
 
-  /** Records a successful verification (replacing the slot's previous one). */
-  remember(slot: string, password: string, stored: string): void {
+  /**
+   * Verifies with the memo: `remembered` when this password succeeded against this stored
+   * hash in this slot before; else `check()` runs (the full verification) and a success is
+   * remembered. A call made while the same check (same slot, password and stored hash) is
+   * still running waits for that one instead of starting another (`shared`): a client
+   * opening many sessions at once pays for one scrypt, not one per session. A different
+   * password never shares (it gets its own full check).
+   */
+  async verify(slot: string, password: string, stored: string, check: () => Promise<boolean>): Promise<{ ok: boolean; how: 'remembered' | 'shared' | 'checked' }> {
+    const mac = this.mac(password, stored);
+    const known = this.macs.get(slot);
+    if (known !== undefined && crypto.timingSafeEqual(known, mac)) return { ok: true, how: 'remembered' };
+    const running = this.pending.get(slot);
+    if (running && crypto.timingSafeEqual(running.mac, mac)) return { ok: await running.result, how: 'shared' };
+    const result = check();
+    if (!running) this.pending.set(slot, { mac, result });
+    try {
+      const ok = await result;
+      if (ok) this.store(slot, mac);
+      return { ok, how: 'checked' };
+    } finally {
+      if (this.pending.get(slot)?.result === result) this.pending.delete(slot);
+    }
+  }
+
+  forget(slot: string): void {
     this.macs.delete(slot);
-    this.macs.set(slot, this.mac(password, stored));
-    if (this.macs.size > this.maxEntries) this.macs.delete(this.macs.keys().next().value as string);
   }
 
   /** Drops the entries of slots `keep` says no to (e.g. users removed from the users file). */

@@ -477,16 +477,19 @@ export class Relay {
    * the full check, so guessing stays as slow as before; lockout counting is the caller's.
    */
   private async checkPassword(username: string, password: string, known: User | undefined): Promise<boolean> {
-    const stored = known ? formatHash(known.hash) : '';
-    if (known && this.verified.has(username, password, stored)) {
-      this.metrics.passwordChecks.inc({ check: 'remembered' });
-      return true;
+    if (!known) {
+      // An unknown user is verified against a dummy hash so that both cost the same.
+      this.metrics.passwordChecks.inc({ check: 'scrypt' });
+      await verifyPassword(password, this.dummy);
+      return false;
     }
-    this.metrics.passwordChecks.inc({ check: 'scrypt' });
-    // An unknown user is verified against a dummy hash so that both cost the same.
-    const ok = (await verifyPassword(password, known?.hash ?? this.dummy)) && known !== undefined;
-    // not if the users file changed meanwhile (the user removed or given a new hash)
-    if (ok && this.users.get(username) === known) this.verified.remember(username, password, stored);
+    const { ok, how } = await this.verified.verify(username, password, formatHash(known.hash), () => {
+      this.metrics.passwordChecks.inc({ check: 'scrypt' });
+      return verifyPassword(password, known.hash);
+    });
+    if (how !== 'checked') this.metrics.passwordChecks.inc({ check: how });
+    // the users file changed meanwhile: keep no entry for a removed user
+    if (how === 'checked' && !this.users.has(username)) this.verified.forget(username);
     return ok;
   }
 

@@ -213,6 +213,30 @@ describe('remembered logins', () => {
     assert.equal((await login(HUGO2.name, HUGO2.password, '127.0.0.33')).code, 535);
   });
 
+  test('logins arriving together with the same password share one scrypt', async () => {
+    const KIM: TestUser = { name: 'kim', password: 'kim-password-0123456789', allowedSenders: ['kim@example.com'], strongHash: true };
+    const reloads = relay.logs.filter((l) => l.event === 'reload' && l.kind === 'users').length;
+    await relay.usersDir.update({ 'users.yaml': await usersYaml([GINA, KIM]) });
+    await waitForReload(reloads + 1);
+    const clients = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const c = await RawSmtp.connect(relay.ports.submissions, { implicitTls: true, localAddress: '127.0.0.41' });
+        assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
+        return c;
+      }),
+    );
+    const c0 = await checks();
+    const shared0 = await relay.metric('smtp_relay_auth_password_checks_total', { check: 'shared' });
+    const codes = await Promise.all(clients.map(async (c) => (await c.login(KIM.name, KIM.password))?.code));
+    assert.deepEqual(codes, [235, 235, 235, 235, 235]);
+    const c1 = await checks();
+    const shared1 = await relay.metric('smtp_relay_auth_password_checks_total', { check: 'shared' });
+    // one full check (N=32768 takes tens of ms, so the other four arrive while it runs)
+    assert.equal(c1.scrypt - c0.scrypt, 1);
+    assert.equal(shared1 - shared0 + (c1.remembered - c0.remembered), 4);
+    for (const c of clients) c.close();
+  });
+
   test('a remembered login sends mail normally', async () => {
     const c = await RawSmtp.connect(relay.ports.submission);
     assert.equal((await c.cmd('EHLO client.test'))?.code, 250);
