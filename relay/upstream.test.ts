@@ -1,7 +1,10 @@
 import tls from 'node:tls';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildSettings, classifyError, sanitizeReply } from './upstream.js';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { buildSettings, classifyError, dataPayload, sanitizeReply } from './upstream.js';
 
 const rcpt = ['a@example.net', 'b@example.net'];
 const err = (props: Record<string, unknown>) => Object.assign(new Error('x'), props);
@@ -91,5 +94,48 @@ describe('replies', () => {
   it('sanitizes upstream text into one bounded printable line', () => {
     assert.equal(sanitizeReply('550 5.1.1 no\r\n550 such user\u0000'), '550 5.1.1 no 550 such user?');
     assert.equal(sanitizeReply('x'.repeat(300)).length, 200);
+  });
+});
+
+describe('the DATA payload written upstream in one buffer', () => {
+  // nodemailer's own DataStream (not exported; loaded from the file beside SMTPConnection)
+  const dataStreamFile = path.join(path.dirname(createRequire(import.meta.url).resolve('nodemailer/lib/smtp-connection')), 'data-stream.js');
+  const viaNodemailer = async (message: Buffer): Promise<Buffer> => {
+    const { default: DataStream } = (await import(pathToFileURL(dataStreamFile).href)) as { default: new () => NodeJS.ReadWriteStream };
+    const ds = new DataStream();
+    const out: Buffer[] = [];
+    ds.on('data', (c: Buffer) => out.push(c));
+    const ended = new Promise((resolve) => ds.on('end', resolve));
+    ds.write(message);
+    ds.end();
+    await ended;
+    return Buffer.concat(out);
+  };
+
+  it('is byte for byte what nodemailer DataStream sends, for CRLF-only messages', async () => {
+    const cases = [
+      'From: a@example.com\r\n\r\nbody\r\n',
+      '.leading dot\r\n..two\r\n.\r\nx\r\n',
+      'no final line break',
+      'ends in dot\r\n.',
+      '\r\n',
+      'a\r\n.\r\n.\r\n\r\n.b\r\n',
+      'é 8-bit\r\n.ü\r\n',
+    ];
+    // and random ones made of the interesting pieces
+    const pieces = ['\r\n', '.', 'a', '..', '\r\n.', 'xyz', ' '];
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    for (let i = 0; i < 300; i++) cases.push(Array.from({ length: rnd(40) }, () => pieces[rnd(pieces.length)]).join(''));
+    for (const c of cases) {
+      const m = Buffer.from(c, 'utf8');
+      const mine = dataPayload(m);
+      assert.ok(mine, JSON.stringify(c));
+      assert.deepEqual(mine, await viaNodemailer(m), JSON.stringify(c));
+    }
+  });
+
+  it('leaves messages with a bare CR or LF (or NUL) to nodemailer, which repairs them', () => {
+    for (const c of ['a\nb\r\n', 'a\rb\r\n', 'a\r\nb\r', 'a\0b\r\n']) assert.equal(dataPayload(Buffer.from(c)), undefined, JSON.stringify(c));
   });
 });

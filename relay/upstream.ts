@@ -24,6 +24,7 @@
 //              connection lost after the final dot): the client should retry. A retry
 //              after an unknown outcome may duplicate (RFC 1047); it never loses.
 //   permanent  the upstream refused (5xx); nothing was delivered.
+import { isAscii } from 'node:buffer';
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -34,6 +35,7 @@ import { Counter, Gauge, Histogram } from 'prom-client';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
 import { fromDomains, parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
+import { LineEndingCheck } from './smuggling.js';
 import { parseDuration } from './units.js';
 
 export interface Envelope {
@@ -326,6 +328,47 @@ function step<T>(conn: SMTPConnection, run: (cb: (err: Error | null | undefined,
   });
 }
 
+const DOT = Buffer.from('.');
+const CRLF_DOT = Buffer.from('\r\n.');
+const END_AFTER_CRLF = Buffer.from('.\r\n');
+const CRLF_END = Buffer.from('\r\n.\r\n');
+
+/**
+ * What goes on the wire after DATA's 354, in one buffer: the message with every line
+ * that starts with a dot dot-stuffed (RFC 5321 section 4.5.2) and the end-of-data line
+ * appended. Byte for byte what nodemailer's DataStream sends for a message whose line
+ * endings are all CRLF (relay/upstream.test.ts compares them), found with native
+ * Buffer.indexOf instead of a JavaScript loop over every byte, and written with one
+ * socket write (one TLS record) instead of two. Undefined when the message holds a bare
+ * CR or LF (or a NUL byte): that goes through nodemailer's DataStream, which repairs
+ * line endings. (The relay refuses such messages from clients; DKIM output is CRLF.)
+ */
+export function dataPayload(message: Buffer): Buffer | undefined {
+  const check = new LineEndingCheck();
+  check.push(message);
+  if (check.end()) return undefined;
+  const parts: Buffer[] = [];
+  let start = 0;
+  if (message[0] === 0x2e) parts.push(DOT);
+  for (let i = message.indexOf(CRLF_DOT); i !== -1; i = message.indexOf(CRLF_DOT, i + 3)) {
+    parts.push(message.subarray(start, i + 2), DOT);
+    start = i + 2;
+  }
+  parts.push(start === 0 ? message : message.subarray(start));
+  const n = message.length;
+  parts.push(n >= 2 && message[n - 2] === 0x0d && message[n - 1] === 0x0a ? END_AFTER_CRLF : CRLF_END);
+  return Buffer.concat(parts);
+}
+
+type DataStreamLike = NodeJS.ReadWriteStream & {
+  inByteCount: number;
+  outByteCount: number;
+  push(chunk: Buffer): boolean;
+  _transform(chunk: Buffer, encoding: string, done: () => void): void;
+  _flush(done: () => void): void;
+};
+type CreateSendStream = (callback: (err: Error | null, str?: string) => void) => DataStreamLike;
+
 type SetEnvelope = (envelope: unknown, callback: (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: NodemailerError[] }) => void) => void;
 
 /**
@@ -360,13 +403,37 @@ function sendAllOrNothing(
       callback(err, info);
     });
   };
-  let eightBit = false;
-  for (let i = 0; i < message.length; i++) {
-    if (message[i]! > 0x7f) {
-      eightBit = true;
-      break;
-    }
+  // Hooks SMTPConnection's internal `_createSendStream` (nodemailer 10.x, like _setEnvelope
+  // above): the DataStream it pipes to the socket passes the prepared payload through
+  // instead of scanning the message byte by byte and writing the end-of-data line apart.
+  const internal2 = conn as unknown as { _createSendStream?: CreateSendStream };
+  const originalCreate = (SMTPConnection.prototype as unknown as { _createSendStream?: CreateSendStream })._createSendStream;
+  const payload = typeof originalCreate === 'function' ? dataPayload(message) : undefined;
+  if (payload && originalCreate) {
+    internal2._createSendStream = function (this: unknown, callback) {
+      const stream = originalCreate.call(this, callback);
+      let sent = false;
+      const sendPayload = () => {
+        if (sent) return;
+        sent = true;
+        stream.inByteCount = message.length;
+        stream.outByteCount = payload.length;
+        stream.push(payload);
+      };
+      stream._transform = (_chunk: Buffer, _encoding: string, done: () => void) => {
+        sendPayload();
+        done();
+      };
+      stream._flush = (done: () => void) => {
+        sendPayload();
+        done();
+      };
+      return stream;
+    };
+  } else {
+    delete internal2._createSendStream;
   }
+  const eightBit = !isAscii(message);
   return step<string>(conn, (cb) =>
     conn.send(
       { from: envelope.mailFrom, to: envelope.rcptTo, size: message.length, use8BitMime: eightBit } as SMTPConnection.Envelope,
