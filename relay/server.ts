@@ -73,17 +73,10 @@ interface Connection {
   send(code: number, message: string): void;
 }
 
-/** smtp-server's per-connection command dispatch, wrapped to count plaintext commands. */
-interface PlaintextHook {
-  secure: boolean;
-  _upgrading: boolean;
-  _onCommand(command: Buffer, callback: () => void): unknown;
-}
-
 const MAX_PLAINTEXT_COMMANDS = 10;
 
 /** The parts of smtp-server's SMTPConnection that tuneConnections relies on. */
-interface GreetingHook {
+interface ConnectionHook {
   name: string;
   secure: boolean;
   _socket: net.Socket;
@@ -92,6 +85,9 @@ interface GreetingHook {
   connectionReady(): void;
   _setListeners(callback: () => void): void;
   send(code: number, message: unknown, context?: unknown): void;
+  /** smtp-server's per-connection command dispatch (wrapped to count plaintext commands) */
+  _onCommand(command: Buffer, callback: () => void): unknown;
+  _upgrading: boolean;
 }
 
 /**
@@ -107,7 +103,7 @@ interface GreetingHook {
  * greeting, through the same checks (no AUTH before TLS, plaintext command limit,
  * STARTTLS discarding whatever followed it in plaintext; test/relay/greeting.test.ts).
  */
-function initWithoutPause(this: GreetingHook): void {
+function initWithoutPause(this: ConnectionHook): void {
   this._setListeners(() => {
     const options = this._server.options;
     if (options.maxClients && this._server.connections.size > options.maxClients) {
@@ -131,29 +127,31 @@ function uncork(socket: net.Socket): void {
  * waits longer. Not on the plaintext socket of a STARTTLS session: that one is handed
  * to TLS right after its last reply (close() ends the socket, which flushes it).
  */
-function sendCorked(this: GreetingHook, code: number, data: unknown, context?: unknown): void {
+function sendCorked(this: ConnectionHook, code: number, data: unknown, context?: unknown): void {
   const socket = this._socket;
   if (this.secure && socket.writableCorked === 0 && !socket.destroyed) {
     socket.cork();
     process.nextTick(uncork, socket);
   }
-  (SMTPConnection.prototype.send as (this: GreetingHook, code: number, data: unknown, context?: unknown) => void).call(this, code, data, context);
+  (SMTPConnection.prototype.send as (this: ConnectionHook, code: number, data: unknown, context?: unknown) => void).call(this, code, data, context);
 }
 
 /**
- * Gives every connection this server adds initWithoutPause and sendCorked (smtp-server
- * adds it to `server.connections` right before calling init()). Fails at start, not per
- * connection, when this smtp-server version no longer has the parts it replaces.
+ * Gives every connection this server adds initWithoutPause and sendCorked, and passes it
+ * to `each` (smtp-server adds it to `server.connections` right before calling init()).
+ * Fails at start, not per connection, when this smtp-server version no longer has the
+ * parts it replaces.
  */
-function tuneConnections(server: SMTPServer): void {
-  const proto = SMTPConnection.prototype as unknown as Partial<GreetingHook>;
+function tuneConnections(server: SMTPServer, each?: (conn: ConnectionHook) => void): void {
+  const proto = SMTPConnection.prototype as unknown as Partial<ConnectionHook>;
   const init = typeof proto.init === 'function' ? String(proto.init) : '';
-  const conns = (server as unknown as { connections?: Set<GreetingHook> }).connections;
+  const conns = (server as unknown as { connections?: Set<ConnectionHook> }).connections;
   if (
     !(conns instanceof Set) ||
     typeof proto.connectionReady !== 'function' ||
     typeof proto._setListeners !== 'function' ||
     typeof proto.send !== 'function' ||
+    typeof proto._onCommand !== 'function' ||
     !/_setListeners\(/.test(init) ||
     !/setTimeout\([^]*connectionReady\(\)/.test(init)
   ) {
@@ -161,9 +159,10 @@ function tuneConnections(server: SMTPServer): void {
     throw new Error('this smtp-server version changed SMTPConnection.init (the 100 ms greeting pause): review relay/server.ts tuneConnections');
   }
   const add = conns.add.bind(conns);
-  conns.add = (conn: GreetingHook) => {
+  conns.add = (conn: ConnectionHook) => {
     conn.init = initWithoutPause;
     conn.send = sendCorked;
+    each?.(conn);
     return add(conn);
   };
 }
@@ -285,7 +284,7 @@ export class Relay {
     if (implicit) this.refuseBeforeHandshake(listener, server);
     // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
     // none keeps smtp-server's early-talker pause (see initWithoutPause).
-    tuneConnections(server);
+    tuneConnections(server, listener.mode === 'starttls' ? (conn) => this.limitPlaintextCommands(conn) : undefined);
     server.on('error', (err: Error & { code?: string; meta?: { stage?: string } }) => {
       // smtp-server reports failed or abandoned handshakes here (err.meta from its TLS
       // error normalizer); without this listener such a client would crash the process.
@@ -372,7 +371,6 @@ export class Relay {
     this.metrics.activeConnections.inc({ listener: listener.name });
     if (listener.mode === 'starttls') {
       session.disabledCommands = PRE_TLS_DISABLED;
-      this.limitPlaintextCommands(listener, session);
     }
     cb();
   }
@@ -381,25 +379,19 @@ export class Relay {
    * A client may send only a few commands before STARTTLS (a real one needs EHLO and
    * STARTTLS); smtp-server's own abuse counters do not cover NOOP/RSET/EHLO loops there.
    */
-  private limitPlaintextCommands(listener: ListenerSettings, session: SMTPServerSession): void {
-    const server = this.servers.find((s) => s.listener === listener)?.server;
-    const conns = (server as unknown as { connections?: Set<Connection & PlaintextHook> } | undefined)?.connections;
-    if (!conns) return;
-    for (const conn of conns) {
-      if (conn.session !== session || typeof conn._onCommand !== 'function') continue;
-      const dispatch = conn._onCommand.bind(conn);
-      let count = 0;
-      conn._onCommand = (command: Buffer, callback: () => void) => {
-        if (!conn.secure && !conn._upgrading && ++count > MAX_PLAINTEXT_COMMANDS) {
-          this.metrics.rejections.inc({ reason: 'too_many_plaintext_commands' });
-          conn.send(421, '4.7.0 Too many commands before STARTTLS');
-          return;
-        }
-        return dispatch(command, callback);
-      };
-      return;
-    }
+  private limitPlaintextCommands(conn: ConnectionHook): void {
+    const dispatch = conn._onCommand;
+    let count = 0;
+    conn._onCommand = (command: Buffer, callback: () => void) => {
+      if (!conn.secure && !conn._upgrading && ++count > MAX_PLAINTEXT_COMMANDS) {
+        this.metrics.rejections.inc({ reason: 'too_many_plaintext_commands' });
+        conn.send(421, '4.7.0 Too many commands before STARTTLS');
+        return;
+      }
+      return dispatch.call(conn, command, callback);
+    };
   }
+
 
   private onSecure(listener: ListenerSettings, socket: net.Socket | tls.TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
     const tlsSocket = socket as tls.TLSSocket;
