@@ -58,6 +58,8 @@ test('the children cache keeps of a Deployment status only the replica counts th
   assert.deepEqual((d as { status?: unknown }).status, { replicas: 2, readyReplicas: 1, availableReplicas: 1 });
   const cert = trimChild('Certificate', { kind: 'Certificate', metadata: { name: 'c' }, status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok', lastTransitionTime: 't', observedGeneration: 1 }], notAfter: 'n', renewalTime: 'x', revision: 1 } } as never);
   assert.deepEqual((cert as { status?: unknown }).status, { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok' }], notAfter: 'n' });
+  const pdb = trimChild('PodDisruptionBudget', { kind: 'PodDisruptionBudget', metadata: { name: 'p' }, spec: { maxUnavailable: 1 }, status: { currentHealthy: 0, expectedPods: 2 } } as never);
+  assert.deepEqual(pdb, { kind: 'PodDisruptionBudget', metadata: { name: 'p' }, spec: { maxUnavailable: 1 } }, 'no status the reconcile does not read');
 });
 
 test("a child's update reconciles its relay only when something kept in the cache changed", () => {

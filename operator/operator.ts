@@ -81,7 +81,9 @@ export function ownerKey(obj: KubeObject): string | undefined {
 /**
  * What the children cache keeps of a child (informer transform): everything the
  * appliers compare, but of a status only what the reconcile reads: a Deployment's
- * replica counts (Available, status.replicas), a Certificate's conditions and notAfter.
+ * replica counts (Available, status.replicas), a Certificate's conditions and
+ * notAfter; no other status (a PodDisruptionBudget's, kept up to date by the
+ * disruption controller as pods come and go, would otherwise reconcile the relay).
  */
 export function trimChild(kind: string, obj: KubeObject): KubeObject {
   const o = obj as KubeObject & { status?: Record<string, unknown> };
@@ -99,6 +101,8 @@ export function trimChild(kind: string, obj: KubeObject): KubeObject {
       ...(Array.isArray(conditions) ? { conditions: conditions.map(({ type, status, reason, message }) => ({ type, status, reason, message })) } : {}),
       ...(notAfter !== undefined ? { notAfter } : {}),
     };
+  } else {
+    delete o.status;
   }
   return obj;
 }
