@@ -133,9 +133,9 @@ test('the caching hasher stays bounded', async () => {
   let calls = 0;
   const counting: PasswordHasher = { hash: async (p) => p, verify: async () => (calls++, true) };
   const bounded = cachingHasher(counting, 3);
-  for (const p of ['a', 'b', 'c', 'd']) await bounded.verify(p, 'h');
-  await bounded.verify('a', 'h'); // evicted: verified again
-  await bounded.verify('d', 'h'); // still cached
+  for (const p of ['a', 'b', 'c', 'd']) await bounded.verify(p, `h${p}`);
+  await bounded.verify('a', 'ha'); // evicted: verified again
+  await bounded.verify('d', 'hd'); // still cached
   assert.equal(calls, 5);
 });
 

@@ -14,10 +14,9 @@
 // or a generated one whose password the user has changed) keep the relay's
 // production cost. The relay honours the parameters stored in each hash.
 
-import { createHmac, randomBytes } from 'node:crypto';
 import YAML from 'yaml';
 import type { UserEntry, UsersFile } from '../../relay/config-types.js';
-import { DEFAULT_PARAMS, hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
+import { DEFAULT_PARAMS, VerificationMemo, hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
 import { renderYaml } from './config.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
@@ -148,26 +147,16 @@ export function readUsersSecret(secret: { data?: Record<string, string> | undefi
 
 /**
  * Remembers successful verifications, so a reconcile does not pay one scrypt
- * (tens of ms, tens of MiB) per unchanged user. The key is an HMAC of
- * (hash, password) under a per-process random key: no plaintext and no fast
- * unsalted password hash is kept in memory. Bounded; oldest entries go first.
+ * (tens of ms, tens of MiB) per unchanged user: the relay's VerificationMemo
+ * (relay/password.ts; one entry per stored hash, an HMAC of (hash, password)
+ * under a per-process random key, no plaintext kept). Bounded; oldest entries go first.
  */
 export function cachingHasher(inner: PasswordHasher, maxEntries = 10_000): PasswordHasher {
-  const key = randomBytes(32);
-  const verified = new Set<string>();
-  const id = (password: string, passwordHash: string) =>
-    createHmac('sha256', key).update(passwordHash).update('\0').update(password, 'utf8').digest('base64');
+  const memo = new VerificationMemo(maxEntries);
   return {
     hash: (password, cost) => inner.hash(password, cost),
     async verify(password, passwordHash) {
-      const k = id(password, passwordHash);
-      if (verified.has(k)) return true;
-      const ok = await inner.verify(password, passwordHash);
-      if (ok) {
-        verified.add(k);
-        if (verified.size > maxEntries) verified.delete(verified.values().next().value as string);
-      }
-      return ok;
+      return (await memo.verify(passwordHash, password, passwordHash, () => inner.verify(password, passwordHash))).ok;
     },
   };
 }
