@@ -109,6 +109,7 @@ export class Applier {
       query: { fieldManager: this.o.fieldManager, force: true },
       contentType: MEDIA_APPLY_PATCH,
       body,
+      discardResponse: true,
     });
   }
 
@@ -124,6 +125,7 @@ export class Applier {
     await this.o.kube.request('PATCH', resourcePath(resource, namespace, name, 'status'), {
       contentType: MEDIA_MERGE_PATCH,
       body: { status: patch },
+      discardResponse: true,
     });
     return true;
   }

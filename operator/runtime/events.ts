@@ -79,6 +79,7 @@ export class EventRecorder {
             lastTimestamp: ts,
             count: 1,
           },
+          discardResponse: true,
         });
       } catch (err) {
         if (!isConflict(err)) throw err;
@@ -87,6 +88,7 @@ export class EventRecorder {
         await this.o.kube.request('PATCH', `${path}/${encodeURIComponent(name)}`, {
           contentType: 'application/merge-patch+json',
           body: { count: (existing.count ?? 1) + 1, lastTimestamp: ts },
+          discardResponse: true,
         });
       }
     } catch (err) {

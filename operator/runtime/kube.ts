@@ -105,6 +105,8 @@ export interface RequestOptions {
   contentType?: string;
   accept?: string;
   signal?: AbortSignal;
+  /** The caller does not use the response (e.g. an apply): read and drop it unparsed, resolve undefined. */
+  discardResponse?: boolean;
 }
 
 export interface WatchEvent<T> {
@@ -153,6 +155,12 @@ export class Kube {
       ...(dispatcher ? { dispatcher } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
+    if (opts.discardResponse && res.status < 400) {
+      // Drain without building a string and an object tree we would throw away
+      // (an applied Deployment comes back whole, managedFields and all).
+      if (res.body) for await (const _ of res.body) void _;
+      return undefined as T;
+    }
     const text = await res.text();
     if (res.status >= 400) throw statusError(res.status, text);
     return (text ? JSON.parse(text) : undefined) as T;
