@@ -81,7 +81,7 @@ export function ownerKey(obj: KubeObject): string | undefined {
 /**
  * What the children cache keeps of a child (informer transform): everything the
  * appliers compare, but of a status only what the reconcile reads: a Deployment's
- * replica counts (Available, status.replicas), a Certificate's conditions and
+ * ready and available replica counts, a Certificate's conditions and
  * notAfter; no other status (a PodDisruptionBudget's, kept up to date by the
  * disruption controller as pods come and go, would otherwise reconcile the relay).
  */
@@ -89,9 +89,8 @@ export function trimChild(kind: string, obj: KubeObject): KubeObject {
   const o = obj as KubeObject & { status?: Record<string, unknown> };
   if (!o.status) return obj;
   if (kind === 'Deployment') {
-    const { replicas, readyReplicas, availableReplicas } = o.status;
+    const { readyReplicas, availableReplicas } = o.status;
     o.status = {
-      ...(replicas !== undefined ? { replicas } : {}),
       ...(readyReplicas !== undefined ? { readyReplicas } : {}),
       ...(availableReplicas !== undefined ? { availableReplicas } : {}),
     };

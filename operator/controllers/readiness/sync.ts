@@ -81,7 +81,10 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
   decide(st, avail.type, avail.status, avail.reason, avail.message);
 
   const out: ReadinessResult = { endpoint: relayEndpoint(relay) };
-  if (deployment?.status?.replicas !== undefined) out.replicas = deployment.status.replicas;
+  // status.replicas is the desired count (as the CRD documents it), not the pods the
+  // Deployment has created so far: that count follows the controller-manager's
+  // progress and made every step of it a status write.
+  if (deployment) out.replicas = relay.spec.replicas;
   out.readyReplicas = deployment?.status?.readyReplicas ?? 0;
   return out;
 }
