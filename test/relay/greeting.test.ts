@@ -88,9 +88,12 @@ describe('greeting', () => {
       c.destroy();
     }
     console.log(`# greeting median: STARTTLS listener ${median(starttls).toFixed(1)} ms, implicit TLS ${median(implicit).toFixed(1)} ms`);
-    // with smtp-server's pause every sample is >= 100 ms
-    assert.ok(median(starttls) < 60, `STARTTLS listener greeting after ${median(starttls).toFixed(1)} ms`);
-    assert.ok(median(implicit) < 60, `implicit-TLS listener greeting after ${median(implicit).toFixed(1)} ms`);
+    // with smtp-server's pause every sample is >= 100 ms; the median bound leaves room for
+    // a machine busy with parallel tests
+    for (const [name, a] of [['STARTTLS listener', starttls], ['implicit-TLS listener', implicit]] as const) {
+      assert.ok(Math.min(...a) < 50, `${name}: fastest greeting after ${Math.min(...a).toFixed(1)} ms`);
+      assert.ok(median(a) < 90, `${name}: greeting after ${median(a).toFixed(1)} ms (median)`);
+    }
   });
 
   test('an early talker on the STARTTLS listener gets no more than a client that waits', async () => {
