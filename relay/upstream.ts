@@ -697,24 +697,45 @@ export class Upstream {
 
   private release(p: Pooled, reusable: boolean): void {
     this.checkedOut.delete(p);
-    if (
-      reusable &&
-      !this.closed &&
-      !p.dead &&
-      !p.conn.destroyed &&
-      p.generation === this.settings.generation &&
-      p.messages < MAX_MESSAGES_PER_CONNECTION
-    ) {
-      p.idleTimer = setTimeout(() => {
-        this.removeIdle(p);
-        this.discard(p);
-      }, IDLE_CLOSE_MS);
-      p.idleTimer.unref();
-      this.idle.push(p);
+    const healthy = reusable && !this.closed && !p.dead && !p.conn.destroyed && p.generation === this.settings.generation;
+    if (healthy && p.messages < MAX_MESSAGES_PER_CONNECTION) {
+      this.parkIdle(p);
+      this.freeSlot();
     } else {
       this.discard(p);
+      this.freeSlot();
+      // A connection retired after its message limit is replaced in the background, so the
+      // next message finds a connected one instead of waiting for TCP + TLS + EHLO (+ AUTH):
+      // that wait, once every MAX_MESSAGES_PER_CONNECTION messages per connection, was a
+      // visible share of the relay's p99 latency (docs/benchmarks.md).
+      if (healthy) this.replenish(this.settings);
     }
-    this.freeSlot();
+  }
+
+  private parkIdle(p: Pooled): void {
+    p.idleTimer = setTimeout(() => {
+      this.removeIdle(p);
+      this.discard(p);
+    }, IDLE_CLOSE_MS);
+    p.idleTimer.unref();
+    this.idle.push(p);
+  }
+
+  /** Opens one connection in the background (it holds a slot while connecting) and parks it idle. */
+  private replenish(s: Settings): void {
+    if (this.closed || this.busy >= s.maxConnections) return;
+    this.busy++;
+    this.connect(s).then(
+      (p) => {
+        if (this.closed || p.generation !== this.settings.generation) this.discard(p);
+        else this.parkIdle(p);
+        this.freeSlot();
+      },
+      (err: NodemailerError) => {
+        this.log.debug({ code: err.code, error: sanitizeReply(err.message, 300) }, 'replacement upstream connection failed');
+        this.freeSlot();
+      },
+    );
   }
 
   private removeIdle(p: Pooled): void {

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import type { DkimKeyConfig, UpstreamConfig } from '../../relay/config-types.js';
-import { Upstream, type DeliveryOutcome } from '../../relay/upstream.js';
+import { MAX_MESSAGES_PER_CONNECTION, Upstream, type DeliveryOutcome } from '../../relay/upstream.js';
 import { createPki, DAY, type Pki } from '../support/pki.js';
 import { closedPort, startSink, type Sink } from '../support/sink.js';
 import { dkimTxtRecord, verifyDkim } from '../support/dkim-verify.js';
@@ -142,6 +142,25 @@ describe('upstream delivery over verified TLS', () => {
       await new Promise((r) => setTimeout(r, 50));
       assertAccepted(await h.upstream.deliver(env, message()));
       assert.equal(sink.connections - c0, 2);
+    } finally {
+      await h.upstream.close();
+    }
+  });
+
+  it('replaces a connection retired after its message limit in the background: the next message does not wait for a connect', async () => {
+    const h = makeUpstream({ port: sink.port, caFile, maxConnections: 2 });
+    try {
+      const c0 = sink.connections;
+      for (let i = 0; i < MAX_MESSAGES_PER_CONNECTION; i++) assertAccepted(await h.upstream.deliver(env, message()));
+      // the limit retired the first connection; a replacement is being opened without any message waiting for it
+      const deadline = Date.now() + 5000;
+      while (sink.connections - c0 < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(sink.connections - c0, 2, 'replacement opened before the next message');
+      await new Promise((r) => setTimeout(r, 200)); // connected and parked idle
+      const t0 = performance.now();
+      assertAccepted(await h.upstream.deliver(env, message()));
+      assert.equal(sink.connections - c0, 2, 'the next message used the replacement');
+      assert.ok(performance.now() - t0 < 1000);
     } finally {
       await h.upstream.close();
     }
