@@ -15,13 +15,15 @@ import path from 'node:path';
 import { createPki } from '../test/support/pki.js';
 import { cpuSeconds, fmt, log, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
 import { holdConnections, runLoad } from './loadgen.js';
-import { startRelay, startSmtpSink, startStunnel } from './targets.js';
+import { imageRuntime, startRelay, startSmtpSink, startStunnel } from './targets.js';
 
 const FLOOR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'tls-floor.js');
 
 /** KiB per idle implicit-TLS connection held by a bare node:tls server (Node's own floor). */
 async function nodeTlsFloor(certFile: string, keyFile: string, n: number, handshakeMs: number): Promise<{ perConn: number; held: number; hsPerCpuSecond: number; hsPerSecond: number }> {
-  const child = startProcess(process.execPath, [FLOOR, certFile, keyFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // the same runtime as the relay (the image's node flags and ENV), so the difference is the relay's own
+  const rt = imageRuntime();
+  const child = startProcess(process.execPath, [...rt.nodeArgs, FLOOR, certFile, keyFile], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...rt.env } });
   try {
     const port = await new Promise<number>((resolve, reject) => {
       child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
@@ -145,7 +147,7 @@ export async function connections(o: { counts: number[]; handshakeMs: number }):
     const secs = o.handshakeMs / 1000;
     return (
       `### Scenario 3: idle TLS sessions and full handshakes\n\n` +
-      `Idle sessions after STARTTLS + EHLO, from ${SOURCES.length} source addresses; relay RSS before: ${fmt(rss0)} KiB.\n\n` +
+      `Idle sessions after STARTTLS + EHLO, from ${SOURCES.length} source addresses; relay RSS before: ${fmt(rss0)} KiB. The relay and the bare node:tls server run as the image runs them: \`node ${imageRuntime().nodeArgs.join(' ')}\`, ${Object.entries(imageRuntime().env).map(([k, v]) => `${k}=${v}`).join(' ')} (Dockerfile).\n\n` +
       table(['target sessions', 'open', 'RSS before (KiB)', 'RSS with them (KiB)', 'KiB per session', 'time to open (s)'], rows) +
       '\n\n' +
       `Full TLS handshakes (${hs.what}, ECDSA P-256 certificate; a new connection each, no resumption, 64 in flight from 2 generator processes using ${fmt(hs.generatorShare * 100)}% of the machine, ${fmt(secs, 1)} s; ${hs.failed} failed):\n\n` +

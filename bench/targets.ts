@@ -13,7 +13,28 @@ import { atExit, freePort, processTree, sleep, startProcess, stopProcess, waitFo
 
 export const USER = 'bench';
 export const PASS = 'bench-password-0123456789';
-const RELAY_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../relay/main.js');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The image's single entrypoint (dist/entrypoint.js): `relay serve ...` runs the relay in that process. */
+const ENTRYPOINT = path.resolve(HERE, '../entrypoint.js');
+const DOCKERFILE = path.resolve(HERE, '../../Dockerfile');
+
+/**
+ * How the image starts its programs, read from the Dockerfile so the bench runs the relay
+ * exactly as production does: the node flags of ENTRYPOINT ["node", FLAGS..., "/app/dist/entrypoint.js"]
+ * and the ENV lines of the runtime stage (after the last FROM).
+ */
+export function imageRuntime(): { nodeArgs: string[]; env: Record<string, string> } {
+  const text = readFileSync(DOCKERFILE, 'utf8');
+  const ep = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(text);
+  const argv = ep ? (JSON.parse(ep[1]!) as string[]) : [];
+  if (argv[0] !== 'node' || !argv[argv.length - 1]?.endsWith('/entrypoint.js')) {
+    throw new Error(`${DOCKERFILE}: expected ENTRYPOINT ["node", flags..., "/app/dist/entrypoint.js"], found ${ep?.[1] ?? 'none'}`);
+  }
+  const env: Record<string, string> = {};
+  const runtime = text.slice(text.lastIndexOf('\nFROM '));
+  for (const m of runtime.matchAll(/^ENV\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)\s*$/gm)) env[m[1]!] = m[2]!;
+  return { nodeArgs: argv.slice(1, -1), env };
+}
 
 function need(cmd: string, pkg: string): string {
   for (const dir of ['/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
@@ -78,7 +99,7 @@ export interface RelayBenchOptions {
   logLevel?: string;
 }
 
-/** Our relay process (node dist/relay/main.js serve), logging JSON lines to a file as in production. */
+/** Our relay process, started like the image starts it (node FLAGS dist/entrypoint.js relay serve, the image's ENV), logging JSON lines to a file as in production. */
 export async function startRelay(o: RelayBenchOptions): Promise<RelayTarget> {
   const tlsDir = await SecretDir.create(o.dir, `tls-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`, {
     'tls.crt': readFileSync(o.cert.chainFile),
@@ -117,9 +138,10 @@ shutdownGracePeriod: 5s
   writeFileSync(configFile, config);
   const logFile = path.join(o.dir, `relay-${submission}.log`);
   const out = openSync(logFile, 'w');
-  const child = startProcess(process.execPath, [...(o.nodeArgs ?? []), RELAY_MAIN, 'serve', '--config', configFile], {
+  const rt = imageRuntime();
+  const child = startProcess(process.execPath, [...rt.nodeArgs, ...(o.nodeArgs ?? []), ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
     stdio: ['ignore', out, out],
-    env: { ...process.env, LOG_LEVEL: o.logLevel ?? 'info' },
+    env: { ...process.env, ...rt.env, LOG_LEVEL: o.logLevel ?? 'info' },
     cwd: o.dir,
   });
   const deadline = Date.now() + 20_000;
