@@ -22,7 +22,7 @@ export const USAGE = `Usage: smtp-relay-operator [flags]
   --namespaces A,B             namespaces to watch (default: all; with a list, namespaced Roles suffice)
   --relay-image IMAGE          image the relay pods run (required; or $RELAY_IMAGE)
   --image-pull-policy POLICY   Always | IfNotPresent | Never (default: Kubernetes' default)
-  --workers N                  parallel reconciles (default 8)
+  --workers N                  parallel reconciles (default 16)
   --metrics-port PORT          /metrics, /healthz, /readyz (default 8080; 0 = any free port)
   --metrics-address ADDR       listen address (default ::)
   --leader-elect               elect one active replica via a coordination.k8s.io Lease
@@ -43,7 +43,7 @@ export function parseOperatorArgs(argv: string[]) {
       namespaces: { type: 'string' },
       'relay-image': { type: 'string' },
       'image-pull-policy': { type: 'string' },
-      workers: { type: 'string', default: '8' },
+      workers: { type: 'string', default: '16' },
       'metrics-port': { type: 'string', default: '8080' },
       'metrics-address': { type: 'string', default: '::' },
       'leader-elect': { type: 'boolean', default: false },

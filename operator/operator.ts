@@ -228,7 +228,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     const index = new SecretIndex();
     const reconciler = new RelayReconciler(ctx, log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
     const q = new WorkQueue({
-      workers: cfg.workers ?? 8,
+      workers: cfg.workers ?? 16,
       clock,
       onError: (key, err, retryInMs) => log.warn({ key, err: String(err), retryInMs }, 'reconcile failed; retrying'),
       handler: async (key) => {
