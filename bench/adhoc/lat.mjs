@@ -34,7 +34,7 @@ for (const v of variants) {
   const start = which ? (await import(path.resolve(which, 'bench/targets.js'))).startRelay : startRelay;
   const r = await start({ dir, cert, upstream, nodeArgs });
   process.env = saved;
-  targets.push({ label, r });
+  targets.push({ label, r, eld: nodeArgs.some((a) => a.includes('eld.mjs')) });
 }
 const auth = { user: USER, pass: PASS };
 const out = {};
@@ -42,12 +42,12 @@ const sinkRes = [];
 for (let rep = 0; rep < reps; rep++) {
   for (const t of targets) {
     const c0 = cpuSeconds(t.r.child.pid);
-    process.kill(t.r.child.pid, 'SIGUSR2');
+    if (t.eld) process.kill(t.r.child.pid, 'SIGUSR2');
     const res = await runLoad({ mode: 'send', host: '127.0.0.1', port: t.r.submission, tls: 'starttls', auth, pooled: true, connections: 20, durationMs: 5000, warmupMs: 1000, rate }, 2, 2);
     const cpu = cpuSeconds(t.r.child.pid) - c0;
-    process.kill(t.r.child.pid, 'SIGUSR2');
+    if (t.eld) process.kill(t.r.child.pid, 'SIGUSR2');
     await new Promise((r) => setTimeout(r, 200));
-    const eld = readFileSync(t.r.logFile, 'utf8').split('\n').filter((l) => l.startsWith('ELD')).pop();
+    const eld = !t.eld ? '' : readFileSync(t.r.logFile, 'utf8').split('\n').filter((l) => l.startsWith('ELD')).pop();
     const line = `${t.label}: ${res.msgsPerSec.toFixed(0)}/s p50 ${percentile(res.latencies, 50).toFixed(2)} p99 ${percentile(res.latencies, 99).toFixed(2)} p99.9 ${percentile(res.latencies, 99.9).toFixed(2)} max ${Math.max(...res.latencies).toFixed(1)} relayCPU ${cpu.toFixed(2)}s failed ${res.failed} | ${eld}`;
     console.log(`rep ${rep} ${line}`);
     (out[t.label] ??= []).push(percentile(res.latencies, 99));
