@@ -28,12 +28,6 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 # --- runtime ----------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 ENV NODE_ENV=production
-# glibc malloc: allocations of 64 KiB and more get their own mapping (only the pages they
-# touch are resident, returned to the system on free). Node gives every TLS connection a
-# 64 KiB read buffer for its life; with this the relay holds ~8 KiB less per idle TLS
-# session (docs/benchmarks.md). bench/targets.ts starts the relay with this ENV and the
-# ENTRYPOINT's node flags, read from this file.
-ENV MALLOC_MMAP_THRESHOLD_=65536
 WORKDIR /app
 # Everything under /app belongs to root and is read-only for the program's user.
 COPY --from=prod-deps /src/package.json /src/package-lock.json ./
@@ -41,8 +35,7 @@ COPY --from=prod-deps /src/node_modules/ node_modules/
 COPY --from=build /src/dist/ dist/
 # Non-root, numeric so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 65532:65532
-# --initial-heap-size=64: V8 starts with room for 64 MB instead of growing from a few MB,
-# so the relay's per-message garbage no longer triggers a Mark-Compact every few hundred
-# messages (117 -> 13 in 20 s at 1,358 msgs/s; docs/benchmarks.md, "Relay, latency").
-ENTRYPOINT ["node", "--initial-heap-size=64", "/app/dist/entrypoint.js"]
+# Each program's node flags and malloc settings are in entrypoint.ts (`programs`): it
+# re-executes itself with them (same PID), so they are the same here and in the bench.
+ENTRYPOINT ["node", "/app/dist/entrypoint.js"]
 CMD ["--help"]

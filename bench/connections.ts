@@ -147,7 +147,7 @@ export async function connections(o: { counts: number[]; handshakeMs: number }):
     const secs = o.handshakeMs / 1000;
     return (
       `### Scenario 3: idle TLS sessions and full handshakes\n\n` +
-      `Idle sessions after STARTTLS + EHLO, from ${SOURCES.length} source addresses; relay RSS before: ${fmt(rss0)} KiB. The relay and the bare node:tls server run as the image runs them: \`node ${imageRuntime().nodeArgs.join(' ')}\`, ${Object.entries(imageRuntime().env).map(([k, v]) => `${k}=${v}`).join(' ')} (Dockerfile).\n\n` +
+      `Idle sessions after STARTTLS + EHLO, from ${SOURCES.length} source addresses; relay RSS before: ${fmt(rss0)} KiB. The relay and the bare node:tls server run as the image runs them: \`node ${imageRuntime().nodeArgs.join(' ')}\`, ${Object.entries(imageRuntime().env).map(([k, v]) => `${k}=${v}`).join(' ')} (entrypoint.ts).\n\n` +
       table(['target sessions', 'open', 'RSS before (KiB)', 'RSS with them (KiB)', 'KiB per session', 'time to open (s)'], rows) +
       '\n\n' +
       `Full TLS handshakes (${hs.what}, ECDSA P-256 certificate; a new connection each, no resumption, 64 in flight from 2 generator processes using ${fmt(hs.generatorShare * 100)}% of the machine, ${fmt(secs, 1)} s; ${hs.failed} failed):\n\n` +

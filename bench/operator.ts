@@ -13,6 +13,7 @@ import { request } from 'node:https';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { programs } from '../entrypoint.js';
 import { API_VERSION, KIND } from '../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../operator/runtime/kube.js';
 import { Certificates, SmtpRelays } from '../operator/runtime/resources.js';
@@ -24,7 +25,7 @@ import os from 'node:os';
 import { cpuSeconds, fmt, freePort, log, percentile, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
 import { summarize } from './profile.js';
 
-const OPERATOR_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../operator/main.js');
+const OPERATOR_MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../entrypoint.js');
 
 function manifest(namespace: string, name: string) {
   return {
@@ -164,17 +165,14 @@ function rssByMapping(pid: number): string {
 const SETTLE_LIMIT_MS = 180_000;
 
 /**
- * The operator runs as its `smtp-relay-operator` bin runs it: with the node flags of
- * dist/operator/main.js's shebang line (--max-semi-space-size=2, see the comment there).
- * Started as `node main.js` without them, V8 sizes the young generation for this 23.5 GiB
- * machine (64 MiB semi-spaces) and the RSS says more about V8's defaults than about the
- * operator. BENCH_OPERATOR_NODE_FLAGS overrides them ('' = none).
+ * The operator runs as the image runs it: `node dist/entrypoint.js operator ...`, which adds
+ * the operator's node flags (entrypoint.ts `programs`: --max-semi-space-size=2
+ * --max-old-space-size=256). Started as `node main.js` without them, V8 sizes the young
+ * generation for this 23.5 GiB machine (64 MiB semi-spaces) and the RSS says more about V8's
+ * defaults than about the operator. BENCH_OPERATOR_NODE_FLAGS gives other values for them (an
+ * option it does not name keeps the entrypoint's value).
  */
-function shebangFlags(file: string): string {
-  const first = readFileSync(file, 'utf8').split('\n', 1)[0] ?? '';
-  return /^#!.*\bnode\b(.*)$/.exec(first)?.[1]?.trim() ?? '';
-}
-const OPERATOR_NODE_FLAGS = (process.env['BENCH_OPERATOR_NODE_FLAGS'] ?? shebangFlags(OPERATOR_MAIN)).split(' ').filter(Boolean);
+const OPERATOR_NODE_FLAGS = (process.env['BENCH_OPERATOR_NODE_FLAGS'] ?? programs['operator']!.nodeFlags.join(' ')).split(' ').filter(Boolean);
 
 async function withConcurrency<T>(items: T[], n: number, fn: (t: T) => Promise<void>): Promise<void> {
   let i = 0;
@@ -198,7 +196,7 @@ export async function operatorAtScale(o: { applies: number; relays: number; name
     process.execPath,
     [
       ...OPERATOR_NODE_FLAGS,
-      ...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : []), OPERATOR_MAIN, '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
+      ...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : []), OPERATOR_MAIN, 'operator', '--kubeconfig', cp.kubeconfigPath, '--relay-image', 'registry.invalid/smtp-relay:bench', '--metrics-port', String(metricsPort), '--metrics-address', '127.0.0.1', '--log-level', 'warn'],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let opErr = '';

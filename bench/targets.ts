@@ -7,6 +7,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { programs } from '../entrypoint.js';
 import { usersYaml, SecretDir } from '../test/relay/harness.js';
 import type { CertFiles } from '../test/support/pki.js';
 import { atExit, freePort, processTree, sleep, startProcess, stopProcess, waitForPort } from './common.js';
@@ -16,24 +17,15 @@ export const PASS = 'bench-password-0123456789';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The image's single entrypoint (dist/entrypoint.js): `relay serve ...` runs the relay in that process. */
 const ENTRYPOINT = path.resolve(HERE, '../entrypoint.js');
-const DOCKERFILE = path.resolve(HERE, '../../Dockerfile');
 
 /**
- * How the image starts its programs, read from the Dockerfile so the bench runs the relay
- * exactly as production does: the node flags of ENTRYPOINT ["node", FLAGS..., "/app/dist/entrypoint.js"]
- * and the ENV lines of the runtime stage (after the last FROM).
+ * How the image runs the relay: the node flags and environment that dist/entrypoint.js
+ * adds for it (entrypoint.ts `programs`, the one place they are defined). The relay itself
+ * is started through the entrypoint, which adds them; this is for the bare TLS floor.
  */
 export function imageRuntime(): { nodeArgs: string[]; env: Record<string, string> } {
-  const text = readFileSync(DOCKERFILE, 'utf8');
-  const ep = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(text);
-  const argv = ep ? (JSON.parse(ep[1]!) as string[]) : [];
-  if (argv[0] !== 'node' || !argv[argv.length - 1]?.endsWith('/entrypoint.js')) {
-    throw new Error(`${DOCKERFILE}: expected ENTRYPOINT ["node", flags..., "/app/dist/entrypoint.js"], found ${ep?.[1] ?? 'none'}`);
-  }
-  const env: Record<string, string> = {};
-  const runtime = text.slice(text.lastIndexOf('\nFROM '));
-  for (const m of runtime.matchAll(/^ENV\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)\s*$/gm)) env[m[1]!] = m[2]!;
-  return { nodeArgs: argv.slice(1, -1), env };
+  const relay = programs['relay']!;
+  return { nodeArgs: [...relay.nodeFlags], env: { ...relay.env } };
 }
 
 function need(cmd: string, pkg: string): string {
@@ -138,10 +130,9 @@ shutdownGracePeriod: 5s
   writeFileSync(configFile, config);
   const logFile = path.join(o.dir, `relay-${submission}.log`);
   const out = openSync(logFile, 'w');
-  const rt = imageRuntime();
-  const child = startProcess(process.execPath, [...rt.nodeArgs, ...(o.nodeArgs ?? []), ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
+  const child = startProcess(process.execPath, [...(o.nodeArgs ?? []), ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
     stdio: ['ignore', out, out],
-    env: { ...process.env, ...rt.env, LOG_LEVEL: o.logLevel ?? 'info' },
+    env: { ...process.env, LOG_LEVEL: o.logLevel ?? 'info' },
     cwd: o.dir,
   });
   const deadline = Date.now() + 20_000;

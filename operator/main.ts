@@ -1,13 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --max-old-space-size=256
+#!/usr/bin/env node
 // smtp-relay-operator: runs the SmtpRelay controller, in-cluster or with --kubeconfig.
-// --max-semi-space-size=2: the operator allocates in bursts (JSON of watch events); V8's default
-// young generation (up to 64 MiB here) then holds ~130 MiB more RSS at rest for 100 relays
-// (234 vs 107 MiB measured).
-// --max-old-space-size=256: on a large machine V8 lets the old generation grow to several times
-// the live heap during such a burst (1,000 relays: live ~80 MiB, RSS peak 369 MiB with the first
-// flag alone, ~207 MiB with both). 256 MiB is also what Node gives V8 in a pod with the chart's
-// 384 MiB limit. The live heap grows ~50 MiB per 1,000 relays: raise both with the memory limit
-// beyond ~4,000 relays. The container image should pass the same flags (NODE_OPTIONS).
+// Production runs it as `node dist/entrypoint.js operator ...` (the image's entrypoint), which
+// adds its node memory flags (entrypoint.ts, `programs`).
 
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
