@@ -162,12 +162,14 @@ test('status conditions follow the certificate: Issuing → Issued (notAfter fro
       body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }, { type: 'ContainersReady', status: 'True', lastTransitionTime: now }] } },
     });
   }
-  const ready = await eventually('Ready=True', async () => {
+  // Available (and so Ready) needs all but one pod; the deployment controller may count the
+  // two pods in separate status updates, so Ready=True can come with "1/2" first: each later
+  // readyReplicas change must still reach the status.
+  const ready = await eventually('Ready=True with 2/2 pods ready', async () => {
     const r = await getRelay(kube, ns, 'tlsrelay');
-    return condition(r, 'Ready')?.status === 'True' ? r : undefined;
+    return condition(r, 'Ready')?.status === 'True' && r.status.replicasSummary === '2/2' ? r : undefined;
   });
   assert.equal(condition(ready, 'Available')?.status, 'True');
-  assert.equal(ready.status.replicasSummary, '2/2');
 
   await certManager.setReady(ns, 'tlsrelay-tls', 'False', 'Renewing', 'renewal in progress');
   const again = await eventually('CertificateReady=False again', async () => {
