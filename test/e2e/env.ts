@@ -13,7 +13,6 @@
  *   await env.stop();   // everything it started is stopped; nothing is left running
  */
 import { execFile } from 'node:child_process';
-import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
@@ -70,19 +69,8 @@ export function helmBin(): string {
 import { waitFor } from '../support/poll.js';
 export { waitFor };
 
-export function httpGet(host: string, port: number, path: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ host, port, path, timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
+import { httpGet } from '../support/http.js';
+export { httpGet };
 
 export class Environment {
   readonly kube: Kube;

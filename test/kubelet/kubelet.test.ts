@@ -9,30 +9,16 @@
  */
 import assert from 'node:assert/strict';
 import { lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
 import { Kube } from '../../operator/runtime/kube.js';
 import { unpackImage } from './image.js';
 import { ContainerKubelet } from './kubelet.js';
+import { httpGet } from '../support/http.js';
 import { waitFor } from '../support/poll.js';
 
 const NS = 'kubelet-test';
-
-function httpGet(host: string, port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host, port, path, timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 // A small server run with the image's node: answers what the container sees.
 const SERVER = `

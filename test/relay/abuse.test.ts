@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
-import { RawSmtp, delay, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { RawSmtp, delay, startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 let pki: Pki;
 let sink: Sink;
@@ -32,12 +32,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  const code = await relay?.stop();
-  await sink?.stop();
-  await pki?.cleanup();
-  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
-});
+after(() => stopAll(relay, sink, pki));
 
 async function ehloTls(c: RawSmtp) {
   assert.equal((await c.cmd('EHLO client.test'))?.code, 250);

@@ -15,7 +15,7 @@ import nodemailer from 'nodemailer';
 import { createPki, type Pki } from '../support/pki.js';
 import { closedPort, startSink, type Sink } from '../support/sink.js';
 import { dkimTxtRecord, verifyDkim } from '../support/dkim-verify.js';
-import { startRelay, tempDir, type RelayProcess } from './harness.js';
+import { startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 const run = promisify(execFile);
 
@@ -92,12 +92,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  const code = await relay?.stop();
-  await sink?.stop();
-  await pki?.cleanup();
-  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
-});
+after(() => stopAll(relay, sink, pki));
 
 describe('what the upstream receives from the relay', () => {
   it('DKIM-Signature, then Received, then the client bytes unchanged; dkimpy verifies it (RSA and Ed25519)', async () => {

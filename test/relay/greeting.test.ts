@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
-import { RawSmtp, delay, message, startRelay, tempDir, usersYaml, type RelayProcess, type TestUser } from './harness.js';
+import { RawSmtp, delay, message, startRelay, tempDir, usersYaml, type RelayProcess, type TestUser, stopAll } from './harness.js';
 
 let pki: Pki;
 let sink: Sink;
@@ -33,12 +33,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  const code = await relay?.stop();
-  await sink?.stop();
-  await pki?.cleanup();
-  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
-});
+after(() => stopAll(relay, sink, pki));
 
 /** Connects, and resolves with the raw text received until `until` matches (or 3 s). */
 function collect(socket: net.Socket | tls.TLSSocket, until: RegExp, ms = 3000): Promise<string> {

@@ -10,7 +10,9 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { hashPassword } from '../../relay/password.js';
-import type { CertFiles } from '../support/pki.js';
+import assert from 'node:assert/strict';
+import type { CertFiles, Pki } from '../support/pki.js';
+import type { Sink } from '../support/sink.js';
 
 export const MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../relay/main.js');
 export const NODE = process.execPath;
@@ -181,6 +183,14 @@ export class RelayProcess {
     clearTimeout(t);
     return code;
   }
+}
+
+/** Teardown for a test file's relay, sink and PKI: stops all three, then asserts the relay exited 0. */
+export async function stopAll(relay: RelayProcess | undefined, sink: Sink | undefined, pki: Pki | undefined): Promise<void> {
+  const code = await relay?.stop();
+  await sink?.stop();
+  await pki?.cleanup();
+  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
 }
 
 export async function startRelay(o: RelayOptions): Promise<RelayProcess> {

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { createPki, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
-import { RawSmtp, message, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { RawSmtp, message, startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 const run = promisify(execFile);
 
@@ -29,12 +29,7 @@ before(async () => {
   relay = await startRelay({ dir, cert, users: [FRANK, ALICE, BOB], upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile } });
 });
 
-after(async () => {
-  const code = await relay?.stop();
-  await sink?.stop();
-  await pki?.cleanup();
-  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
-});
+after(() => stopAll(relay, sink, pki));
 
 /** An authenticated session over STARTTLS, ready for MAIL FROM. */
 async function authed(user = ALICE): Promise<RawSmtp> {

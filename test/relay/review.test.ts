@@ -9,7 +9,7 @@ import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../support/pki.js';
 import { startSink, type Sink } from '../support/sink.js';
-import { RawSmtp, message, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { RawSmtp, message, startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 let pki: Pki;
 let sink: Sink;
@@ -34,12 +34,7 @@ before(async () => {
   });
 });
 
-after(async () => {
-  const code = await relay?.stop();
-  await sink?.stop();
-  await pki?.cleanup();
-  assert.equal(code, 0, `relay exit code; stderr: ${relay?.stderr}`);
-});
+after(() => stopAll(relay, sink, pki));
 
 async function authed(user: { name: string; password: string } = ALICE, localAddress = '127.0.0.1'): Promise<RawSmtp> {
   const c = await RawSmtp.connect(relay.ports.submission, { localAddress });
