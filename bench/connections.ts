@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createPki } from '../test/support/pki.js';
+import { createPki } from '../test/harness/support/pki.js';
 import { cpuSeconds, fmt, log, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';
 import { holdConnections, runLoad } from './loadgen.js';
 import { imageRuntime, startRelay, startSmtpSink, startStunnel } from './targets.js';

@@ -1,5 +1,5 @@
 // Scenario 4: the operator (node dist/operator/main.js, its own process) on the local
-// control plane (test/controlplane/harness.ts: etcd, kube-apiserver, kube-controller-manager):
+// control plane (test/harness/controlplane/harness.ts: etcd, kube-apiserver, kube-controller-manager):
 //   - apply -> every child exists: p50/p99 over N SmtpRelays created one after another;
 //   - 1,000 SmtpRelays across 10 namespaces: time to converge (every status written for
 //     the current generation, every child Deployment there, work queue empty), operator RSS,
@@ -18,8 +18,8 @@ import { API_VERSION, KIND } from '../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../operator/runtime/kube.js';
 import { Certificates, SmtpRelays } from '../operator/runtime/resources.js';
 import { Informer } from '../operator/runtime/informer.js';
-import { createPki } from '../test/support/pki.js';
-import { startControlPlane, type ControlPlane } from '../test/controlplane/harness.js';
+import { createPki } from '../test/harness/support/pki.js';
+import { startControlPlane, type ControlPlane } from '../test/harness/controlplane/harness.js';
 import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import { cpuSeconds, fmt, freePort, log, percentile, rssKiB, sleep, startProcess, stopProcess, table } from './common.js';

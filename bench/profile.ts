@@ -6,7 +6,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createPki } from '../test/support/pki.js';
+import { createPki } from '../test/harness/support/pki.js';
 import { fmt, table } from './common.js';
 import { runLoad } from './loadgen.js';
 import { PASS, USER, startRelay, startSmtpSink, startStunnel } from './targets.js';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { programs } from '../entrypoint.js';
 import { usersYaml, SecretDir } from '../test/relay/harness.js';
-import type { CertFiles } from '../test/support/pki.js';
+import type { CertFiles } from '../test/harness/support/pki.js';
 import { atExit, freePort, processTree, sleep, startProcess, stopProcess, waitForPort } from './common.js';
 
 export const USER = 'bench';

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createPki } from '../test/support/pki.js';
+import { createPki } from '../test/harness/support/pki.js';
 import { cpuSeconds, fmt, log, machineBusySeconds, median, percentile, sleep, table } from './common.js';
 import { runLoad, type LoadResult, type SendOptions } from './loadgen.js';
 import { PASS, USER, postfixQueueSize, startPostfix, startRelay, startSmtpSink, startStunnel, type PostfixTarget, type Target } from './targets.js';

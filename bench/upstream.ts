@@ -12,8 +12,8 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import type { DkimKeyConfig } from '../relay/config-types.js';
 import { Upstream } from '../relay/upstream.js';
-import { createPki } from '../test/support/pki.js';
-import { startSink, type Sink } from '../test/support/sink.js';
+import { createPki } from '../test/harness/support/pki.js';
+import { startSink, type Sink } from '../test/harness/support/sink.js';
 
 let MESSAGES = 300;
 let CONCURRENCY = 10;

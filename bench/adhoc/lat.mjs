@@ -10,7 +10,7 @@
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createPki } from '../../dist/test/support/pki.js';
+import { createPki } from '../../dist/test/harness/support/pki.js';
 import { runLoad } from '../../dist/bench/loadgen.js';
 import { percentile, cpuSeconds } from '../../dist/bench/common.js';
 import { PASS, USER, startRelay, startSmtpSink, startStunnel } from '../../dist/bench/targets.js';

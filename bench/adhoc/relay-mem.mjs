@@ -5,7 +5,7 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createPki } from '../../dist/test/support/pki.js';
+import { createPki } from '../../dist/test/harness/support/pki.js';
 import { holdConnections } from '../../dist/bench/loadgen.js';
 import { rssKiB, sleep } from '../../dist/bench/common.js';
 import { startRelay, startSmtpSink, startStunnel } from '../../dist/bench/targets.js';

@@ -3,7 +3,7 @@
 // Server: bench/adhoc/tls-floor-variants.mjs (bench/tls-floor.ts that prints memoryUsage()
 // on SIGUSR2; ENV TLS12=1 caps it at TLS 1.2, NOTICKET=1 sets sessionTimeout 0). Implicit
 // TLS sessions from 127.0.0.2-11 via bench/loadgen.ts holdConnections.
-import { createPki } from '../../dist/test/support/pki.js';
+import { createPki } from '../../dist/test/harness/support/pki.js';
 import { holdConnections } from '../../dist/bench/loadgen.js';
 import { rssKiB, sleep, startProcess, stopProcess } from '../../dist/bench/common.js';
 const [n, label, ...rest] = process.argv.slice(2);

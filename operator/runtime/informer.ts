@@ -1,7 +1,7 @@
 // A list-watch cache ("informer") that keeps going on its own.
 //
 // Why not @kubernetes/client-node's ListWatch: it stops for good on any watch
-// error other than 410 (PITFALLS), has no watchdog, stores objects as they
+// error other than 410 (client-node 2.0.1 ListWatch), has no watchdog, stores objects as they
 // come (managedFields and all), and its Watch builds the request headers
 // itself, so it cannot ask for metadata-only objects. This is the same
 // list → watch-from-resourceVersion loop, plus:

@@ -1,6 +1,6 @@
 // A thin raw client for the Kubernetes API: JSON in, JSON out, every header
 // under our control. Not client-node's generated clients: they cannot send the
-// metadata-only Accept header, default status patches to json-patch (PITFALLS)
+// metadata-only Accept header, default status patches to json-patch
 // and (de)serialize MicroTime wrongly. Connection and auth: transport.ts.
 
 import { fetch } from 'undici';

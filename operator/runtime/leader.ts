@@ -10,7 +10,7 @@
 // - release() on graceful shutdown empties holderIdentity so the next
 //   candidate takes over at once instead of waiting out the lease.
 // renewTime/acquireTime are MicroTime: RFC 3339 with exactly 6 fractional
-// digits (a JS Date's 3 are refused with 400, see PITFALLS).
+// digits (a JS Date's 3 are refused with 400).
 
 import { type Clock, realClock } from './clock.js';
 import { type Kube, isConflict, isNotFound } from './kube.js';

@@ -14,7 +14,7 @@ import { openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PrometheusRule, ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
 import { Kube, isNotFound } from '../../operator/runtime/kube.js';
-import { freePort, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { freePort, startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
 import { CertManagerStandIn, condition, createIssuer, eventually, get, getRelay, relayManifest, createRelay, sleep } from '../operator/support.js';
 import { CHART, FULL_VALUES, ROOT, helm, parseDocs, withParentDeathSignal, type KObject } from './support.js';
 

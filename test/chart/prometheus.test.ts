@@ -32,11 +32,11 @@ import nodemailer from 'nodemailer';
 import YAML from 'yaml';
 import { Kube } from '../../operator/runtime/kube.js';
 import type { RunningOperator } from '../../operator/operator.js';
-import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
 import { createIssuer, createNamespace, createRelay, eventually, relayManifest, runOperator, sleep } from '../operator/support.js';
 import { RawSmtp, freePort, message, startRelay, tempDir, usersYaml, type RelayProcess, type TestUser } from '../relay/harness.js';
-import { createPki, DAY, type Pki } from '../support/pki.js';
-import { startSink, type Sink } from '../support/sink.js';
+import { createPki, DAY, type Pki } from '../harness/support/pki.js';
+import { startSink, type Sink } from '../harness/support/sink.js';
 import { dashboardFiles } from './dashboards.js';
 import { ROOT, prometheusBin, renderRuleFile, withParentDeathSignal } from './support.js';
 

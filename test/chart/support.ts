@@ -5,7 +5,7 @@ import { accessSync, constants, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
-import { repoRoot } from '../controlplane/harness.js';
+import { repoRoot } from '../harness/controlplane/harness.js';
 
 const run = promisify(execFile);
 

@@ -1,8 +1,8 @@
 /**
  * `make demo`: the main job of smtp-relay-operator on one machine, without Docker.
  *
- * Starts the local control plane, the cert-manager and kubelet stand-ins (test/certissuer,
- * test/kubelet: they play cert-manager and a node, see their doc comments), an upstream SMTP
+ * Starts the local control plane, the cert-manager and kubelet stand-ins (test/harness/certissuer,
+ * test/harness/kubelet: they play cert-manager and a node, see their doc comments), an upstream SMTP
  * sink, installs the operator with its Helm chart (running as a container under runc), applies
  * an SmtpRelay, waits for Ready, sends a message through the relay over STARTTLS + AUTH with
  * the generated credentials, shows that the upstream received it DKIM-signed, prints the relay
@@ -12,7 +12,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { verifyDkim } from '../support/dkim-verify.js';
+import { verifyDkim } from '../harness/support/dkim-verify.js';
 import { Environment, RELAY_NAMESPACE, startEnvironment, UPSTREAM_HOSTNAME, waitFor } from '../e2e/env.js';
 
 const RELAY = 'outbound';

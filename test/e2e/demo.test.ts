@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { repoRoot } from '../controlplane/harness.js';
+import { repoRoot } from '../harness/controlplane/harness.js';
 
 test('make demo (DEMO_ONCE=1): the message reaches the upstream DKIM-signed; exit 0; steps timed', { timeout: 600_000 }, async () => {
   const script = join(repoRoot(), 'dist', 'test', 'demo', 'main.js');

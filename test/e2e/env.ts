@@ -16,13 +16,13 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
-import { startControlPlane, repoRoot, type ControlPlane } from '../controlplane/harness.js';
+import { startControlPlane, repoRoot, type ControlPlane } from '../harness/controlplane/harness.js';
 import { Kube, KubeError, MEDIA_MERGE_PATCH } from '../../operator/runtime/kube.js';
-import { unpackImage } from '../kubelet/image.js';
-import { ContainerKubelet } from '../kubelet/kubelet.js';
-import { CertIssuerStandIn } from '../certissuer/issuer.js';
-import { startSink, type Sink } from '../support/sink.js';
-import { createPki, type Pki } from '../support/pki.js';
+import { unpackImage } from '../harness/kubelet/image.js';
+import { ContainerKubelet } from '../harness/kubelet/kubelet.js';
+import { CertIssuerStandIn } from '../harness/certissuer/issuer.js';
+import { startSink, type Sink } from '../harness/support/sink.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
 
 const run = promisify(execFile);
 
@@ -66,10 +66,10 @@ export function helmBin(): string {
   return process.env['HELM'] ?? join(repoRoot(), '.cache', 'bin', 'helm');
 }
 
-import { waitFor } from '../support/poll.js';
+import { waitFor } from '../harness/support/poll.js';
 export { waitFor };
 
-import { httpGet } from '../support/http.js';
+import { httpGet } from '../harness/support/http.js';
 export { httpGet };
 
 export class Environment {
@@ -128,7 +128,7 @@ export class Environment {
           hostname: RELAY_HOSTNAME,
           tls: { issuerRef: { name: CLUSTER_ISSUER, kind: 'ClusterIssuer' } },
           auth: { users: o.users ?? [{ name: 'app', allowedSenders: ['app@example.com'] }] },
-          // Clients reach pods from the pods' host addresses (198.18.0.0/15, see test/kubelet/netns.ts).
+          // Clients reach pods from the pods' host addresses (198.18.0.0/15, see test/harness/kubelet/netns.ts).
           access: { allowedCidrs: ['198.18.0.0/15'] },
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),

@@ -89,7 +89,7 @@ describe('end to end: deleting an SmtpRelay stops its pods and removes its child
   it('stopping the environment leaves no container, pod network or control-plane process', async () => {
     const containerPids = env.kubelet.containerPids();
     const cpPids = env.cp.pids;
-    // Pod network namespaces are srop-pod-<slot>, slot = (podIP - 198.18.0.0) / 4 (test/kubelet/netns.ts).
+    // Pod network namespaces are srop-pod-<slot>, slot = (podIP - 198.18.0.0) / 4 (test/harness/kubelet/netns.ts).
     const netnsNames = env.kubelet.runningPods().flatMap((p) => {
       if (!p.podIP) return [];
       const [a = 0, b = 0, c = 0, d = 0] = p.podIP.split('.').map(Number);

@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { verifyDkim } from '../support/dkim-verify.js';
+import { verifyDkim } from '../harness/support/dkim-verify.js';
 import { Environment, RELAY_NAMESPACE, servedCertificateSerial, startEnvironment, waitFor, type Endpoint } from './env.js';
 
 const RELAY = 'outbound';

@@ -15,16 +15,16 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { startControlPlane, repoRoot, type ControlPlane } from '../controlplane/harness.js';
+import { startControlPlane, repoRoot, type ControlPlane } from '../harness/controlplane/harness.js';
 import { Kube, KubeError } from '../../operator/runtime/kube.js';
 import { isSubset } from '../../operator/runtime/apply.js';
 import { API_VERSION, KIND, type SmtpRelay } from '../../operator/api/v1alpha1.js';
-import { withDefaults, type SmtpRelaySpecInput } from '../../operator/api/defaults.js';
+import { withDefaults, type SmtpRelaySpecInput } from '../harness/smtprelay/defaults.js';
 import { buildChildren } from '../../operator/builders/children.js';
 import { buildGeneratedUserSecret, generatePassword } from '../../operator/builders/credentials.js';
 import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim.js';
 import { buildUsersSecret } from '../../operator/builders/users.js';
-import { QUANTITY_CASES } from '../../operator/builders/testkit.js';
+import { QUANTITY_CASES } from '../harness/smtprelay/testkit.js';
 
 interface Obj {
   apiVersion: string;

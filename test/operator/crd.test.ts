@@ -1,4 +1,4 @@
-// The SmtpRelay CRD against a real kube-apiserver (test/controlplane): it is
+// The SmtpRelay CRD against a real kube-apiserver (test/harness/controlplane): it is
 // accepted (structural schema, CEL rules within the cost budget), every
 // example manifest applies with server-side apply, every bad manifest is
 // rejected with its expected message, the server's defaults equal
@@ -10,10 +10,10 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { startControlPlane, repoRoot, type ControlPlane } from '../controlplane/harness.js';
+import { startControlPlane, repoRoot, type ControlPlane } from '../harness/controlplane/harness.js';
 import { Kube, KubeError, MEDIA_APPLY_PATCH, MEDIA_MERGE_PATCH } from '../../operator/runtime/kube.js';
 import { CRD_NAME, FIELD_MANAGER, GROUP, PLURAL, VERSION, type SmtpRelay } from '../../operator/api/v1alpha1.js';
-import { withDefaults, type SmtpRelaySpecInput } from '../../operator/api/defaults.js';
+import { withDefaults, type SmtpRelaySpecInput } from '../harness/smtprelay/defaults.js';
 
 const root = repoRoot();
 const crdFile = join(root, 'crds', 'smtprelay.yaml');

@@ -13,8 +13,8 @@ import YAML from 'yaml';
 import { Kube, MEDIA_APPLY_PATCH, resourcePath, type Resource } from '../../operator/runtime/kube.js';
 import { resourceForKind } from '../../operator/runtime/resources.js';
 import type { RunningOperator } from '../../operator/operator.js';
-import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
-import { createPki, type Pki } from '../support/pki.js';
+import { repoRoot, startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
 import { b64, condition, createIssuer, createNamespace, eventually, get, getRelay, runOperator } from './support.js';
 
 let cp: ControlPlane;

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { readdirSync } from 'node:fs';
 import { Kube } from '../../operator/runtime/kube.js';
 import type { RunningOperator } from '../../operator/operator.js';
-import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { repoRoot, startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
 import { condition, createIssuer, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator } from './support.js';
 
 let cp: ControlPlane;

@@ -11,7 +11,7 @@ import { Kube, resourcePath } from '../../operator/runtime/kube.js';
 import { Leases } from '../../operator/runtime/resources.js';
 import { microTime } from '../../operator/runtime/leader.js';
 import type { RunningOperator } from '../../operator/operator.js';
-import { repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { repoRoot, startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
 import { condition, createIssuer, lostLeadership, createNamespace, createRelay, eventually, get, getRelay, relayManifest, runOperator, sleep } from './support.js';
 
 let cp: ControlPlane;

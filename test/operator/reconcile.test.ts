@@ -1,5 +1,5 @@
 // The operator against the real local control plane (etcd + kube-apiserver +
-// kube-controller-manager, test/controlplane/harness.ts), with the repo's CRD
+// kube-controller-manager, test/harness/controlplane/harness.ts), with the repo's CRD
 // and cert-manager's real CRDs. The operator runs in-process; cert-manager is
 // played by CertManagerStandIn (test/operator/support.ts).
 
@@ -13,7 +13,7 @@ import { USERS_KEY } from '../../operator/api/v1alpha1.js';
 import { Kube, resourcePath } from '../../operator/runtime/kube.js';
 import { Certificates, SmtpRelays } from '../../operator/runtime/resources.js';
 import type { RunningOperator } from '../../operator/operator.js';
-import { startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { startControlPlane, type ControlPlane } from '../harness/controlplane/harness.js';
 import {
   CertManagerStandIn,
   b64,

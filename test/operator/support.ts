@@ -8,8 +8,8 @@ import { API_VERSION, KIND } from '../../operator/api/v1alpha1.js';
 import { Kube, type KubeObject, isNotFound, resourcePath } from '../../operator/runtime/kube.js';
 import { Certificates, SmtpRelays } from '../../operator/runtime/resources.js';
 import { startOperator, type OperatorConfig, type RunningOperator } from '../../operator/operator.js';
-import type { ControlPlane } from '../controlplane/harness.js';
-import { createPki, type Pki } from '../support/pki.js';
+import type { ControlPlane } from '../harness/controlplane/harness.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
-import { createPki, type Pki } from '../support/pki.js';
-import { closedPort, startSink, type Sink } from '../support/sink.js';
-import { dkimTxtRecord, verifyDkim } from '../support/dkim-verify.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
+import { closedPort, startSink, type Sink } from '../harness/support/sink.js';
+import { dkimTxtRecord, verifyDkim } from '../harness/support/dkim-verify.js';
 import { startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 const run = promisify(execFile);

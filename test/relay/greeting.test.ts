@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { createPki, type Pki } from '../support/pki.js';
-import { startSink, type Sink } from '../support/sink.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
+import { startSink, type Sink } from '../harness/support/sink.js';
 import { RawSmtp, delay, message, startRelay, tempDir, usersYaml, type RelayProcess, type TestUser, stopAll } from './harness.js';
 
 let pki: Pki;

@@ -11,8 +11,8 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { hashPassword } from '../../relay/password.js';
 import assert from 'node:assert/strict';
-import type { CertFiles, Pki } from '../support/pki.js';
-import type { Sink } from '../support/sink.js';
+import type { CertFiles, Pki } from '../harness/support/pki.js';
+import type { Sink } from '../harness/support/sink.js';
 
 export const MAIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../relay/main.js');
 export const NODE = process.execPath;

@@ -6,8 +6,8 @@ import { execFile, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
-import { createPki, type Pki } from '../support/pki.js';
-import { startSink, type Sink } from '../support/sink.js';
+import { createPki, type Pki } from '../harness/support/pki.js';
+import { startSink, type Sink } from '../harness/support/sink.js';
 import { RawSmtp, message, startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
 
 const run = promisify(execFile);

@@ -12,8 +12,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { createPki, type CertFiles, type Pki } from '../support/pki.js';
-import { startSink, type Sink } from '../support/sink.js';
+import { createPki, type CertFiles, type Pki } from '../harness/support/pki.js';
+import { startSink, type Sink } from '../harness/support/sink.js';
 import { MAIN, NODE, RawSmtp, delay, freePort, message, startRelay, tempDir, usersYaml, type RelayProcess } from './harness.js';
 
 const run = promisify(execFile);
