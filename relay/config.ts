@@ -333,16 +333,79 @@ export function loadConfig(file: string): RelaySettings {
   return validateConfig(doc, file, path.dirname(path.resolve(file)));
 }
 
-/** Fields whose change needs a restart (the rest apply to new sessions). */
-export function restartNeeded(a: RelaySettings, b: RelaySettings): string[] {
-  const out: string[] = [];
-  const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
-  if (!same(a.listeners, b.listeners)) out.push('listeners');
-  if (!same(a.metrics, b.metrics)) out.push('metrics');
-  if (!same(a.tls, b.tls)) out.push('tls');
-  if (a.auth.usersFile !== b.auth.usersFile) out.push('auth.usersFile');
-  if (a.hostname !== b.hostname) out.push('hostname');
+/**
+ * How a change to each config field takes effect: 'restart' (read only at start:
+ * sockets, the metrics server, the TLS settings and the watched users file) or
+ * 'reload' (applied to new sessions and deliveries in place). The one list: the
+ * relay's reload (keepRestartFields), its warning (restartNeeded) and the operator's
+ * restart hash (restartRelevantConfig, operator/builders/deployment.ts) all read it.
+ * The type makes a new RelayConfig field a compile error until it is listed here.
+ */
+export const FIELD_EFFECTS = {
+  version: 'restart',
+  hostname: 'restart',
+  listeners: 'restart',
+  tls: 'restart',
+  metrics: 'restart',
+  auth: { usersFile: 'restart', lockout: 'reload' },
+  access: 'reload',
+  limits: 'reload',
+  upstream: 'reload',
+  dkim: 'reload',
+  shutdownGracePeriod: 'reload',
+} as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
+
+type FieldEffect = 'restart' | 'reload';
+
+/** Dotted paths of the fields that need a restart, e.g. "auth.usersFile". */
+export const RESTART_FIELDS: readonly string[] = Object.entries(FIELD_EFFECTS).flatMap(([k, v]) =>
+  typeof v === 'string' ? (v === 'restart' ? [k] : []) : Object.entries(v).flatMap(([sub, e]) => (e === 'restart' ? [`${k}.${sub}`] : [])),
+);
+
+function pick(obj: unknown, dotted: string): unknown {
+  let cur = obj;
+  for (const part of dotted.split('.')) cur = cur && typeof cur === 'object' ? (cur as Record<string, unknown>)[part] : undefined;
+  return cur;
+}
+
+function put(obj: Record<string, unknown>, dotted: string, value: unknown): void {
+  const parts = dotted.split('.');
+  let cur = obj;
+  for (const part of parts.slice(0, -1)) {
+    cur[part] = { ...(cur[part] as Record<string, unknown>) };
+    cur = cur[part] as Record<string, unknown>;
+  }
+  cur[parts[parts.length - 1]!] = value;
+}
+
+/**
+ * The restart fields of a config file, keyed by their last name ("usersFile"): the
+ * operator hashes this object, and these keys keep the hash of pods rolled out before
+ * this list existed (a changed hash would roll every relay on an operator upgrade).
+ */
+export function restartRelevantConfig(config: RelayConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const f of RESTART_FIELDS) {
+    const key = f.slice(f.lastIndexOf('.') + 1);
+    if (key in out) throw new Error(`relay/config.ts FIELD_EFFECTS: two restart fields end in "${key}"`);
+    out[key] = pick(config, f);
+  }
   return out;
+}
+
+/** Restart fields whose value differs between the running and the new settings. */
+export function restartNeeded(running: RelaySettings, next: RelaySettings): string[] {
+  return RESTART_FIELDS.filter((f) => JSON.stringify(pick(running, f)) !== JSON.stringify(pick(next, f)));
+}
+
+/** The new settings, except that every restart field keeps its running value. */
+export function keepRestartFields(running: RelaySettings, next: RelaySettings): RelaySettings {
+  const out = { ...next } as unknown as Record<string, unknown>;
+  for (const f of RESTART_FIELDS) {
+    const v = pick(running, f);
+    if (v !== undefined) put(out, f, v);
+  }
+  return out as unknown as RelaySettings;
 }
 
 export type { Obj };

@@ -8,7 +8,7 @@ import type http from 'node:http';
 import pino from 'pino';
 import prom from 'prom-client';
 import { loadCertificate } from './certificate.js';
-import { loadConfig, restartNeeded, type RelaySettings } from './config.js';
+import { keepRestartFields, loadConfig, restartNeeded, type RelaySettings } from './config.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import { hashPassword } from './password.js';
 import { Relay } from './server.js';
@@ -163,7 +163,7 @@ async function serve(file: string): Promise<void> {
           logger.error({ event: 'reload_failed', kind: 'upstream', err: describe(err) }, 'upstream settings refused, keeping the current ones');
         },
       );
-      settings = { ...next, listeners: settings.listeners, metrics: settings.metrics, tls: settings.tls, hostname: settings.hostname, auth: { ...next.auth, usersFile: settings.auth.usersFile } };
+      settings = keepRestartFields(settings, next);
       if (filesChanged) {
         configWatch.close();
         configWatch = watchConfig();

@@ -10,7 +10,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { CidrSet, canonicalIp } from './access.js';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
-import type { ListenerSettings, RelaySettings } from './config.js';
+import { keepRestartFields, type ListenerSettings, type RelaySettings } from './config.js';
 import { Lockout, RateLimiter, userLockoutKey } from './lockout.js';
 import { fromAddresses, otherOriginatorAddresses, receivedHeader } from './message.js';
 import type { Metrics } from './metrics.js';
@@ -690,7 +690,7 @@ export class Relay {
 
   /** Applies the parts of a new config that can change for new sessions. */
   applySettings(next: RelaySettings): void {
-    this.settings = { ...next, listeners: this.settings.listeners, metrics: this.settings.metrics, tls: this.settings.tls, hostname: this.settings.hostname };
+    this.settings = keepRestartFields(this.settings, next);
     this.allowed = new CidrSet(next.access.allowedCidrs);
     this.trustedProxies = new CidrSet(next.access.trustedProxyCidrs);
     this.lockout.update(next.auth.lockout);

@@ -27,6 +27,7 @@ import {
   CONFIG_KEY,
   type SmtpRelay,
 } from '../api/v1alpha1.js';
+import { restartRelevantConfig } from '../../relay/config.js';
 import { buildRelayConfig, usableDkim, type ConfigInputs } from './config.js';
 import { canonicalQuantity } from './quantity.js';
 import { childMetadata, childNames, dkimSecretName, selectorLabels, shortHash, sortedRecord, standardLabels, userAnnotations, type ChildMetadata } from './meta.js';
@@ -59,26 +60,11 @@ export const Volume = {
 const SECRET_MODE = 0o440;
 const CONFIG_MODE = 0o444;
 
-/**
- * The config fields the relay reads only at start (relay/config.ts
- * restartNeeded: listeners, metrics, tls, auth.usersFile, hostname). A change
- * to any of them rolls the pods; everything else in config.yaml (limits,
- * access, lockout, upstream, DKIM) the relay reloads in place, and users,
- * certificates and secret file contents never enter the hash at all.
- */
-export function restartRelevantConfig(config: RelayConfig): unknown {
-  return {
-    version: config.version,
-    hostname: config.hostname,
-    listeners: config.listeners,
-    tls: config.tls,
-    metrics: config.metrics,
-    usersFile: config.auth.usersFile,
-  };
-}
-
 /** Hash of what the relay cannot hot-reload; the pod template carries it. */
 export function restartHash(relay: SmtpRelay, inputs: ConfigInputs = {}): string {
+  // Only the fields relay/config.ts FIELD_EFFECTS marks 'restart' roll the pods; the rest
+  // (limits, access, lockout, upstream, DKIM) the relay reloads in place, and users,
+  // certificates and secret file contents never enter the hash at all.
   return shortHash({ config: restartRelevantConfig(buildRelayConfig(relay, inputs)) });
 }
 

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { parse, stringify } from 'yaml';
-import { DEFAULT_CIPHERS, loadConfig, restartNeeded } from '../../../relay/config.js';
+import { DEFAULT_CIPHERS, FIELD_EFFECTS, RESTART_FIELDS, keepRestartFields, loadConfig, restartNeeded, restartRelevantConfig } from '../../../relay/config.js';
+import type { RelayConfig } from '../../../relay/config-types.js';
 import { ValidationError } from '../../../relay/validate.js';
 import { parseDuration, parseSize } from '../../../relay/units.js';
 
@@ -165,6 +166,45 @@ shutdownGracePeriod: 1m30s
     const a = loadConfig(write(BASE));
     const b = loadConfig(write(BASE.replace('port: 465', 'port: 2465').replace('10.0.0.0/8', '10.1.0.0/16')));
     assert.deepEqual(restartNeeded(a, b), ['listeners']);
+  });
+
+  /** The fields the loader accepts at `where` (from its own "unknown field" message). */
+  function accepted(where: 'top' | 'auth'): string[] {
+    const out = problems((d) => (where === 'top' ? (d.zzz = 1) : (d.auth.zzz = 1)));
+    const m = /unknown field \(allowed: ([^)]*)\)/.exec(out.join('\n'));
+    assert.ok(m, `no "allowed" list in ${JSON.stringify(out)}`);
+    return m[1]!.split(', ').sort();
+  }
+
+  test('every field the loader accepts is either reloaded in place or on the restart list (a new field fails here until it is listed)', () => {
+    assert.deepEqual(accepted('top'), Object.keys(FIELD_EFFECTS).sort());
+    assert.deepEqual(accepted('auth'), Object.keys(FIELD_EFFECTS.auth).sort());
+    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile']);
+  });
+
+  test('a reload keeps every restart field at its running value and takes the rest; the warning names each one, auth.usersFile included', () => {
+    const a = loadConfig(write(BASE));
+    fs.writeFileSync(path.join(dir, 'other-users.yaml'), 'x');
+    const b = loadConfig(
+      write(
+        BASE.replace('usersFile: users.yaml}', 'usersFile: other-users.yaml, lockout: {maxFailures: 3}}')
+          .replace('hostname: relay.example.com', 'hostname: other.example.com')
+          .replace('10.0.0.0/8', '10.1.0.0/16'),
+      ),
+    );
+    assert.deepEqual(restartNeeded(a, b), ['hostname', 'auth.usersFile']);
+    const kept = keepRestartFields(a, b);
+    assert.equal(kept.hostname, 'relay.example.com');
+    assert.equal(kept.auth.usersFile, a.auth.usersFile);
+    assert.equal(kept.auth.lockout.maxFailures, 3);
+    assert.deepEqual(kept.access.allowedCidrs, ['10.1.0.0/16', 'fd00::/8']);
+    assert.equal(a.auth.lockout.maxFailures, 5, 'the running settings are not modified');
+  });
+
+  test('the operator\'s restart hash input holds exactly the restart fields, under the names pods were hashed with before', () => {
+    const doc = parse(BASE) as RelayConfig;
+    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile']);
+    assert.equal(restartRelevantConfig(doc).usersFile, 'users.yaml');
   });
 });
 
