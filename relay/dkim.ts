@@ -1,14 +1,15 @@
 // DKIM signing of relayed messages: key loading and validation, choosing the
-// key for a message's From: domain, and signing (c=relaxed/relaxed): RSA keys
+// key for a message's From: domain (read by relay/policy/headers.ts, as the sender check
+// reads it), and signing (c=relaxed/relaxed): RSA keys
 // with nodemailer's DKIM signer (rsa-sha256), Ed25519 keys (ed25519-sha256,
 // RFC 8463, which nodemailer's signer cannot do) with the small signer below.
 // The signed message is the original bytes with one DKIM-Signature header
 // field prepended; nothing else changes.
 import { createHash, createPrivateKey, sign as cryptoSign, type KeyObject } from 'node:crypto';
-import { domainToASCII } from 'node:url';
-import addressparser from 'nodemailer/lib/addressparser';
 import DKIM from 'nodemailer/lib/dkim';
 import type { DkimKeyConfig } from './config-types.js';
+import { normalizeDomain } from './policy/headers.js';
+export { fromDomains, normalizeDomain } from './policy/headers.js';
 
 export interface DkimKey {
   algorithm: 'rsa-sha256' | 'ed25519-sha256';
@@ -49,51 +50,6 @@ export function parseDkimKey(cfg: DkimKeyConfig, pem: string | Buffer): DkimKey 
     throw new Error(`dkim key ${cfg.keyFile} (domain ${cfg.domain}): selector ${JSON.stringify(cfg.selector)} is not a valid DKIM selector`);
   }
   return { algorithm: type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256', domain, selector: cfg.selector, keyFile: cfg.keyFile, privateKey: key };
-}
-
-/** Lower-case ASCII form of a domain (IDN to punycode); '' when invalid. */
-export function normalizeDomain(domain: string): string {
-  const d = domain.trim().replace(/\.$/, '');
-  if (!d || /[\s@]/.test(d)) return '';
-  return domainToASCII(d.toLowerCase());
-}
-
-/**
- * The header block of a message: the bytes before the first empty line
- * (CRLF CRLF); the whole message when there is no body.
- */
-export function headerBlock(message: Buffer): string {
-  const end = message.indexOf('\r\n\r\n');
-  // latin1 keeps every byte as one char; addresses are ASCII or UTF-8 (decoded below).
-  return message.subarray(0, end < 0 ? message.length : end + 2).toString('latin1');
-}
-
-/** Values of every From: header field, unfolded, decoded as UTF-8. */
-export function fromFieldValues(message: Buffer): string[] {
-  const head = headerBlock(message);
-  const values: string[] = [];
-  // Unfold (RFC 5322 §2.2.3) and split into fields.
-  const unfolded = head.replace(/\r\n(?=[ \t])/g, '');
-  for (const line of unfolded.split('\r\n')) {
-    const m = /^from[ \t]*:(.*)$/is.exec(line);
-    if (m) values.push(Buffer.from(m[1]!, 'latin1').toString('utf8'));
-  }
-  return values;
-}
-
-/** Domains of all addresses in the From: header field(s), normalized, in order. */
-export function fromDomains(message: Buffer): string[] {
-  const domains: string[] = [];
-  for (const value of fromFieldValues(message)) {
-    for (const a of addressparser(value, { flatten: true })) {
-      const address = a.address ?? '';
-      const at = address.lastIndexOf('@');
-      if (at < 0) continue;
-      const d = normalizeDomain(address.slice(at + 1));
-      if (d && !domains.includes(d)) domains.push(d);
-    }
-  }
-  return domains;
 }
 
 /**

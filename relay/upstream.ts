@@ -35,7 +35,7 @@ import { Counter, Gauge, Histogram } from 'prom-client';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
 import { fromDomains, parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
-import { LineEndingCheck } from './smuggling.js';
+import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
 
 export interface Envelope {

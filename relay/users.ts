@@ -2,9 +2,9 @@
 
 import fs from 'node:fs';
 import { parseYamlDocument } from './config.js';
-import { MAX_USERNAME_LENGTH } from './lockout.js';
+import { MAX_USERNAME_LENGTH } from './policy/lockout.js';
 import { parseHash, type ParsedHash } from './password.js';
-import { parseSenderPattern, type SenderPattern } from './senders.js';
+import { parseSenderPattern, type SenderPattern } from './policy/senders.js';
 import { Checker, ValidationError, join, show } from './validate.js';
 
 export interface User {

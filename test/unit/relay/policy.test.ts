@@ -3,12 +3,13 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { CidrSet, canonicalIp } from '../../../relay/access.js';
-import { Lockout, MAX_KEYS, MAX_USERNAME_LENGTH, RateLimiter, userLockoutKey } from '../../../relay/lockout.js';
-import { fromAddresses, receivedHeader } from '../../../relay/message.js';
+import { CidrSet, canonicalIp } from '../../../relay/policy/access.js';
+import { Lockout, MAX_KEYS, MAX_USERNAME_LENGTH, RateLimiter, userLockoutKey } from '../../../relay/policy/lockout.js';
+import { fromAddresses } from '../../../relay/policy/headers.js';
+import { receivedHeader } from '../../../relay/trace.js';
 import { dummyHash, hashPassword, parseHash, verifyPassword } from '../../../relay/password.js';
-import { parseSenderPattern, senderAllowed, type SenderPattern } from '../../../relay/senders.js';
-import { LineEndingCheck } from '../../../relay/smuggling.js';
+import { parseSenderPattern, senderAllowed, type SenderPattern } from '../../../relay/policy/senders.js';
+import { LineEndingCheck } from '../../../relay/policy/smuggling.js';
 import { validateUsers } from '../../../relay/users.js';
 import { ValidationError } from '../../../relay/validate.js';
 

@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import YAML from 'yaml';
 import { validateConfig } from '../../../../relay/config.js';
 import { validateUsers } from '../../../../relay/users.js';
-import { parseSenderPattern } from '../../../../relay/senders.js';
+import { parseSenderPattern } from '../../../../relay/policy/senders.js';
 import { CONFIG_KEY, MOUNT_ROOT, USERS_FILE } from '../../../../operator/api/v1alpha1.js';
 import { buildConfigMap, buildRelayConfig, dkimRecordName } from '../../../../operator/builders/config.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';

@@ -1,7 +1,7 @@
 // Brute-force lockout: after `maxFailures` failed AUTH attempts within `window`
 // from one key (a client IP or a username), that key is locked for `duration`.
 
-import type { LockoutSettings } from './config.js';
+import type { LockoutSettings } from '../config.js';
 
 interface Entry {
   failures: number[]; // timestamps within the window

@@ -1,18 +1,18 @@
-// What the relay reads from and adds to a message: the From: header addresses
-// (fields split and unfolded in linear time, addresses parsed with nodemailer's
-// address parser) and the Received: trace header (RFC 5321 section 4.4).
+// The one reader of a message's originator header fields (From:, Sender:, Resent-From:,
+// Resent-Sender:): fields split and unfolded in linear time, RFC 2047 encoded-words
+// decoded, addresses parsed with nodemailer's address parser. The sender check (relay/
+// session.ts, DATA phase) and the choice of DKIM key (relay/dkim.ts) both read it, so
+// they cannot read the same message differently.
 
-import { Headers } from 'mailsplit';
+import { domainToASCII } from 'node:url';
 import addressparser from 'nodemailer/lib/addressparser';
+import { decodeEncodedWords } from '../internals.js';
 
 /** Text shaped like local@domain, for the display-name and comment check of From:. */
 const ADDRESS_LIKE = /[^\s<>"'(),;:[\]\\]+@[^\s<>"'(),;:[\]\\]+/g;
 
 /** Longest From: content (all From fields, unfolded) the relay reads; real ones are far shorter. */
 export const MAX_FROM_LENGTH = 16 * 1024;
-
-/** libmime's RFC 2047 decoder, from the instance mailsplit carries. */
-const mime = new Headers(Buffer.alloc(0)).libmime;
 
 /** The header block: everything up to and including the first empty line. */
 export function headerBlock(message: Buffer): Buffer {
@@ -52,7 +52,7 @@ function addressesIn(raw: string[]): string[] | null {
   if (raw.reduce((n, v) => n + v.length, 0) > MAX_FIELDS_LENGTH) return null;
   const decoded = raw.map((v) => {
     try {
-      return mime.decodeWords(v);
+      return decodeEncodedWords(v);
     } catch {
       return v;
     }
@@ -101,47 +101,23 @@ export function otherOriginatorAddresses(message: Buffer): string[] | null {
   return raw.length === 0 ? [] : addressesIn(raw);
 }
 
-export interface TraceInfo {
-  helo: string;
-  clientIp: string;
-  hostname: string;
-  protocol: string; // ESMTPSA
-  tlsVersion?: string;
-  cipher?: string;
-  sessionId: string;
-  recipients: string[];
-  date?: Date;
+/** Lower-case ASCII form of a domain (IDN to punycode); '' when invalid. */
+export function normalizeDomain(domain: string): string {
+  const d = domain.trim().replace(/\.$/, '');
+  if (!d || /[\s@]/.test(d)) return '';
+  return domainToASCII(d.toLowerCase());
 }
-
-/** Printable ASCII without spaces and angle brackets: safe inside "for <...>". */
-const TRACE_ADDRESS = /^[\x21-\x3b\x3d\x3f-\x7e]+$/;
 
 /**
- * A Received: header, folded, ending in CRLF, printable ASCII only (it is written as
- * latin1, which keeps only the low byte of each character: U+010A would become LF).
- * The client's HELO name is sanitized; a recipient that is not plain ASCII (SMTPUTF8)
- * is left out of the optional "for" clause.
+ * Domains of the From: addresses (fromAddresses: the mailboxes first, in order, then
+ * whatever else in the field looks like an address), normalized, without repeats. []
+ * when fromAddresses finds no usable From: field.
  */
-export function receivedHeader(t: TraceInfo): string {
-  const helo = t.helo.slice(0, 255).replace(/[^A-Za-z0-9.:[\]_-]/g, '') || 'unknown';
-  const ip = t.clientIp.includes(':') ? `IPv6:${t.clientIp}` : t.clientIp;
-  const tls = t.tlsVersion ? ` (${t.tlsVersion}, cipher=${t.cipher ?? 'unknown'})` : '';
-  const lines = [
-    `Received: from ${helo} ([${ip}])`,
-    `\tby ${t.hostname} with ${t.protocol}${tls}`,
-    `\tid ${t.sessionId}`,
-  ];
-  if (t.recipients.length === 1 && TRACE_ADDRESS.test(t.recipients[0]!)) lines.push(`\tfor <${t.recipients[0]}>`);
-  lines[lines.length - 1] += ';';
-  lines.push(`\t${rfc5322Date(t.date ?? new Date())}`);
-  // defence in depth: nothing but printable ASCII and tabs inside the lines
-  return lines.map((l) => l.replace(/[^\x20-\x7e\t]/g, '?')).join('\r\n') + '\r\n';
-}
-
-const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-
-export function rfc5322Date(d: Date): string {
-  const p = (n: number) => String(n).padStart(2, '0');
-  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+export function fromDomains(message: Buffer): string[] {
+  const domains: string[] = [];
+  for (const address of fromAddresses(message) ?? []) {
+    const d = normalizeDomain(address.slice(address.lastIndexOf('@') + 1));
+    if (d && !domains.includes(d)) domains.push(d);
+  }
+  return domains;
 }

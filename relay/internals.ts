@@ -1,0 +1,290 @@
+// Every reach into a dependency's internals, in one file: what smtp-server 3.21,
+// nodemailer 10.x and mailsplit 5.4 do not offer publicly and the relay needs. On an
+// upgrade, read this file. checkInternals() runs when the relay starts (the Relay and
+// Upstream constructors call it) and names every part that has changed, so a changed
+// dependency stops the relay at start instead of failing per connection or per message.
+// The tests that prove each hook: test/relay/greeting.test.ts (greeting, corked replies,
+// plaintext command limit), test/relay/abuse.test.ts (PROXY trust by CIDR, refusal before
+// the TLS handshake), test/relay/reload.test.ts (certificate and limit swaps),
+// test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload).
+
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { Headers } from 'mailsplit';
+import SMTPClientConnection from 'nodemailer/lib/smtp-connection';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPServer } from 'smtp-server';
+
+// --- smtp-server -------------------------------------------------------------------
+
+/** The parts of smtp-server's SMTPConnection (one client connection) the relay uses. */
+export interface ServerConnection {
+  id: string;
+  name: string;
+  secure: boolean;
+  remoteAddress: string;
+  session?: { id: string };
+  _socket: net.Socket | tls.TLSSocket;
+  _server: { options: { maxClients?: number }; connections: Set<unknown> };
+  _upgrading: boolean;
+  init(): void;
+  connectionReady(): void;
+  _setListeners(callback: () => void): void;
+  send(code: number, message: unknown, context?: unknown): void;
+  /** Per-connection command dispatch. */
+  _onCommand(command: Buffer, callback: () => void): unknown;
+}
+
+interface ServerInternals {
+  /** Live connections; an SMTPConnection is added right before its init(). */
+  connections: Set<ServerConnection>;
+  /** Decides per socket whether a PROXY header is read (smtp-server: exact useProxy addresses). */
+  _expectsProxyHeader(socket: net.Socket): boolean;
+  /** TLS contexts by server name; '*' is the default for new handshakes. */
+  secureContext: Map<string, tls.SecureContext>;
+  options: { size?: number; maxClients?: number; socketTimeout?: number; closeTimeout?: number; key?: unknown; cert?: unknown };
+  server: net.Server;
+}
+
+const serverProto = SMTPConnection.prototype as unknown as Partial<ServerConnection>;
+const smtpServerProto = SMTPServer.prototype as unknown as Partial<ServerInternals>;
+
+/**
+ * smtp-server's SMTPConnection.init() waits a fixed 100 ms before the greeting of every
+ * connection, to catch "early talkers" (spam software that sends before the greeting,
+ * answered "421 You talk too soon"). On a listener where TLS and AUTH come before any
+ * mail, talking early gains a client nothing, while a client that connects per message
+ * loses 100 ms each time. So the relay's connections start with this init(): the same
+ * steps (socket listeners, the maxClients check, then connectionReady(): onConnect,
+ * onSecure and the greeting) without the pause. The relay's onConnect/onSecure answer
+ * synchronously, so the greeting is written before the socket is first read: whatever
+ * an early talker sent is read after it, exactly like commands pipelined after the
+ * greeting, through the same checks (no AUTH before TLS, plaintext command limit,
+ * STARTTLS discarding whatever followed it in plaintext; test/relay/greeting.test.ts).
+ */
+function initWithoutPause(this: ServerConnection): void {
+  this._setListeners(() => {
+    const options = this._server.options;
+    if (options.maxClients && this._server.connections.size > options.maxClients) {
+      this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
+      return;
+    }
+    this.connectionReady();
+  });
+}
+
+function uncork(socket: net.Socket): void {
+  socket.uncork();
+}
+
+/**
+ * smtp-server writes every reply with its own socket.write: inside TLS its own record
+ * and its own syscall (on loopback the sender's syscall also runs the receiver's TCP
+ * input). A client that pipelines (MAIL, RCPT and DATA in one packet) gets three replies
+ * in the same tick; corking the TLS socket until the end of the tick sends them in one
+ * write. A lone reply goes out at the end of the same tick, before any I/O, so nothing
+ * waits longer. Not on the plaintext socket of a STARTTLS session: that one is handed
+ * to TLS right after its last reply (close() ends the socket, which flushes it).
+ */
+function sendCorked(this: ServerConnection, code: number, data: unknown, context?: unknown): void {
+  const socket = this._socket;
+  if (this.secure && socket.writableCorked === 0 && !socket.destroyed) {
+    socket.cork();
+    process.nextTick(uncork, socket);
+  }
+  (SMTPConnection.prototype.send as (this: ServerConnection, code: number, data: unknown, context?: unknown) => void).call(this, code, data, context);
+}
+
+/**
+ * Gives every connection `server` adds initWithoutPause and sendCorked, and passes it to
+ * `each` first (smtp-server adds it to `server.connections` right before calling init()).
+ */
+export function tuneConnections(server: SMTPServer, each: (conn: ServerConnection) => void): void {
+  const conns = (server as unknown as ServerInternals).connections;
+  const add = conns.add.bind(conns);
+  conns.add = (conn: ServerConnection) => {
+    conn.init = initWithoutPause;
+    conn.send = sendCorked;
+    each(conn);
+    return add(conn);
+  };
+}
+
+/** The connections `server` holds now. */
+export function openConnections(server: SMTPServer): Iterable<ServerConnection> {
+  return (server as unknown as ServerInternals).connections;
+}
+
+/** Runs `allow` (true: pass on) before each command of `conn` is dispatched. */
+export function filterCommands(conn: ServerConnection, allow: (conn: ServerConnection) => boolean): void {
+  const dispatch = conn._onCommand;
+  conn._onCommand = (command: Buffer, callback: () => void) => (allow(conn) ? dispatch.call(conn, command, callback) : undefined);
+}
+
+/** PROXY protocol headers are read only from sockets `trusted` accepts (smtp-server's useProxy takes exact addresses only). */
+export function trustProxyHeaders(server: SMTPServer, trusted: (socket: net.Socket) => boolean): void {
+  (server as unknown as ServerInternals)._expectsProxyHeader = trusted;
+}
+
+/**
+ * Runs `gate` on each accepted TCP socket before smtp-server sees it (on an implicit-TLS
+ * listener: before the handshake); smtp-server's own handling follows only when it
+ * returns true.
+ */
+export function gateAcceptedSockets(server: SMTPServer, gate: (socket: net.Socket) => boolean): void {
+  const tcp = (server as unknown as ServerInternals).server;
+  const accept = tcp.listeners('connection') as ((socket: net.Socket) => void)[];
+  if (accept.length === 0) throw new Error('this smtp-server version has no connection listener to wrap: review relay/internals.ts');
+  tcp.removeAllListeners('connection');
+  tcp.on('connection', (socket: net.Socket) => {
+    if (gate(socket)) for (const handler of accept) handler.call(tcp, socket);
+  });
+}
+
+/**
+ * Swaps the default TLS context for new handshakes (implicit TLS and STARTTLS). Not
+ * server.updateSecureContext(): it empties its map before rebuilding, so a failure would
+ * leave no context.
+ */
+export function setServerCertificate(server: SMTPServer, context: tls.SecureContext, key: Buffer | string, cert: Buffer | string): void {
+  const s = server as unknown as ServerInternals;
+  s.secureContext.set('*', context);
+  Object.assign(s.options, { key, cert });
+}
+
+/** Limits smtp-server reads from its options for each new connection and command. */
+export function setServerLimits(server: SMTPServer, limits: { size: number; maxClients: number; socketTimeout: number; closeTimeout: number }): void {
+  Object.assign((server as unknown as ServerInternals).options, limits);
+}
+
+// --- nodemailer (upstream side) -----------------------------------------------------
+
+type RejectedError = Error & { recipient?: string; code?: string; response?: string; responseCode?: number };
+export type SetEnvelope = (
+  envelope: unknown,
+  callback: (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: RejectedError[] }) => void,
+) => void;
+
+type DataStreamLike = NodeJS.ReadWriteStream & {
+  inByteCount: number;
+  outByteCount: number;
+  push(chunk: Buffer): boolean;
+  _transform(chunk: Buffer, encoding: string, done: () => void): void;
+  _flush(done: () => void): void;
+};
+type CreateSendStream = (callback: (err: Error | null, str?: string) => void) => DataStreamLike;
+
+interface ClientInternals {
+  /** Sends MAIL FROM, every RCPT TO and DATA; its callback runs after the 354, before any message byte. */
+  _setEnvelope: SetEnvelope;
+  /** The DataStream that dot-stuffs the message onto the socket. */
+  _createSendStream: CreateSendStream;
+}
+
+const clientProto = SMTPClientConnection.prototype as unknown as Partial<ClientInternals>;
+
+/**
+ * Runs `after` on the envelope step's result of the next send on `conn`: once every
+ * MAIL/RCPT reply is in and the server answered DATA with 354, before any message byte
+ * is written. `after` decides what send() sees.
+ */
+export function hookEnvelope(
+  conn: SMTPClientConnection,
+  after: (err: Error | null, info: Parameters<Parameters<SetEnvelope>[1]>[1], callback: Parameters<SetEnvelope>[1]) => void,
+): void {
+  // The prototype's method, not the instance property: that one holds the previous send's hook.
+  const original = clientProto._setEnvelope!;
+  (conn as unknown as ClientInternals)._setEnvelope = function (this: unknown, env, callback) {
+    original.call(this, env, (err, info) => after(err, info, callback));
+  };
+}
+
+/**
+ * The next send on `conn` writes `payload` (already dot-stuffed, ending in CRLF.CRLF) as
+ * it is instead of piping the message through nodemailer's byte-by-byte DataStream;
+ * undefined restores the DataStream.
+ */
+export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: number, payload: Buffer | undefined): void {
+  const internal = conn as unknown as Partial<ClientInternals>;
+  if (!payload) {
+    delete internal._createSendStream;
+    return;
+  }
+  const originalCreate = clientProto._createSendStream!;
+  internal._createSendStream = function (this: unknown, callback) {
+    const stream = originalCreate.call(this, callback);
+    let sent = false;
+    const sendPayload = () => {
+      if (sent) return;
+      sent = true;
+      stream.inByteCount = messageLength;
+      stream.outByteCount = payload.length;
+      stream.push(payload);
+    };
+    stream._transform = (_chunk: Buffer, _encoding: string, done: () => void) => {
+      sendPayload();
+      done();
+    };
+    stream._flush = (done: () => void) => {
+      sendPayload();
+      done();
+    };
+    return stream;
+  };
+}
+
+// --- mailsplit ------------------------------------------------------------------------
+
+/** libmime's RFC 2047 decoder, from the instance mailsplit's Headers carries. */
+const libmime = (new Headers(Buffer.alloc(0)) as unknown as { libmime?: { decodeWords?: (s: string) => string } }).libmime;
+
+/** Decodes RFC 2047 encoded-words in a header value (throws on a malformed one). */
+export function decodeEncodedWords(value: string): string {
+  return libmime!.decodeWords!(value);
+}
+
+// --- the start-up check ---------------------------------------------------------------
+
+/** What each hook needs, checked by name; a message per part that changed. */
+function problems(): string[] {
+  const out: string[] = [];
+  const need = (ok: boolean, what: string) => {
+    if (!ok) out.push(what);
+  };
+  const init = typeof serverProto.init === 'function' ? String(serverProto.init) : '';
+  need(
+    typeof serverProto.connectionReady === 'function' &&
+      typeof serverProto._setListeners === 'function' &&
+      /_setListeners\(/.test(init) &&
+      /setTimeout\([^]*connectionReady\(\)/.test(init),
+    'smtp-server SMTPConnection.init (the 100 ms greeting pause) changed',
+  );
+  need(typeof serverProto.send === 'function', 'smtp-server SMTPConnection.send is gone');
+  need(typeof serverProto._onCommand === 'function', 'smtp-server SMTPConnection._onCommand is gone');
+  need(typeof smtpServerProto._expectsProxyHeader === 'function', 'smtp-server SMTPServer._expectsProxyHeader is gone (PROXY trust by CIDR)');
+  need(typeof clientProto._setEnvelope === 'function', 'nodemailer SMTPConnection._setEnvelope is gone (all-or-nothing recipients)');
+  need(typeof clientProto._createSendStream === 'function', 'nodemailer SMTPConnection._createSendStream is gone (prepared DATA payload)');
+  need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');
+  return out;
+}
+
+let checked = false;
+
+/** Throws, naming every changed part, when an upgrade changed what this file relies on. */
+export function checkInternals(): void {
+  if (checked) return;
+  const found = problems();
+  if (found.length) throw new Error(`a dependency's internals changed (${found.join('; ')}): review relay/internals.ts`);
+  checked = true;
+}
+
+/** Per-instance parts, checked on the first server the relay creates. */
+export function checkServerInternals(server: SMTPServer): void {
+  const s = server as unknown as Partial<ServerInternals>;
+  const missing = [
+    !(s.connections instanceof Set) && 'SMTPServer.connections is not a Set',
+    !(s.secureContext instanceof Map) && 'SMTPServer.secureContext is not a Map',
+    typeof s.options !== 'object' && 'SMTPServer.options is gone',
+  ].filter(Boolean);
+  if (missing.length) throw new Error(`a dependency's internals changed (smtp-server ${missing.join('; ')}): review relay/internals.ts`);
+}

@@ -1,0 +1,44 @@
+// relay/policy/headers.ts is the one reader of originator fields: the sender check and
+// the DKIM key choice must read every message alike. The cases below are messages on
+// which the relay's two former readers (one in relay/message.ts, one in relay/dkim.ts)
+// disagreed.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { fromAddresses, fromDomains } from '../../../relay/policy/headers.js';
+import { selectDkimKey } from '../../../relay/dkim.js';
+
+const crlf = (s: string) => Buffer.from(s.replace(/\n/g, '\r\n'));
+const keys = [
+  { domain: 'a.example', selector: 'a' },
+  { domain: 'bank.example', selector: 'bank' },
+];
+
+describe('one reader for the sender check and the DKIM key', () => {
+  it('a message that starts with an empty line has no header: no From for the check, and no DKIM domain from the body', () => {
+    const m = crlf('\nFrom: someone@bank.example\n\nbody\n');
+    assert.equal(fromAddresses(m), null);
+    // the former DKIM reader took the body's "From:" line as a header and picked bank.example
+    assert.deepEqual(fromDomains(m), []);
+    assert.equal(selectDkimKey(keys, fromDomains(m)), undefined);
+  });
+
+  it('an address hidden in an RFC 2047 encoded display name is seen by both the check and the key choice', () => {
+    const m = crlf('From: =?utf-8?q?ceo=40bank=2Eexample?= <alice@a.example>\nSubject: x\n\nbody\n');
+    assert.deepEqual(fromAddresses(m), ['alice@a.example', 'ceo@bank.example']);
+    // the former DKIM reader parsed the raw field only and saw a.example alone
+    assert.deepEqual(fromDomains(m), ['a.example', 'bank.example']);
+    assert.equal(selectDkimKey(keys, fromDomains(m))?.selector, 'a', 'the mailbox comes first, so its domain is tried first');
+  });
+
+  it('a first line "From ..." (mbox) is no header for either', () => {
+    const m = crlf('From someone@bank.example Mon Jan 1 00:00:00 2026\nFrom: alice@a.example\n\nbody\n');
+    assert.equal(fromAddresses(m), null);
+    assert.deepEqual(fromDomains(m), []);
+  });
+
+  it('an ordinary From: gives the same domain to both, IDN in punycode', () => {
+    const m = crlf('From: "Billing, Inc." <Billing@Bücher.example>\n\nbody\n');
+    assert.deepEqual(fromAddresses(m), ['billing@bücher.example']);
+    assert.deepEqual(fromDomains(m), ['xn--bcher-kva.example']);
+  });
+});
