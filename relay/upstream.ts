@@ -12,7 +12,7 @@
 // transaction before a single byte of the message is sent: the connection is
 // closed after the 354; only the end-of-data indication "<CRLF>.<CRLF>" makes
 // a server process a transaction (RFC 5321 §4.1.1.4), so it is discarded
-// (proved against smtp-server in test/relay/upstream.test.ts). The relay then
+// (proved against smtp-server in test/relay/upstream-delivery.test.ts). The relay then
 // refuses the whole message (5xx if any refusal was permanent, else 4xx) and
 // names the refused recipients: no recipient got it, nothing is duplicated,
 // nothing is lost silently. The pool queue of nodemailer is also unbounded;
@@ -34,7 +34,9 @@ import type * as prom from 'prom-client';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
-import { fromDomains, parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
+import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
+import { checkInternals, hookEnvelope, sendPreparedPayload } from './internals.js';
+import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
 
@@ -337,7 +339,7 @@ const CRLF_END = Buffer.from('\r\n.\r\n');
  * What goes on the wire after DATA's 354, in one buffer: the message with every line
  * that starts with a dot dot-stuffed (RFC 5321 section 4.5.2) and the end-of-data line
  * appended. Byte for byte what nodemailer's DataStream sends for a message whose line
- * endings are all CRLF (relay/upstream.test.ts compares them), found with native
+ * endings are all CRLF (test/unit/relay/upstream.test.ts compares them), found with native
  * Buffer.indexOf instead of a JavaScript loop over every byte, and written with one
  * socket write (one TLS record) instead of two. Undefined when the message holds a bare
  * CR or LF (or a NUL byte): that goes through nodemailer's DataStream, which repairs
@@ -360,23 +362,11 @@ export function dataPayload(message: Buffer): Buffer | undefined {
   return Buffer.concat(parts);
 }
 
-type DataStreamLike = NodeJS.ReadWriteStream & {
-  inByteCount: number;
-  outByteCount: number;
-  push(chunk: Buffer): boolean;
-  _transform(chunk: Buffer, encoding: string, done: () => void): void;
-  _flush(done: () => void): void;
-};
-type CreateSendStream = (callback: (err: Error | null, str?: string) => void) => DataStreamLike;
-
-type SetEnvelope = (envelope: unknown, callback: (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: NodemailerError[] }) => void) => void;
-
 /**
- * Sends one message on `conn`, all or nothing. Hooks SMTPConnection's envelope
- * step (internal `_setEnvelope`, nodemailer 10.x; tested by
- * test/relay/upstream.test.ts, check when upgrading): its callback runs once every
- * MAIL/RCPT reply is in and the server answered DATA with 354, before any
- * message byte is written. A refused recipient there aborts the transaction.
+ * Sends one message on `conn`, all or nothing. Hooks SMTPConnection's envelope step
+ * (relay/internals.ts hookEnvelope): it ends once every MAIL/RCPT reply is in and the
+ * server answered DATA with 354, before any message byte is written. A refused recipient
+ * there aborts the transaction.
  */
 function sendAllOrNothing(
   conn: SMTPConnection,
@@ -384,55 +374,19 @@ function sendAllOrNothing(
   message: Buffer,
   onDataStart: () => void,
 ): Promise<string> {
-  const internal = conn as unknown as { _setEnvelope?: SetEnvelope };
-  // The prototype's method, not the instance property: that one holds the previous send's hook.
-  const original = (SMTPConnection.prototype as unknown as { _setEnvelope?: SetEnvelope })._setEnvelope;
-  if (typeof original !== 'function') {
-    return Promise.reject(new Error('nodemailer SMTPConnection has no _setEnvelope: the all-or-nothing RCPT check needs updating'));
-  }
-  internal._setEnvelope = function (this: unknown, env, callback) {
-    original.call(this, env, (err, info) => {
-      if (!err && info && info.rejected.length) {
-        // The server waits for data after its 354. Hand the error to send() first (it writes
-        // nothing on error), then drop the connection: the transaction is never completed.
-        callback(new RecipientsRefused([...info.rejected], info.rejectedErrors ?? []));
-        conn.close();
-        return;
-      }
-      if (!err) onDataStart();
-      callback(err, info);
-    });
-  };
-  // Hooks SMTPConnection's internal `_createSendStream` (nodemailer 10.x, like _setEnvelope
-  // above): the DataStream it pipes to the socket passes the prepared payload through
-  // instead of scanning the message byte by byte and writing the end-of-data line apart.
-  const internal2 = conn as unknown as { _createSendStream?: CreateSendStream };
-  const originalCreate = (SMTPConnection.prototype as unknown as { _createSendStream?: CreateSendStream })._createSendStream;
-  const payload = typeof originalCreate === 'function' ? dataPayload(message) : undefined;
-  if (payload && originalCreate) {
-    internal2._createSendStream = function (this: unknown, callback) {
-      const stream = originalCreate.call(this, callback);
-      let sent = false;
-      const sendPayload = () => {
-        if (sent) return;
-        sent = true;
-        stream.inByteCount = message.length;
-        stream.outByteCount = payload.length;
-        stream.push(payload);
-      };
-      stream._transform = (_chunk: Buffer, _encoding: string, done: () => void) => {
-        sendPayload();
-        done();
-      };
-      stream._flush = (done: () => void) => {
-        sendPayload();
-        done();
-      };
-      return stream;
-    };
-  } else {
-    delete internal2._createSendStream;
-  }
+  hookEnvelope(conn, (err, info, callback) => {
+    if (!err && info && info.rejected.length) {
+      // The server waits for data after its 354. Hand the error to send() first (it writes
+      // nothing on error), then drop the connection: the transaction is never completed.
+      callback(new RecipientsRefused([...info.rejected], (info.rejectedErrors ?? []) as NodemailerError[]));
+      conn.close();
+      return;
+    }
+    if (!err) onDataStart();
+    callback(err, info);
+  });
+  // The prepared payload (dataPayload) passes through nodemailer's DataStream as it is.
+  sendPreparedPayload(conn, message.length, dataPayload(message));
   const eightBit = !isAscii(message);
   return step<string>(conn, (cb) =>
     conn.send(
@@ -467,6 +421,7 @@ export class Upstream {
   private readonly inFlightGauge: Gauge;
 
   constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
+    checkInternals();
     this.hostname = opts.hostname;
     this.log = opts.logger.child({ component: 'upstream' });
     // Read synchronously once at start; a failure here is a startup error.

@@ -1,0 +1,114 @@
+// The connection table: every open client connection counted once, per client
+// address and in total, the state of each SMTP session, and the messages in flight
+// that a drain waits for. The listeners (relay/server.ts) and the session phases
+// (relay/session.ts) share this one table.
+//
+// Where a connection is counted: on an implicit-TLS listener at TCP accept, before the
+// handshake (else one allowed address could fill every pending-handshake slot), and
+// released when its socket closes; everywhere else (STARTTLS listeners, and PROXY
+// connections, whose client address is known only from the header) at the session's
+// connect phase, released at its close.
+
+import type net from 'node:net';
+
+export interface SessionState {
+  listener: string;
+  ip: string;
+  tlsVersion?: string;
+  cipher?: string;
+  user?: string;
+  messages: number;
+  lastResult?: string;
+  /** DATA received, the upstream's answer pending: a drain waits for it. */
+  inFlight: boolean;
+  /** Counted at TCP accept (released with the socket), not by the session. */
+  countedAtAccept: boolean;
+}
+
+/** Local port + remote address and port: one live TCP connection, as its TLS socket sees it too. */
+function socketKey(socket: net.Socket): string {
+  return `${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
+}
+
+export class ConnectionTable {
+  private readonly perIp = new Map<string, number>();
+  /** Sockets counted at accept whose session has not started yet. */
+  private readonly acceptedSockets = new Set<string>();
+  private readonly sessions = new Map<string, SessionState>();
+  private inFlight = 0;
+  private readonly idleWaiters: (() => void)[] = [];
+
+  /** Open connections from `ip`. */
+  count(ip: string): number {
+    return this.perIp.get(ip) ?? 0;
+  }
+
+  /** Sessions started (connect phase passed) and not yet closed. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  private add(ip: string): void {
+    this.perIp.set(ip, this.count(ip) + 1);
+  }
+
+  private remove(ip: string): void {
+    const n = this.count(ip) - 1;
+    if (n <= 0) this.perIp.delete(ip);
+    else this.perIp.set(ip, n);
+  }
+
+  /** Counts a TCP connection at accept; it is released when the socket closes. */
+  countSocket(socket: net.Socket, ip: string): void {
+    this.add(ip);
+    const key = socketKey(socket);
+    this.acceptedSockets.add(key);
+    socket.once('close', () => {
+      this.acceptedSockets.delete(key);
+      this.remove(ip);
+    });
+  }
+
+  /** Whether the connection on `socket` was counted at accept (asked once, when its session is created). */
+  takeAccepted(socket: net.Socket): boolean {
+    return this.acceptedSockets.delete(socketKey(socket));
+  }
+
+  /** Starts a session; counts its connection unless that happened at accept. */
+  open(id: string, state: Omit<SessionState, 'messages' | 'inFlight'>): SessionState {
+    if (!state.countedAtAccept) this.add(state.ip);
+    const s: SessionState = { ...state, messages: 0, inFlight: false };
+    this.sessions.set(id, s);
+    return s;
+  }
+
+  get(id: string): SessionState | undefined {
+    return this.sessions.get(id);
+  }
+
+  /** Ends a session; undefined when it never started. */
+  close(id: string): SessionState | undefined {
+    const s = this.sessions.get(id);
+    if (!s) return undefined;
+    this.sessions.delete(id);
+    if (!s.countedAtAccept) this.remove(s.ip);
+    return s;
+  }
+
+  /** A message of this session went to the upstream. */
+  beginMessage(state: SessionState | undefined): void {
+    if (state) state.inFlight = true;
+    this.inFlight++;
+  }
+
+  endMessage(state: SessionState | undefined): void {
+    if (state) state.inFlight = false;
+    this.inFlight--;
+    if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves when no message is in flight. */
+  idle(): Promise<void> {
+    return this.inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+}
