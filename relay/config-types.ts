@@ -62,6 +62,17 @@ export interface LimitsConfig {
   maxConnectionsPerIp?: number;
   /** Idle/command timeout; default "60s". */
   idleTimeout?: Duration;
+  /**
+   * Time from TCP accept to a successful AUTH (TLS handshake, EHLO, STARTTLS and AUTH);
+   * default "10s". A connection that takes longer gets 421 and is closed.
+   */
+  preAuthTimeout?: Duration;
+  /**
+   * Connections not yet authenticated (TLS handshakes included); default half of
+   * maxConnections. When full, the oldest is closed to admit a newcomer; authenticated
+   * sessions are never closed for that.
+   */
+  maxUnauthenticated?: number;
 }
 
 export interface UpstreamConfig {

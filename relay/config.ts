@@ -30,6 +30,10 @@ export interface LimitsSettings {
   maxConnections: number;
   maxConnectionsPerIp: number;
   idleTimeoutMs: number;
+  /** From accept to a successful AUTH; a connection that takes longer is closed. */
+  preAuthTimeoutMs: number;
+  /** Connections not (yet) authenticated, TLS handshakes included; the oldest is shed for a newcomer. */
+  maxUnauthenticated: number;
 }
 
 export interface LockoutSettings {
@@ -63,6 +67,7 @@ export const DEFAULTS = {
     maxConnections: 1000,
     maxConnectionsPerIp: 20,
     idleTimeout: '60s',
+    preAuthTimeout: '10s',
   },
   upstreamMaxConnections: 5,
   upstreamTimeout: '60s',
@@ -218,9 +223,11 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     maxConnections: d.maxConnections,
     maxConnectionsPerIp: d.maxConnectionsPerIp,
     idleTimeoutMs: 60_000,
+    preAuthTimeoutMs: 10_000,
+    maxUnauthenticated: 0, // set below: half of maxConnections unless given
   };
   if (cfg.limits !== undefined) {
-    const o = c.object('limits', cfg.limits, [], ['maxMessageSize', 'maxRecipients', 'maxConnections', 'maxConnectionsPerIp', 'idleTimeout']);
+    const o = c.object('limits', cfg.limits, [], ['maxMessageSize', 'maxRecipients', 'maxConnections', 'maxConnectionsPerIp', 'idleTimeout', 'preAuthTimeout', 'maxUnauthenticated']);
     if (o) {
       if (o.maxMessageSize !== undefined) limits.maxMessageSize = c.size('limits.maxMessageSize', o.maxMessageSize, 1024) ?? limits.maxMessageSize;
       if (limits.maxMessageSize > 1024 ** 3) c.fail('limits.maxMessageSize', `${show(o.maxMessageSize)} is over the 1Gi maximum`);
@@ -230,8 +237,15 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
         limits.maxConnectionsPerIp = c.int('limits.maxConnectionsPerIp', o.maxConnectionsPerIp, 1, 1_000_000) ?? limits.maxConnectionsPerIp;
       }
       if (o.idleTimeout !== undefined) limits.idleTimeoutMs = c.duration('limits.idleTimeout', o.idleTimeout, 1000) ?? limits.idleTimeoutMs;
+      if (o.preAuthTimeout !== undefined) limits.preAuthTimeoutMs = c.duration('limits.preAuthTimeout', o.preAuthTimeout, 1000) ?? limits.preAuthTimeoutMs;
+      if (o.maxUnauthenticated !== undefined) {
+        const n = c.int('limits.maxUnauthenticated', o.maxUnauthenticated, 1, 1_000_000);
+        if (n !== undefined && n > limits.maxConnections) c.fail('limits.maxUnauthenticated', `${n} is more than limits.maxConnections (${limits.maxConnections})`);
+        else limits.maxUnauthenticated = n ?? 0;
+      }
     }
   }
+  if (limits.maxUnauthenticated === 0) limits.maxUnauthenticated = Math.ceil(limits.maxConnections / 2);
 
   // upstream
   let upstream: UpstreamConfig = { host: '', port: 0, tls: 'starttls' };

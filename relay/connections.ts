@@ -23,10 +23,22 @@ export interface SessionState {
   inFlight: boolean;
   /** Counted at TCP accept (released with the socket), not by the session. */
   countedAtAccept: boolean;
+  /** The connection's key in the table's list of unauthenticated connections. */
+  key: string;
+}
+
+export type ShedReason = 'pre_auth_timeout' | 'unauthenticated_cap' | 'relay_full';
+
+interface Unauthenticated {
+  since: number;
+  listener: string;
+  ip: string;
+  /** Closes the connection: a 421 reply once the session exists, else the socket. */
+  shed(reason: ShedReason): void;
 }
 
 /** Local port + remote address and port: one live TCP connection, as its TLS socket sees it too. */
-function socketKey(socket: net.Socket): string {
+export function socketKey(socket: net.Socket): string {
   return `${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
 }
 
@@ -37,6 +49,89 @@ export class ConnectionTable {
   private readonly sessions = new Map<string, SessionState>();
   private inFlight = 0;
   private readonly idleWaiters: (() => void)[] = [];
+  /** Connections from accept until AUTH succeeds, oldest first (Map order is insertion order). */
+  private readonly unauthenticated = new Map<string, Unauthenticated>();
+  /** How many of those each client address holds. */
+  private readonly unauthenticatedPerIp = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  // --- unauthenticated connections (flood resistance) ---
+
+  get unauthenticatedCount(): number {
+    return this.unauthenticated.size;
+  }
+
+  /**
+   * Tracks a new unauthenticated connection under `key` until authenticated() or
+   * closed(); a key seen before (the TLS socket of a connection tracked at accept) keeps
+   * its age and takes the new way to shed it.
+   */
+  trackUnauthenticated(key: string, listener: string, ip: string, shed: (reason: ShedReason) => void): void {
+    const known = this.unauthenticated.get(key);
+    if (known) {
+      known.shed = shed;
+      return;
+    }
+    this.unauthenticated.set(key, { since: this.now(), listener, ip, shed });
+    this.unauthenticatedPerIp.set(ip, (this.unauthenticatedPerIp.get(ip) ?? 0) + 1);
+  }
+
+  private untrack(key: string): Unauthenticated | undefined {
+    const u = this.unauthenticated.get(key);
+    if (!u) return undefined;
+    this.unauthenticated.delete(key);
+    const n = (this.unauthenticatedPerIp.get(u.ip) ?? 1) - 1;
+    if (n <= 0) this.unauthenticatedPerIp.delete(u.ip);
+    else this.unauthenticatedPerIp.set(u.ip, n);
+    return u;
+  }
+
+  authenticated(key: string): void {
+    this.untrack(key);
+  }
+
+  closed(key: string): void {
+    this.untrack(key);
+  }
+
+  /**
+   * Sheds one unauthenticated connection other than `except`: the oldest of the address
+   * that holds the most. Plain oldest-first would let a flood that reconnects as fast as
+   * it is shed push out a real client in the middle of its TLS handshake; a real client
+   * holds one or two such connections, a flood many per address. Its listener, or
+   * undefined when there is none.
+   */
+  shedOldest(reason: ShedReason, except?: string): string | undefined {
+    const exceptIp = except === undefined ? undefined : this.unauthenticated.get(except)?.ip;
+    let busiest: string | undefined;
+    let most = 0;
+    for (const [ip, n] of this.unauthenticatedPerIp) {
+      const candidates = ip === exceptIp ? n - 1 : n;
+      if (candidates > most) [busiest, most] = [ip, candidates];
+    }
+    if (busiest === undefined) return undefined;
+    for (const [key, u] of this.unauthenticated) {
+      if (key === except || u.ip !== busiest) continue;
+      this.untrack(key);
+      u.shed(reason);
+      return u.listener;
+    }
+    return undefined;
+  }
+
+  /** Sheds every unauthenticated connection older than `maxAgeMs`; the listeners of those shed. */
+  shedExpired(maxAgeMs: number): string[] {
+    const out: string[] = [];
+    const cutoff = this.now() - maxAgeMs;
+    for (const [key, u] of this.unauthenticated) {
+      if (u.since > cutoff) break; // oldest first: the rest are younger
+      this.untrack(key);
+      u.shed('pre_auth_timeout');
+      out.push(u.listener);
+    }
+    return out;
+  }
 
   /** Open connections from `ip`. */
   count(ip: string): number {

@@ -44,6 +44,8 @@ interface ServerInternals {
   secureContext: Map<string, tls.SecureContext>;
   options: { size?: number; maxClients?: number; socketTimeout?: number; closeTimeout?: number; key?: unknown; cert?: unknown };
   server: net.Server;
+  /** Sockets before their session (PROXY header or implicit TLS handshake pending): raw socket -> itself, or its TLS socket once the handshake started. */
+  _pendingSockets: Map<net.Socket, net.Socket>;
 }
 
 const serverProto = SMTPConnection.prototype as unknown as Partial<ServerConnection>;
@@ -139,6 +141,17 @@ export function gateAcceptedSockets(server: SMTPServer, gate: (socket: net.Socke
   tcp.on('connection', (socket: net.Socket) => {
     if (gate(socket)) for (const handler of accept) handler.call(tcp, socket);
   });
+}
+
+/**
+ * Closes a socket accepted on `server` whose session has not started. Once its TLS
+ * handshake has begun that is the TLS socket: destroying the raw socket under a handshake
+ * in progress frees the TLS state that smtp-server's error path then reads
+ * (TLSWrap::GetProtocol, a segmentation fault in Node 24, seen under a connection flood).
+ */
+export function destroyPending(server: SMTPServer, socket: net.Socket): void {
+  const pending = (server as unknown as ServerInternals)._pendingSockets.get(socket);
+  (pending ?? socket).destroy();
 }
 
 /**
@@ -285,6 +298,7 @@ export function checkServerInternals(server: SMTPServer): void {
     !(s.connections instanceof Set) && 'SMTPServer.connections is not a Set',
     !(s.secureContext instanceof Map) && 'SMTPServer.secureContext is not a Map',
     typeof s.options !== 'object' && 'SMTPServer.options is gone',
+    !(s._pendingSockets instanceof Map) && 'SMTPServer._pendingSockets is not a Map',
   ].filter(Boolean);
   if (missing.length) throw new Error(`a dependency's internals changed (smtp-server ${missing.join('; ')}): review relay/internals.ts`);
 }

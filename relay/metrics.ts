@@ -15,6 +15,17 @@ export function createMetrics(registry: prom.Registry) {
       labelNames: ['listener', 'result', 'reason'] as const,
       registers: r,
     }),
+    connectionsShed: new prom.Counter({
+      name: 'smtp_relay_connections_shed_total',
+      help: 'Unauthenticated connections closed by the relay: pre_auth_timeout (no AUTH in time), unauthenticated_cap or relay_full (the oldest, to admit a newcomer).',
+      labelNames: ['listener', 'reason'] as const,
+      registers: r,
+    }),
+    unauthenticatedConnections: new prom.Gauge({
+      name: 'smtp_relay_unauthenticated_connections',
+      help: 'Connections open now that have not authenticated yet, TLS handshakes included.',
+      registers: r,
+    }),
     activeConnections: new prom.Gauge({
       name: 'smtp_relay_active_connections',
       help: 'SMTP sessions open now, by listener.',

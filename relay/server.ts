@@ -8,10 +8,11 @@ import type pino from 'pino';
 import { SMTPServer } from 'smtp-server';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
 import { keepRestartFields, type ListenerSettings, type RelaySettings } from './config.js';
-import { ConnectionTable } from './connections.js';
+import { ConnectionTable, socketKey, type ShedReason } from './connections.js';
 import {
   checkInternals,
   checkServerInternals,
+  destroyPending,
   filterCommands,
   gateAcceptedSockets,
   openConnections,
@@ -31,6 +32,27 @@ import type { UserTable } from './users.js';
 export type { Deliverer } from './session.js';
 export type { DeliveryOutcome, Envelope } from './upstream.js';
 
+/** The replies of a shed connection, by reason. */
+const SHED_REPLIES: Record<ShedReason, string> = {
+  pre_auth_timeout: '4.4.2 Timeout: TLS and AUTH not completed in time, closing connection',
+  unauthenticated_cap: '4.7.0 Too many unauthenticated connections, closing the oldest',
+  relay_full: '4.7.0 Too many connections, closing the oldest unauthenticated one',
+};
+
+/** A new connection, between its creation and its connect phase. */
+interface Adopted {
+  countedAtAccept: boolean;
+  /** Its key in the connection table (relay/connections.ts socketKey). */
+  key: string;
+  ip: string;
+  shed(reason: ShedReason): void;
+}
+
+/** smtp-server's maxClients: above maxConnections, which the connect phase enforces. */
+function backstop(maxConnections: number): number {
+  return maxConnections * 2;
+}
+
 export class Relay implements RelayState {
   settings: RelaySettings;
   allowed: CidrSet;
@@ -42,8 +64,9 @@ export class Relay implements RelayState {
   private readonly table = new ConnectionTable();
   private readonly session: SessionPolicy;
   private readonly servers: { listener: ListenerSettings; server: SMTPServer }[] = [];
-  /** Connections whose socket the table counted at TCP accept, by connection id. */
-  private readonly countedAtAccept = new Set<string>();
+  /** What the connect phase needs to know of each new connection, by connection id. */
+  private readonly adopted = new Map<string, Adopted>();
+  private sweep?: NodeJS.Timeout;
 
   constructor(
     settings: RelaySettings,
@@ -91,6 +114,10 @@ export class Relay implements RelayState {
       ports[listener.name] = addr.port;
       this.logger.info({ event: 'listening', listener: listener.name, address: addr.address, port: addr.port, mode: listener.mode }, 'listening');
     }
+    // Connections that have not authenticated within preAuthTimeout are closed (checked each second).
+    this.sweep = setInterval(() => {
+      for (const listener of this.table.shedExpired(this.settings.limits.preAuthTimeoutMs)) this.countShed(listener, 'pre_auth_timeout');
+    }, 1000).unref();
     this.listening = true;
     return ports;
   }
@@ -112,11 +139,19 @@ export class Relay implements RelayState {
       authMethods: ['PLAIN', 'LOGIN'],
       allowInsecureAuth: false,
       disabledCommands: implicit ? POST_TLS_DISABLED : PRE_TLS_DISABLED,
-      maxClients: s.limits.maxConnections,
+      // smtp-server's own limit, a backstop: the connect phase enforces maxConnections and
+      // sheds unauthenticated connections, whose close lags a tick behind the newcomer.
+      maxClients: backstop(s.limits.maxConnections),
       socketTimeout: s.limits.idleTimeoutMs,
       closeTimeout: s.shutdownGracePeriodMs,
       authRequiredMessage: '5.7.0 Authentication required',
-      onConnect: (session, cb) => cb(phases.connect(listener, session, this.countedAtAccept.delete(session.id))),
+      onConnect: (session, cb) => {
+        const adopted = this.adopted.get(session.id);
+        this.adopted.delete(session.id);
+        const refused = phases.connect(listener, session, adopted ?? { countedAtAccept: false, key: session.id });
+        if (!refused && adopted) this.trackUnauthenticated(listener, adopted);
+        cb(refused);
+      },
       onSecure: (socket, session, cb) => {
         phases.tls(listener, socket, session);
         cb();
@@ -141,7 +176,7 @@ export class Relay implements RelayState {
     // TLS and before the connect phase, so the allow-list, limits and lockout all see the
     // client's address.
     trustProxyHeaders(server, (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress));
-    if (implicit) gateAcceptedSockets(server, (socket) => this.admitBeforeHandshake(listener, socket));
+    if (implicit) gateAcceptedSockets(server, (socket) => this.admitBeforeHandshake(listener, server, socket));
     // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
     // none keeps smtp-server's early-talker pause (relay/internals.ts initWithoutPause).
     tuneConnections(server, (conn) => this.adopt(listener, conn));
@@ -154,16 +189,50 @@ export class Relay implements RelayState {
     return server;
   }
 
-  /** A new smtp-server connection: whether accept counted it, and the plaintext command limit on STARTTLS listeners. */
+  /**
+   * A new smtp-server connection: whether accept counted it, how to shed it (a 421) once
+   * its session is admitted, and the plaintext command limit on STARTTLS listeners.
+   */
   private adopt(listener: ListenerSettings, conn: ServerConnection): void {
-    if (this.table.takeAccepted(conn._socket)) {
-      this.countedAtAccept.add(conn.id);
-      conn._socket.once('close', () => this.countedAtAccept.delete(conn.id));
-    }
+    const key = socketKey(conn._socket);
+    const countedAtAccept = this.table.takeAccepted(conn._socket);
+    this.adopted.set(conn.id, { countedAtAccept, key, ip: canonicalIp(conn.remoteAddress), shed: (reason) => conn.send(421, SHED_REPLIES[reason]) });
+    conn._socket.once('close', () => {
+      this.adopted.delete(conn.id);
+      this.table.closed(key);
+    });
     if (listener.mode === 'starttls') {
       let count = 0;
       filterCommands(conn, (c) => this.session.plaintextCommand(c, ++count));
     }
+  }
+
+  /**
+   * An admitted session joins the unauthenticated connections until its AUTH succeeds
+   * (one counted at accept is there since its handshake began, and keeps its age).
+   */
+  private trackUnauthenticated(listener: ListenerSettings, a: Adopted): void {
+    if (!a.countedAtAccept) this.makeRoomForUnauthenticated(a.key);
+    this.table.trackUnauthenticated(a.key, listener.name, a.ip, a.shed);
+  }
+
+  /** At maxUnauthenticated, an unauthenticated connection goes to admit a new one (ConnectionTable.shedOldest). */
+  private makeRoomForUnauthenticated(newcomer?: string): void {
+    if (this.table.unauthenticatedCount < this.settings.limits.maxUnauthenticated) return;
+    const shed = this.table.shedOldest('unauthenticated_cap', newcomer);
+    if (shed) this.countShed(shed, 'unauthenticated_cap');
+  }
+
+  /** Sheds an unauthenticated connection for a newcomer when the relay is full; false when none is left. */
+  shedForNewcomer(newcomer: string): boolean {
+    const shed = this.table.shedOldest('relay_full', newcomer);
+    if (shed) this.countShed(shed, 'relay_full');
+    return shed !== undefined;
+  }
+
+  private countShed(listener: string, reason: ShedReason): void {
+    this.metrics.connectionsShed.inc({ listener, reason });
+    this.logger.info({ event: 'connection_shed', listener, reason }, 'unauthenticated connection closed');
   }
 
   /**
@@ -175,7 +244,7 @@ export class Relay implements RelayState {
    * per-IP limit applies here too, to connections still in their handshake: else one
    * allowed address could fill every pending-handshake slot (maxClients).
    */
-  private admitBeforeHandshake(listener: ListenerSettings, socket: net.Socket): boolean {
+  private admitBeforeHandshake(listener: ListenerSettings, server: SMTPServer, socket: net.Socket): boolean {
     const peer = socket.remoteAddress;
     if (this.trustedProxies.has(peer)) return true;
     const ip = canonicalIp(peer ?? '');
@@ -191,6 +260,11 @@ export class Relay implements RelayState {
       return refuse('too_many_connections_per_ip', 'warn', 'per-IP connection limit reached (before the TLS handshake)');
     }
     this.table.countSocket(socket, ip);
+    this.makeRoomForUnauthenticated();
+    const key = socketKey(socket);
+    // no reply is possible before the handshake: shedding drops the connection
+    this.table.trackUnauthenticated(key, listener.name, ip, () => destroyPending(server, socket));
+    socket.once('close', () => this.table.closed(key));
     return true;
   }
 
@@ -205,7 +279,7 @@ export class Relay implements RelayState {
     for (const { server } of this.servers) {
       setServerLimits(server, {
         size: next.limits.maxMessageSize,
-        maxClients: next.limits.maxConnections,
+        maxClients: backstop(next.limits.maxConnections),
         socketTimeout: next.limits.idleTimeoutMs,
         closeTimeout: next.shutdownGracePeriodMs,
       });
@@ -247,6 +321,7 @@ export class Relay implements RelayState {
     if (this.draining) return;
     this.draining = true;
     this.listening = false;
+    clearInterval(this.sweep);
     const closed = Promise.all(this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
     for (const c of this.connections()) {
       if (!this.table.get(c.session?.id ?? c.id)?.inFlight) c.send(421, SHUTTING_DOWN);

@@ -1,5 +1,6 @@
 // One SMTP session's policy, one method per phase (as Haraka names its hooks):
-//   connect   allow-list, draining, connection limits            (554 / 421)
+//   connect   allow-list, draining, connection limits (an unauthenticated session
+//             makes room when full)                               (554 / 421)
 //   ehlo      what is offered before and after TLS, and the plaintext command limit
 //   tls       the negotiated protocol and cipher, recorded and counted
 //   auth      TLS first, lockout, password check                 (538 / 421 / 535)
@@ -38,6 +39,8 @@ export interface RelayState {
   readonly settings: RelaySettings;
   readonly allowed: CidrSet;
   readonly draining: boolean;
+  /** Closes the oldest unauthenticated connection to make room; false when there is none. */
+  shedForNewcomer(newcomer: string): boolean;
 }
 
 /** Commands never offered: information leaks, proxy overrides, sendmail jokes. */
@@ -80,7 +83,8 @@ export class SessionPolicy {
 
   // --- connect ---
 
-  connect(listener: ListenerSettings, session: SMTPServerSession, countedAtAccept: boolean): SmtpError | null {
+  connect(listener: ListenerSettings, session: SMTPServerSession, conn: { countedAtAccept: boolean; key: string }): SmtpError | null {
+    const { countedAtAccept, key } = conn;
     const ip = canonicalIp(session.remoteAddress);
     const { settings, allowed, draining } = this.relay;
     const log = { event: 'connection_refused', session: session.id, listener: listener.name, clientIp: ip };
@@ -89,7 +93,8 @@ export class SessionPolicy {
       this.logger.info({ ...log, reason: 'ip_not_allowed' }, 'client address not allowed');
       return this.refuseConnection(listener.name, 'ip_not_allowed', 554, '5.7.1 Access denied: your address is not allowed to use this relay');
     }
-    if (this.table.sessionCount >= settings.limits.maxConnections) {
+    // Full: an unauthenticated session makes room (never an authenticated one).
+    if (this.table.sessionCount >= settings.limits.maxConnections && !this.relay.shedForNewcomer(key)) {
       this.logger.warn({ ...log, reason: 'too_many_connections' }, 'connection limit reached');
       return this.refuseConnection(listener.name, 'too_many_connections', 421, '4.7.0 Too many connections, try again later');
     }
@@ -98,7 +103,7 @@ export class SessionPolicy {
       this.logger.warn({ ...log, reason: 'too_many_connections_per_ip' }, 'per-IP connection limit reached');
       return this.refuseConnection(listener.name, 'too_many_connections_per_ip', 421, '4.7.0 Too many connections from your address, try again later');
     }
-    this.table.open(session.id, { listener: listener.name, ip, countedAtAccept });
+    this.table.open(session.id, { listener: listener.name, ip, countedAtAccept, key });
     this.metrics.connections.inc({ listener: listener.name, result: 'accepted', reason: '' });
     this.metrics.activeConnections.inc({ listener: listener.name });
     if (listener.mode === 'starttls') session.disabledCommands = PRE_TLS_DISABLED;
@@ -164,6 +169,7 @@ export class SessionPolicy {
       this.lockout.succeed(userKey);
       this.metrics.authAttempts.inc({ mechanism, result: 'success' });
       state.user = username;
+      this.table.authenticated(state.key);
       this.logger.info({ event: 'auth_success', session: session.id, clientIp: state.ip, user: username, mechanism }, 'authenticated');
       return username;
     }

@@ -138,7 +138,12 @@ export class RelayProcess {
     });
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => (this.stderr += d));
-    this.exited = new Promise((resolve) => child.on('exit', (code) => resolve((this.exitCode = code))));
+    this.exited = new Promise((resolve) =>
+      child.on('exit', (code, signal) => {
+        if (signal) this.stderr += `[killed by ${signal}]\n`;
+        resolve((this.exitCode = code));
+      }),
+    );
   }
 
   waitForLog(pred: (l: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> {

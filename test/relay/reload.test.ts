@@ -150,11 +150,18 @@ describe('live reloads', () => {
     const v6 = await RawSmtp.connect(relay.ports.v6, { host: '::1', greeting: false });
     assert.equal((await v6.read())?.code, 554);
     v6.close();
-    // maxConnections (all listeners together) now 2
+    // maxConnections (all listeners together) now 2, both taken by authenticated sessions
+    // (an unauthenticated one would be shed to make room: test/relay/flood.test.ts)
     const c = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2' });
     assert.equal(c.greeting?.code, 220);
+    await c.cmd('EHLO x');
+    await c.starttls();
+    await c.cmd('EHLO x');
+    assert.equal((await c.login(ERIN.name, ERIN.password))?.code, 235);
     const c2 = await RawSmtp.connect(relay.ports.submissions, { localAddress: '127.0.0.2', implicitTls: true });
     assert.equal(c2.greeting?.code, 220);
+    await c2.cmd('EHLO x');
+    assert.equal((await c2.login(ERIN.name, ERIN.password))?.code, 235);
     const c3 = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.2', greeting: false });
     const full = await c3.read();
     assert.equal(full?.code, 421);

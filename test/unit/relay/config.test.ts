@@ -54,7 +54,7 @@ describe('relay config', () => {
     assert.equal(s.tls.ciphers, DEFAULT_CIPHERS);
     assert.equal(s.tls.certFile, path.join(dir, 'tls.crt'), 'relative paths resolve against the config directory');
     assert.deepEqual(s.auth.lockout, { maxFailures: 5, windowMs: 600_000, durationMs: 900_000 });
-    assert.deepEqual(s.limits, { maxMessageSize: 10 * 1024 * 1024, maxRecipients: 100, maxConnections: 1000, maxConnectionsPerIp: 20, idleTimeoutMs: 60_000 });
+    assert.deepEqual(s.limits, { maxMessageSize: 10 * 1024 * 1024, maxRecipients: 100, maxConnections: 1000, maxConnectionsPerIp: 20, idleTimeoutMs: 60_000, preAuthTimeoutMs: 10_000, maxUnauthenticated: 500 });
     assert.deepEqual(s.access.trustedProxyCidrs, []);
     assert.equal(s.upstream.maxConnections, 5);
     assert.equal(s.upstream.timeout, '60s');
@@ -74,7 +74,7 @@ describe('relay config', () => {
     const s = loadConfig(
       write(
         BASE.replace('tls: {certFile: tls.crt, keyFile: tls.key}', 'tls: {certFile: tls.crt, keyFile: tls.key, minVersion: TLSv1.3, ciphers: "ECDHE-RSA-AES128-GCM-SHA256"}') +
-          `limits: {maxMessageSize: 25Mi, maxRecipients: 10, maxConnections: 50, maxConnectionsPerIp: 2, idleTimeout: 2m}
+          `limits: {maxMessageSize: 25Mi, maxRecipients: 10, maxConnections: 50, maxConnectionsPerIp: 2, idleTimeout: 2m, preAuthTimeout: 5s, maxUnauthenticated: 20}
 dkim: [{domain: Example.com, selector: s1, keyFile: dkim.key}]
 metrics: {address: 127.0.0.1, port: 9100}
 shutdownGracePeriod: 1m30s
@@ -84,6 +84,8 @@ shutdownGracePeriod: 1m30s
     assert.equal(s.tls.minVersion, 'TLSv1.3');
     assert.equal(s.limits.maxMessageSize, 25 * 1024 * 1024);
     assert.equal(s.limits.idleTimeoutMs, 120_000);
+    assert.equal(s.limits.preAuthTimeoutMs, 5000);
+    assert.equal(s.limits.maxUnauthenticated, 20);
     assert.deepEqual(s.dkim, [{ domain: 'example.com', selector: 's1', keyFile: path.join(dir, 'dkim.key') }]);
     assert.equal(s.shutdownGracePeriodMs, 90_000);
   });
@@ -108,13 +110,19 @@ shutdownGracePeriod: 1m30s
     [
       'an unknown field',
       (d) => (d.limits = { maxMesageSize: '10Mi' }),
-      ['limits.maxMesageSize: unknown field (allowed: maxMessageSize, maxRecipients, maxConnections, maxConnectionsPerIp, idleTimeout)'],
+      ['limits.maxMesageSize: unknown field (allowed: maxMessageSize, maxRecipients, maxConnections, maxConnectionsPerIp, idleTimeout, preAuthTimeout, maxUnauthenticated)'],
     ],
     [
       'an unknown top-level field',
       (d) => (d.spool = {}),
       ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod)'],
     ],
+    [
+      'more unauthenticated connections than connections',
+      (d) => (d.limits = { maxConnections: 10, maxUnauthenticated: 11 }),
+      ['limits.maxUnauthenticated: 11 is more than limits.maxConnections (10)'],
+    ],
+    ['a pre-auth timeout under a second', (d) => (d.limits = { preAuthTimeout: '500ms' }), ['limits.preAuthTimeout: "500ms" is too short (minimum 1000 ms)']],
     ['two listeners on one port', (d) => (d.listeners[1].port = 587), ['listeners[1].port: port 587 is already used by listeners[0] (submission)']],
     ['metrics on a listener port', (d) => (d.metrics = { port: 465 }), ['metrics.port: port 465 is already used by listeners[1] (submissions)']],
     ['a missing certificate file', (d) => (d.tls.certFile = 'missing.crt'), ['tls.certFile: cannot read "missing.crt": ENOENT']],

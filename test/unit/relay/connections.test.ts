@@ -19,7 +19,7 @@ describe('the connection table', () => {
     assert.equal(t.count('10.0.0.1'), 1);
     assert.equal(t.takeAccepted(s), true);
     assert.equal(t.takeAccepted(s), false, 'asked once');
-    t.open('a', { listener: 'submissions', ip: '10.0.0.1', countedAtAccept: true });
+    t.open('a', { listener: 'submissions', ip: '10.0.0.1', countedAtAccept: true, key: 'k-a' });
     assert.equal(t.count('10.0.0.1'), 1, 'the session does not count it again');
     assert.equal(t.sessionCount, 1);
     t.close('a');
@@ -30,8 +30,8 @@ describe('the connection table', () => {
 
   it('a session whose connection was not counted at accept (STARTTLS or PROXY) counts itself until it closes', () => {
     const t = new ConnectionTable();
-    t.open('a', { listener: 'submission', ip: '10.0.0.2', countedAtAccept: false });
-    t.open('b', { listener: 'submission', ip: '10.0.0.2', countedAtAccept: false });
+    t.open('a', { listener: 'submission', ip: '10.0.0.2', countedAtAccept: false, key: 'k-a' });
+    t.open('b', { listener: 'submission', ip: '10.0.0.2', countedAtAccept: false, key: 'k-b' });
     assert.equal(t.count('10.0.0.2'), 2);
     t.close('a');
     assert.equal(t.close('a'), undefined, 'closing twice changes nothing');
@@ -51,7 +51,7 @@ describe('the connection table', () => {
 
   it('a drain waits for the messages in flight, and only for them', async () => {
     const t = new ConnectionTable();
-    const state = t.open('a', { listener: 'submission', ip: '10.0.0.4', countedAtAccept: false });
+    const state = t.open('a', { listener: 'submission', ip: '10.0.0.4', countedAtAccept: false, key: 'k-a' });
     await t.idle();
     t.beginMessage(state);
     assert.equal(state.inFlight, true);
@@ -62,5 +62,52 @@ describe('the connection table', () => {
     t.endMessage(state);
     await waiting;
     assert.equal(state.inFlight, false);
+  });
+
+  it('unauthenticated connections are shed oldest first, never the newcomer, and an authenticated one is never shed', () => {
+    let now = 1000;
+    const t = new ConnectionTable(() => now);
+    const shed: string[] = [];
+    for (const k of ['a', 'b', 'c']) {
+      t.trackUnauthenticated(k, 'submission', '10.0.0.9', (reason) => shed.push(`${k}:${reason}`));
+      now += 1000;
+    }
+    t.authenticated('a');
+    assert.equal(t.unauthenticatedCount, 2);
+    assert.equal(t.shedOldest('relay_full', 'b'), 'submission');
+    assert.deepEqual(shed, ['c:relay_full'], 'b was the newcomer, a is authenticated');
+    assert.equal(t.shedOldest('relay_full', 'b'), undefined, 'only the newcomer is left');
+  });
+
+  it('a connection tracked again (its TLS socket after the handshake) keeps its age and takes the new way to shed it', () => {
+    let now = 0;
+    const t = new ConnectionTable(() => now);
+    const shed: string[] = [];
+    t.trackUnauthenticated('x', 'submissions', '10.0.0.1', () => shed.push('socket destroyed'));
+    now = 5000;
+    t.trackUnauthenticated('y', 'submissions', '10.0.0.2', () => shed.push('y'));
+    t.trackUnauthenticated('x', 'submissions', '10.0.0.1', (reason) => shed.push(`421 ${reason}`));
+    now = 10_500;
+    assert.deepEqual(t.shedExpired(10_000), ['submissions']);
+    assert.deepEqual(shed, ['421 pre_auth_timeout'], 'x is 10.5 s old, y 5.5 s');
+    t.closed('y');
+    assert.equal(t.unauthenticatedCount, 0);
+  });
+
+  it('the address holding the most unauthenticated connections loses its oldest first, so one real client outlasts a reconnecting flood', () => {
+    let now = 0;
+    const t = new ConnectionTable(() => now);
+    const shed: string[] = [];
+    t.trackUnauthenticated('real', 'submission', '10.0.0.1', () => shed.push('real'));
+    for (let i = 0; i < 3; i++) {
+      now += 10;
+      t.trackUnauthenticated(`flood-${i}`, 'submission', '10.6.6.6', () => shed.push(`flood-${i}`));
+    }
+    t.shedOldest('unauthenticated_cap');
+    t.shedOldest('unauthenticated_cap');
+    assert.deepEqual(shed, ['flood-0', 'flood-1']);
+    // one each now: the oldest of the two goes
+    t.shedOldest('unauthenticated_cap', 'flood-2');
+    assert.deepEqual(shed, ['flood-0', 'flood-1', 'real']);
   });
 });
