@@ -4,7 +4,7 @@
 import type { RelayConfig } from '../../relay/config-types.js';
 import type { SmtpRelay } from '../api/v1alpha1.js';
 import { buildCertificate, type Certificate } from './certificate.js';
-import { buildConfigMap, type ConfigMap } from './config.js';
+import { buildConfigMap, type ConfigMap } from './relay-config.js';
 import { buildDeployment, type Deployment, type DeploymentInputs } from './deployment.js';
 import { buildNetworkPolicy, type NetworkPolicy } from './networkpolicy.js';
 import { buildMetricsService, buildService, type Service } from './service.js';

@@ -1,6 +1,5 @@
 // The one helper that sets conditions: it keeps lastTransitionTime when the
-// status did not change and records observedGeneration (cert-manager's
-// apiutil.SetCertificateCondition does the same).
+// status did not change and records observedGeneration.
 
 import type { Condition, ConditionStatus } from '../api/v1alpha1.js';
 
@@ -8,6 +7,12 @@ import type { Condition, ConditionStatus } from '../api/v1alpha1.js';
 export interface ConditionInput {
   type: string;
   status: ConditionStatus;
+  reason: string;
+  message: string;
+}
+
+/** Why something a condition depends on is not usable: a condition reason and a message that says what to fix. */
+export interface Problem {
   reason: string;
   message: string;
 }

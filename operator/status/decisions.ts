@@ -5,8 +5,7 @@
 // One section per condition, in the order Ready reports them.
 
 import { ConditionType, READY_DEPENDS_ON, Reason, type Condition, type SmtpRelay } from '../api/v1alpha1.js';
-import type { Problem } from '../builders/credentials.js';
-import { findCondition, type ConditionInput } from './conditions.js';
+import { findCondition, type ConditionInput, type Problem } from './conditions.js';
 
 // ---------------------------------------------------------------------------
 // Ready

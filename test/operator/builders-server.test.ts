@@ -21,9 +21,9 @@ import { isSubset } from '../../operator/runtime/apply.js';
 import { API_VERSION, KIND, type SmtpRelay } from '../../operator/api/v1alpha1.js';
 import { withDefaults, type SmtpRelaySpecInput } from '../harness/smtprelay/defaults.js';
 import { buildChildren } from '../../operator/builders/children.js';
-import { buildRelayConfig } from '../../operator/builders/config.js';
+import { buildRelayConfig } from '../../operator/builders/relay-config.js';
 import { buildGeneratedUserSecret, generatePassword } from '../../operator/builders/credentials.js';
-import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim.js';
+import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim-key.js';
 import { buildUsersSecret } from '../../operator/builders/users.js';
 import { QUANTITY_CASES } from '../harness/smtprelay/testkit.js';
 

@@ -4,11 +4,10 @@
 // status.dnsRecords. Condition owned here: DkimReady.
 
 import type { DnsRecord } from '../../api/v1alpha1.js';
-import { dkimRecordName } from '../../builders/config.js';
-import type { Problem } from '../../builders/credentials.js';
-import { buildGeneratedDkimSecret, dkimRecordFromSecret, generateDkimPrivateKey } from '../../builders/dkim.js';
+import { dkimRecordName } from '../../builders/relay-config.js';
+import { buildGeneratedDkimSecret, dkimRecordFromSecret, generateDkimPrivateKey } from '../../builders/dkim-key.js';
 import { dkimSecretName } from '../../builders/meta.js';
-import type { ConditionInput } from '../../status/conditions.js';
+import type { ConditionInput, Problem } from '../../status/conditions.js';
 import { dkimCondition } from '../../status/decisions.js';
 import type { ReconcileScope, SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret } from '../secrets.js';

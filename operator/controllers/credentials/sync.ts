@@ -6,21 +6,12 @@
 // and syncDkim in that order and hands their results to the relay phase.
 
 import { Reason, type UserSpec } from '../../api/v1alpha1.js';
-import {
-  buildGeneratedUserSecret,
-  checkPassword,
-  checkUpstreamCaSecret,
-  checkUpstreamCredentialsSecret,
-  generatePassword,
-  generatedPasswordLength,
-  isGeneratedPassword,
-  readUserPassword,
-} from '../../builders/credentials.js';
+import { buildGeneratedUserSecret, generatePassword, generatedPasswordLength, isGeneratedPassword } from '../../builders/credentials.js';
 import { childNames, userSecretName } from '../../builders/meta.js';
-import type { Problem } from '../../builders/credentials.js';
 import { buildUsersFile, buildUsersSecret, readUsersSecret, type AcceptedPassword, type Secret } from '../../builders/users.js';
-import type { ConditionInput } from '../../status/conditions.js';
+import type { ConditionInput, Problem } from '../../status/conditions.js';
 import { credentialsCondition, upstreamCondition, type UserProblem } from '../../status/decisions.js';
+import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, readUserPassword } from '../../status/secret-checks.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
 

@@ -1,9 +1,9 @@
 // What readiness needs from the TLS Secret: facts about it, never its key.
 
 import { X509Certificate } from 'node:crypto';
-import { checkTlsSecret } from '../../builders/credentials.js';
 import { rfc3339 } from '../../status/conditions.js';
 import type { TlsSecretSummary } from '../../status/decisions.js';
+import { checkTlsSecret } from '../../status/secret-checks.js';
 import type { SecretObject } from '../secrets.js';
 
 /** notAfter (RFC 3339) of the first certificate in a PEM chain, or undefined when unreadable. */

@@ -6,7 +6,7 @@
 import type { RelayConfig } from '../../../relay/config-types.js';
 import { Reason } from '../../api/v1alpha1.js';
 import { buildChildren, type Child } from '../../builders/children.js';
-import { buildRelayConfig } from '../../builders/config.js';
+import { buildRelayConfig } from '../../builders/relay-config.js';
 import { childNames } from '../../builders/meta.js';
 import type { Secret } from '../../builders/users.js';
 import { isNotFound, resourcePath } from '../../runtime/kube.js';

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ANNOTATION_RESTART_HASH, type SmtpRelay } from '../../../../operator/api/v1alpha1.js';
 import { buildDeployment as buildWithConfig, restartHash } from '../../../../operator/builders/deployment.js';
-import { buildRelayConfig, dkimRecordName } from '../../../../operator/builders/config.js';
+import { buildRelayConfig, dkimRecordName } from '../../../../operator/builders/relay-config.js';
 import { relayFixture, type RelayModifier } from '../../../harness/smtprelay/fixtures.js';
 
 const INPUTS = { image: 'registry.example.com/smtp-relay:1.0.0' };

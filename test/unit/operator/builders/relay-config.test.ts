@@ -8,7 +8,7 @@ import { validateConfig } from '../../../../relay/config.js';
 import { validateUsers } from '../../../../relay/users.js';
 import { parseSenderPattern } from '../../../../relay/senders.js';
 import { CONFIG_KEY, MOUNT_ROOT, USERS_FILE } from '../../../../operator/api/v1alpha1.js';
-import { buildConfigMap, buildRelayConfig, dkimRecordName } from '../../../../operator/builders/config.js';
+import { buildConfigMap, buildRelayConfig, dkimRecordName } from '../../../../operator/builders/relay-config.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
 import { buildUsersFile, renderUsersFile, relayPasswordHasher } from '../../../../operator/builders/users.js';
 
