@@ -12,15 +12,15 @@
 import type { Logger } from 'pino';
 import { ConditionType, type SmtpRelay } from '../api/v1alpha1.js';
 import type { ConditionInput } from '../status/conditions.js';
-import { relayStatus } from '../status/relay-status.js';
+import { relayStatus, type ObservedReadiness } from '../status/relay-status.js';
 import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
 import { isNotFound, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
 import { RESULT_ERROR, RESULT_SUCCESS } from '../metrics.js';
 import type { ReconcileScope, SyncContext } from './context.js';
-import { syncDkim, type DkimResult } from './credentials/dkim.js';
-import { syncUpstream, syncUsers, CONTROLLER as CREDENTIALS, type UsersResult } from './credentials/sync.js';
+import { syncDkim } from './credentials/dkim.js';
+import { syncUpstream, syncUsers, CONTROLLER as CREDENTIALS } from './credentials/sync.js';
 import { syncReadiness, CONTROLLER as READINESS, type ReadinessResult } from './readiness/sync.js';
 import { syncChildren, CONTROLLER as RELAY } from './relay/sync.js';
 
@@ -57,36 +57,31 @@ export class RelayReconciler {
     // Conditions in the order decided; a phase that throws decides nothing.
     const decided: ConditionInput[] = [];
     const errors: unknown[] = [];
-    let dkim: DkimResult | undefined;
-    let readiness: ReadinessResult | undefined;
+    let observed: ObservedReadiness | undefined;
+    let requeueAfterMs: number | undefined;
     try {
       const credentials = await this.timed(CREDENTIALS, async () => {
-        const users: UsersResult = await syncUsers(this.ctx, scope);
+        const users = await syncUsers(this.ctx, scope);
         decided.push(users.credentialsReady);
         decided.push(await syncUpstream(this.ctx, scope));
-        const keys = await syncDkim(this.ctx, scope);
-        decided.push(keys.dkimReady);
-        return { usersSecret: users.usersSecret, dkim: keys };
+        const dkim = await syncDkim(this.ctx, scope);
+        decided.push(dkim.dkimReady);
+        return { usersSecret: users.usersSecret, dkim };
       });
-      dkim = credentials.dkim;
-      const children = await this.timed(RELAY, () => syncChildren(this.ctx, scope, { usersSecret: credentials.usersSecret, skipDkim: credentials.dkim.skipDkim }));
+      const { usersSecret, dkim } = credentials;
+      const children = await this.timed(RELAY, () => syncChildren(this.ctx, scope, { usersSecret, skipDkim: dkim.skipDkim }));
       decided.push(children.reconciled);
       errors.push(...children.errors);
-      readiness = await this.timed(READINESS, () => syncReadiness(this.ctx, scope));
+      const readiness = await this.timed(READINESS, () => syncReadiness(this.ctx, scope));
       decided.push(readiness.certificateReady, readiness.available);
+      observed = { ...readinessFields(readiness), dnsRecords: dkim.dnsRecords };
+      requeueAfterMs = readiness.requeueAfterMs;
     } catch (err) {
       errors.push(err);
     } finally {
       this.onReferences(key, scope.reads, errors.length === 0);
     }
 
-    const observed = readiness && {
-      endpoint: readiness.endpoint,
-      ...(readiness.replicas !== undefined ? { replicas: readiness.replicas } : {}),
-      readyReplicas: readiness.readyReplicas ?? 0,
-      ...(readiness.certificate ? { certificate: readiness.certificate } : {}),
-      dnsRecords: dkim?.dnsRecords ?? [],
-    };
     const status = relayStatus(relay, decided, observed, () => new Date(this.ctx.clock.now()));
     let written: boolean;
     try {
@@ -107,7 +102,6 @@ export class RelayReconciler {
       log.warn({ errors: errors.map(String) }, 'reconcile failed');
       throw errors[0];
     }
-    const requeueAfterMs = readiness?.requeueAfterMs;
     log.info({ statusWritten: written, ready, requeueAfterMs }, 'reconciled');
     return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
   }
@@ -142,3 +136,12 @@ export class RelayReconciler {
   }
 }
 
+/** What status shows of the readiness phase's result. */
+function readinessFields(r: ReadinessResult): Omit<ObservedReadiness, 'dnsRecords'> {
+  return {
+    endpoint: r.endpoint,
+    ...(r.replicas !== undefined ? { replicas: r.replicas } : {}),
+    readyReplicas: r.readyReplicas ?? 0,
+    ...(r.certificate ? { certificate: r.certificate } : {}),
+  };
+}
