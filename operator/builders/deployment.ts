@@ -25,14 +25,14 @@ import {
   BASIC_AUTH_USERNAME_KEY,
   USERS_KEY,
   CONFIG_KEY,
+  dkimKeyFile,
   type SmtpRelay,
 } from '../api/v1alpha1.js';
 import { restartRelevantConfig } from '../../relay/config.js';
-import { buildRelayConfig, usableDkim, type ConfigInputs } from './config.js';
 import { canonicalQuantity } from './quantity.js';
 import { childMetadata, childNames, dkimSecretName, selectorLabels, shortHash, sortedRecord, standardLabels, userAnnotations, type ChildMetadata } from './meta.js';
 
-export interface DeploymentInputs extends ConfigInputs {
+export interface DeploymentInputs {
   /** The relay image (operator flag); the same image runs `operator` and `relay`. */
   image: string;
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
@@ -60,15 +60,15 @@ export const Volume = {
 const SECRET_MODE = 0o440;
 const CONFIG_MODE = 0o444;
 
-/** Hash of what the relay cannot hot-reload; the pod template carries it. */
-export function restartHash(relay: SmtpRelay, inputs: ConfigInputs = {}): string {
+/** Hash of what the relay cannot hot-reload in its config; the pod template carries it. */
+export function restartHash(config: RelayConfig): string {
   // Only the fields relay/config.ts FIELD_EFFECTS marks 'restart' roll the pods; the rest
   // (limits, access, lockout, upstream, DKIM) the relay reloads in place, and users,
   // certificates and secret file contents never enter the hash at all.
-  return shortHash({ config: restartRelevantConfig(buildRelayConfig(relay, inputs)) });
+  return shortHash({ config: restartRelevantConfig(config) });
 }
 
-function volumes(relay: SmtpRelay, inputs: ConfigInputs): { volumes: V1Volume[]; mounts: V1VolumeMount[] } {
+function volumes(relay: SmtpRelay, config: RelayConfig): { volumes: V1Volume[]; mounts: V1VolumeMount[] } {
   const names = childNames(relay);
   const s = relay.spec;
   // No subPath anywhere: kubelet updates Secret/ConfigMap volumes in place only
@@ -114,7 +114,9 @@ function volumes(relay: SmtpRelay, inputs: ConfigInputs): { volumes: V1Volume[];
     });
     mounts.push({ name: Volume.upstreamCa, mountPath: UPSTREAM_CA_DIR, readOnly: true });
   }
-  const dkim = usableDkim(relay, inputs);
+  // Exactly the keys the config names: an entry left out of it (key missing) is not mounted.
+  const keyFiles = new Set((config.dkim ?? []).map((k) => k.keyFile));
+  const dkim = s.dkim.filter((d) => keyFiles.has(dkimKeyFile(d.domain, d.selector)));
   if (dkim.length > 0) {
     const sources: V1VolumeProjection[] = dkim.map((d) => ({
       secret: {
@@ -138,13 +140,13 @@ function containerPorts(config: RelayConfig): V1ContainerPort[] {
   ];
 }
 
-export function buildDeployment(relay: SmtpRelay, inputs: DeploymentInputs): Deployment {
+/** The Deployment that runs the relay with `config` (built once per reconcile by buildRelayConfig). */
+export function buildDeployment(relay: SmtpRelay, config: RelayConfig, inputs: DeploymentInputs): Deployment {
   const s = relay.spec;
   const names = childNames(relay);
-  const config = buildRelayConfig(relay, inputs);
-  const { volumes: vols, mounts } = volumes(relay, inputs);
+  const { volumes: vols, mounts } = volumes(relay, config);
   const podLabels = standardLabels(relay, { [LABEL_COMPONENT]: 'relay' });
-  const podAnnotations = sortedRecord({ ...userAnnotations(s.podAnnotations), [ANNOTATION_RESTART_HASH]: restartHash(relay, inputs) });
+  const podAnnotations = sortedRecord({ ...userAnnotations(s.podAnnotations), [ANNOTATION_RESTART_HASH]: restartHash(config) });
   const spec: V1DeploymentSpec = {
     replicas: s.replicas,
     revisionHistoryLimit: 5,

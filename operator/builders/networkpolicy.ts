@@ -4,7 +4,7 @@
 
 import type { V1NetworkPolicyPeer, V1NetworkPolicyPort } from '@kubernetes/client-node';
 import { METRICS_PORT, type LabelSelector, type SmtpRelay } from '../api/v1alpha1.js';
-import { relayListeners } from './config.js';
+import { relayListeners } from './relay-config.js';
 import { childMetadata, childNames, selectorLabels, sortedRecord, type ChildMetadata } from './meta.js';
 
 // Own types: client-node's model spells the wire field `from` as `_from`.

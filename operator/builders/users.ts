@@ -18,7 +18,7 @@ import YAML from 'yaml';
 import type { UserEntry, UsersFile } from '../../relay/config-types.js';
 import { DEFAULT_PARAMS, VerificationMemo, hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
 import { USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
-import { renderYaml } from './config.js';
+import { renderYaml } from './relay-config.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
 
 /** scrypt cost parameters, as in a "scrypt$N$r$p$..." hash. */

@@ -1,9 +1,9 @@
-// What every per-concern sync gets: clients, caches, recorders, options, and
-// the state one reconcile builds up before status is written once at the end.
+// What every phase of a reconcile gets: clients, caches, recorders and
+// options (SyncContext), and the relay it works on (ReconcileScope).
 
 import type { Logger } from 'pino';
-import type { ConditionStatus, DnsRecord, SmtpRelay } from '../api/v1alpha1.js';
-import type { AcceptedPassword, PasswordHasher } from '../builders/users.js';
+import type { SmtpRelay } from '../api/v1alpha1.js';
+import type { PasswordHasher } from '../builders/users.js';
 import type { Applier } from '../runtime/apply.js';
 import type { Clock } from '../runtime/clock.js';
 import type { EventRecorder } from '../runtime/events.js';
@@ -48,38 +48,17 @@ export interface SyncContext {
   features: Features;
 }
 
-/** A condition a sync decided on; the status step adds times and generation. */
-export interface ConditionDecision {
-  status: ConditionStatus;
-  reason: string;
-  message: string;
-}
-
-/** What one reconcile learns, filled by the syncs in order. */
-export interface ReconcileState {
-  relay: SmtpRelay & KubeObject;
-  log: Logger;
-  conditions: Map<string, ConditionDecision>;
-  /** User name → accepted plaintext password and whether the operator generated it (in memory only, for hashing). */
-  passwords: Map<string, AcceptedPassword>;
-  /** DKIM entries left out of the config (dkimRecordName keys). */
-  skipDkim: Set<string>;
-  dnsRecords: DnsRecord[];
-  certificate?: { notAfter?: string; secretName?: string };
-  /** Smallest requeue-after asked for by any sync. */
-  requeueAfterMs?: number;
-  /** The hashed users Secret the credentials sync built; applied with the other children. */
-  usersSecret?: KubeObject;
-  /** Secrets (namespace/name) this relay reads; for the Secret → relay index. */
-  referencedSecrets: Set<string>;
-}
-
-export function requeueAfter(state: ReconcileState, ms: number): void {
-  state.requeueAfterMs = state.requeueAfterMs === undefined ? ms : Math.min(state.requeueAfterMs, ms);
-}
-
-export function decide(state: ReconcileState, type: string, status: ConditionStatus, reason: string, message: string): void {
-  state.conditions.set(type, { status, reason, message });
+/**
+ * One reconcile's fixed inputs. The phases pass their results to one another
+ * through return values (reconciler.ts); `reads` is only a record of the
+ * Secrets read so far, added to by the Secret readers (secrets.ts) and read by
+ * the reconciler, even when a phase throws, for the Secret → relay index.
+ */
+export interface ReconcileScope {
+  readonly relay: SmtpRelay & KubeObject;
+  readonly log: Logger;
+  /** Secrets (namespace/name) this relay reads. */
+  readonly reads: Set<string>;
 }
 
 /** The cached child of a kind, or undefined. */
@@ -88,7 +67,7 @@ export function cachedChild(ctx: SyncContext, kind: string, namespace: string, n
 }
 
 /** Applies one child if it differs from the cache; counts what happened. */
-export async function applyChild(ctx: SyncContext, st: ReconcileState, desired: KubeObject): Promise<void> {
+export async function applyChild(ctx: SyncContext, scope: ReconcileScope, desired: KubeObject): Promise<void> {
   const kind = desired.kind ?? '';
   const resource = resourceForKind(kind);
   if (!resource) throw new Error(`no API resource known for kind ${kind}`);
@@ -101,12 +80,12 @@ export async function applyChild(ctx: SyncContext, st: ReconcileState, desired: 
   // answers (no etcd read: a new relay makes ten such lookups), which is as good
   // as any GET here: an object could appear between the look and the write anyway.
   const existing = cached ?? (await ctx.kube.getOrUndefined<KubeObject>(resourcePath(resource, ns, name), { query: FROM_WATCH_CACHE }));
-  const foreign = existing && notOurs(ctx, st.relay, existing);
+  const foreign = existing && notOurs(ctx, scope.relay, existing);
   if (foreign) throw new Error(`${kind} ${name} exists and is not managed by this SmtpRelay (${foreign}); delete or rename it, or rename the SmtpRelay`);
   const outcome = await ctx.applier.apply(resource, desired, cached);
   if (outcome !== 'unchanged') {
     ctx.metrics.applyTotal.inc({ kind, outcome });
-    st.log.info({ kind, child: name, outcome }, 'child written');
+    scope.log.info({ kind, child: name, outcome }, 'child written');
   }
 }
 

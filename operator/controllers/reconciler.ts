@@ -1,22 +1,27 @@
 // One reconcile of one SmtpRelay, in cert-manager's shape: read from the
-// cache → stop if gone or being deleted → the per-concern syncs compute and
-// apply what differs → status is written once, and only if it changed.
+// cache → stop if gone or being deleted → the phases compute and apply what
+// differs → status is written once, and only if it changed.
 //
-// The concerns run in order because each feeds the next: credentials decide
-// which users and DKIM keys the config carries; the children need that; the
-// readiness of the certificate and the Deployment comes last.
+// The phases run in order because each feeds the next, and each returns what
+// the next needs (nothing is shared between them):
+//   credentials  syncUsers → usersSecret, syncUpstream, syncDkim → skipDkim, dnsRecords
+//   relay        syncChildren(usersSecret, skipDkim): the relay config, built once, and every child
+//   readiness    syncReadiness: certificate, Deployment availability, endpoint, when to look again
+// Each returns its conditions; operator/status/relay-status.ts turns them into status.
 
 import type { Logger } from 'pino';
-import { ConditionType, READY_DEPENDS_ON, type Condition, type SmtpRelay, type SmtpRelayStatus } from '../api/v1alpha1.js';
-import { replicasSummary, setCondition, summarizeReady } from '../builders/status.js';
+import { ConditionType, type SmtpRelay } from '../api/v1alpha1.js';
+import type { ConditionInput } from '../status/conditions.js';
+import { relayStatus, type ObservedReadiness } from '../status/relay-status.js';
 import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
 import { isNotFound, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
 import { RESULT_ERROR, RESULT_SUCCESS } from '../metrics.js';
-import type { ReconcileState, SyncContext } from './context.js';
-import { syncCredentials, CONTROLLER as CREDENTIALS } from './credentials/sync.js';
-import { syncReadiness, CONTROLLER as READINESS } from './readiness/sync.js';
+import type { ReconcileScope, SyncContext } from './context.js';
+import { syncDkim } from './credentials/dkim.js';
+import { syncUpstream, syncUsers, CONTROLLER as CREDENTIALS } from './credentials/sync.js';
+import { syncReadiness, CONTROLLER as READINESS, type ReadinessResult } from './readiness/sync.js';
 import { syncChildren, CONTROLLER as RELAY } from './relay/sync.js';
 
 type Relay = SmtpRelay & KubeObject;
@@ -48,31 +53,36 @@ export class RelayReconciler {
       log.debug('relay gone or being deleted');
       return {};
     }
-    const st: ReconcileState = {
-      relay,
-      log,
-      conditions: new Map(),
-      passwords: new Map(),
-      skipDkim: new Set(),
-      dnsRecords: [],
-      referencedSecrets: new Set(),
-    };
+    const scope: ReconcileScope = { relay, log, reads: new Set() };
+    // Conditions in the order decided; a phase that throws decides nothing.
+    const decided: ConditionInput[] = [];
     const errors: unknown[] = [];
-    let readiness: Awaited<ReturnType<typeof syncReadiness>> | undefined;
+    let observed: ObservedReadiness | undefined;
+    let requeueAfterMs: number | undefined;
     try {
-      await this.timed(CREDENTIALS, () => syncCredentials(this.ctx, st));
-      const applyErrors = await this.timed(RELAY, () => syncChildren(this.ctx, st));
-      errors.push(...applyErrors);
-      readiness = await this.timed(READINESS, () => syncReadiness(this.ctx, st));
+      const credentials = await this.timed(CREDENTIALS, async () => {
+        const users = await syncUsers(this.ctx, scope);
+        decided.push(users.credentialsReady);
+        decided.push(await syncUpstream(this.ctx, scope));
+        const dkim = await syncDkim(this.ctx, scope);
+        decided.push(dkim.dkimReady);
+        return { usersSecret: users.usersSecret, dkim };
+      });
+      const { usersSecret, dkim } = credentials;
+      const children = await this.timed(RELAY, () => syncChildren(this.ctx, scope, { usersSecret, skipDkim: dkim.skipDkim }));
+      decided.push(children.reconciled);
+      errors.push(...children.errors);
+      const readiness = await this.timed(READINESS, () => syncReadiness(this.ctx, scope));
+      decided.push(readiness.certificateReady, readiness.available);
+      observed = { ...readinessFields(readiness), dnsRecords: dkim.dnsRecords };
+      requeueAfterMs = readiness.requeueAfterMs;
     } catch (err) {
       errors.push(err);
     } finally {
-      st.passwords.clear();
-      this.onReferences(key, st.referencedSecrets, errors.length === 0);
+      this.onReferences(key, scope.reads, errors.length === 0);
     }
 
-    // A sync that threw left its condition undecided; keep what status said before.
-    const status = this.buildStatus(relay, st, readiness);
+    const status = relayStatus(relay, decided, observed, () => new Date(this.ctx.clock.now()));
     let written: boolean;
     try {
       written = await this.ctx.applier.patchStatus(SmtpRelays, namespace, name, relay.status as Record<string, unknown> | undefined, status as Record<string, unknown>);
@@ -92,33 +102,8 @@ export class RelayReconciler {
       log.warn({ errors: errors.map(String) }, 'reconcile failed');
       throw errors[0];
     }
-    log.info({ statusWritten: written, ready, requeueAfterMs: st.requeueAfterMs }, 'reconciled');
-    return st.requeueAfterMs !== undefined ? { requeueAfterMs: st.requeueAfterMs } : {};
-  }
-
-  private buildStatus(relay: Relay, st: ReconcileState, readiness: Awaited<ReturnType<typeof syncReadiness>> | undefined): SmtpRelayStatus {
-    const generation = relay.metadata.generation;
-    const now = () => new Date(this.ctx.clock.now());
-    let conditions: Condition[] = [...(relay.status?.conditions ?? [])];
-    const order = [...READY_DEPENDS_ON, ...[...st.conditions.keys()].filter((t) => !READY_DEPENDS_ON.includes(t as never))];
-    for (const type of order) {
-      const d = st.conditions.get(type);
-      if (d) conditions = setCondition(conditions, { type, ...d }, generation, now);
-    }
-    conditions = setCondition(conditions, summarizeReady(conditions), generation, now);
-    const status: SmtpRelayStatus = { ...(relay.status ?? {}), conditions };
-    if (generation !== undefined) status.observedGeneration = generation;
-    if (readiness) {
-      status.endpoint = readiness.endpoint;
-      if (readiness.replicas !== undefined) status.replicas = readiness.replicas;
-      else delete status.replicas;
-      status.readyReplicas = readiness.readyReplicas ?? 0;
-      status.replicasSummary = replicasSummary(readiness.readyReplicas, relay.spec.replicas);
-      if (st.certificate) status.certificate = st.certificate;
-      if (st.dnsRecords.length > 0) status.dnsRecords = st.dnsRecords;
-      else delete status.dnsRecords;
-    }
-    return status;
+    log.info({ statusWritten: written, ready, requeueAfterMs }, 'reconciled');
+    return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
   }
 
   private async timed<T>(controller: string, fn: () => Promise<T>): Promise<T> {
@@ -151,3 +136,12 @@ export class RelayReconciler {
   }
 }
 
+/** What status shows of the readiness phase's result. */
+function readinessFields(r: ReadinessResult): Omit<ObservedReadiness, 'dnsRecords'> {
+  return {
+    endpoint: r.endpoint,
+    ...(r.replicas !== undefined ? { replicas: r.replicas } : {}),
+    readyReplicas: r.readyReplicas ?? 0,
+    ...(r.certificate ? { certificate: r.certificate } : {}),
+  };
+}

@@ -10,12 +10,12 @@
 import type { SecretLike } from '../builders/credentials.js';
 import { type KubeObject, isConflict, resourcePath } from '../runtime/kube.js';
 import { Secrets } from '../runtime/resources.js';
-import { cachedChild, type ReconcileState, type SyncContext } from './context.js';
+import { cachedChild, type ReconcileScope, type SyncContext } from './context.js';
 
 export type SecretObject = KubeObject & SecretLike;
 
-export async function readSecret(ctx: SyncContext, st: ReconcileState, namespace: string, name: string): Promise<SecretObject | undefined> {
-  st.referencedSecrets.add(`${namespace}/${name}`);
+export async function readSecret(ctx: SyncContext, scope: ReconcileScope, namespace: string, name: string): Promise<SecretObject | undefined> {
+  scope.reads.add(`${namespace}/${name}`);
   const owned = cachedChild(ctx, 'Secret', namespace, name);
   if (owned) return owned as SecretObject;
   const meta = ctx.caches.secretMeta;
@@ -67,13 +67,13 @@ export class SecretDerivations {
  */
 export async function readSecretDerived<T>(
   ctx: SyncContext,
-  st: ReconcileState,
+  scope: ReconcileScope,
   namespace: string,
   name: string,
   purpose: string,
   derive: (secret: SecretObject | undefined) => T,
 ): Promise<T> {
-  st.referencedSecrets.add(`${namespace}/${name}`);
+  scope.reads.add(`${namespace}/${name}`);
   const owned = cachedChild(ctx, 'Secret', namespace, name);
   if (owned) return derive(owned as SecretObject);
   const meta = ctx.caches.secretMeta;

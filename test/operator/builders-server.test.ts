@@ -21,8 +21,9 @@ import { isSubset } from '../../operator/runtime/apply.js';
 import { API_VERSION, KIND, type SmtpRelay } from '../../operator/api/v1alpha1.js';
 import { withDefaults, type SmtpRelaySpecInput } from '../harness/smtprelay/defaults.js';
 import { buildChildren } from '../../operator/builders/children.js';
+import { buildRelayConfig } from '../../operator/builders/relay-config.js';
 import { buildGeneratedUserSecret, generatePassword } from '../../operator/builders/credentials.js';
-import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim.js';
+import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim-key.js';
 import { buildUsersSecret } from '../../operator/builders/users.js';
 import { QUANTITY_CASES } from '../harness/smtprelay/testkit.js';
 
@@ -84,7 +85,7 @@ describe('built children on a real API server', () => {
   for (const relay of exampleRelays()) {
     test(`every child of ${relay.metadata.name} is accepted by strict validation and stored without changing what we set`, async () => {
       const objects: Obj[] = [
-        ...buildChildren(relay, { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }),
+        ...buildChildren(relay, buildRelayConfig(relay), { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }),
         buildUsersSecret(relay, { users: [] }),
         ...relay.spec.auth.users.map((u) => buildGeneratedUserSecret(relay, u, generatePassword(32))),
         ...relay.spec.dkim.filter((d) => !d.secretRef).map((d) => buildGeneratedDkimSecret(relay, d, dkimKey)),
@@ -108,7 +109,7 @@ describe('built children on a real API server', () => {
   test('user-written quantities (cpu 0.5, memory 1024Mi) reach the Deployment in the form the server stores', async () => {
     const relay = exampleRelays()[0]!;
     relay.spec.resources = { requests: { cpu: '0.5', memory: '0.5Gi' }, limits: { cpu: 1.5, memory: '1024Mi' } };
-    const d = buildChildren(relay, { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
+    const d = buildChildren(relay, buildRelayConfig(relay), { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
     const stored = await kube.request<any>('POST', collectionPath(d as Obj), { body: d, query: { dryRun: 'All', fieldValidation: 'Strict' } });
     const { metadata, ...rest } = d as unknown as Obj & Record<string, unknown>;
     const { metadata: _m, ...storedRest } = stored as { metadata: unknown };
@@ -119,7 +120,7 @@ describe('built children on a real API server', () => {
   test('tolerations with empty strings (key "" with Exists: all taints, as documented) are stored as the applier expects', async () => {
     const relay = exampleRelays()[0]!;
     relay.spec.tolerations = [{ key: '', operator: 'Exists' }, { key: 'dedicated', operator: 'Equal', value: '', effect: 'NoSchedule' }];
-    const d = buildChildren(relay, { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
+    const d = buildChildren(relay, buildRelayConfig(relay), { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }).find((o) => o.kind === 'Deployment')!;
     const stored = await kube.request<any>('POST', collectionPath(d as Obj), { body: d, query: { dryRun: 'All', fieldValidation: 'Strict' } });
     const { metadata, ...rest } = d as unknown as Obj & Record<string, unknown>;
     const { metadata: _m, ...storedRest } = stored as { metadata: unknown };

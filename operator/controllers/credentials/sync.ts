@@ -1,41 +1,57 @@
 // Credentials: users' passwords (generated and owned when absent, only read
 // when present, refused below the policy), the hashed users Secret, the
-// upstream credentials/CA Secrets, and the DKIM keys.
-// Conditions owned here: CredentialsReady, UpstreamReady, DkimReady.
+// upstream credentials/CA Secrets, and the DKIM keys (dkim.ts).
+// Conditions owned here: CredentialsReady, UpstreamReady, DkimReady (decided in
+// operator/status/decisions.ts). The reconciler runs syncUsers, syncUpstream
+// and syncDkim in that order and hands their results to the relay phase.
 
-import { ConditionType, Reason, type UserSpec } from '../../api/v1alpha1.js';
-import {
-  buildGeneratedUserSecret,
-  checkPassword,
-  checkUpstreamCaSecret,
-  checkUpstreamCredentialsSecret,
-  generatePassword,
-  generatedPasswordLength,
-  isGeneratedPassword,
-  readUserPassword,
-} from '../../builders/credentials.js';
+import { Reason, type UserSpec } from '../../api/v1alpha1.js';
+import { buildGeneratedUserSecret, generatePassword, generatedPasswordLength, isGeneratedPassword } from '../../builders/credentials.js';
 import { childNames, userSecretName } from '../../builders/meta.js';
-import type { Problem } from '../../builders/credentials.js';
-import { conditionFromProblems, credentialsCondition, type UserProblem } from '../../builders/status.js';
-import { buildUsersFile, buildUsersSecret, readUsersSecret } from '../../builders/users.js';
-import { cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+import { buildUsersFile, buildUsersSecret, readUsersSecret, type AcceptedPassword, type Secret } from '../../builders/users.js';
+import type { ConditionInput, Problem } from '../../status/conditions.js';
+import { credentialsCondition, upstreamCondition, type UserProblem } from '../../status/decisions.js';
+import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, readUserPassword } from '../../status/secret-checks.js';
+import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
-import { syncDkim } from './dkim.js';
 
 export const CONTROLLER = 'credentials';
 
-export async function syncCredentials(ctx: SyncContext, st: ReconcileState): Promise<void> {
-  await syncUsers(ctx, st);
-  await syncUpstream(ctx, st);
-  await syncDkim(ctx, st);
+export interface UsersResult {
+  credentialsReady: ConditionInput;
+  /** The hashed users Secret; applied with the other children (relay/sync.ts), so a failure shows in Reconciled. */
+  usersSecret: Secret;
 }
 
-async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
-  const relay = st.relay;
+export async function syncUsers(ctx: SyncContext, scope: ReconcileScope): Promise<UsersResult> {
+  const relay = scope.relay;
+  const ns = relay.metadata.namespace;
+  const { passwords, problems } = await acceptPasswords(ctx, scope);
+  let usersSecret: Secret;
+  try {
+    // The hashed users file keeps a hash while its password still matches, so an
+    // unchanged password never rewrites the Secret.
+    const names = childNames(relay);
+    const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
+    usersSecret = buildUsersSecret(relay, await buildUsersFile(relay, passwords, existing, ctx.hasher));
+  } finally {
+    passwords.clear();
+  }
+  for (const p of problems) await ctx.events.warning(relay, p.reason, `user ${p.user} left out: ${p.message}`);
+  return { credentialsReady: credentialsCondition(relay, problems), usersSecret };
+}
+
+/**
+ * Each user's password from its Secret (generated when the Secret is absent),
+ * or why the user is left out. The plaintext stays in memory only, for hashing;
+ * the caller clears it.
+ */
+async function acceptPasswords(ctx: SyncContext, scope: ReconcileScope): Promise<{ passwords: Map<string, AcceptedPassword>; problems: UserProblem[] }> {
+  const relay = scope.relay;
   const ns = relay.metadata.namespace;
   const policy = relay.spec.auth.passwordPolicy;
+  const passwords = new Map<string, AcceptedPassword>();
   const problems: UserProblem[] = [];
-
   // Generated names replace characters a Secret name cannot hold ("app.one" and
   // "app-one" both give <relay>-user-app-one): two users must not end up with
   // one password, and so one another's sender rights.
@@ -52,13 +68,13 @@ async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
       continue;
     }
     if (!first) firstUser.set(secretName, user);
-    let secret = await readSecret(ctx, st, ns, secretName);
+    let secret = await readSecret(ctx, scope, ns, secretName);
     if (!secret) {
       const password = generatePassword(generatedPasswordLength(policy));
       const result = await createSecretIfAbsent(ctx, buildGeneratedUserSecret(relay, user, password));
       secret = result.secret;
       if (result.created) {
-        st.log.info({ user: user.name, secret: secretName }, 'generated user password Secret');
+        scope.log.info({ user: user.name, secret: secretName }, 'generated user password Secret');
         void ctx.events.normal(relay, 'PasswordGenerated', `Generated Secret ${secretName} with a random password for user ${user.name}`);
       }
     }
@@ -74,42 +90,27 @@ async function syncUsers(ctx: SyncContext, st: ReconcileState): Promise<void> {
     }
     // Generated (low scrypt cost) only while the Secret's password is still the
     // one the operator put there, as its marker annotation records.
-    st.passwords.set(user.name, { password: read.password, generated: isGeneratedPassword(secret, read.password) });
+    passwords.set(user.name, { password: read.password, generated: isGeneratedPassword(secret, read.password) });
   }
-
-  // The hashed users file keeps a hash while its password still matches, so an
-  // unchanged password never rewrites the Secret.
-  const names = childNames(relay);
-  const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
-  const file = await buildUsersFile(relay, st.passwords, existing, ctx.hasher);
-  st.passwords.clear();
-  // Applied with the other children (relay/sync.ts), so a failure shows in Reconciled.
-  st.usersSecret = buildUsersSecret(relay, file);
-
-  for (const p of problems) await ctx.events.warning(relay, p.reason, `user ${p.user} left out: ${p.message}`);
-  const c = credentialsCondition(relay, problems);
-  decide(st, c.type, c.status, c.reason, c.message);
+  return { passwords, problems };
 }
 
-async function syncUpstream(ctx: SyncContext, st: ReconcileState): Promise<void> {
-  const relay = st.relay;
+/** UpstreamReady: the credentials and CA Secrets spec.upstream references exist and are well formed. */
+export async function syncUpstream(ctx: SyncContext, scope: ReconcileScope): Promise<ConditionInput> {
+  const relay = scope.relay;
   const ns = relay.metadata.namespace;
   const up = relay.spec.upstream;
   const problems: Problem[] = [];
   if (up.credentialsSecretRef) {
     const name = up.credentialsSecretRef.name;
-    const p = await readSecretDerived(ctx, st, ns, name, 'upstream-credentials', (s) => checkUpstreamCredentialsSecret(s, name));
+    const p = await readSecretDerived(ctx, scope, ns, name, 'upstream-credentials', (s) => checkUpstreamCredentialsSecret(s, name));
     if (p) problems.push(p);
   }
   if (up.caSecretRef) {
     const ref = up.caSecretRef;
-    const p = await readSecretDerived(ctx, st, ns, ref.name, `upstream-ca/${ref.key}`, (s) => checkUpstreamCaSecret(s, ref));
+    const p = await readSecretDerived(ctx, scope, ns, ref.name, `upstream-ca/${ref.key}`, (s) => checkUpstreamCaSecret(s, ref));
     if (p) problems.push(p);
   }
   for (const p of problems) await ctx.events.warning(relay, p.reason, p.message);
-  const c = conditionFromProblems(ConditionType.UpstreamReady, problems, {
-    reason: Reason.UpstreamConfigured,
-    message: `upstream ${up.host}:${up.port} (${up.tls})${up.credentialsSecretRef ? ' with credentials' : ''}`,
-  });
-  decide(st, c.type, c.status, c.reason, c.message);
+  return upstreamCondition(relay, problems);
 }

@@ -1,16 +1,18 @@
 // Readiness: the serving certificate (cert-manager's Certificate Ready
 // condition, or the given TLS Secret) and its notAfter, the Deployment's
-// availability, the endpoint. Conditions owned here: CertificateReady, Available.
+// availability, the endpoint. Conditions owned here: CertificateReady, Available
+// (decided in operator/status/decisions.ts).
 
-import { ConditionType, Reason } from '../../api/v1alpha1.js';
-import { checkTlsSecret, type Problem } from '../../builders/credentials.js';
+import { Reason } from '../../api/v1alpha1.js';
 import { childNames } from '../../builders/meta.js';
 import { relayEndpoint } from '../../builders/service.js';
-import { availableCondition, certificateCondition, certificateNotAfter, type ConditionInput } from '../../builders/status.js';
+import type { ConditionInput } from '../../status/conditions.js';
+import { availableCondition, certManagerMissingCondition, givenSecretCondition, issuedCertificateCondition, type CertificateView } from '../../status/decisions.js';
 import { FROM_WATCH_CACHE, KubeError, isNotFound, resourcePath } from '../../runtime/kube.js';
 import { ClusterIssuers, Issuers } from '../../runtime/resources.js';
-import { cachedChild, decide, requeueAfter, type ReconcileState, type SyncContext } from '../context.js';
-import { readSecretDerived, type SecretObject } from '../secrets.js';
+import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
+import { readSecretDerived } from '../secrets.js';
+import { summarizeTlsSecret } from './tls-secret.js';
 
 export const CONTROLLER = 'readiness';
 
@@ -20,67 +22,60 @@ export const CERTIFICATE_POLL_MS = 30_000;
 export const CERTIFICATE_RECHECK_MS = 6 * 3600_000;
 
 export interface ReadinessResult {
+  certificateReady: ConditionInput;
+  available: ConditionInput;
   endpoint: string;
   replicas?: number;
   readyReplicas?: number;
+  /** The Secret served and its notAfter; absent when nothing can issue one (no cert-manager). */
+  certificate?: { notAfter?: string; secretName?: string };
+  /** When to look again (certificate pending or nearing expiry). */
+  requeueAfterMs: number;
 }
 
-export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promise<ReadinessResult> {
-  const relay = st.relay;
+export async function syncReadiness(ctx: SyncContext, scope: ReconcileScope): Promise<ReadinessResult> {
+  const relay = scope.relay;
   const ns = relay.metadata.namespace;
   const names = childNames(relay);
   const now = () => new Date(ctx.clock.now());
 
   let cert: ConditionInput;
+  let certificate: ReadinessResult['certificate'];
   // Only what is derived from the TLS Secret (not its key), remembered per resourceVersion.
-  const tls = await readSecretDerived(ctx, st, ns, names.tlsSecret, 'tls', (s) => summarizeTlsSecret(s, names.tlsSecret));
-  const tlsPem = tls.hasCertificate;
-  const secretNotAfter = tls.notAfter;
+  const tls = await readSecretDerived(ctx, scope, ns, names.tlsSecret, 'tls', (s) => summarizeTlsSecret(s, names.tlsSecret));
 
   if (relay.spec.tls.issuerRef) {
     const ref = relay.spec.tls.issuerRef;
     if (!ctx.features.certManager) {
-      cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.IssuerNotFound, message: `spec.tls.issuerRef needs cert-manager, but the cert-manager.io/v1 API is not served; install cert-manager or use spec.tls.secretName` };
+      cert = certManagerMissingCondition();
     } else {
       // External issuers (other groups) cannot be looked up here; cert-manager's own can.
       const ownIssuer = !ref.group || ref.group === 'cert-manager.io';
-      const certificate = cachedChild(ctx, 'Certificate', ns, names.certificate) as Parameters<typeof certificateCondition>[1];
+      const cached = cachedChild(ctx, 'Certificate', ns, names.certificate) as CertificateView | undefined;
       // The issuer matters while the certificate is not issued (it explains why);
       // an issued, valid certificate is served whatever became of its issuer, and
       // cert-manager reports a failing renewal on the Certificate. So no GET per reconcile.
-      const issued = certificate?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
-      cert = ownIssuer && !issued
-        ? certificateCondition(relay, certificate, { issuerFound: await issuerExists(ctx, st, ns, ref.kind, ref.name), now })
-        : certificateCondition(relay, certificate, { now });
-      if (cert.status === 'True' && !tlsPem) {
-        cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.TlsSecretNotFound, message: `the Certificate is Ready but its Secret ${names.tlsSecret} has no tls.crt yet` };
-      }
+      const issued = cached?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      const issuerFound = ownIssuer && !issued ? await issuerExists(ctx, scope, ns, ref.kind, ref.name) : undefined;
+      cert = issuedCertificateCondition(relay, cached, tls, names.tlsSecret, { issuerFound, now });
       // What the relay serves is the Secret; the Certificate's notAfter is the fallback.
-      const notAfter = secretNotAfter ?? certificate?.status?.notAfter;
-      st.certificate = { secretName: names.tlsSecret, ...(notAfter ? { notAfter } : {}) };
+      const notAfter = tls.notAfter ?? cached?.status?.notAfter;
+      certificate = { secretName: names.tlsSecret, ...(notAfter ? { notAfter } : {}) };
     }
   } else {
-    const problem = tls.problem;
-    if (problem) cert = { type: ConditionType.CertificateReady, ...problem, status: 'False' };
-    else if (secretNotAfter && Date.parse(secretNotAfter) <= ctx.clock.now())
-      cert = { type: ConditionType.CertificateReady, status: 'False', reason: Reason.CertificateExpired, message: `the certificate in Secret ${names.tlsSecret} expired at ${secretNotAfter}; replace it` };
-    else cert = { type: ConditionType.CertificateReady, status: 'True', reason: Reason.TlsSecretValid, message: `Secret ${names.tlsSecret} holds a valid certificate${secretNotAfter ? ` until ${secretNotAfter}` : ''}` };
-    st.certificate = { secretName: names.tlsSecret, ...(secretNotAfter ? { notAfter: secretNotAfter } : {}) };
+    cert = givenSecretCondition(tls, names.tlsSecret, now);
+    certificate = { secretName: names.tlsSecret, ...(tls.notAfter ? { notAfter: tls.notAfter } : {}) };
   }
-  decide(st, cert.type, cert.status, cert.reason, cert.message);
-  if (cert.status !== 'True') {
-    requeueAfter(st, CERTIFICATE_POLL_MS);
-    if (cert.reason !== Reason.Issuing) await ctx.events.warning(relay, cert.reason, cert.message);
-  } else {
-    const left = st.certificate?.notAfter ? Date.parse(st.certificate.notAfter) - ctx.clock.now() : CERTIFICATE_RECHECK_MS;
-    requeueAfter(st, Math.max(1000, Math.min(left, CERTIFICATE_RECHECK_MS)));
-  }
+  if (cert.status !== 'True' && cert.reason !== Reason.Issuing) await ctx.events.warning(relay, cert.reason, cert.message);
 
   const deployment = cachedChild(ctx, 'Deployment', ns, names.deployment) as { status?: { replicas?: number; readyReplicas?: number; availableReplicas?: number } } | undefined;
-  const avail = availableCondition(relay, deployment);
-  decide(st, avail.type, avail.status, avail.reason, avail.message);
-
-  const out: ReadinessResult = { endpoint: relayEndpoint(relay) };
+  const out: ReadinessResult = {
+    certificateReady: cert,
+    available: availableCondition(relay, deployment),
+    endpoint: relayEndpoint(relay),
+    ...(certificate ? { certificate } : {}),
+    requeueAfterMs: certificateRequeueMs(cert, certificate?.notAfter, ctx.clock.now()),
+  };
   // status.replicas is the desired count (as the CRD documents it), not the pods the
   // Deployment has created so far: that count follows the controller-manager's
   // progress and made every step of it a status write.
@@ -89,8 +84,15 @@ export async function syncReadiness(ctx: SyncContext, st: ReconcileState): Promi
   return out;
 }
 
+/** Poll while the certificate is not ready; once it is, look again before it expires (at least every CERTIFICATE_RECHECK_MS). */
+export function certificateRequeueMs(cert: ConditionInput, notAfter: string | undefined, nowMs: number): number {
+  if (cert.status !== 'True') return CERTIFICATE_POLL_MS;
+  const left = notAfter ? Date.parse(notAfter) - nowMs : CERTIFICATE_RECHECK_MS;
+  return Math.max(1000, Math.min(left, CERTIFICATE_RECHECK_MS));
+}
+
 /** Whether the issuer exists; undefined when we may not look (e.g. ClusterIssuers under namespaced Roles). */
-async function issuerExists(ctx: SyncContext, st: ReconcileState, namespace: string, kind: string, name: string): Promise<boolean | undefined> {
+async function issuerExists(ctx: SyncContext, scope: ReconcileScope, namespace: string, kind: string, name: string): Promise<boolean | undefined> {
   const path = kind === 'ClusterIssuer' ? resourcePath(ClusterIssuers, undefined, name) : resourcePath(Issuers, namespace, name);
   try {
     // From the API server's watch cache: this runs on every reconcile while a certificate is pending.
@@ -99,25 +101,9 @@ async function issuerExists(ctx: SyncContext, st: ReconcileState, namespace: str
   } catch (err) {
     if (isNotFound(err)) return false;
     if (err instanceof KubeError && err.code === 403) {
-      st.log.debug({ issuer: `${kind}/${name}` }, 'not allowed to read the issuer; relying on the Certificate alone');
+      scope.log.debug({ issuer: `${kind}/${name}` }, 'not allowed to read the issuer; relying on the Certificate alone');
       return undefined;
     }
     throw err;
   }
-}
-
-/** What readiness needs from the TLS Secret: no key material, only facts about it. */
-export interface TlsSecretSummary {
-  hasCertificate: boolean;
-  notAfter?: string;
-  /** Why it cannot be served as spec.tls.secretName, if so. */
-  problem?: Problem;
-}
-
-export function summarizeTlsSecret(secret: SecretObject | undefined, name: string): TlsSecretSummary {
-  const crt = secret?.data?.['tls.crt'];
-  const pem = typeof crt === 'string' ? Buffer.from(crt, 'base64').toString('utf8') : undefined;
-  const notAfter = pem ? certificateNotAfter(pem) : undefined;
-  const problem = checkTlsSecret(secret, name);
-  return { hasCertificate: !!pem, ...(notAfter ? { notAfter } : {}), ...(problem ? { problem } : {}) };
 }

@@ -3,40 +3,58 @@
 // builders and applied when they differ from the cache.
 // Condition owned here: Reconciled.
 
-import { ConditionType, Reason } from '../../api/v1alpha1.js';
-import { buildChildren } from '../../builders/children.js';
+import type { RelayConfig } from '../../../relay/config-types.js';
+import { Reason } from '../../api/v1alpha1.js';
+import { buildChildren, type Child } from '../../builders/children.js';
+import { buildRelayConfig } from '../../builders/relay-config.js';
 import { childNames } from '../../builders/meta.js';
+import type { Secret } from '../../builders/users.js';
 import { isNotFound, resourcePath } from '../../runtime/kube.js';
 import { resourceForKind } from '../../runtime/resources.js';
-import { applyChild, cachedChild, decide, type ReconcileState, type SyncContext } from '../context.js';
+import type { ConditionInput } from '../../status/conditions.js';
+import { invalidSpecCondition, reconciledCondition, SERVICE_MONITOR_UNAVAILABLE } from '../../status/decisions.js';
+import { applyChild, cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
 
 export const CONTROLLER = 'relay';
 
-/** Applies every child; returns the errors (the caller writes status, then retries with backoff). */
-export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promise<Error[]> {
-  const relay = st.relay;
+/** What the credentials phase hands to this one. */
+export interface ChildrenInputs {
+  /** The hashed users Secret (credentials/sync.ts syncUsers). */
+  usersSecret: Secret;
+  /** DKIM entries whose key is unusable, left out of the config (credentials/dkim.ts syncDkim). */
+  skipDkim: ReadonlySet<string>;
+}
+
+export interface ChildrenResult {
+  reconciled: ConditionInput;
+  /** Apply errors; the reconciler writes status first, then retries with backoff. */
+  errors: Error[];
+}
+
+export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inputs: ChildrenInputs): Promise<ChildrenResult> {
+  const relay = scope.relay;
   const names = childNames(relay);
-  st.referencedSecrets.add(`${relay.metadata.namespace}/${names.tlsSecret}`);
-  let children: ReturnType<typeof buildChildren>;
+  scope.reads.add(`${relay.metadata.namespace}/${names.tlsSecret}`);
+  let children: Child[];
   try {
-    children = buildChildren(relay, {
+    // Built once per reconcile: the ConfigMap carries it and the Deployment hashes it.
+    const config: RelayConfig = buildRelayConfig(relay, { skipDkim: inputs.skipDkim });
+    children = buildChildren(relay, config, {
       image: ctx.options.relayImage,
       ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
-      skipDkim: st.skipDkim,
       serviceMonitorCrd: ctx.features.serviceMonitor,
     });
   } catch (err) {
     // Something the CRD's validation let through: retrying will not help, a spec change will.
-    const message = `the spec cannot be turned into a relay: ${err instanceof Error ? err.message : String(err)}; fix the SmtpRelay`;
-    decide(st, ConditionType.Reconciled, 'False', Reason.InvalidSpec, message);
-    await ctx.events.warning(relay, Reason.InvalidSpec, message);
-    return [];
+    const reconciled = invalidSpecCondition(err);
+    await ctx.events.warning(relay, Reason.InvalidSpec, reconciled.message);
+    return { reconciled, errors: [] };
   }
   const errors: Error[] = [];
   const failed: string[] = [];
   let applied = 0;
   // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
-  const all = [...(st.usersSecret ? [st.usersSecret] : []), ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
+  const all = [inputs.usersSecret, ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
   // Two phases, each in parallel (a new relay's children are ~10 round trips to the
   // API server; one after another they made the first reconcile the slowest part of
   // converging): first what the pods use or are fenced by (Secrets, ServiceAccount,
@@ -45,7 +63,7 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
   const deploymentAt = all.findIndex((c) => c.kind === 'Deployment');
   const phases = deploymentAt < 0 ? [all] : [all.slice(0, deploymentAt), all.slice(deploymentAt)];
   for (const phase of phases) {
-    const results = await Promise.allSettled(phase.map((child) => applyChild(ctx, st, child)));
+    const results = await Promise.allSettled(phase.map((child) => applyChild(ctx, scope, child)));
     results.forEach((r, i) => {
       const child = phase[i]!;
       if (r.status === 'fulfilled') {
@@ -73,22 +91,19 @@ export async function syncChildren(ctx: SyncContext, st: ReconcileState): Promis
         body: { preconditions: { uid: cached.metadata?.uid } },
       });
       ctx.metrics.applyTotal.inc({ kind, outcome: 'deleted' });
-      st.log.info({ kind, child: name }, 'child no longer wanted; deleted');
+      scope.log.info({ kind, child: name }, 'child no longer wanted; deleted');
     } catch (err) {
       if (isNotFound(err)) continue;
       errors.push(err instanceof Error ? err : new Error(String(err)));
       failed.push(`${kind} ${name} (delete): ${err instanceof Error ? err.message : String(err)}`);
     }
   }
-  if (failed.length === 0) {
-    // The relay works without it, but the user asked for one: say why there is none.
-    const noServiceMonitor = relay.spec.metrics.serviceMonitor.enabled && !ctx.features.serviceMonitor;
-    const why = 'spec.metrics.serviceMonitor.enabled is set, but the monitoring.coreos.com/v1 ServiceMonitor API is not served: install the prometheus-operator CRDs';
-    decide(st, ConditionType.Reconciled, 'True', Reason.Applied, `${applied} child objects up to date${noServiceMonitor ? `; no ServiceMonitor: ${why}` : ''}`);
-    if (noServiceMonitor) await ctx.events.warning(relay, 'ServiceMonitorUnavailable', why);
-  } else {
-    decide(st, ConditionType.Reconciled, 'False', Reason.ApplyFailed, `could not apply ${failed.join('; ')}`.slice(0, 2000));
+  const serviceMonitorUnavailable = relay.spec.metrics.serviceMonitor.enabled && !ctx.features.serviceMonitor;
+  const reconciled = reconciledCondition({ applied, failed, serviceMonitorUnavailable });
+  if (failed.length > 0) {
     await ctx.events.warning(relay, Reason.ApplyFailed, `could not apply ${failed.map((f) => f.split(':')[0]).join(', ')}; see the operator log`);
+  } else if (serviceMonitorUnavailable) {
+    await ctx.events.warning(relay, 'ServiceMonitorUnavailable', SERVICE_MONITOR_UNAVAILABLE);
   }
-  return errors;
+  return { reconciled, errors };
 }

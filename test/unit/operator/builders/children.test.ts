@@ -5,14 +5,17 @@ import { join } from 'node:path';
 import YAML from 'yaml';
 import { API_VERSION, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, type SmtpRelay } from '../../../../operator/api/v1alpha1.js';
 import { withDefaults, type SmtpRelaySpecInput } from '../../../harness/smtprelay/defaults.js';
-import { buildChildren, type ChildrenInputs } from '../../../../operator/builders/children.js';
+import { buildChildren as buildWithConfig, type ChildrenInputs } from '../../../../operator/builders/children.js';
+import { buildRelayConfig } from '../../../../operator/builders/relay-config.js';
 import { buildGeneratedUserSecret } from '../../../../operator/builders/credentials.js';
-import { buildGeneratedDkimSecret } from '../../../../operator/builders/dkim.js';
+import { buildGeneratedDkimSecret } from '../../../../operator/builders/dkim-key.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
 import { assertGolden, assertValidAgainstSchema, repoRoot } from '../../../harness/smtprelay/testkit.js';
 import { buildUsersSecret } from '../../../../operator/builders/users.js';
 
 const INPUTS: ChildrenInputs = { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: true };
+/** The children as one reconcile builds them: the relay config once, then every child from it. */
+const buildChildren = (relay: SmtpRelay, inputs: ChildrenInputs) => buildWithConfig(relay, buildRelayConfig(relay), inputs);
 
 function exampleRelays(): Array<{ file: string; relay: SmtpRelay }> {
   const dir = join(repoRoot(), 'crds', 'examples');

@@ -1,10 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { SmtpRelay } from '../../../../operator/api/v1alpha1.js';
-import { buildDeployment, restartHash } from '../../../../operator/builders/deployment.js';
+import { ANNOTATION_RESTART_HASH, type SmtpRelay } from '../../../../operator/api/v1alpha1.js';
+import { buildDeployment as buildWithConfig, restartHash } from '../../../../operator/builders/deployment.js';
+import { buildRelayConfig, dkimRecordName } from '../../../../operator/builders/relay-config.js';
 import { relayFixture, type RelayModifier } from '../../../harness/smtprelay/fixtures.js';
 
 const INPUTS = { image: 'registry.example.com/smtp-relay:1.0.0' };
+const buildDeployment = (r: SmtpRelay, inputs = INPUTS) => buildWithConfig(r, buildRelayConfig(r), inputs);
+const hashOf = (r: SmtpRelay) => restartHash(buildRelayConfig(r));
 const template = (r: SmtpRelay, inputs = INPUTS) => JSON.stringify(buildDeployment(r, inputs).spec.template);
 
 test('the relay pod is hardened: non-root, read-only root, no privilege escalation, no capabilities, seccomp, no token', () => {
@@ -93,14 +96,35 @@ const rolls: Array<[string, RelayModifier]> = [
 ];
 for (const [what, change] of rolls) {
   test(`${what} rolls the pods (restart hash changes)`, () => {
-    assert.notEqual(restartHash(relayFixture(undefined, change)), restartHash(relayFixture()));
+    assert.notEqual(hashOf(relayFixture(undefined, change)), hashOf(relayFixture()));
   });
 }
 
 test('a new image rolls the pods; the restart hash is stable across builds', () => {
   assert.notEqual(template(relayFixture(), { image: 'registry.example.com/smtp-relay:1.0.1' }), template(relayFixture()));
-  assert.equal(restartHash(relayFixture()), restartHash(relayFixture()));
-  assert.match(restartHash(relayFixture()), /^[0-9a-f]{16}$/);
+  assert.equal(hashOf(relayFixture()), hashOf(relayFixture()));
+  assert.match(hashOf(relayFixture()), /^[0-9a-f]{16}$/);
+});
+
+test('the pod template carries the restart hash of the config the Deployment was built from', () => {
+  const relay = relayFixture();
+  const config = buildRelayConfig(relay);
+  const d = buildWithConfig(relay, config, INPUTS);
+  assert.equal(d.spec.template.metadata!.annotations![ANNOTATION_RESTART_HASH], restartHash(config));
+});
+
+test('a DKIM key left out of the config is not mounted either; the others are', () => {
+  const relay = relayFixture(undefined, (r) => {
+    r.spec.dkim = [
+      { domain: 'Example.com', selector: 'relay1' },
+      { domain: 'billing.example.com', selector: 's2', secretRef: { name: 'k', key: 'dkim.pem' } },
+    ];
+  });
+  const config = buildRelayConfig(relay, { skipDkim: new Set([dkimRecordName({ domain: 'example.com', selector: 'relay1' })]) });
+  const dkim = buildWithConfig(relay, config, INPUTS).spec.template.spec!.volumes!.find((v) => v.name === 'dkim');
+  assert.deepEqual(dkim?.projected?.sources?.map((s) => s.secret?.items?.[0]?.path), ['billing.example.com/s2.key']);
+  const none = buildRelayConfig(relay, { skipDkim: new Set(relay.spec.dkim.map(dkimRecordName)) });
+  assert.equal(buildWithConfig(relay, none, INPUTS).spec.template.spec!.volumes!.find((v) => v.name === 'dkim'), undefined);
 });
 
 test('the selector holds only the operator’s labels and never changes with the spec', () => {

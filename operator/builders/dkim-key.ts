@@ -3,8 +3,9 @@
 
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { ANNOTATION_DKIM_RECORD, DKIM_PRIVATE_KEY_KEY, Reason, type DkimSpec, type DnsRecord, type SmtpRelay } from '../api/v1alpha1.js';
-import { dkimRecordName } from './config.js';
-import type { Problem, SecretLike } from './credentials.js';
+import { dkimRecordName } from './relay-config.js';
+import type { Problem } from '../status/conditions.js';
+import type { SecretLike } from './credentials.js';
 import { childMetadata, generatedDkimSecretName } from './meta.js';
 import type { Secret } from './users.js';
 

@@ -109,8 +109,8 @@ export function renderYaml(value: unknown): string {
   return YAML.stringify(value, { lineWidth: 0, indent: 2 });
 }
 
-export function buildConfigMap(relay: SmtpRelay, inputs: ConfigInputs = {}): ConfigMap {
-  const config = buildRelayConfig(relay, inputs);
+/** The ConfigMap carrying `config` (built once per reconcile by buildRelayConfig). */
+export function buildConfigMap(relay: SmtpRelay, config: RelayConfig): ConfigMap {
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',

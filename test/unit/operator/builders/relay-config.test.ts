@@ -8,7 +8,7 @@ import { validateConfig } from '../../../../relay/config.js';
 import { validateUsers } from '../../../../relay/users.js';
 import { parseSenderPattern } from '../../../../relay/policy/senders.js';
 import { CONFIG_KEY, MOUNT_ROOT, USERS_FILE } from '../../../../operator/api/v1alpha1.js';
-import { buildConfigMap, buildRelayConfig, dkimRecordName } from '../../../../operator/builders/config.js';
+import { buildConfigMap, buildRelayConfig, dkimRecordName } from '../../../../operator/builders/relay-config.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
 import { buildUsersFile, renderUsersFile, relayPasswordHasher } from '../../../../operator/builders/users.js';
 
@@ -82,7 +82,7 @@ test("the rendered config.yaml and users.yaml pass the relay's own validation (t
   const relay = full();
   const dir = mkdtempSync(join(tmpdir(), 'relay-contract-'));
   try {
-    const text = buildConfigMap(relay).data[CONFIG_KEY]!;
+    const text = buildConfigMap(relay, buildRelayConfig(relay)).data[CONFIG_KEY]!;
     // The relay checks that every named file is readable: lay the mount tree out under a temp dir.
     const doc = YAML.parse(text.replaceAll(MOUNT_ROOT, dir)) as Record<string, unknown>;
     const files = JSON.stringify(doc).match(new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^"]+`, 'g')) ?? [];
@@ -120,7 +120,7 @@ test('every allowed-sender pattern in the examples is one the relay accepts', ()
 });
 
 test('the ConfigMap text is deterministic and says where it comes from', () => {
-  const a = buildConfigMap(full()).data[CONFIG_KEY];
-  assert.equal(a, buildConfigMap(full()).data[CONFIG_KEY]);
+  const a = buildConfigMap(full(), buildRelayConfig(full())).data[CONFIG_KEY];
+  assert.equal(a, buildConfigMap(full(), buildRelayConfig(full())).data[CONFIG_KEY]);
   assert.match(a!, /^# Rendered by smtp-relay-operator from SmtpRelay mail\/outbound;/);
 });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createPrivateKey, createPublicKey, generateKeyPairSync, verify, sign } from 'node:crypto';
 import { Reason } from '../../../../operator/api/v1alpha1.js';
-import { buildGeneratedDkimSecret, dkimRecordFromSecret, dkimTxtRecord, generateDkimPrivateKey } from '../../../../operator/builders/dkim.js';
+import { buildGeneratedDkimSecret, dkimRecordFromSecret, dkimTxtRecord, generateDkimPrivateKey } from '../../../../operator/builders/dkim-key.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
