@@ -117,6 +117,7 @@ export class Relay implements RelayState {
     // Connections that have not authenticated within preAuthTimeout are closed (checked each second).
     this.sweep = setInterval(() => {
       for (const listener of this.table.shedExpired(this.settings.limits.preAuthTimeoutMs)) this.countShed(listener, 'pre_auth_timeout');
+      this.metrics.unauthenticatedConnections.set(this.table.unauthenticatedCount);
     }, 1000).unref();
     this.listening = true;
     return ports;

@@ -293,6 +293,10 @@ export interface LimitsSpec {
   maxRecipients: number;
   maxConnections: number;
   maxConnectionsPerIp: number;
+  /** Duration string; default 10s. */
+  preAuthTimeout: string;
+  /** Absent: the relay's default, half of maxConnections. */
+  maxUnauthenticated?: number;
 }
 
 export interface SecretKeyReference {

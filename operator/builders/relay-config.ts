@@ -90,6 +90,8 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
       maxRecipients: s.limits.maxRecipients,
       maxConnections: s.limits.maxConnections,
       maxConnectionsPerIp: s.limits.maxConnectionsPerIp,
+      preAuthTimeout: s.limits.preAuthTimeout,
+      ...(s.limits.maxUnauthenticated !== undefined ? { maxUnauthenticated: s.limits.maxUnauthenticated } : {}),
     },
     upstream,
     metrics: { port: METRICS_PORT },

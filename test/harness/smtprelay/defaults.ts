@@ -66,7 +66,9 @@ export function withDefaults(input: SmtpRelaySpecInput): SmtpRelaySpec {
     maxRecipients: li.maxRecipients ?? 100,
     maxConnections: li.maxConnections ?? 1000,
     maxConnectionsPerIp: li.maxConnectionsPerIp ?? 20,
+    preAuthTimeout: li.preAuthTimeout ?? '10s',
   };
+  if (li.maxUnauthenticated !== undefined) limits.maxUnauthenticated = li.maxUnauthenticated;
   const up = input.upstream;
   const upstream: UpstreamSpec = {
     host: up.host,

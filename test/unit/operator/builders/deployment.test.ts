@@ -74,7 +74,7 @@ const keeps: Array<[string, RelayModifier]> = [
   ['a new user', (r) => r.spec.auth.users.push({ name: 'billing', allowedSenders: ['billing@example.com'] })],
   ['a changed sender rule', (r) => (r.spec.auth.users[0]!.allowedSenders = ['*@example.com'])],
   ['a rate limit', (r) => (r.spec.auth.users[0]!.rateLimit = { messages: 5, per: '1m' })],
-  ['changed limits', (r) => (r.spec.limits = { maxMessageSize: '20Mi', maxRecipients: 5, maxConnections: 10, maxConnectionsPerIp: 2 })],
+  ['changed limits', (r) => (r.spec.limits = { maxMessageSize: '20Mi', maxRecipients: 5, maxConnections: 10, maxConnectionsPerIp: 2, preAuthTimeout: '5s', maxUnauthenticated: 4 })],
   ['a changed IP allow-list', (r) => (r.spec.access.allowedCidrs = ['192.168.0.0/16'])],
   ['changed lockout settings', (r) => (r.spec.auth.lockout.maxFailures = 10)],
   ['a changed password policy', (r) => (r.spec.auth.passwordPolicy.minLength = 30)],

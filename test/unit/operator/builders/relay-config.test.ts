@@ -44,7 +44,7 @@ test('the config maps the spec onto the fixed mount paths and unprivileged conta
     tls: { certFile: '/etc/smtp-relay/tls/tls.crt', keyFile: '/etc/smtp-relay/tls/tls.key', minVersion: 'TLSv1.3' },
     auth: { usersFile: '/etc/smtp-relay/users/users.yaml', lockout: { maxFailures: 3, window: '5m', duration: '1h' } },
     access: { allowedCidrs: ['10.0.0.0/8', '2001:db8::/32'], proxyProtocol: { trustedCidrs: ['10.1.0.0/16'] } },
-    limits: { maxMessageSize: '25Mi', maxRecipients: 10, maxConnections: 50, maxConnectionsPerIp: 5 },
+    limits: { maxMessageSize: '25Mi', maxRecipients: 10, maxConnections: 50, maxConnectionsPerIp: 5, preAuthTimeout: '10s' },
     upstream: {
       host: 'smtp.example.net',
       port: 465,
