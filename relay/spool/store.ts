@@ -252,7 +252,9 @@ export class Spool {
 
   /** The message bytes, checked against their checksum. */
   async body(id: string): Promise<Buffer> {
-    return (await this.request({ op: 'body', id })) as Buffer;
+    // Structured clone turns the worker's Buffer into a plain Uint8Array; wrap, not copy.
+    const u = (await this.request({ op: 'body', id })) as Uint8Array;
+    return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
   }
 
   /** Moves an entry that failed its checksum on read to quarantine (and out of the spool). */
