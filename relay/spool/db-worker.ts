@@ -31,12 +31,51 @@ function openDb(): void {
   db.exec('PRAGMA journal_mode=WAL');
   // FULL: the WAL is fsynced at every commit (NORMAL can lose the last commits on power loss).
   db.exec('PRAGMA synchronous=FULL');
+  // After a burst the WAL is cut back to this size at the next checkpoint instead of
+  // keeping its peak size on disk.
+  db.exec('PRAGMA journal_size_limit=67108864');
   db.exec(`CREATE TABLE IF NOT EXISTS message (
     id TEXT PRIMARY KEY, envelope TEXT NOT NULL, state TEXT NOT NULL,
     size INTEGER NOT NULL, crc INTEGER NOT NULL, body BLOB NOT NULL)`);
   db.exec(`CREATE TABLE IF NOT EXISTS control (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, ids TEXT NOT NULL,
     created INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, result TEXT)`);
+}
+
+/**
+ * Copies every row that can still be read and passes its checksum from a damaged
+ * database (moved to quarantine/) into the new one. Reading stops at the first error.
+ */
+function salvage(file: string): number {
+  let n = 0;
+  let old: DatabaseSync | undefined;
+  try {
+    // Not read-only: a WAL database cannot be opened read-only without its -shm file.
+    old = new DatabaseSync(file);
+    const ins = db.prepare('INSERT OR IGNORE INTO message (id, envelope, state, size, crc, body) VALUES (?, ?, ?, ?, ?, ?)');
+    const rows = old.prepare('SELECT id, envelope, state, size, crc, body FROM message').iterate() as Iterable<{ id: string; envelope: string; state: string; size: number; crc: number; body: Uint8Array }>;
+    db.exec('BEGIN');
+    try {
+      for (const r of rows) {
+        if (r.body?.length === r.size && crc32(r.body) === r.crc) {
+          ins.run(r.id, r.envelope, r.state, r.size, r.crc, r.body);
+          n++;
+        }
+      }
+    } catch {
+      /* the damaged part: keep what was read */
+    }
+    db.exec('COMMIT');
+  } catch {
+    /* nothing readable */
+  } finally {
+    try {
+      old?.close();
+    } catch {
+      /* ignore */
+    }
+  }
+  return n;
 }
 
 /** Opens the database; a damaged one is moved aside whole (with its WAL) and a new one made. */
@@ -59,9 +98,12 @@ function open(): OpenResult {
       const from = path.join(directory, DB_FILE + suffix);
       if (fs.existsSync(from)) fs.renameSync(from, path.join(q, `${stamp}-${DB_FILE}${suffix}`));
     }
-    result.quarantined.push({ id: DB_FILE, reason: `database unreadable: ${(err as Error).message}`, file: path.join(q, `${stamp}-${DB_FILE}`) });
+    const moved = path.join(q, `${stamp}-${DB_FILE}`);
     openDb();
+    const salvaged = salvage(moved);
+    result.quarantined.push({ id: DB_FILE, reason: `database unreadable: ${(err as Error).message}; ${salvaged} intact message(s) copied back`, file: moved });
   }
+  reserveGone = !makeReserve();
   st = {
     insert: db.prepare('INSERT INTO message (id, envelope, state, size, crc, body) VALUES (?, ?, ?, ?, ?, ?)'),
     update: db.prepare('UPDATE message SET state = ? WHERE id = ?'),
@@ -150,30 +192,49 @@ function errorOf(err: unknown): { code: string; message: string } {
   return { code, message: e.message ?? String(err) };
 }
 
-let batch: DbRequest[] = [];
-let scheduled = false;
+// Room kept for deletes and state updates when the disk fills up: SQLite needs free
+// space to record even a DELETE (the WAL grows first), so a disk filled to the last byte
+// by new mail could otherwise never be emptied by delivering it. On ENOSPC this file is
+// removed, the writes that free space are retried, and new mail is refused until the
+// reserve can be made again (after a delete).
+const RESERVE_FILE = 'reserve';
+export const RESERVE_BYTES = 256 * 1024;
+let reserveGone = false;
+let reserveTried = 0;
 
-function flush(): void {
-  scheduled = false;
-  const group = batch;
-  batch = [];
+function makeReserve(): boolean {
+  const file = path.join(directory, RESERVE_FILE);
+  try {
+    if (fs.existsSync(file) && fs.statSync(file).size === RESERVE_BYTES) return true;
+    fs.writeFileSync(file, Buffer.alloc(RESERVE_BYTES));
+    return true;
+  } catch {
+    fs.rmSync(file, { force: true });
+    return false;
+  }
+}
+
+const isWrite = (r: DbRequest) => r.op === 'insert' || r.op === 'update' || r.op === 'delete' || r.op === 'controlDone';
+const noSpace = { code: 'ENOSPC', message: 'disk full (the spool keeps its reserve for deliveries)' };
+
+/** Runs a group in one transaction; throws (after ROLLBACK) on a failure of the whole group. */
+function runGroup(group: DbRequest[]): DbReply[] {
+  const writes = group.some(isWrite);
   const replies: DbReply[] = [];
-  const writes = group.some((r) => r.op === 'insert' || r.op === 'update' || r.op === 'delete' || r.op === 'controlDone');
   try {
     if (writes) db.exec('BEGIN IMMEDIATE');
-    const results: DbReply[] = [];
     for (const req of group) {
       try {
-        results.push({ seq: req.seq, ok: true, value: run(req) });
+        replies.push({ seq: req.seq, ok: true, value: run(req) });
       } catch (err) {
         // A failed write of one request must not take back the others: it changed nothing.
         const e = errorOf(err);
         if (e.code === 'ENOSPC' || e.code === 'EDB') throw err;
-        results.push({ seq: req.seq, ok: false, error: e });
+        replies.push({ seq: req.seq, ok: false, error: e });
       }
     }
     if (writes) db.exec('COMMIT');
-    replies.push(...results);
+    return replies;
   } catch (err) {
     if (writes) {
       try {
@@ -182,9 +243,46 @@ function flush(): void {
         /* nothing to roll back */
       }
     }
-    const e = errorOf(err);
-    for (const req of group) replies.push({ seq: req.seq, ok: false, error: e });
+    throw err;
   }
+}
+
+let batch: DbRequest[] = [];
+let scheduled = false;
+
+function flush(): void {
+  scheduled = false;
+  let group = batch;
+  batch = [];
+  const replies: DbReply[] = [];
+  // Space may have been freed by something else (a volume grown, files removed).
+  if (reserveGone && group.some((r) => r.op === 'insert') && Date.now() - reserveTried > 1000) {
+    reserveTried = Date.now();
+    reserveGone = !makeReserve();
+  }
+  if (reserveGone) {
+    for (const r of group) if (r.op === 'insert') replies.push({ seq: r.seq, ok: false, error: noSpace });
+    group = group.filter((r) => r.op !== 'insert');
+  }
+  try {
+    replies.push(...runGroup(group));
+  } catch (err) {
+    const e = errorOf(err);
+    if (e.code === 'ENOSPC' && !reserveGone) {
+      reserveGone = true;
+      fs.rmSync(path.join(directory, RESERVE_FILE), { force: true });
+      for (const r of group) if (r.op === 'insert') replies.push({ seq: r.seq, ok: false, error: e });
+      group = group.filter((r) => r.op !== 'insert');
+      try {
+        replies.push(...runGroup(group));
+      } catch (err2) {
+        for (const req of group) replies.push({ seq: req.seq, ok: false, error: errorOf(err2) });
+      }
+    } else {
+      for (const req of group) replies.push({ seq: req.seq, ok: false, error: e });
+    }
+  }
+  if (reserveGone && group.some((r) => r.op === 'delete')) reserveGone = !makeReserve();
   parentPort!.postMessage(replies);
 }
 
