@@ -3,6 +3,8 @@
 //           group (GroupCommit below)
 //   sqlite  node:sqlite, WAL, synchronous=FULL, in a worker thread; each batch of the
 //           messages that arrived while the previous commit ran is one transaction
+//   spool   relay/spool/store.ts as shipped: the sqlite design plus checksums, the
+//           envelope and state rows, limits and the free-space check
 //   lmdb    the lmdb package (if installed: LMDB_DIR=<dir with node_modules/lmdb>), put()
 //           then wait for `flushed` (put resolves at commit, before durability)
 // Acknowledged msgs/s at 1/8/64 concurrent writers for 4 KiB and 100 KiB messages,
@@ -19,6 +21,10 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { createSpoolMetrics } from '../relay/spool/metrics.js';
+import { Spool } from '../relay/spool/store.js';
 import { median, percentile } from './common.js';
 
 const arg = (name: string, def: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? def;
@@ -190,6 +196,21 @@ interface LmdbDb {
   close(): Promise<void>;
 }
 
+async function spoolStore(dir: string): Promise<Store> {
+  const spool = await Spool.open({
+    directory: dir,
+    limits: { maxBytes: 2 ** 40, maxMessages: 1e9, minFreeBytes: 0 },
+    logger: pino({ level: 'silent' }),
+    metrics: createSpoolMetrics(new Registry()),
+  });
+  return {
+    put: async (_id, data) => {
+      await spool.enqueue({ mailFrom: 'bench@example.com', rcptTo: ['rcpt@example.net'] }, data);
+    },
+    close: () => spool.close(),
+  };
+}
+
 async function lmdbStore(dir: string): Promise<Store | undefined> {
   const root = process.env.LMDB_DIR ?? '/tmp/spool-bench-deps';
   const entry = path.join(root, 'node_modules/lmdb/dist/index.cjs');
@@ -215,7 +236,8 @@ interface Result {
 async function runOnce(kind: string, writers: number, size: number, messages = MAX_MESSAGES): Promise<Result | undefined> {
   const dir = await fsp.mkdtemp(path.join(BASE, `spool-bench-${kind}-`));
   try {
-    const store = kind === 'files' ? await filesStore(dir) : kind === 'sqlite' ? await sqliteStore(dir) : await lmdbStore(dir);
+    const store =
+      kind === 'files' ? await filesStore(dir) : kind === 'sqlite' ? await sqliteStore(dir) : kind === 'spool' ? await spoolStore(dir) : await lmdbStore(dir);
     if (!store) return undefined;
     const data = Buffer.alloc(size, 'x');
     const lat: number[] = [];
@@ -264,7 +286,7 @@ async function main(): Promise<void> {
     await runOnce(kind!, Number(writers), Number(size), COUNT_MESSAGES);
     return;
   }
-  const kinds = ['files', 'sqlite', 'lmdb'];
+  const kinds = ['files', 'sqlite', 'spool', 'lmdb'];
   const rows: string[] = [];
   rows.push(`Spool stores on ${BASE} (${os.cpus().length} CPUs), ${SECONDS}s per run, median of ${RUNS} runs. Ratio = store / files.`);
   rows.push('');
