@@ -1,5 +1,5 @@
 // The spool (queue mode): what the relay's session, main and CLI use. docs/spool.md.
-export { Spool, SpoolFullError, systemClock, type Clock, type EnqueueEnvelope, type Entry, type SpoolLimits, type SpoolOptions } from './store.js';
+export { Spool, SpoolFullError, SpoolWriteError, systemClock, type Clock, type EnqueueEnvelope, type Entry, type SpoolLimits, type SpoolOptions } from './store.js';
 export { Scheduler, type DeliverFn, type SchedulerOptions } from './scheduler.js';
 export { createSpoolMetrics, type SpoolMetrics } from './metrics.js';
 export { checkQueueSection, validateQueueConfig, QUEUE_DEFAULTS, type QueueConfig, type SpoolSettings, type RetrySettings } from './settings.js';

@@ -27,6 +27,16 @@ export const systemClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/** The message could not be stored for another reason (database error). The session answers 451. */
+export class SpoolWriteError extends Error {
+  readonly code = 'SPOOL_WRITE';
+  readonly responseCode = 451;
+  constructor(cause: Error) {
+    super('4.3.0 Could not queue the message, try again later', { cause });
+    this.name = 'SpoolWriteError';
+  }
+}
+
 /** What the session hands in: the envelope as the client gave it. */
 export interface EnqueueEnvelope {
   /** '' for the null sender. */
@@ -117,11 +127,17 @@ export class Spool {
         else w.reject(Object.assign(new Error(r.error.message), { code: r.error.code }));
       }
     });
-    s.worker.on('error', (err) => {
-      s.log.error({ err: err.message }, 'spool database thread failed');
+    const dead = (err: Error) => {
+      // Every later request fails at once (451 to clients) instead of waiting forever.
+      s.worker = undefined;
       for (const w of s.waiting.values()) w.reject(err);
       s.waiting.clear();
+    };
+    s.worker.on('error', (err) => {
+      s.log.error({ err: err.message }, 'spool database thread failed');
+      dead(err);
     });
+    s.worker.on('exit', () => dead(new Error('spool database thread exited')));
     const opened = (await s.request({ op: 'open' })) as OpenResult;
     for (const q of opened.quarantined) s.reportQuarantine(q);
     for (const row of opened.rows) {
@@ -188,8 +204,9 @@ export class Spool {
 
   /**
    * Stores a message; resolves with its id only once the message and its envelope are
-   * on stable storage (fsynced). Rejects with SpoolFullError when it does not fit or the
-   * disk is full (ENOSPC never escapes as anything else); nothing is stored then.
+   * on stable storage (fsynced). Rejects with SpoolFullError (452) when it does not fit or
+   * the disk is full, or SpoolWriteError (451) on any other failure; nothing is stored
+   * then. Both carry `responseCode` and an enhanced-code message for the SMTP reply.
    */
   async enqueue(envelope: EnqueueEnvelope, body: Buffer): Promise<string> {
     const full = await this.checkSpace(body.length);
@@ -214,7 +231,8 @@ export class Spool {
         this.free = undefined;
         throw new SpoolFullError('disk_full', 'disk full');
       }
-      throw err;
+      this.log.error({ err: (err as Error).message }, 'could not store a message in the spool');
+      throw new SpoolWriteError(err as Error);
     } finally {
       this.reserved -= body.length;
       this.reservedMessages--;

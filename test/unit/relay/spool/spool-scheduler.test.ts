@@ -198,3 +198,15 @@ test('a full spool refuses with a 452-ready error and counts the reason', async 
     await t.cleanup();
   }
 });
+
+test('when the database thread is gone, enqueue fails at once with a 451-ready error instead of hanging', async () => {
+  const t = await tempSpool(new FakeClock());
+  try {
+    const w = (t.spool as unknown as { worker: { terminate(): Promise<number> } }).worker;
+    await w.terminate();
+    await until(() => (t.spool as unknown as { worker?: unknown }).worker === undefined, 'the spool to notice');
+    await assert.rejects(t.spool.enqueue({ mailFrom: 'a@example.com', rcptTo: ['b@example.net'] }, MESSAGE), (err: Error & { responseCode?: number }) => err.responseCode === 451 && err.message.startsWith('4.3.0 '));
+  } finally {
+    await t.cleanup();
+  }
+});
