@@ -158,3 +158,31 @@ test('upstream outage: 300 messages queued while it is down are all delivered on
   assert.equal(rcpts.size, 300);
   process.stdout.write(`# outage: 300 queued, all delivered ${Date.now() - t0} ms after the first enqueue\n`);
 });
+
+test('upstream flaps: killed and restarted 10 times while 500 messages are queued: none refused, none lost', async () => {
+  let sink = await startSink({ pki });
+  const { port, caFile, cert } = sink;
+  const { q } = await setup({ port, caFile } as Sink);
+  const received = new Set<string>();
+  const collect = (s: Sink) => s.messages.forEach((m) => m.rcptTo.forEach((r) => received.add(r)));
+  let refused = 0;
+  const sending = (async () => {
+    for (let i = 0; i < 500; i++) {
+      await q.spool.enqueue({ mailFrom: 'app@example.com', rcptTo: [`f${i}@example.net`] }, MESSAGE).catch(() => refused++);
+      if (i % 10 === 0) await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  for (let k = 0; k < 10; k++) {
+    await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
+    collect(sink);
+    await sink.stop();
+    await new Promise((r) => setTimeout(r, 50 + Math.random() * 150));
+    sink = await startSink({ pki, port, cert });
+  }
+  await sending;
+  cleanups.push(() => sink.stop());
+  await waitFor(() => q.spool.size.messages === 0, 'all delivered after the last restart', 30_000);
+  collect(sink);
+  assert.equal(refused, 0);
+  assert.equal(received.size, 500, `${500 - received.size} lost`);
+});
