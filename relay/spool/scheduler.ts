@@ -1,0 +1,498 @@
+// Delivery of spooled messages: a bounded number at a time, each recipient retried
+// alone after a temporary failure (exponential backoff with jitter, capped), reported
+// to the sender after a permanent refusal or at expiry (dsn.ts), removed when done.
+//
+// State machine of a recipient (types.ts):
+//   pending --accepted--> delivered
+//   pending --4xx--> failed-temporary --(retry)--> delivered | failed-temporary | failed-permanent
+//   pending|failed-temporary --5xx, or lifetime over--> failed-permanent (+ report once)
+// A message leaves the spool when no recipient is pending or failed-temporary and every
+// report is queued.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type pino from 'pino';
+import type { DeliveryOutcome, Envelope } from '../upstream.js';
+import { buildDsn, type DsnRecipient } from './dsn.js';
+import type { SpoolMetrics } from './metrics.js';
+import { nextAttemptAt } from './retry.js';
+import type { RetrySettings } from './settings.js';
+import type { Spool } from './store.js';
+import type { EntryState, RecipientState } from './types.js';
+
+/** The signature of Upstream.deliver (relay/upstream.ts). */
+export type DeliverFn = (envelope: Envelope, message: Buffer) => Promise<DeliveryOutcome>;
+
+export interface SchedulerOptions {
+  spool: Spool;
+  deliver: DeliverFn;
+  /** Reporting-MTA and MAILER-DAEMON domain of the reports. */
+  hostname: string;
+  lifetimeMs: number;
+  retry: RetrySettings;
+  concurrency: number;
+  /** 0 = no delay warnings. */
+  delayWarningMs: number;
+  logger: pino.Logger;
+  metrics: SpoolMetrics;
+  /** [0, 1) source for the jitter; default Math.random. */
+  random?: () => number;
+  /** How often `smtp-relay queue` commands are looked for; default 1000 ms (real time). */
+  controlPollMs?: number;
+}
+
+/** File whose mtime shows a running scheduler to `smtp-relay queue` (cli.ts). */
+export const ALIVE_FILE = 'scheduler.alive';
+
+const undone = (r: RecipientState) => r.status === 'pending' || r.status === 'failed-temporary';
+
+/** A min-heap of (due, id); stale items are skipped when popped (see `scheduled`). */
+class DueHeap {
+  private a: { due: number; id: string }[] = [];
+  get size(): number {
+    return this.a.length;
+  }
+  peek(): { due: number; id: string } | undefined {
+    return this.a[0];
+  }
+  push(item: { due: number; id: string }): void {
+    const a = this.a;
+    a.push(item);
+    let i = a.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p]!.due <= a[i]!.due) break;
+      [a[p], a[i]] = [a[i]!, a[p]!];
+      i = p;
+    }
+  }
+  pop(): { due: number; id: string } | undefined {
+    const a = this.a;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length && last) {
+      a[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < a.length && a[l]!.due < a[m]!.due) m = l;
+        if (r < a.length && a[r]!.due < a[m]!.due) m = r;
+        if (m === i) break;
+        [a[m], a[i]] = [a[i]!, a[m]!];
+        i = m;
+      }
+    }
+    return top;
+  }
+}
+
+export class Scheduler {
+  private readonly o: SchedulerOptions;
+  private readonly heap = new DueHeap();
+  /** The due time each entry is queued under in `heap` (others there are stale). */
+  private readonly scheduled = new Map<string, number>();
+  private readonly inFlight = new Map<string, Promise<void>>();
+  /** Entries whose last failure was the upstream's (no recipient named): retried at once when it accepts again. */
+  private readonly upstreamDeferred = new Set<string>();
+  /** Deleted with `queue delete` while being delivered: removed when the attempt ends. */
+  private readonly deleteAfter = new Set<string>();
+  /** A report could not be queued (spool full): try again at this time. */
+  private readonly notifyRetry = new Map<string, number>();
+  private timer: unknown;
+  private timerDue = Infinity;
+  private controlTimer?: NodeJS.Timeout;
+  private stopped = true;
+  private readonly random: () => number;
+
+  constructor(opts: SchedulerOptions) {
+    this.o = opts;
+    this.random = opts.random ?? Math.random;
+  }
+
+  /** Schedules everything in the spool and starts delivering; new messages are picked up as they are enqueued. */
+  start(): void {
+    this.stopped = false;
+    this.o.spool.onEnqueue = (id) => this.schedule(id);
+    for (const id of this.o.spool.ids()) this.schedule(id, false);
+    this.pump();
+    const poll = this.o.controlPollMs ?? 1000;
+    void this.pollControl();
+    this.controlTimer = setInterval(() => void this.pollControl(), poll);
+    this.controlTimer.unref();
+  }
+
+  /**
+   * Stops starting deliveries and waits up to `graceMs` for those in progress to finish
+   * (their results are saved). Everything else stays in the spool for the next start.
+   */
+  async stop(graceMs: number): Promise<void> {
+    this.stopped = true;
+    this.o.spool.onEnqueue = undefined;
+    if (this.controlTimer) clearInterval(this.controlTimer);
+    if (this.timer !== undefined) this.o.spool.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    await fsp.rm(path.join(this.o.spool.directory, ALIVE_FILE), { force: true }).catch(() => undefined);
+    if (!this.inFlight.size) return;
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.allSettled([...this.inFlight.values()]), new Promise<void>((r) => (t = setTimeout(r, graceMs)))]);
+    clearTimeout(t);
+  }
+
+  /** Deliveries in progress. */
+  get active(): number {
+    return this.inFlight.size;
+  }
+
+  /** When the entry next needs work, or undefined (held, or nothing to do but remove it). */
+  private dueOf(id: string): number | undefined {
+    const e = this.o.spool.get(id);
+    if (!e) return undefined;
+    if (e.state.held) return undefined;
+    let due = Infinity;
+    for (const r of e.state.recipients) if (undone(r) && r.nextAttempt < due) due = r.nextAttempt;
+    const needsReport = e.state.recipients.some((r) => r.status === 'failed-permanent' && !r.notified);
+    if (needsReport) due = Math.min(due, this.notifyRetry.get(id) ?? 0);
+    if (due === Infinity) return 0; // finished: remove it now
+    const w = this.o.delayWarningMs;
+    if (w && !e.state.warned && e.envelope.mailFrom && !e.envelope.dsn) due = Math.min(due, Math.max(e.envelope.created + w, this.notifyRetry.get(id) ?? 0));
+    return due;
+  }
+
+  private schedule(id: string, pump = true): void {
+    if (this.inFlight.has(id)) return; // rescheduled when the attempt ends
+    const due = this.dueOf(id);
+    if (due === undefined) {
+      this.scheduled.delete(id);
+      return;
+    }
+    if (this.scheduled.get(id) === due) return;
+    this.scheduled.set(id, due);
+    this.heap.push({ due, id });
+    if (pump) this.pump();
+  }
+
+  private pump(): void {
+    if (this.stopped) return;
+    const now = this.o.spool.clock.now();
+    // Bounded: each turn pops one heap item, and nothing is pushed inside the loop.
+    while (this.inFlight.size < this.o.concurrency && this.heap.size) {
+      const top = this.heap.peek()!;
+      if (this.scheduled.get(top.id) !== top.due) {
+        this.heap.pop(); // stale
+        continue;
+      }
+      if (top.due > now) break;
+      this.heap.pop();
+      this.scheduled.delete(top.id);
+      const p = this.process(top.id)
+        .catch((err: Error) => {
+          this.o.logger.error({ id: top.id, err: err.message }, 'spool delivery failed unexpectedly; retrying later');
+          this.backoffAll(top.id);
+        })
+        .finally(() => {
+          this.inFlight.delete(top.id);
+          if (this.deleteAfter.delete(top.id)) void this.o.spool.remove(top.id).catch(() => undefined);
+          else this.schedule(top.id, false);
+          this.pump();
+        });
+      this.inFlight.set(top.id, p);
+    }
+    this.arm();
+  }
+
+  /** One timer, for the earliest due entry that is not running. */
+  private arm(): void {
+    if (this.stopped) return;
+    let top = this.heap.peek();
+    while (top && this.scheduled.get(top.id) !== top.due) {
+      this.heap.pop();
+      top = this.heap.peek();
+    }
+    const due = top ? top.due : Infinity;
+    if (due === this.timerDue && this.timer !== undefined) return;
+    if (this.timer !== undefined) this.o.spool.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerDue = due;
+    if (due === Infinity || this.inFlight.size >= this.o.concurrency) return;
+    const clock = this.o.spool.clock;
+    this.timer = clock.setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerDue = Infinity;
+        this.pump();
+      },
+      Math.max(0, due - clock.now()),
+    );
+  }
+
+  /** After an unexpected error: every undone recipient waits the initial delay. */
+  private backoffAll(id: string): void {
+    const e = this.o.spool.get(id);
+    if (!e) return;
+    const at = this.o.spool.clock.now() + this.o.retry.initialDelayMs;
+    for (const r of e.state.recipients) if (undone(r)) r.nextAttempt = Math.max(r.nextAttempt, at);
+    this.notifyRetry.set(id, at);
+  }
+
+  private async process(id: string): Promise<void> {
+    const spool = this.o.spool;
+    const entry = spool.get(id);
+    if (!entry) return;
+    const env = entry.envelope;
+    const now = spool.clock.now();
+    const state: EntryState = structuredClone(entry.state);
+    const canReport = env.mailFrom !== '' && !env.dsn;
+    let body: Buffer | undefined;
+    const loadBody = async (): Promise<Buffer> => (body ??= await spool.body(id));
+    let changed = false;
+
+    const due = state.recipients.filter((r) => undone(r) && r.nextAttempt <= now);
+    if (due.length) {
+      try {
+        await loadBody();
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EDAMAGED') {
+          await spool.quarantine(id, (err as Error).message);
+          return;
+        }
+        throw err;
+      }
+      await this.attempt(id, env.mailFrom, env.created, due, body!, now);
+      changed = true;
+    }
+
+    // Delay warning: once, for a message from a real sender that is still waiting.
+    const w = this.o.delayWarningMs;
+    if (w && canReport && !state.warned && now - env.created >= w) {
+      const waiting = state.recipients.filter(undone);
+      if (waiting.length) {
+        if (await this.report('delayed', id, env.mailFrom, env.created, waiting, await loadBody(), now)) {
+          state.warned = true;
+          changed = true;
+        } else {
+          this.notifyRetry.set(id, now + this.o.retry.initialDelayMs);
+        }
+      } else {
+        state.warned = true;
+      }
+    }
+
+    // Reports for permanent failures: one per attempt that produced them.
+    const toReport = state.recipients.filter((r) => r.status === 'failed-permanent' && !r.notified);
+    if (toReport.length) {
+      if (!canReport || (await this.report('failed', id, env.mailFrom, env.created, toReport, await loadBody(), now))) {
+        for (const r of toReport) r.notified = true;
+        this.notifyRetry.delete(id);
+        changed = true;
+      } else {
+        this.notifyRetry.set(id, now + this.o.retry.initialDelayMs);
+      }
+    }
+
+    const current = spool.get(id);
+    if (!current) return; // deleted meanwhile
+    state.held = current.state.held;
+    if (!state.recipients.some(undone) && state.recipients.every((r) => r.status === 'delivered' || r.notified)) {
+      this.upstreamDeferred.delete(id);
+      this.notifyRetry.delete(id);
+      await spool.remove(id);
+      return;
+    }
+    if (changed) await spool.saveState(id, state);
+  }
+
+  /**
+   * Hands `due` (recipients of one message) to the upstream and records the outcome in
+   * them (they are the objects of the state being built). The upstream is all-or-nothing:
+   * when it refuses some recipients it sends to none, so the rest are tried again at once
+   * without them; the set shrinks each time, so this ends.
+   */
+  private async attempt(id: string, mailFrom: string, created: number, due: RecipientState[], body: Buffer, now: number): Promise<void> {
+    const m = this.o.metrics;
+    const expired = now - created >= this.o.lifetimeMs;
+    let left = due;
+    for (let round = 0; left.length && round <= due.length; round++) {
+      const outcome = await this.o.deliver({ mailFrom, rcptTo: left.map((r) => r.address) }, body);
+      m.attempts.inc({ outcome: outcome.kind });
+      if (outcome.kind === 'accepted') {
+        for (const r of left) {
+          r.status = 'delivered';
+          r.attempts++;
+          r.lastError = undefined;
+        }
+        m.deliveries.inc({ result: 'delivered' }, left.length);
+        this.upstreamWorks(id);
+        return;
+      }
+      const refused = new Set(outcome.refused.map((a) => a.toLowerCase()));
+      const named = left.filter((r) => refused.has(r.address.toLowerCase()));
+      const failedNow = named.length ? named : left;
+      const reason = `${outcome.code} ${outcome.message}`;
+      for (const r of failedNow) {
+        r.attempts++;
+        r.lastError = reason;
+        if (outcome.kind === 'permanent') {
+          r.status = 'failed-permanent';
+          m.deliveries.inc({ result: 'bounced' });
+        } else if (expired) {
+          r.status = 'failed-permanent';
+          r.lastError = `4.4.7 Message expired after ${Math.round((now - created) / 3_600_000)} h in the queue; last error: ${reason}`;
+          m.deliveries.inc({ result: 'expired' });
+        } else {
+          r.status = 'failed-temporary';
+          r.nextAttempt = nextAttemptAt(now, created, this.o.lifetimeMs, r.attempts, this.o.retry, this.random());
+          m.deliveries.inc({ result: 'deferred' });
+        }
+      }
+      if (!named.length) {
+        if (outcome.kind === 'temporary') this.upstreamDeferred.add(id);
+        return;
+      }
+      left = left.filter((r) => !refused.has(r.address.toLowerCase()));
+    }
+  }
+
+  /** The upstream accepted a message: those deferred only because it failed are tried now. */
+  private upstreamWorks(id: string): void {
+    this.upstreamDeferred.delete(id);
+    if (!this.upstreamDeferred.size) return;
+    const now = this.o.spool.clock.now();
+    for (const other of [...this.upstreamDeferred]) {
+      this.upstreamDeferred.delete(other);
+      const e = this.o.spool.get(other);
+      if (!e) continue;
+      // In memory only: if the relay stops first, the saved (later) times apply.
+      for (const r of e.state.recipients) if (r.status === 'failed-temporary' && r.nextAttempt > now) r.nextAttempt = now;
+      this.schedule(other, false);
+    }
+  }
+
+  /** Queues a report to the sender; false when the spool cannot take it now. */
+  private async report(kind: 'failed' | 'delayed', id: string, sender: string, created: number, rcpts: RecipientState[], original: Buffer, now: number): Promise<boolean> {
+    const recipients: DsnRecipient[] = rcpts.map((r) => ({
+      address: r.address,
+      diagnostic: r.lastError ?? (kind === 'delayed' ? '4.4.1 Not delivered yet' : '5.0.0 Delivery failed'),
+      ...(r.status === 'failed-permanent' && r.lastError?.startsWith('4.4.7') ? { status: '4.4.7' } : {}),
+      ...(r.attempts ? { lastAttempt: now } : {}),
+    }));
+    const dsn = buildDsn({
+      kind,
+      hostname: this.o.hostname,
+      to: sender,
+      queueId: id,
+      arrival: created,
+      now,
+      recipients,
+      original,
+      expires: created + this.o.lifetimeMs,
+    });
+    try {
+      const dsnId = await this.o.spool.enqueue({ mailFrom: '', rcptTo: [sender], dsn: true }, dsn);
+      this.o.metrics.notifications.inc({ kind });
+      this.o.logger.info({ id, dsnId, kind, recipients: rcpts.map((r) => r.address) }, 'delivery status notification queued');
+      return true;
+    } catch (err) {
+      this.o.logger.warn({ id, kind, err: (err as Error).message }, 'could not queue a delivery status notification; will try again');
+      return false;
+    }
+  }
+
+  // Commands of `smtp-relay queue` (cli.ts), applied here so that only this process
+  // writes entry states while the relay runs.
+
+  async hold(id: string): Promise<string> {
+    return this.setHeld(id, true);
+  }
+
+  async release(id: string): Promise<string> {
+    return this.setHeld(id, false);
+  }
+
+  private async setHeld(id: string, held: boolean): Promise<string> {
+    const e = this.o.spool.get(id);
+    if (!e) return 'not found';
+    if (e.state.held === held) return held ? 'already held' : 'not held';
+    await this.o.spool.saveState(id, { ...e.state, held });
+    if (!held) this.schedule(id);
+    else this.scheduled.delete(id);
+    return held ? 'held' : 'released';
+  }
+
+  async retryNow(id: string): Promise<string> {
+    const e = this.o.spool.get(id);
+    if (!e) return 'not found';
+    const now = this.o.spool.clock.now();
+    const state = structuredClone(e.state);
+    for (const r of state.recipients) if (undone(r)) r.nextAttempt = now;
+    await this.o.spool.saveState(id, state);
+    this.schedule(id);
+    return state.held ? 'scheduled (still held: release it to deliver)' : 'scheduled';
+  }
+
+  async delete(id: string): Promise<string> {
+    if (!this.o.spool.get(id)) return 'not found';
+    if (this.inFlight.has(id)) {
+      this.deleteAfter.add(id);
+      return 'deleted (after the delivery in progress)';
+    }
+    this.scheduled.delete(id);
+    await this.o.spool.remove(id);
+    return 'deleted';
+  }
+
+  /** Applies one command by name; the CLI's results. */
+  async command(op: string, id: string): Promise<string> {
+    switch (op) {
+      case 'hold':
+        return this.hold(id);
+      case 'release':
+        return this.release(id);
+      case 'retry':
+        return this.retryNow(id);
+      case 'delete':
+        return this.delete(id);
+      default:
+        return `unknown command ${op}`;
+    }
+  }
+
+  private polling = false;
+
+  private async pollControl(): Promise<void> {
+    if (this.polling || this.stopped) return;
+    this.polling = true;
+    try {
+      const alive = path.join(this.o.spool.directory, ALIVE_FILE);
+      await fsp.writeFile(alive, `${process.pid}\n`).catch(() => undefined);
+      for (const req of await this.o.spool.controlRequests()) {
+        const ids = resolveIds(JSON.parse(req.ids) as string[], [...this.o.spool.ids()]);
+        const results: Record<string, string> = {};
+        for (const [given, id] of ids) results[given] = id ? await this.command(req.op, id) : 'not found';
+        await this.o.spool.controlDone(req.seq, JSON.stringify(results));
+      }
+    } catch (err) {
+      this.o.logger.warn({ err: (err as Error).message }, 'queue command processing failed');
+    } finally {
+      this.polling = false;
+    }
+  }
+}
+
+/** Ids as given to the CLI ("ALL", a full id or a unique prefix of at least 6 characters) → spool ids. */
+export function resolveIds(given: string[], known: string[]): [string, string | undefined][] {
+  const out: [string, string | undefined][] = [];
+  for (const g of given) {
+    if (g === 'ALL') {
+      for (const id of known) out.push([id, id]);
+      continue;
+    }
+    if (known.includes(g)) {
+      out.push([g, g]);
+      continue;
+    }
+    const matches = g.length >= 6 ? known.filter((k) => k.startsWith(g)) : [];
+    out.push([g, matches.length === 1 ? matches[0] : undefined]);
+  }
+  return out;
+}

@@ -1,0 +1,328 @@
+// The spool: messages accepted in queue mode, kept on stable storage until every
+// recipient is delivered or reported. A node:sqlite database in WAL mode with
+// synchronous=FULL, run in a worker thread (db-worker.ts); why, in bench/spool.ts and
+// docs/spool.md. This file keeps the in-memory index (envelopes and states, never
+// bodies), the size limits and the free-space check.
+import { randomBytes } from 'node:crypto';
+import fsp from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import type pino from 'pino';
+import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow } from './db-protocol.js';
+import type { SpoolMetrics } from './metrics.js';
+import { checkState, initialState, type EntryState, type StoredEnvelope } from './types.js';
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+/** The message could not be stored for another reason (database error). The session answers 451. */
+export class SpoolWriteError extends Error {
+  readonly code = 'SPOOL_WRITE';
+  readonly responseCode = 451;
+  constructor(cause: Error) {
+    super('4.3.0 Could not queue the message, try again later', { cause });
+    this.name = 'SpoolWriteError';
+  }
+}
+
+/** What the session hands in: the envelope as the client gave it. */
+export interface EnqueueEnvelope {
+  /** '' for the null sender. */
+  mailFrom: string;
+  rcptTo: string[];
+  user?: string;
+  client?: string;
+  /** Set by the spool itself for its delivery status notifications. */
+  dsn?: boolean;
+}
+
+/** Why a message cannot be taken now. The session answers 452 4.3.1 (RFC 3463: mail system full). */
+export class SpoolFullError extends Error {
+  readonly code = 'SPOOL_FULL';
+  readonly responseCode = 452;
+  constructor(
+    readonly reason: 'max_bytes' | 'max_messages' | 'disk_space' | 'disk_full',
+    detail: string,
+  ) {
+    super(`4.3.1 Mail queue full (${detail}), try again later`);
+    this.name = 'SpoolFullError';
+  }
+}
+
+export interface Entry {
+  envelope: StoredEnvelope;
+  state: EntryState;
+  /** Bytes of the message body. */
+  size: number;
+}
+
+export interface SpoolLimits {
+  maxBytes: number;
+  maxMessages: number;
+  minFreeBytes: number;
+}
+
+export interface SpoolOptions {
+  directory: string;
+  limits: SpoolLimits;
+  logger: pino.Logger;
+  metrics: SpoolMetrics;
+  clock?: Clock;
+}
+
+/** How long a free-space reading is trusted (bytes written since are subtracted). */
+const STATFS_TTL_MS = 1000;
+
+export class Spool {
+  readonly directory: string;
+  readonly clock: Clock;
+  private readonly entries = new Map<string, Entry>();
+  private bytes = 0;
+  /** Bytes being written now: counted against the limits before they are durable. */
+  private reserved = 0;
+  private reservedMessages = 0;
+  private worker?: Worker;
+  private seq = 0;
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private free?: { bytes: number; at: number; writtenSince: number };
+  private readonly log: pino.Logger;
+  private readonly metrics: SpoolMetrics;
+  limits: SpoolLimits;
+
+  private constructor(opts: SpoolOptions) {
+    this.directory = opts.directory;
+    this.limits = opts.limits;
+    this.log = opts.logger;
+    this.metrics = opts.metrics;
+    this.clock = opts.clock ?? systemClock;
+  }
+
+  /**
+   * Opens (creating if needed) the spool in `directory` and recovers it: a damaged
+   * database or entry is moved to quarantine/, logged and counted, never thrown;
+   * a write that never committed is gone (SQLite rolls it back).
+   */
+  static async open(opts: SpoolOptions): Promise<Spool> {
+    const s = new Spool(opts);
+    await fsp.mkdir(opts.directory, { recursive: true, mode: 0o700 });
+    s.worker = new Worker(new URL('./db-worker.js', import.meta.url), { workerData: { directory: opts.directory } });
+    s.worker.on('message', (replies: DbReply[]) => {
+      for (const r of replies) {
+        const w = s.waiting.get(r.seq);
+        if (!w) continue;
+        s.waiting.delete(r.seq);
+        if (r.ok) w.resolve(r.value);
+        else w.reject(Object.assign(new Error(r.error.message), { code: r.error.code }));
+      }
+    });
+    const dead = (err: Error) => {
+      // Every later request fails at once (451 to clients) instead of waiting forever.
+      s.worker = undefined;
+      for (const w of s.waiting.values()) w.reject(err);
+      s.waiting.clear();
+    };
+    s.worker.on('error', (err) => {
+      s.log.error({ err: err.message }, 'spool database thread failed');
+      dead(err);
+    });
+    s.worker.on('exit', () => dead(new Error('spool database thread exited')));
+    const opened = (await s.request({ op: 'open' })) as OpenResult;
+    for (const q of opened.quarantined) s.reportQuarantine(q);
+    for (const row of opened.rows) {
+      const state = checkState(row.state, row.envelope) ?? initialState(row.envelope);
+      s.entries.set(row.id, { envelope: row.envelope, state, size: row.size });
+      s.bytes += row.size;
+    }
+    s.updateGauges();
+    opts.metrics.source.current = s;
+    s.log.info({ messages: s.entries.size, bytes: s.bytes, quarantined: opened.quarantined.length }, 'spool opened');
+    return s;
+  }
+
+  private reportQuarantine(q: QuarantinedEntry): void {
+    this.metrics.quarantined.inc();
+    this.log.error({ id: q.id, reason: q.reason, movedTo: q.file }, 'damaged spool entry moved to quarantine');
+  }
+
+  private request(req: { op: DbRequest['op'] } & Record<string, unknown>): Promise<unknown> {
+    const w = this.worker;
+    if (!w) return Promise.reject(new Error('spool is closed'));
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(seq, { resolve, reject });
+      w.postMessage({ ...req, seq });
+    });
+  }
+
+  private async timed<T>(operation: string, p: Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const v = await p;
+    this.metrics.writeSeconds.observe({ operation }, (performance.now() - t0) / 1000);
+    return v;
+  }
+
+  /** Free bytes on the spool's file system (cached for a second, minus what was written since). */
+  private async freeBytes(): Promise<number> {
+    const now = performance.now();
+    if (!this.free || now - this.free.at > STATFS_TTL_MS) {
+      const s = await fsp.statfs(this.directory);
+      this.free = { bytes: s.bavail * s.bsize, at: now, writtenSince: 0 };
+    }
+    return this.free.bytes - this.free.writtenSince;
+  }
+
+  /**
+   * Refusal for a message of `size` bytes (the SIZE parameter at MAIL, or the real size
+   * at the end of DATA), or undefined when it fits now.
+   */
+  async checkSpace(size: number): Promise<SpoolFullError | undefined> {
+    const l = this.limits;
+    if (this.entries.size + this.reservedMessages + 1 > l.maxMessages) return new SpoolFullError('max_messages', `${l.maxMessages} messages`);
+    if (this.bytes + this.reserved + size > l.maxBytes) return new SpoolFullError('max_bytes', `${l.maxBytes} bytes`);
+    let free: number;
+    try {
+      free = await this.freeBytes();
+    } catch {
+      return undefined; // no statfs: the write itself will tell (ENOSPC)
+    }
+    // Room for the message twice over: the WAL holds it, then the checkpoint copies it.
+    if (free - 2 * size < l.minFreeBytes) return new SpoolFullError('disk_space', 'disk nearly full');
+    return undefined;
+  }
+
+  /**
+   * Stores a message; resolves with its id only once the message and its envelope are
+   * on stable storage (fsynced). Rejects with SpoolFullError (452) when it does not fit or
+   * the disk is full, or SpoolWriteError (451) on any other failure; nothing is stored
+   * then. Both carry `responseCode` and an enhanced-code message for the SMTP reply.
+   */
+  async enqueue(envelope: EnqueueEnvelope, body: Buffer): Promise<string> {
+    const full = await this.checkSpace(body.length);
+    if (full) {
+      this.metrics.refused.inc({ reason: full.reason });
+      throw full;
+    }
+    const created = this.clock.now();
+    const id = created.toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+    const env: StoredEnvelope = { id, created, mailFrom: envelope.mailFrom, rcptTo: [...envelope.rcptTo] };
+    if (envelope.dsn) env.dsn = true;
+    if (envelope.user) env.user = envelope.user;
+    if (envelope.client) env.client = envelope.client;
+    const state = initialState(env);
+    this.reserved += body.length;
+    this.reservedMessages++;
+    try {
+      await this.timed('enqueue', this.request({ op: 'insert', id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ENOSPC') {
+        this.metrics.refused.inc({ reason: 'disk_full' });
+        this.free = undefined;
+        throw new SpoolFullError('disk_full', 'disk full');
+      }
+      this.log.error({ err: (err as Error).message }, 'could not store a message in the spool');
+      throw new SpoolWriteError(err as Error);
+    } finally {
+      this.reserved -= body.length;
+      this.reservedMessages--;
+    }
+    if (this.free) this.free.writtenSince += body.length;
+    this.entries.set(id, { envelope: env, state, size: body.length });
+    this.bytes += body.length;
+    this.updateGauges();
+    this.onEnqueue?.(id);
+    return id;
+  }
+
+  /** Called after each durable enqueue (the scheduler listens). */
+  onEnqueue?: (id: string) => void;
+
+  /**
+   * Writes an entry's new state durably. The state applies in memory at once, even when
+   * the write fails (disk full): this process then still does not deliver a recipient
+   * twice, and the next successful write (a whole state) makes it durable.
+   */
+  async saveState(id: string, state: EntryState): Promise<void> {
+    const e = this.entries.get(id);
+    if (!e) return;
+    e.state = state;
+    await this.timed('update', this.request({ op: 'update', id, state: JSON.stringify(state) }));
+  }
+
+  async remove(id: string): Promise<void> {
+    const e = this.entries.get(id);
+    if (!e) return;
+    await this.timed('delete', this.request({ op: 'delete', id }));
+    if (this.entries.delete(id)) this.bytes -= e.size;
+    this.updateGauges();
+  }
+
+  /** The message bytes, checked against their checksum. */
+  async body(id: string): Promise<Buffer> {
+    // Structured clone turns the worker's Buffer into a plain Uint8Array; wrap, not copy.
+    const u = (await this.request({ op: 'body', id })) as Uint8Array;
+    return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+  }
+
+  /** Moves an entry that failed its checksum on read to quarantine (and out of the spool). */
+  async quarantine(id: string, reason: string): Promise<void> {
+    this.reportQuarantine({ id, reason, file: '(removed; see the log)' });
+    await this.remove(id);
+  }
+
+  get(id: string): Entry | undefined {
+    return this.entries.get(id);
+  }
+
+  ids(): IterableIterator<string> {
+    return this.entries.keys();
+  }
+
+  get size(): { messages: number; bytes: number } {
+    return { messages: this.entries.size, bytes: this.bytes };
+  }
+
+  /** Pending commands of `smtp-relay queue` (cli.ts). */
+  async controlRequests(): Promise<ControlRow[]> {
+    return (await this.request({ op: 'control' })) as ControlRow[];
+  }
+
+  async controlDone(controlSeq: number, result: string): Promise<void> {
+    await this.request({ op: 'controlDone', controlSeq, result });
+  }
+
+  updateGauges(): void {
+    this.metrics.messages.set(this.entries.size);
+    this.metrics.bytes.set(this.bytes);
+  }
+
+  /** Held messages and the oldest message's age, for the gauges (at scrape time). */
+  scan(): { held: number; oldestAgeSeconds: number } {
+    let oldest = Infinity;
+    let held = 0;
+    for (const e of this.entries.values()) {
+      if (e.envelope.created < oldest) oldest = e.envelope.created;
+      if (e.state.held) held++;
+    }
+    return { held, oldestAgeSeconds: oldest === Infinity ? 0 : Math.max(0, (this.clock.now() - oldest) / 1000) };
+  }
+
+  async close(): Promise<void> {
+    const w = this.worker;
+    if (!w) return;
+    await this.request({ op: 'close' }).catch(() => undefined);
+    this.worker = undefined;
+    await w.terminate();
+  }
+}
