@@ -4,6 +4,8 @@
 // Durations are strings like "30s", "10m", "1h"; sizes are integers of bytes
 // or strings with a binary suffix ("10Mi", "512Ki").
 
+import type { QueueConfig } from './spool/settings.js';
+
 export type Duration = string;
 export type Size = number | string;
 
@@ -122,6 +124,12 @@ export interface RelayConfig {
   metrics?: MetricsConfig;
   /** Grace period for in-flight transactions on SIGTERM; default "25s". */
   shutdownGracePeriod?: Duration;
+  /**
+   * Queue mode (relay/spool/settings.ts, docs/spool.md): present = a 250 once the message
+   * is on stable storage in the spool, delivered later with retries. Absent = inline mode:
+   * a 250 only once the upstream accepted.
+   */
+  queue?: QueueConfig;
 }
 
 /** The users file (YAML), hot-reloaded. */

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { DkimKeyConfig, ListenerMode, RelayConfig, TlsVersion, UpstreamConfig } from './config-types.js';
+import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
 
 /** Strong AEAD-only suites with forward secrecy for TLS 1.2 (TLS 1.3 suites are all AEAD). */
@@ -55,6 +56,8 @@ export interface RelaySettings {
   dkim: DkimKeyConfig[];
   metrics: { address: string; port: number };
   shutdownGracePeriodMs: number;
+  /** Queue mode; undefined = inline mode. */
+  queue?: SpoolSettings;
 }
 
 export const DEFAULTS = {
@@ -107,6 +110,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     'dkim',
     'metrics',
     'shutdownGracePeriod',
+    'queue',
   ]);
   if (!top) throw new ValidationError(file, c.problems);
   const cfg = top as Partial<Record<keyof RelayConfig, unknown>>;
@@ -314,8 +318,10 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     shutdownGracePeriodMs = c.duration('shutdownGracePeriod', cfg.shutdownGracePeriod, 0) ?? shutdownGracePeriodMs;
   }
 
+  const queue = cfg.queue === undefined ? undefined : checkQueueSection(c, 'queue', cfg.queue, baseDir);
+
   if (c.problems.length) throw new ValidationError(file, c.problems);
-  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs };
+  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, ...(queue ? { queue } : {}) };
 }
 
 /**
@@ -367,6 +373,8 @@ export const FIELD_EFFECTS = {
   upstream: 'reload',
   dkim: 'reload',
   shutdownGracePeriod: 'reload',
+  // the spool is opened, recovered and its scheduler started once, at start
+  queue: 'restart',
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';

@@ -9,6 +9,7 @@ import pino from 'pino';
 import prom from 'prom-client';
 import { loadCertificate } from './certificate.js';
 import { keepRestartFields, loadConfig, restartNeeded, type RelaySettings } from './config.js';
+import { queueCommand, startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import { hashPassword } from './password.js';
 import { Relay } from './server.js';
@@ -20,7 +21,9 @@ import { watchFiles, type FileWatch } from './watch.js';
 const USAGE = `usage:
   smtp-relay serve --config FILE          run the relay
   smtp-relay check-config --config FILE   validate a config (and the files it names)
-  smtp-relay hash-password                read a password on stdin, print its hash`;
+  smtp-relay hash-password                read a password on stdin, print its hash
+  smtp-relay queue --config FILE list|show|retry|hold|release|delete ...
+                                          the spool of a relay in queue mode (kubectl exec)`;
 
 function configArg(args: string[]): string {
   const i = args.indexOf('--config');
@@ -82,6 +85,7 @@ async function serve(file: string): Promise<void> {
   let settings: RelaySettings;
   let relay: Relay;
   let upstream: Upstream;
+  let queue: QueueMode | undefined;
   const registry = new prom.Registry();
   prom.collectDefaultMetrics({ register: registry });
   const metrics = createMetrics(registry);
@@ -90,7 +94,13 @@ async function serve(file: string): Promise<void> {
     const users = loadUsers(settings.auth.usersFile);
     const certificate = loadCertificate(settings.tls.certFile, settings.tls.keyFile, settings.tls);
     upstream = new Upstream(settings.upstream, { hostname: settings.hostname, dkim: settings.dkim, logger, registry });
-    relay = new Relay(settings, users, certificate, upstream, logger, metrics);
+    const up = upstream;
+    if (settings.queue) {
+      // the spool holds signed messages (Relay's data phase signs before it stores)
+      queue = await startQueueMode(settings.queue, { deliver: (e, m) => up.deliver(e, m, { signed: true }), hostname: settings.hostname, logger, registry });
+      logger.info({ event: 'queue_mode', directory: settings.queue.directory }, 'queue mode: a 250 once a message is in the spool');
+    }
+    relay = new Relay(settings, users, certificate, upstream, logger, metrics, queue?.spool);
     logger.info({ event: 'certificate', subject: certificate.subject, notAfter: certificate.notAfter.toISOString(), users: users.size }, 'loaded');
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start');
@@ -178,7 +188,10 @@ async function serve(file: string): Promise<void> {
     logger.info({ event: 'shutdown', signal, gracePeriodSeconds: settings.shutdownGracePeriodMs / 1000 }, 'shutting down');
     for (const w of watches) w.close();
     configWatch.close();
+    const deadline = Date.now() + settings.shutdownGracePeriodMs;
     await relay.shutdown();
+    // deliveries in progress get what is left of the grace period; the rest stays in the spool
+    if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream.close().catch(() => undefined);
     metricsServer.close();
     metricsServer.closeAllConnections();
@@ -199,6 +212,17 @@ async function main(argv: string[]): Promise<void> {
     case 'check-config':
       process.exit(checkConfig(configArg(args)));
       return;
+    case 'queue': {
+      const eq = args[0]?.startsWith('--config=');
+      const file = configArg(args.slice(0, eq ? 1 : 2));
+      const settings = loadConfig(file);
+      if (!settings.queue) {
+        process.stderr.write(`${file}: no queue section, the relay runs in inline mode (nothing is spooled)\n`);
+        process.exit(2);
+      }
+      process.exit(await queueCommand(args.slice(eq ? 1 : 2), { directory: settings.queue.directory }));
+      return;
+    }
     case 'hash-password':
       process.exit(await hashPasswordCommand());
       return;

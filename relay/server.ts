@@ -27,9 +27,9 @@ import type { Metrics } from './metrics.js';
 import { CidrSet, canonicalIp } from './policy/access.js';
 import { Lockout, RateLimiter } from './policy/lockout.js';
 import { SHUTTING_DOWN, SmtpError, oneLine } from './replies.js';
-import { POST_TLS_DISABLED, PRE_TLS_DISABLED, SessionPolicy, type Deliverer, type RelayState } from './session.js';
+import { POST_TLS_DISABLED, PRE_TLS_DISABLED, SessionPolicy, type Deliverer, type Queue, type RelayState } from './session.js';
 import type { UserTable } from './users.js';
-export type { Deliverer } from './session.js';
+export type { Deliverer, Queue } from './session.js';
 export type { DeliveryOutcome, Envelope } from './upstream.js';
 
 /** The replies of a shed connection, by reason. */
@@ -75,6 +75,7 @@ export class Relay implements RelayState {
     upstream: Deliverer,
     private readonly logger: pino.Logger,
     private readonly metrics: Metrics,
+    queue?: Queue,
   ) {
     checkInternals();
     this.settings = settings;
@@ -82,7 +83,7 @@ export class Relay implements RelayState {
     this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
     this.lockout = new Lockout(settings.auth.lockout);
     this.logins = new Logins(users, metrics);
-    this.session = new SessionPolicy(this, this.table, this.logins, this.lockout, new RateLimiter(), upstream, logger, metrics);
+    this.session = new SessionPolicy(this, this.table, this.logins, this.lockout, new RateLimiter(), upstream, logger, metrics, queue);
     this.metrics.certificateExpiry.set(Math.floor(certificate.notAfter.getTime() / 1000));
   }
 
@@ -163,7 +164,11 @@ export class Relay implements RelayState {
           (err: Error) => (err instanceof SmtpError && err.responseCode === 535 ? cb(null, { message: err.message, responseCode: 535 }) : cb(err)),
         );
       },
-      onMailFrom: (address, session, cb) => cb(phases.mailFrom(address, session)),
+      onMailFrom: (address, session, cb) => {
+        const refused = phases.mailFrom(address, session);
+        if (refused instanceof Promise) refused.then(cb, cb);
+        else cb(refused);
+      },
       onRcptTo: (address, session, cb) => cb(phases.rcptTo(address, session)),
       onData: (stream, session, cb) =>
         phases.data(stream, session, cb, () => {

@@ -32,6 +32,16 @@ import type { DeliveryOutcome, Envelope } from './upstream.js';
 /** What the relay needs from the upstream (relay/upstream.ts implements it). */
 export interface Deliverer {
   deliver(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome>;
+  /** The message DKIM-signed (or unchanged when no key fits); throws with a responseCode when signing fails. */
+  sign(message: Buffer): Promise<Buffer>;
+}
+
+/** Queue mode: the spool (relay/spool/store.ts) as the session uses it. */
+export interface Queue {
+  /** Whether a message of `size` bytes would fit now (an error with responseCode 452 when not). */
+  checkSpace(size: number): Promise<(Error & { responseCode: number }) | undefined>;
+  /** Resolves with the message's id once it is on stable storage; rejects with a responseCode (452 full, 451 write error). */
+  enqueue(envelope: { mailFrom: string; rcptTo: string[]; user?: string; client?: string }, message: Buffer): Promise<string>;
 }
 
 /** The relay's live state the phases read: replaced as a whole on reload. */
@@ -68,6 +78,8 @@ export class SessionPolicy {
     private readonly upstream: Deliverer,
     private readonly logger: pino.Logger,
     private readonly metrics: Metrics,
+    /** Queue mode when set: a 250 once the message is in the spool. */
+    private readonly queue?: Queue,
   ) {}
 
   private reject(reason: string, code: number, message: string): SmtpError {
@@ -193,7 +205,15 @@ export class SessionPolicy {
 
   // --- mailFrom ---
 
-  mailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null {
+  mailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null | Promise<SmtpError | null> {
+    const refused = this.mailFromPolicy(address, session);
+    const size = Number((address.args || {}).SIZE ?? 0);
+    if (refused || !this.queue || !(size > 0)) return refused;
+    // queue mode: a message the spool cannot take now is refused before its DATA is sent
+    return this.queue.checkSpace(size).then((full) => (full ? this.reject('queue_full', full.responseCode, full.message) : null));
+  }
+
+  private mailFromPolicy(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null {
     const state = this.table.get(session.id);
     if (!session.secure) return this.reject('tls_required', 530, TLS_REQUIRED);
     if (!session.user || !state?.user) return this.reject('auth_required', 530, AUTH_REQUIRED);
@@ -303,9 +323,11 @@ export class SessionPolicy {
       sessionId: session.id,
       recipients: m.envelope.rcptTo,
     });
+    const message = Buffer.concat([Buffer.from(trace, 'latin1'), body]);
+    if (this.queue) return this.queueMessage(m, message);
     let outcome: DeliveryOutcome;
     try {
-      outcome = await this.upstream.deliver(m.envelope, Buffer.concat([Buffer.from(trace, 'latin1'), body]));
+      outcome = await this.upstream.deliver(m.envelope, message);
     } catch (err) {
       outcome = { kind: 'temporary', code: 451, message: (err as Error).message, refused: [] };
     }
@@ -326,6 +348,31 @@ export class SessionPolicy {
     this.metrics.rejections.inc({ reason: 'upstream_permanent' });
     m.finish('rejected', { upstreamReply, refused: outcome.refused.length, reply: String(code) });
     throw new SmtpError(code, withEnhancedCode('5.0.0', `Upstream refused the message: ${upstreamReply}${refused}`, upstreamReply));
+  }
+
+  /**
+   * Queue mode: signs, stores, and answers 250 once the spool has the message on stable
+   * storage; a spool that is full or cannot write answers 452 / 451 and keeps nothing.
+   */
+  private async queueMessage(m: Message, message: Buffer): Promise<string> {
+    const refuse = (reason: string, err: unknown): never => {
+      const e = err as Error & { responseCode?: number };
+      throw m.refuse(reason, e.responseCode ?? 451, e.message);
+    };
+    let signed: Buffer;
+    try {
+      signed = await this.upstream.sign(message);
+    } catch (err) {
+      return refuse('dkim_failed', err);
+    }
+    let id: string;
+    try {
+      id = await this.queue!.enqueue({ mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, user: m.state?.user, client: m.state?.ip }, signed);
+    } catch (err) {
+      return refuse((err as Error & { responseCode?: number }).responseCode === 452 ? 'queue_full' : 'queue_write_failed', err);
+    }
+    m.finish('accepted', { queued: id });
+    return `2.0.0 Ok: queued as ${id}`;
   }
 
   // --- close ---

@@ -40,6 +40,16 @@ import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
 
+const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
+
+/** DKIM signing failed (logged and counted); the message must not go out unsigned. */
+export class SigningFailed extends Error {
+  readonly responseCode = 451;
+  constructor() {
+    super(SIGNING_FAILED);
+  }
+}
+
 export interface Envelope {
   mailFrom: string;
   rcptTo: string[];
@@ -458,7 +468,28 @@ export class Upstream {
     return this.settings.maxConnections * QUEUE_FACTOR;
   }
 
-  async deliver(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome> {
+  /**
+   * The message with a DKIM-Signature for its From: domain (relay/policy/headers.ts), or
+   * unchanged when no key fits. Throws SigningFailed. Queue mode signs before the message
+   * is stored, so the spool holds exactly the bytes that go upstream.
+   */
+  async sign(message: Buffer): Promise<Buffer> {
+    const keys = this.settings.dkimKeys;
+    const key = keys.length ? selectDkimKey(keys, fromDomains(message)) : undefined;
+    if (!key) return message;
+    try {
+      const signed = await signMessage(key, message);
+      this.signatures.inc({ domain: key.domain });
+      return signed;
+    } catch (err) {
+      this.errors.inc({ kind: 'dkim' });
+      this.log.error({ err: (err as Error).message, domain: key.domain }, 'DKIM signing failed');
+      throw new SigningFailed();
+    }
+  }
+
+  /** Delivers `message` (signed first unless `signed`). */
+  async deliver(envelope: Envelope, message: Buffer, opts: { signed?: boolean } = {}): Promise<DeliveryOutcome> {
     const start = performance.now();
     let outcome: DeliveryOutcome;
     if (this.closed) {
@@ -473,7 +504,7 @@ export class Upstream {
       this.inFlight++;
       this.inFlightGauge.set(this.inFlight);
       try {
-        outcome = await this.deliverNow(envelope, message);
+        outcome = await this.deliverNow(envelope, message, opts.signed ?? false);
       } finally {
         this.inFlight--;
         this.inFlightGauge.set(this.inFlight);
@@ -484,18 +515,14 @@ export class Upstream {
     return outcome;
   }
 
-  private async deliverNow(envelope: Envelope, message: Buffer): Promise<DeliveryOutcome> {
+  private async deliverNow(envelope: Envelope, message: Buffer, signed: boolean): Promise<DeliveryOutcome> {
     const s = this.settings;
     let payload = message;
-    const key = s.dkimKeys.length ? selectDkimKey(s.dkimKeys, fromDomains(message)) : undefined;
-    if (key) {
+    if (!signed) {
       try {
-        payload = await signMessage(key, message);
-        this.signatures.inc({ domain: key.domain });
-      } catch (err) {
-        this.errors.inc({ kind: 'dkim' });
-        this.log.error({ err: (err as Error).message, domain: key.domain }, 'DKIM signing failed');
-        return temporary('4.3.0 Could not sign the message, try again later');
+        payload = await this.sign(message);
+      } catch {
+        return temporary(SIGNING_FAILED);
       }
     }
 

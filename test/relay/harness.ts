@@ -95,6 +95,8 @@ export interface RelayOptions {
   tlsExtra?: string;
   grace?: string;
   dkim?: string;
+  /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`. */
+  queue?: string;
   env?: Record<string, string>;
 }
 
@@ -233,12 +235,17 @@ upstream:
 ${o.dkim ?? ''}
 metrics: {address: 127.0.0.1, port: ${ports.metrics}}
 shutdownGracePeriod: ${o.grace ?? '5s'}
+${o.queue ? `queue: ${o.queue}` : ''}
 `;
   const configFile = path.join(o.dir, `relay-${Date.now()}-${Math.random().toString(36).slice(2, 6)}.yaml`);
   await fs.writeFile(configFile, config);
+  return spawnRelay(configFile, ports, tlsDir, usersDir, o.env);
+}
+
+async function spawnRelay(configFile: string, ports: RelayProcess['ports'], tlsDir: SecretDir, usersDir: SecretDir, env?: Record<string, string>): Promise<RelayProcess> {
   const child = spawn(NODE, [MAIN, 'serve', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...o.env },
+    env: { ...process.env, ...env },
   });
   const relay = new RelayProcess(child, configFile, ports, tlsDir, usersDir);
   await Promise.race([
@@ -248,6 +255,11 @@ shutdownGracePeriod: ${o.grace ?? '5s'}
     }),
   ]);
   return relay;
+}
+
+/** Starts the relay again with the same config, ports and files (after it exited or was killed). */
+export function restartRelay(prev: RelayProcess): Promise<RelayProcess> {
+  return spawnRelay(prev.configFile, prev.ports, prev.tlsDir, prev.usersDir);
 }
 
 export async function tempDir(prefix: string): Promise<string> {

@@ -115,7 +115,7 @@ shutdownGracePeriod: 1m30s
     [
       'an unknown top-level field',
       (d) => (d.spool = {}),
-      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod)'],
+      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod, queue)'],
     ],
     [
       'more unauthenticated connections than connections',
@@ -187,7 +187,7 @@ shutdownGracePeriod: 1m30s
   test('every field the loader accepts is either reloaded in place or on the restart list (a new field fails here until it is listed)', () => {
     assert.deepEqual(accepted('top'), Object.keys(FIELD_EFFECTS).sort());
     assert.deepEqual(accepted('auth'), Object.keys(FIELD_EFFECTS.auth).sort());
-    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile']);
+    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile', 'queue']);
   });
 
   test('a reload keeps every restart field at its running value and takes the rest; the warning names each one, auth.usersFile included', () => {
@@ -211,7 +211,7 @@ shutdownGracePeriod: 1m30s
 
   test('the operator\'s restart hash input holds exactly the restart fields, under the names pods were hashed with before', () => {
     const doc = parse(BASE) as RelayConfig;
-    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile']);
+    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile', 'queue']);
     assert.equal(restartRelevantConfig(doc).usersFile, 'users.yaml');
   });
 });
