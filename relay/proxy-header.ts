@@ -81,13 +81,13 @@ export function parseV2(header: Buffer): V2Header {
     // a connection of the balancer itself (health checks): its own address counts, the rest is ignored (spec 2.2)
     return { line: 'PROXY UNKNOWN\r\n', command: 'LOCAL', tlvs: [] };
   }
-  if (parsed.transportProtocol !== TransportProtocol.STREAM) throw new ProxyHeaderError('unsupported transport (only TCP)');
   const a = parsed.proxyAddress;
   let family: 'TCP4' | 'TCP6';
   let addrLength: number;
   if (parsed.addressFamilyType === AddressFamilyType.INET && a instanceof IPv4ProxyAddress) [family, addrLength] = ['TCP4', 12];
   else if (parsed.addressFamilyType === AddressFamilyType.INET6 && a instanceof IPv6ProxyAddress) [family, addrLength] = ['TCP6', 36];
   else throw new ProxyHeaderError('unsupported address family (only IPv4 and IPv6)');
+  if (parsed.transportProtocol !== TransportProtocol.STREAM) throw new ProxyHeaderError('unsupported transport (only TCP)');
   const tlvs = checkTlvs(header, V2_FIXED + addrLength);
   const src = address(a.sourceAddress.address);
   const dst = address(a.destinationAddress.address);
