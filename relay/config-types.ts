@@ -49,7 +49,7 @@ export interface AuthConfig {
 export interface AccessConfig {
   /** Clients allowed to connect; IPv4 and IPv6 CIDRs. Empty list refuses everyone. */
   allowedCidrs: string[];
-  /** PROXY protocol v1 is honoured only from these peers; empty = off. */
+  /** PROXY protocol (v1 or v2) is honoured only from these peers; empty = off. */
   proxyProtocol?: { trustedCidrs: string[] };
 }
 

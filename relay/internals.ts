@@ -5,7 +5,8 @@
 // dependency stops the relay at start instead of failing per connection or per message.
 // The tests that prove each hook: test/relay/greeting.test.ts (greeting, corked replies,
 // plaintext command limit), test/relay/abuse.test.ts (PROXY trust by CIDR, refusal before
-// the TLS handshake), test/relay/reload.test.ts (certificate and limit swaps),
+// the TLS handshake), test/relay/proxy-v2.test.ts (PROXY v2 handed on as a v1 line on
+// both listener kinds), test/relay/reload.test.ts (certificate and limit swaps),
 // test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload).
 
 import type net from 'node:net';
@@ -40,6 +41,8 @@ interface ServerInternals {
   connections: Set<ServerConnection>;
   /** Decides per socket whether a PROXY header is read (smtp-server: exact useProxy addresses). */
   _expectsProxyHeader(socket: net.Socket): boolean;
+  /** Reads the PROXY v1 line (socket 'readable' + read()) of a socket _expectsProxyHeader accepted. */
+  _handleProxy(socket: net.Socket, callback: (err: Error | null) => void): void;
   /** TLS contexts by server name; '*' is the default for new handshakes. */
   secureContext: Map<string, tls.SecureContext>;
   options: { size?: number; maxClients?: number; socketTimeout?: number; closeTimeout?: number; key?: unknown; cert?: unknown };
@@ -130,16 +133,28 @@ export function trustProxyHeaders(server: SMTPServer, trusted: (socket: net.Sock
 
 /**
  * Runs `gate` on each accepted TCP socket before smtp-server sees it (on an implicit-TLS
- * listener: before the handshake); smtp-server's own handling follows only when it
- * returns true.
+ * listener: before the handshake). 'accept': smtp-server's own handling follows now;
+ * 'refuse': the gate closed the socket; 'later': the gate calls the `proceed` it was given
+ * once (or never, when it closes the socket instead), e.g. after reading a PROXY v2 header
+ * (relay/proxy-header.ts). `proceed` skips a socket destroyed in the meantime: smtp-server
+ * would wait for a 'close' that has already been emitted.
  */
-export function gateAcceptedSockets(server: SMTPServer, gate: (socket: net.Socket) => boolean): void {
+export function gateAcceptedSockets(server: SMTPServer, gate: (socket: net.Socket, proceed: () => void) => 'accept' | 'refuse' | 'later'): void {
   const tcp = (server as unknown as ServerInternals).server;
   const accept = tcp.listeners('connection') as ((socket: net.Socket) => void)[];
   if (accept.length === 0) throw new Error('this smtp-server version has no connection listener to wrap: review relay/internals.ts');
   tcp.removeAllListeners('connection');
+  const handOn = (socket: net.Socket) => {
+    for (const handler of accept) handler.call(tcp, socket);
+  };
   tcp.on('connection', (socket: net.Socket) => {
-    if (gate(socket)) for (const handler of accept) handler.call(tcp, socket);
+    let called = false;
+    const proceed = () => {
+      if (called || socket.destroyed) return;
+      called = true;
+      handOn(socket);
+    };
+    if (gate(socket, proceed) === 'accept') handOn(socket);
   });
 }
 
@@ -275,6 +290,10 @@ function problems(): string[] {
   need(typeof serverProto.send === 'function', 'smtp-server SMTPConnection.send is gone');
   need(typeof serverProto._onCommand === 'function', 'smtp-server SMTPConnection._onCommand is gone');
   need(typeof smtpServerProto._expectsProxyHeader === 'function', 'smtp-server SMTPServer._expectsProxyHeader is gone (PROXY trust by CIDR)');
+  // A v2 header is handed on as a v1 line put back on the socket (relay/proxy-header.ts):
+  // smtp-server must read the v1 line from the socket's stream, as _handleProxy does.
+  const handleProxy = typeof smtpServerProto._handleProxy === 'function' ? String(smtpServerProto._handleProxy) : '';
+  need(/socket\.read\(\)/.test(handleProxy) && /'PROXY'/.test(handleProxy), 'smtp-server SMTPServer._handleProxy (reads the PROXY v1 line from the socket) changed');
   need(typeof clientProto._setEnvelope === 'function', 'nodemailer SMTPConnection._setEnvelope is gone (all-or-nothing recipients)');
   need(typeof clientProto._createSendStream === 'function', 'nodemailer SMTPConnection._createSendStream is gone (prepared DATA payload)');
   need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');

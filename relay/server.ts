@@ -23,6 +23,7 @@ import {
   type ServerConnection,
 } from './internals.js';
 import { Logins } from './login.js';
+import { readProxyHeader } from './proxy-header.js';
 import type { Metrics } from './metrics.js';
 import { CidrSet, canonicalIp } from './policy/access.js';
 import { Lockout, RateLimiter } from './policy/lockout.js';
@@ -66,6 +67,10 @@ export class Relay implements RelayState {
   private readonly servers: { listener: ListenerSettings; server: SMTPServer }[] = [];
   /** What the connect phase needs to know of each new connection, by connection id. */
   private readonly adopted = new Map<string, Adopted>();
+  /** Sockets of trusted peers whose PROXY header is being read (closed on shutdown). */
+  private readonly readingHeader = new Set<net.Socket>();
+  /** Sockets handed to smtp-server with a PROXY v1 line to read (the peer's own, or one made from v2). */
+  private readonly proxied = new WeakSet<net.Socket>();
   private sweep?: NodeJS.Timeout;
 
   constructor(
@@ -180,9 +185,13 @@ export class Relay implements RelayState {
     checkServerInternals(server);
     // PROXY protocol only from trusted peers, matched by CIDR. The header is read before
     // TLS and before the connect phase, so the allow-list, limits and lockout all see the
-    // client's address.
-    trustProxyHeaders(server, (socket) => this.trustedProxies.size > 0 && this.trustedProxies.has(socket.remoteAddress));
-    if (implicit) gateAcceptedSockets(server, (socket) => this.admitBeforeHandshake(listener, server, socket));
+    // client's address. smtp-server reads a v1 line only from the sockets whose header the
+    // gate let through (decided once per socket, so a reload in between changes nothing).
+    trustProxyHeaders(server, (socket) => this.proxied.has(socket));
+    gateAcceptedSockets(server, (socket, proceed) => {
+      if (this.trustedProxies.has(socket.remoteAddress)) return this.readProxyHeader(listener, socket, proceed);
+      return implicit ? this.admitBeforeHandshake(listener, server, socket) : 'accept';
+    });
     // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
     // none keeps smtp-server's early-talker pause (relay/internals.ts initWithoutPause).
     tuneConnections(server, (conn) => this.adopt(listener, conn));
@@ -250,16 +259,15 @@ export class Relay implements RelayState {
    * per-IP limit applies here too, to connections still in their handshake: else one
    * allowed address could fill every pending-handshake slot (maxClients).
    */
-  private admitBeforeHandshake(listener: ListenerSettings, server: SMTPServer, socket: net.Socket): boolean {
+  private admitBeforeHandshake(listener: ListenerSettings, server: SMTPServer, socket: net.Socket): 'accept' | 'refuse' {
     const peer = socket.remoteAddress;
-    if (this.trustedProxies.has(peer)) return true;
     const ip = canonicalIp(peer ?? '');
     const refuse = (reason: string, level: 'info' | 'warn', text: string) => {
       socket.on('error', () => undefined);
       socket.destroy();
       this.session.refuseConnection(listener.name, reason, reason === 'ip_not_allowed' ? 554 : 421, '');
       this.logger[level]({ event: 'connection_refused', listener: listener.name, clientIp: ip, reason }, text);
-      return false;
+      return 'refuse' as const;
     };
     if (!this.allowed.has(peer)) return refuse('ip_not_allowed', 'info', 'client address not allowed (dropped before the TLS handshake)');
     if (this.table.count(ip) >= this.settings.limits.maxConnectionsPerIp) {
@@ -271,7 +279,42 @@ export class Relay implements RelayState {
     // no reply is possible before the handshake: shedding drops the connection
     this.table.trackUnauthenticated(key, listener.name, ip, () => destroyPending(server, socket));
     socket.once('close', () => this.table.closed(key));
-    return true;
+    return 'accept';
+  }
+
+  /**
+   * A trusted peer's connection: its PROXY header is read here first (relay/proxy-header.ts),
+   * within preAuthTimeout. v1 goes on to smtp-server untouched, v2 as the equivalent v1
+   * line; either way smtp-server reads that line next, and the connect phase sees the
+   * client's address. Anything else is refused, counted and logged (no reply: the peer is a
+   * balancer, and on an implicit-TLS listener the client expects a TLS handshake). As for
+   * v1 before, such a connection is counted at its connect phase, not at accept.
+   */
+  private readProxyHeader(listener: ListenerSettings, socket: net.Socket, proceed: () => void): 'later' {
+    const proxyIp = canonicalIp(socket.remoteAddress ?? '');
+    this.readingHeader.add(socket);
+    readProxyHeader(socket, this.settings.limits.preAuthTimeoutMs, (outcome) => {
+      this.readingHeader.delete(socket);
+      if (outcome.result === 'v1' || outcome.result === 'v2') {
+        this.proxied.add(socket);
+        if (outcome.result === 'v2') {
+          const h = outcome.header;
+          this.logger.debug({ event: 'proxy_header', listener: listener.name, version: 2, command: h.command, proxyIp, clientIp: h.client, tlvs: h.tlvs }, 'PROXY v2 header');
+        }
+        // A tick later, once Readable has processed the removal of this reader's 'readable'
+        // listener (it updates readableListening on nextTick): smtp-server's listener is
+        // then registered afresh and is told of the bytes put back.
+        setImmediate(proceed);
+        return;
+      }
+      socket.destroy();
+      if (outcome.result === 'closed' && outcome.bytes === 0) return; // a plain TCP check of the balancer: nothing to refuse
+      const reason = outcome.result === 'timeout' ? 'proxy_header_timeout' : 'proxy_header_invalid';
+      const detail = outcome.result === 'invalid' ? outcome.detail : outcome.result === 'closed' ? `closed after ${outcome.bytes} bytes of a header` : 'no complete header in time';
+      this.session.refuseConnection(listener.name, reason, 421, '');
+      this.logger.warn({ event: 'connection_refused', listener: listener.name, proxyIp, reason, detail }, 'PROXY header refused');
+    });
+    return 'later';
   }
 
   // --- live updates ---
@@ -328,6 +371,7 @@ export class Relay implements RelayState {
     this.draining = true;
     this.listening = false;
     clearInterval(this.sweep);
+    for (const socket of this.readingHeader) socket.destroy();
     const closed = Promise.all(this.servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
     for (const c of this.connections()) {
       if (!this.table.get(c.session?.id ?? c.id)?.inFlight) c.send(421, SHUTTING_DOWN);
