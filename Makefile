@@ -24,7 +24,10 @@ node_modules/.stamp: package.json package-lock.json | $(NODE)
 	npm ci --no-audit --no-fund
 	touch $@
 
+# From a clean dist/: tsc leaves the output of a moved or deleted source behind, and
+# node --test would run a stale test file.
 build: deps
+	rm -rf dist
 	tsc -p tsconfig.json
 
 # Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).

@@ -388,7 +388,7 @@ describe('runc runner: containers from the project image under runc', { timeout:
       }
       return dir;
     };
-    const hash = execFileSync(process.execPath, [join(here, '../../relay/main.js'), 'hash-password'],
+    const hash = execFileSync(process.execPath, [join(here, '../../../relay/main.js'), 'hash-password'],
       { input: 'a long random password for the test', encoding: 'utf8' }).trim();
     const config = [
       'version: 1',
