@@ -200,7 +200,7 @@ test('every alert has a summary, a description, a severity and a runbook section
   const alerts = one(objs, 'PrometheusRule').spec.groups.flatMap((g: any) => g.rules);
   const runbooks = readFileSync(join(ROOT, 'docs', 'runbooks.md'), 'utf8');
   const sections = new Set([...runbooks.matchAll(/^## (\S+)$/gm)].map((m) => m[1]!.toLowerCase()));
-  const required = ['AuthFailure', 'Lockouts', 'CertificateExpiringSoon', 'ReloadFailed', 'UpstreamErrors', 'Down', 'NotReady', 'ProtocolAbuse', 'OperatorReconcileErrors'];
+  const required = ['AuthFailure', 'Lockouts', 'CertificateExpiringSoon', 'ReloadFailed', 'UpstreamErrors', 'Down', 'NotReady', 'ProtocolAbuse', 'ConnectionFlood', 'QueueGrowing', 'QueueOldMessages', 'QueueDeliveriesFailing', 'QueueFull', 'QueueQuarantined', 'OperatorReconcileErrors'];
   for (const r of required) assert.ok(alerts.some((a: any) => a.alert.includes(r)), `an alert about ${r}`);
   for (const a of alerts) {
     assert.ok(a.annotations.summary, `${a.alert} summary`);
