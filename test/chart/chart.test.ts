@@ -274,6 +274,12 @@ test('the dashboards cover what the issue asks for, with the metric names the co
     assert.ok(relayMetrics.has(`smtp_relay_${m}`), `the relay registers smtp_relay_${m}`);
     assert.match(relay, new RegExp(`smtp_relay_${m}`), `the relay dashboard shows smtp_relay_${m}`);
   }
+  // connection floods; queue mode (issue 12, "Metrics"): queued messages and bytes, oldest
+  // message, held, deliveries by result, attempts, spool write latency, reports, full, quarantined
+  for (const m of ['connections_shed_total', 'unauthenticated_connections', 'queue_messages', 'queue_bytes', 'queue_oldest_message_age_seconds', 'queue_held_messages', 'queue_deliveries_total', 'queue_delivery_attempts_total', 'queue_write_duration_seconds', 'queue_notifications_total', 'queue_full_total', 'queue_quarantined_total']) {
+    assert.ok(relayMetrics.has(`smtp_relay_${m}`), `the relay registers smtp_relay_${m}`);
+    assert.match(relay, new RegExp(`smtp_relay_${m}(_bucket|_count|_sum)?\\b`), `the relay dashboard shows smtp_relay_${m}`);
+  }
   // reconciles by result, latency, queue depth, relays ready / not ready
   for (const m of ['reconcile_total', 'reconcile_errors_total', 'reconcile_duration_seconds', 'workqueue_depth', 'relays']) {
     assert.ok(operatorMetrics.has(`smtp_relay_operator_${m}`), `the operator registers smtp_relay_operator_${m}`);
