@@ -200,7 +200,7 @@ test('every alert has a summary, a description, a severity and a runbook section
   const alerts = one(objs, 'PrometheusRule').spec.groups.flatMap((g: any) => g.rules);
   const runbooks = readFileSync(join(ROOT, 'docs', 'runbooks.md'), 'utf8');
   const sections = new Set([...runbooks.matchAll(/^## (\S+)$/gm)].map((m) => m[1]!.toLowerCase()));
-  const required = ['AuthFailure', 'Lockouts', 'CertificateExpiringSoon', 'ReloadFailed', 'UpstreamErrors', 'Down', 'NotReady', 'ProtocolAbuse', 'OperatorReconcileErrors'];
+  const required = ['AuthFailure', 'Lockouts', 'CertificateExpiringSoon', 'ReloadFailed', 'UpstreamErrors', 'Down', 'NotReady', 'ProtocolAbuse', 'ConnectionFlood', 'QueueGrowing', 'QueueOldMessages', 'QueueDeliveriesFailing', 'QueueFull', 'QueueQuarantined', 'OperatorReconcileErrors'];
   for (const r of required) assert.ok(alerts.some((a: any) => a.alert.includes(r)), `an alert about ${r}`);
   for (const a of alerts) {
     assert.ok(a.annotations.summary, `${a.alert} summary`);
@@ -273,6 +273,12 @@ test('the dashboards cover what the issue asks for, with the metric names the co
   for (const m of ['messages_total', 'message_bytes_total', 'rejections_total', 'auth_attempts_total', 'lockouts_total', 'tls_handshakes_total', 'tls_failures_total', 'certificate_expiry_timestamp_seconds', 'upstream_duration_seconds', 'upstream_errors_total', 'connections_total', 'active_connections', 'config_reloads_total']) {
     assert.ok(relayMetrics.has(`smtp_relay_${m}`), `the relay registers smtp_relay_${m}`);
     assert.match(relay, new RegExp(`smtp_relay_${m}`), `the relay dashboard shows smtp_relay_${m}`);
+  }
+  // connection floods; queue mode (issue 12, "Metrics"): queued messages and bytes, oldest
+  // message, held, deliveries by result, attempts, spool write latency, reports, full, quarantined
+  for (const m of ['connections_shed_total', 'unauthenticated_connections', 'queue_messages', 'queue_bytes', 'queue_oldest_message_age_seconds', 'queue_held_messages', 'queue_deliveries_total', 'queue_delivery_attempts_total', 'queue_write_duration_seconds', 'queue_notifications_total', 'queue_full_total', 'queue_quarantined_total']) {
+    assert.ok(relayMetrics.has(`smtp_relay_${m}`), `the relay registers smtp_relay_${m}`);
+    assert.match(relay, new RegExp(`smtp_relay_${m}(_bucket|_count|_sum)?\\b`), `the relay dashboard shows smtp_relay_${m}`);
   }
   // reconciles by result, latency, queue depth, relays ready / not ready
   for (const m of ['reconcile_total', 'reconcile_errors_total', 'reconcile_duration_seconds', 'workqueue_depth', 'relays']) {

@@ -3,9 +3,10 @@
 //   node dist/test/chart/dashboards.js --write
 // and test/chart/chart.test.ts fails when they differ from what this file builds.
 //
-// Every query uses only metrics the relay (relay/metrics.ts, relay/upstream.ts) and the
-// operator (operator/metrics.ts) export; test/chart/prometheus.test.ts evaluates each one
-// against a real Prometheus that scraped them. Relay series carry the labels the
+// Every query uses only metrics the relay (relay/metrics.ts, relay/upstream.ts,
+// relay/spool/metrics.ts) and the operator (operator/metrics.ts) export;
+// test/chart/prometheus.test.ts evaluates each one against a real Prometheus that scraped
+// them. Relay series carry the labels the
 // Prometheus operator gives ServiceMonitor targets: namespace, service ("<relay>-metrics"),
 // pod, job, instance. No datasource UID is written anywhere: every panel uses the
 // `datasource` template variable.
@@ -253,6 +254,19 @@ export function relayDashboard(): object {
         },
       ],
     },
+    { row: 'Connection floods' },
+    {
+      title: 'Shed connections by reason',
+      description: 'Unauthenticated connections the relay closed per second: pre_auth_timeout (no AUTH within limits.preAuthTimeout), unauthenticated_cap (the oldest, at limits.maxUnauthenticated) or relay_full (the oldest, to admit a newcomer at maxConnections). Authenticated sessions are never shed.',
+      unit: 'cps',
+      stack: true,
+      targets: [{ expr: `sum by (listener, reason) (rate(smtp_relay_connections_shed_total{${R}}[${RATE}]))`, legendFormat: '{{listener}} {{reason}}' }],
+    },
+    {
+      title: 'Unauthenticated connections',
+      description: 'Connections open now that have not authenticated yet (TLS handshakes included), by pod. Capped at limits.maxUnauthenticated per pod.',
+      targets: [{ expr: `sum by (pod) (smtp_relay_unauthenticated_connections{${R}})`, legendFormat: '{{pod}}' }],
+    },
     { row: 'Authentication' },
     {
       title: 'AUTH attempts by mechanism and result',
@@ -311,6 +325,103 @@ export function relayDashboard(): object {
       unit: 'reqps',
       targets: [{ expr: `sum by (domain) (rate(smtp_relay_dkim_signatures_total{${R}}[${RATE}]))`, legendFormat: '{{domain}}' }],
     },
+    { row: 'Queue' },
+    {
+      title: 'Queued messages',
+      description: 'Messages in the spools of all pods now (queue mode; held ones included). Each pod delivers its own spool.',
+      type: 'stat',
+      w: 6,
+      h: 5,
+      targets: [{ expr: `sum(smtp_relay_queue_messages{${R}})`, instant: true }],
+    },
+    {
+      title: 'Queued bytes',
+      description: 'Bytes of the messages in the spools of all pods (queue.maxBytes is per pod).',
+      type: 'stat',
+      w: 6,
+      h: 5,
+      unit: 'bytes',
+      targets: [{ expr: `sum(smtp_relay_queue_bytes{${R}})`, instant: true }],
+    },
+    {
+      title: 'Oldest queued message',
+      description: 'Age of the oldest message in any pod\'s spool (held ones included); 0 when the spools are empty. SmtpRelayQueueOldMessages fires at 1 hour by default.',
+      type: 'stat',
+      w: 6,
+      h: 5,
+      unit: 's',
+      targets: [{ expr: `max(smtp_relay_queue_oldest_message_age_seconds{${R}})`, instant: true }],
+      thresholds: [{ color: 'green', value: null }, { color: 'orange', value: 900 }, { color: 'red', value: 3600 }],
+    },
+    {
+      title: 'Held messages',
+      description: 'Messages on hold (smtp-relay queue hold): not delivered until released.',
+      type: 'stat',
+      w: 6,
+      h: 5,
+      targets: [{ expr: `sum(smtp_relay_queue_held_messages{${R}})`, instant: true }],
+      thresholds: [{ color: 'green', value: null }, { color: 'orange', value: 1 }],
+    },
+    {
+      title: 'Queued messages by pod',
+      description: 'Messages in each pod\'s spool, and how many of them are on hold. A steady climb means deliveries do not keep up (SmtpRelayQueueGrowing).',
+      targets: [
+        { expr: `sum by (pod) (smtp_relay_queue_messages{${R}})`, legendFormat: '{{pod}}' },
+        { expr: `sum by (pod) (smtp_relay_queue_held_messages{${R}})`, legendFormat: '{{pod}} held' },
+      ],
+    },
+    {
+      title: 'Queued bytes by pod',
+      description: 'Bytes in each pod\'s spool; at queue.maxBytes new mail gets 452.',
+      unit: 'bytes',
+      targets: [{ expr: `sum by (pod) (smtp_relay_queue_bytes{${R}})`, legendFormat: '{{pod}}' }],
+    },
+    {
+      title: 'Oldest queued message by pod',
+      description: 'Age of the oldest message in each pod\'s spool (held ones included).',
+      unit: 's',
+      targets: [{ expr: `max by (pod) (smtp_relay_queue_oldest_message_age_seconds{${R}})`, legendFormat: '{{pod}}' }],
+    },
+    {
+      title: 'Deliveries by result',
+      description: 'Recipients per second by delivery result: delivered, deferred (temporary failure, retried later), bounced (refused for good, reported to the sender), expired (queue.lifetime over, reported).',
+      unit: 'reqps',
+      targets: [{ expr: `sum by (result) (rate(smtp_relay_queue_deliveries_total{${R}}[${RATE}]))`, legendFormat: '{{result}}' }],
+    },
+    {
+      title: 'Delivery attempts by outcome',
+      description: 'Upstream transactions of the queue per second: accepted, temporary (4xx or no connection), permanent (5xx).',
+      unit: 'reqps',
+      targets: [{ expr: `sum by (outcome) (rate(smtp_relay_queue_delivery_attempts_total{${R}}[${RATE}]))`, legendFormat: '{{outcome}}' }],
+    },
+    {
+      title: 'Spool write latency',
+      description: 'Time from a spool write until it is fsynced, by operation (enqueue is part of the time to 250; update and delete record deliveries).',
+      unit: 's',
+      targets: [0.5, 0.99].map((q) => ({
+        expr: `histogram_quantile(${q}, sum by (le, operation) (rate(smtp_relay_queue_write_duration_seconds_bucket{${R}}[${RATE}])))`,
+        legendFormat: `p${Math.round(q * 100)} {{operation}}`,
+      })),
+    },
+    {
+      title: 'Reports to senders by kind',
+      description: 'Delivery status notifications queued to senders per second: failed (bounced or expired recipients), delayed (queue.delayWarning).',
+      unit: 'reqps',
+      targets: [{ expr: `sum by (kind) (rate(smtp_relay_queue_notifications_total{${R}}[${RATE}]))`, legendFormat: '{{kind}}' }],
+    },
+    {
+      title: 'Refused: queue full',
+      description: 'Messages refused with 452 4.3.1 because the spool was full: by reason (max_bytes, max_messages, disk_space, disk_full) when refused after DATA, and all of them, including those refused at MAIL by their SIZE=.',
+      targets: [
+        { expr: `sum by (reason) (increase(smtp_relay_queue_full_total{${R}}[${RATE}]))`, legendFormat: '{{reason}}' },
+        { expr: `sum(increase(smtp_relay_rejections_total{${R}, reason="queue_full"}[${RATE}]))`, legendFormat: 'all 452 queue full' },
+      ],
+    },
+    {
+      title: 'Quarantined spool entries',
+      description: 'Damaged spool entries (or a damaged database) each pod moved to quarantine/ since it started, at start or on read. Not zero: see the SmtpRelayQueueQuarantined runbook.',
+      targets: [{ expr: `sum by (pod) (smtp_relay_queue_quarantined_total{${R}})`, legendFormat: '{{pod}}' }],
+    },
     { row: 'Reloads' },
     {
       title: 'Reloads by kind and result',
@@ -322,7 +433,7 @@ export function relayDashboard(): object {
   return dashboard(
     'smtp-relay-overview',
     'SMTP relay overview',
-    'Traffic, rejections, authentication, TLS, certificate, upstream and reloads of the relays an smtp-relay-operator runs.',
+    'Traffic, rejections, connection floods, authentication, TLS, certificate, upstream, queue and reloads of the relays an smtp-relay-operator runs.',
     vars,
     items,
   );

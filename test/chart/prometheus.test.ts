@@ -4,6 +4,11 @@
 //     (nodemailer, PLAIN and LOGIN, STARTTLS and implicit TLS), rejections (sender not
 //     allowed, auth/TLS required, IP not allowed, smuggling), deferrals by the upstream,
 //     AUTH failures and lockouts, TLS failures, reloads that succeed and fail;
+//   - a second relay in queue mode (`queue:`, relay/spool/), started on a spool with a
+//     damaged entry (quarantined at start), whose queue delivers, defers (the upstream
+//     answers 450 for one recipient, so those messages stay queued and the queue grows),
+//     bounces (550) and reports to the sender, refuses mail when full (452 at MAIL by SIZE=
+//     and after DATA), and sheds unauthenticated connections over limits.maxUnauthenticated;
 //   - the operator's metrics endpoint (in-process startOperator on the local control plane),
 //     watching two namespaces: one where its Role has every rule of operator/rbac/ (it
 //     reconciles) and one where the Role lacks `create` on deployments (reconciles fail).
@@ -13,10 +18,14 @@
 // A dashboard or alert that queries a metric or label the relay/operator does not export
 // returns no series and fails the test. Counters are driven in two phases so that
 // Prometheus sees them increase (a series first seen at its final value has increase 0).
-// The rules loaded into Prometheus and queried here are the chart's, rendered with two
-// thresholds lowered (authFailuresPerSecond, upstreamErrorsPerSecond: 0.001/s): a few
-// seconds of test traffic cannot reach 0.1 failures/s over 5 minutes, and the thresholds
-// are values, not the expressions under test. Three alerts need the world to break and
+// Queries and alerts about the queue and shed connections are checked against the
+// queue-mode relay, all others against the inline one (relayOf).
+// The rules loaded into Prometheus and queried here are the chart's, rendered with the
+// thresholds lowered (authFailuresPerSecond, upstreamErrorsPerSecond,
+// shedConnectionsPerSecond: 0.001/s; queueGrowthMessages: 1; queueOldestMessageSeconds: 1;
+// queueBouncedRatio, queueDeferredRatio: 0.01): a few seconds of test traffic cannot reach
+// 0.1 failures/s over 5 minutes or a one-hour-old message, and the thresholds are values,
+// not the expressions under test (test/chart/alerts.test.yaml tests them at their defaults). Three alerts need the world to break and
 // are checked after it does: SmtpRelayCertificateExpired (an expired certificate is
 // loaded), SmtpRelayDown (the relay is stopped) and SmtpRelayOperatorDown (the operator
 // is stopped).
@@ -26,9 +35,12 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
+import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
+import pino from 'pino';
+import { Registry } from 'prom-client';
 import YAML from 'yaml';
 import { Kube } from '../../operator/runtime/kube.js';
 import type { RunningOperator } from '../../operator/operator.js';
@@ -37,11 +49,16 @@ import { createIssuer, createNamespace, createRelay, eventually, relayManifest, 
 import { RawSmtp, freePort, message, startRelay, tempDir, usersYaml, type RelayProcess, type TestUser } from '../relay/harness.js';
 import { createPki, DAY, type Pki } from '../harness/support/pki.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
+import { testMessage } from '../harness/spool/messages.js';
+import { createSpoolMetrics } from '../../relay/spool/metrics.js';
+import { Spool } from '../../relay/spool/store.js';
 import { dashboardFiles } from './dashboards.js';
 import { ROOT, prometheusBin, renderRuleFile, withParentDeathSignal } from './support.js';
 
 const RELAY_NS = 'mail';
 const RELAY = 'outbound';
+const QUEUED = 'queued'; // the relay in queue mode
+const MAX_UNAUTHENTICATED = 3; // the queued relay's limits.maxUnauthenticated
 const OP_NS = 'monitoring';
 const OP_JOB = 't-smtp-relay-operator-metrics'; // the chart's metrics Service for release "t"
 
@@ -52,6 +69,7 @@ let cp: ControlPlane;
 let pki: Pki;
 let sink: Sink;
 let relay: RelayProcess;
+let queued: RelayProcess;
 let op: RunningOperator;
 let prom: ChildProcess;
 let promUrl = '';
@@ -80,7 +98,7 @@ async function waitScrapes(n = 3): Promise<void> {
   await sleep(n * 1000 + 300);
 }
 
-async function startPrometheus(relayMetricsPort: number, operatorPort: number): Promise<void> {
+async function startPrometheus(relayMetricsPort: number, queuedMetricsPort: number, operatorPort: number): Promise<void> {
   const bin = prometheusBin('prometheus');
   const port = await freePort();
   promUrl = `http://127.0.0.1:${port}`;
@@ -94,6 +112,10 @@ async function startPrometheus(relayMetricsPort: number, operatorPort: number): 
         {
           job_name: `${RELAY}-metrics`,
           static_configs: [{ targets: [`127.0.0.1:${relayMetricsPort}`], labels: { namespace: RELAY_NS, service: `${RELAY}-metrics`, pod: `${RELAY}-7d9f-abcde`, endpoint: 'metrics' } }],
+        },
+        {
+          job_name: `${QUEUED}-metrics`,
+          static_configs: [{ targets: [`127.0.0.1:${queuedMetricsPort}`], labels: { namespace: RELAY_NS, service: `${QUEUED}-metrics`, pod: `${QUEUED}-0`, endpoint: 'metrics' } }],
         },
         {
           job_name: OP_JOB,
@@ -119,9 +141,9 @@ async function startPrometheus(relayMetricsPort: number, operatorPort: number): 
     if (prom.exitCode !== null) throw new Error(`prometheus exited: ${readFileSync(join(dir, 'prometheus.log'), 'utf8').slice(-2000)}`);
     return (await fetch(`${promUrl}/-/ready`).catch(() => undefined))?.status === 200;
   });
-  await eventually('both targets scraped', async () => {
+  await eventually('all three targets scraped', async () => {
     const up = await query('up == 1');
-    return up.length === 2;
+    return up.length === 3;
   });
 }
 
@@ -278,13 +300,77 @@ async function traffic(round: number): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------
+// the relay in queue mode
+
+/** A spool with two messages, one of them damaged: the relay quarantines it at start. */
+async function damagedSpool(directory: string): Promise<void> {
+  const spool = await Spool.open({
+    directory,
+    limits: { maxBytes: 1 << 30, maxMessages: 1000, minFreeBytes: 0 },
+    logger: pino({ level: 'silent' }),
+    metrics: createSpoolMetrics(new Registry()),
+  });
+  const ids: string[] = [];
+  for (let i = 0; i < 2; i++) ids.push(await spool.enqueue({ mailFrom: 'app@example.com', rcptTo: ['rcpt@example.net'] }, testMessage('prom', i)));
+  await spool.close();
+  const db = new DatabaseSync(join(directory, 'spool.db'));
+  const row = db.prepare('SELECT body FROM message WHERE id = ?').get(ids[1]!) as { body: Uint8Array };
+  db.prepare('UPDATE message SET body = ? WHERE id = ?').run(Buffer.from(row.body).subarray(0, 100), ids[1]!);
+  db.close();
+}
+
+/** One round of queue traffic: delivered, deferred (stays queued), bounced; queue full; a small connection flood. */
+async function queueTraffic(round: number): Promise<void> {
+  const before = { bounced: await queued.metric('smtp_relay_queue_deliveries_total', { result: 'bounced' }), shed: await queued.metric('smtp_relay_connections_shed_total') };
+  const t = nodemailer.createTransport({ host: '127.0.0.1', port: queued.ports.submission, requireTLS: true, tls: { rejectUnauthorized: false }, auth: { user: APP.name, pass: APP.password } });
+  // each round leaves more deferred messages than the last: the queue grows
+  for (const to of ['rcpt@example.net', 'bounce@example.net', ...Array.from({ length: round }, () => 'defer@example.net')]) {
+    const info = await t.sendMail({ from: 'app@example.com', to, subject: `queued ${round}`, text: 'Hello.' });
+    assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
+  }
+  t.close();
+  // queue full (queue.maxBytes 1Mi): refused at MAIL by its SIZE=, and after DATA without one
+  {
+    const c = await RawSmtp.connect(queued.ports.submission);
+    await ehloTls(c);
+    assert.equal((await c.login(APP.name, APP.password))?.code, 235);
+    assert.equal((await c.cmd('MAIL FROM:<app@example.com> SIZE=1200000'))?.code, 452);
+    assert.equal((await c.cmd('MAIL FROM:<app@example.com>'))?.code, 250);
+    assert.equal((await c.cmd('RCPT TO:<rcpt@example.net>'))?.code, 250);
+    assert.equal((await c.cmd('DATA'))?.code, 354);
+    c.write(`From: app@example.com\r\nSubject: big\r\n\r\n${'x'.repeat(998).concat('\r\n').repeat(1200)}.\r\n`);
+    assert.equal((await c.read())?.code, 452);
+    c.close();
+  }
+  // more connections that do not authenticate than limits.maxUnauthenticated: the oldest are shed
+  {
+    const conns: RawSmtp[] = [];
+    for (let i = 0; i < MAX_UNAUTHENTICATED + 2; i++) conns.push(await RawSmtp.connect(queued.ports.submission));
+    for (const c of conns) c.close();
+    await sleep(200);
+  }
+  await eventually('the queue bounced and shed', async () =>
+    (await queued.metric('smtp_relay_queue_deliveries_total', { result: 'bounced' })) > before.bounced && (await queued.metric('smtp_relay_connections_shed_total')) >= before.shed + 2,
+  );
+}
+
+// ---------------------------------------------------------------------------
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'chart-prometheus-'));
   // --set-json: helm's --set passes 0.001 as a string, which the schema refuses.
-  rules = await renderRuleFile(['--set-json', 'prometheusRule.thresholds.authFailuresPerSecond=0.001', '--set-json', 'prometheusRule.thresholds.upstreamErrorsPerSecond=0.001']);
+  const lowered = {
+    authFailuresPerSecond: 0.001,
+    upstreamErrorsPerSecond: 0.001,
+    shedConnectionsPerSecond: 0.001,
+    queueGrowthMessages: 1,
+    queueOldestMessageSeconds: 1,
+    queueBouncedRatio: 0.01,
+    queueDeferredRatio: 0.01,
+  };
+  rules = await renderRuleFile(Object.entries(lowered).flatMap(([k, v]) => ['--set-json', `prometheusRule.thresholds.${k}=${v}`]));
   pki = await createPki();
-  sink = await startSink({ pki, behaviour: { tempFailRecipients: ['defer@example.net'] } });
+  sink = await startSink({ pki, behaviour: { tempFailRecipients: ['defer@example.net'], refuseRecipients: ['bounce@example.net'] } });
   // The relay's certificate expires in 10 days: SmtpRelayCertificateExpiringSoon (14 days).
   const cert = await pki.issue({ name: 'relay', notAfter: 10 * DAY });
   const relayDir = await tempDir('chart-prom-relay-');
@@ -299,20 +385,34 @@ before(async () => {
     lockout: '{maxFailures: 3, window: 10m, duration: 15m}',
     access: '  allowedCidrs: ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32", "::1/128"]',
   });
+  const queuedDir = await tempDir('chart-prom-queued-');
+  await damagedSpool(join(queuedDir, 'spool'));
+  queued = await startRelay({
+    dir: queuedDir,
+    cert: await pki.issue({ name: 'queued' }),
+    users: [APP],
+    upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile },
+    limits: `{maxMessageSize: 2Mi, maxRecipients: 5, maxConnections: 200, maxConnectionsPerIp: 50, idleTimeout: 30s, maxUnauthenticated: ${MAX_UNAUTHENTICATED}}`,
+    queue: `{directory: ${join(queuedDir, 'spool')}, maxBytes: 1Mi, retry: {initialDelay: 1s, maxDelay: 2s}}`,
+  });
+  assert.equal(await queued.metric('smtp_relay_queue_quarantined_total'), 1, 'the damaged entry was quarantined at start');
   await startOperatorWithErrors();
-  await startPrometheus(relay.ports.metrics, op.metricsPort!);
+  await startPrometheus(relay.ports.metrics, queued.ports.metrics, op.metricsPort!);
   // Phase 1 creates every series; phase 2, a few scrapes later, makes them increase.
   await createRelay(new Kube(cp.kubeconfig), relayManifest('broken', 'denied'));
   await traffic(1);
+  await queueTraffic(1);
   await waitScrapes(3);
   await createRelay(new Kube(cp.kubeconfig), relayManifest('broken', 'denied-too'));
   await traffic(2);
+  await queueTraffic(2);
   await waitScrapes(4);
 });
 
 after(async () => {
   await op?.stop().catch(() => undefined);
   await relay?.stop().catch(() => undefined);
+  await queued?.stop().catch(() => undefined);
   await stopChild(prom);
   await sink?.stop().catch(() => undefined);
   await pki?.cleanup().catch(() => undefined);
@@ -348,6 +448,11 @@ function substitute(expr: string, vars: Record<string, string>): string {
     });
 }
 
+/** The scraped relay a query or an alert is about: the queue-mode one for the queue and shed connections. */
+function relayOf(expr: string): string {
+  return /smtp_relay_queue_|smtp_relay_connections_shed|queue_full/.test(expr) ? QUEUED : RELAY;
+}
+
 const DASHBOARD_VARS: Record<string, Record<string, string>> = {
   'smtp-relay-overview.json': { namespace: RELAY_NS, relay: RELAY },
   'smtp-relay-operator.json': { namespace: OP_NS, job: OP_JOB },
@@ -360,7 +465,8 @@ test('every dashboard panel query parses and returns series from the scraped rel
     const dash = JSON.parse(text);
     for (const panel of dash.panels.filter((p: any) => p.type !== 'row')) {
       for (const t of panel.targets) {
-        const expr = substitute(t.expr, DASHBOARD_VARS[file]!);
+        const vars = { ...DASHBOARD_VARS[file]!, ...(file === 'smtp-relay-overview.json' ? { relay: relayOf(t.expr) } : {}) };
+        const expr = substitute(t.expr, vars);
         const result = await query(expr);
         count++;
         if (result.length === 0) empty.push(`${file} "${panel.title}": ${expr}`);
@@ -392,15 +498,18 @@ const AFTER_BREAKAGE = new Set(['SmtpRelayCertificateExpired', 'SmtpRelayDown', 
 
 test('every alert expression parses and returns series for the traffic that should trigger it; Prometheus evaluates every rule without error', async () => {
   const alerts = rules.groups.flatMap((g) => g.rules);
-  assert.equal(alerts.length, 11);
+  assert.equal(alerts.length, 17);
   const empty: string[] = [];
   for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert))) {
     const result = await query(a.expr);
     for (const l of await unknownGroupingLabels(a.expr)) empty.push(`${a.alert}: label ${l}`);
     if (result.length === 0) empty.push(`${a.alert}: ${a.expr}`);
     else if (a.alert !== 'SmtpRelayNotReady' && a.alert !== 'SmtpRelayOperatorReconcileErrors') {
-      assert.equal(result[0]!.metric.relay, RELAY, `${a.alert} names the relay`);
+      for (const r of result) assert.ok(r.metric.relay, `${a.alert} names the relay: ${JSON.stringify(r.metric)}`);
+      assert.ok(result.some((r) => r.metric.relay === relayOf(a.expr)), `${a.alert} fires for ${relayOf(a.expr)}: ${JSON.stringify(result.map((r) => r.metric))}`);
     }
+    // both halves of the deliveries alert: bounced (permanent) and deferred (temporary)
+    if (a.alert === 'SmtpRelayQueueDeliveriesFailing') assert.deepEqual(result.map((r) => r.metric.failure).sort(), ['permanent', 'temporary']);
   }
   assert.deepEqual(empty, [], 'alerts that did not trigger, or grouping by labels the metrics lack');
   // The broken namespace's reconciles fail; both relays there and the one in "ok" are not Ready.
@@ -408,7 +517,7 @@ test('every alert expression parses and returns series for the traffic that shou
   // Prometheus itself loaded and evaluates the rules: all healthy, and the alerts above are pending or firing.
   const groups = (await api('/api/v1/rules')).groups as any[];
   const loaded = groups.flatMap((g) => g.rules);
-  assert.equal(loaded.length, 11);
+  assert.equal(loaded.length, 17);
   for (const r of loaded) assert.equal(r.health, 'ok', `${r.name}: ${r.lastError}`);
   const active = new Set(((await api('/api/v1/alerts')).alerts as any[]).map((a) => a.labels.alertname));
   for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert))) assert.ok(active.has(a.alert), `${a.alert} is pending or firing in Prometheus`);
