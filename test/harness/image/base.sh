@@ -13,7 +13,7 @@
 # runtime base image on line 2. Reuses both while their label "smtp-relay.dev/base-inputs"
 # matches this script, the node binary and the npm version.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
+root="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$root"
 : "${BUILDAH_STORAGE_FLAGS:?run through test/harness/image/build.sh}"
 # shellcheck disable=SC2086

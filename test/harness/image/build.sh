@@ -18,7 +18,7 @@
 #   IMAGE_FORCE=1 to rebuild even if the stamp matches.
 # `build.sh --clean` (make image-clean) unmounts and removes all of .cache/image.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/../.." && pwd)"
+root="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$root"
 
 if [ "${1:-}" = --clean ]; then
