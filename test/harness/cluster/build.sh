@@ -121,6 +121,9 @@ build_coredns() {
 
 build_certmanager() {
   (cd certmanager && GOFLAGS="$GOFLAGS -mod=readonly" CGO_ENABLED=0 ngo build -trimpath -p "$par" -ldflags="-s -w" -o "$1/cert-manager-controller" .)
+  # The CRDs of the same release, for the API server.
+  local src; src="$(cd certmanager && GOFLAGS="$GOFLAGS -mod=readonly" go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+  mkdir -p "$1/crds" && cp "$src"/deploy/crds/*.yaml "$1/crds/" && chmod -R u+w "$1/crds"
 }
 
 build_pause() {
@@ -138,7 +141,7 @@ for p in "${want_parts[@]}"; do
     runc)        part runc "$RUNC_VERSION" "runc" ;;
     cni)         part cni "$CNI_VERSION" "ptp host-local loopback portmap" ;;
     coredns)     part coredns "$COREDNS_VERSION" "coredns" ;;
-    certmanager) part certmanager "$CERTMANAGER_VERSION" "cert-manager-controller" certmanager/go.mod certmanager/go.sum certmanager/main.go ;;
+    certmanager) part certmanager "$CERTMANAGER_VERSION" "cert-manager-controller crds" certmanager/go.mod certmanager/go.sum certmanager/main.go ;;
     pause)       part pause "$PAUSE_VERSION" "pause pause-image.tar" pause/main.go pause/go.mod pause/oci-archive.py ;;
     *) echo "cluster: unknown part '$p'" >&2; exit 2 ;;
   esac
