@@ -646,6 +646,14 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     await sh('iptables', ['-w', '5', '-A', FWD_CHAIN, '!', '-s', POD_CIDR, '-d', POD_CIDR, '-j', 'DROP']);
     await sh('iptables', ['-w', '5', '-I', 'FORWARD', '1', '-j', FWD_CHAIN]);
     writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+    // The kubelet's cgroupRoot must exist in every hierarchy (a new cpuset needs its cpus and mems).
+    for (const m of cgroupMounts()) {
+      const d = join(m, CGROUP_ROOT);
+      mkdirSync(d, { recursive: true });
+      for (const f of ['cpuset.cpus', 'cpuset.mems']) {
+        if (existsSync(join(m, f)) && readFileSync(join(d, f), 'utf8').trim() === '') writeFileSync(join(d, f), readFileSync(join(m, f), 'utf8').trim());
+      }
+    }
     log(`cluster: node interface ${NODE_IFACE} ${NODE_IP}, Services ${SERVICE_CIDR}, pods ${POD_CIDR} (${since()})`);
 
     // --- control plane (cert-manager's CRDs from the module the controller was built from)
@@ -762,8 +770,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         ttl 5
     }
     cache 5
-    loop
-    reload
 }
 `;
     writeFileSync(join(dir, 'coredns', 'Corefile'), corefile);
