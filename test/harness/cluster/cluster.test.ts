@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
-import { CLUSTER_DIR, NODE_IFACE, NODE_NAME, PROJECT_IMAGE, clusterLog, projectImageLayout, startCluster, type Cluster } from './cluster.js';
+import { CLUSTER_DIR, NODE_IP, NODE_NAME, PROJECT_IMAGE, clusterLog, projectImageLayout, startCluster, type Cluster } from './cluster.js';
 
 const log = process.env['CLUSTER_VERBOSE'] === '1' ? (l: string): void => console.log(l) : (): void => {};
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -243,7 +243,8 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
       assert.deepEqual(chains, [], `${cmd}: chains left`);
     }
     for (const ctl of ['cpu', 'memory', 'pids', 'freezer']) assert.ok(!existsSync(`/sys/fs/cgroup/${ctl}/srop-cluster`), `cgroup ${ctl}/srop-cluster left`);
-    assert.ok(!execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }).includes(NODE_IFACE), `${NODE_IFACE} left`);
+    assert.ok(!execFileSync('ip', ['-o', 'addr'], { encoding: 'utf8' }).includes(NODE_IP), `node address ${NODE_IP} left`);
+    assert.ok(!execFileSync('ip', ['route', 'show', 'table', 'all'], { encoding: 'utf8' }).includes('198.19.'), 'cluster routes left');
     assert.equal(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), ipForwardBefore, 'ip_forward not restored');
   });
 });

@@ -11,11 +11,12 @@
  * Layout (one cluster per machine at a time: a lock in /run/smtp-relay-operator/ serialises
  * callers, who wait up to 10 min for it):
  *
- *   node            "srop-node", InternalIP 198.19.255.1 on the dummy interface srop-node0
+ *   node            "srop-node", InternalIP 198.19.255.1 on lo (label lo:srop; this kernel has no dummy
+ *                   interfaces)
  *                   (198.18.0.0/15 is RFC 2544's range for tests, never routed; the kubelet
  *                   stand-in uses 198.18.0.0/16, the cluster 198.19.0.0/16)
- *   Service range   198.19.0.0/24, routed to srop-node0, so a Service address that no
- *                   kube-proxy rule rewrites ends on this machine; kubernetes = .1, DNS = .10
+ *   Service range   198.19.0.0/24, a blackhole route, so a Service address that no
+ *                   kube-proxy rule rewrites goes nowhere; kubernetes = .1, DNS = .10
  *   pod range       198.19.16.0/20 (host-local), one veth per pod (ptp), no masquerade; the
  *                   host forwards (ip_forward=1 while the cluster runs) only between pod
  *                   addresses: a chain SROP-CLUSTER-FWD drops pod traffic to anything else
@@ -45,8 +46,8 @@
  *                          the add-ons, kubelet and containerd, kills what is left in the
  *                          cluster's cgroups and any shim, unmounts everything under the
  *                          folder, removes CNI network namespaces, the KUBE-* / CNI-* /
- *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6), the cgroups, the dummy
- *                          interface, restores ip_forward and the kernel settings the kubelet
+ *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6), the cgroups, the node
+ *                          address and the Service route, restores ip_forward and the kernel settings the kubelet
  *                          changes, removes the folder (kept if CLUSTER_KEEP=1) and the lock.
  *                          Idempotent. A cluster left by a killed test process is cleaned the
  *                          same way by the next start.
@@ -54,6 +55,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync, writeFileSync, accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { get as httpsGet } from 'node:https';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -65,7 +67,9 @@ const execFileP = promisify(execFile);
 
 export const NODE_NAME = 'srop-node';
 export const NODE_IP = '198.19.255.1';
-export const NODE_IFACE = 'srop-node0';
+export const NODE_IFACE = 'lo';
+/** The label of the node address on lo (`ip addr show label lo:srop`). */
+export const NODE_LABEL = 'lo:srop';
 export const SERVICE_CIDR = '198.19.0.0/24';
 export const DNS_IP = '198.19.0.10';
 export const POD_CIDR = '198.19.16.0/20';
@@ -83,6 +87,8 @@ export interface ClusterOptions {
   log?: (line: string) => void;
   /** Extra CRD files installed with the control plane (cert-manager's are always installed). */
   crdFiles?: string[];
+  /** Start cert-manager's controllers (default true). */
+  certManager?: boolean;
 }
 
 export interface Cluster {
@@ -115,6 +121,18 @@ function binary(name: string, sub = 'bin'): string {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Status of a GET to a component's loopback health endpoint (its serving certificate is self-signed, so not verified). */
+function insecureGet(url: string): Promise<number> {
+  return new Promise((res, rej) => {
+    const req = httpsGet(url, { rejectUnauthorized: false, timeout: 2000, agent: false }, (r) => {
+      r.resume();
+      r.on('end', () => res(r.statusCode ?? 0));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', rej);
+  });
+}
 
 async function sh(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; okCodes?: number[] } = {}): Promise<string> {
   return new Promise((res, rej) => {
@@ -464,7 +482,7 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   try {
     const links = JSON.parse(await sh('ip', ['-j', 'addr', 'show'])) as Array<{ ifname: string; addr_info?: Array<{ local: string }> }>;
     for (const l of links) {
-      if (l.ifname === NODE_IFACE) continue;
+      if (l.ifname === 'lo') continue;
       if (l.addr_info?.some((a) => a.local.startsWith('198.19.'))) await tryRun('ip', ['link', 'delete', l.ifname]);
     }
   } catch (e) {
@@ -474,7 +492,8 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   await cleanupIptables(problems);
   // 5. cgroups, the node interface, kernel settings.
   problems.push(...removeCgroups());
-  await tryRun('ip', ['link', 'delete', NODE_IFACE]);
+  await tryRun('ip', ['addr', 'del', `${NODE_IP}/32`, 'dev', NODE_IFACE]);
+  await tryRun('ip', ['route', 'del', 'blackhole', SERVICE_CIDR]);
   try {
     const saved = JSON.parse(readFileSync(SYSCTL_FILE, 'utf8')) as Record<string, string>;
     for (const [k, v] of Object.entries(saved)) {
@@ -545,7 +564,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   const bins = {
     containerd: binary('containerd'), shimDir: join(clusterCache(), 'bin'), ctr: binary('ctr'), runc: binary('runc'),
     kubelet: binary('kubelet'), proxy: binary('kube-proxy'), scheduler: binary('kube-scheduler'), coredns: binary('coredns'),
-    certManager: binary('cert-manager-controller'), pauseImage: binary('pause-image.tar'), crds: binary('crds'),
+    certManager: opts.certManager === false ? '' : binary('cert-manager-controller'), pauseImage: binary('pause-image.tar'),
+    crds: opts.certManager === false ? '' : binary('crds'),
     cni: join(clusterCache(), 'cni'),
   };
   for (const p of ['ptp', 'host-local', 'loopback', 'portmap']) binary(p, 'cni');
@@ -637,10 +657,11 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   try {
     // --- the machine: node address, Service route, forwarding between pods only
     if (!existsSync(SYSCTL_FILE)) writeFileSync(SYSCTL_FILE, JSON.stringify(readKernelSettings()));
-    await sh('ip', ['link', 'add', NODE_IFACE, 'type', 'dummy']);
-    await sh('ip', ['addr', 'add', `${NODE_IP}/32`, 'dev', NODE_IFACE]);
-    await sh('ip', ['link', 'set', NODE_IFACE, 'up']);
-    await sh('ip', ['route', 'add', SERVICE_CIDR, 'dev', NODE_IFACE, 'src', NODE_IP]);
+    // This kernel has no dummy interfaces: the node address goes on lo (the kernel answers for
+    // it on every interface, so pods reach it through their veth). Service addresses are a
+    // blackhole: kube-proxy rewrites them before routing, and nothing else leaves the machine.
+    await sh('ip', ['addr', 'add', `${NODE_IP}/32`, 'dev', NODE_IFACE, 'label', NODE_LABEL]);
+    await sh('ip', ['route', 'add', 'blackhole', SERVICE_CIDR]);
     await sh('iptables', ['-w', '5', '-N', FWD_CHAIN]);
     await sh('iptables', ['-w', '5', '-A', FWD_CHAIN, '-s', POD_CIDR, '!', '-d', POD_CIDR, '-j', 'DROP']);
     await sh('iptables', ['-w', '5', '-A', FWD_CHAIN, '!', '-s', POD_CIDR, '-d', POD_CIDR, '-j', 'DROP']);
@@ -657,7 +678,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     log(`cluster: node interface ${NODE_IFACE} ${NODE_IP}, Services ${SERVICE_CIDR}, pods ${POD_CIDR} (${since()})`);
 
     // --- control plane (cert-manager's CRDs from the module the controller was built from)
-    const cmCrds = readdirSync(bins.crds).filter((n) => n.endsWith('.yaml')).map((n) => join(bins.crds, n));
+    const cmCrds = bins.crds === '' ? [] : readdirSync(bins.crds).filter((n) => n.endsWith('.yaml')).map((n) => join(bins.crds, n));
     cp = await startControlPlane({
       log,
       crdFiles: [...cmCrds, ...(opts.crdFiles ?? [])],
@@ -890,10 +911,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 
     // --- cert-manager (the namespace of ClusterIssuers' Secrets first)
     await core.createNamespace({ body: { metadata: { name: 'cert-manager' } } });
-    const certManager = startProc('cert-manager', bins.certManager, [`--kubeconfig=${cp.kubeconfigPath}`, '--cluster-resource-namespace=cert-manager', '--v=1'], logDir);
-    procs.push(certManager);
-
-    const all = [containerd, kubelet, coredns, proxy, scheduler, certManager];
+    const all = [containerd, kubelet, coredns, proxy, scheduler];
+    if (bins.certManager) {
+      const certManager = startProc('cert-manager', bins.certManager, [`--kubeconfig=${cp.kubeconfigPath}`, '--cluster-resource-namespace=cert-manager', '--v=1'], logDir);
+      procs.push(certManager);
+      all.push(certManager);
+    }
     await waitFor('CoreDNS ready', all, async () => {
       const r = await fetch(`http://127.0.0.1:${readyPort}/ready`, { signal: AbortSignal.timeout(2000) });
       return r.status === 200;
@@ -902,10 +925,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       const out = await sh('iptables-save', ['-t', 'nat']);
       return out.includes(`-d ${DNS_IP}/32`);
     }, 60_000);
-    await waitFor('kube-scheduler healthy', all, async () => {
-      const r = await sh('sh', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${schedPort}`]).then(() => true, () => false);
-      return r;
-    }, 60_000);
+    await waitFor('kube-scheduler /healthz', all, async () => (await insecureGet(`https://127.0.0.1:${schedPort}/healthz`)) === 200, 60_000);
     log(`cluster: kube-proxy, scheduler, CoreDNS and cert-manager up (${since()})`);
 
     const cluster: Cluster = {
