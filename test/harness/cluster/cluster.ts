@@ -679,10 +679,17 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
 
     // --- control plane (cert-manager's CRDs from the module the controller was built from)
     const cmCrds = bins.crds === '' ? [] : readdirSync(bins.crds).filter((n) => n.endsWith('.yaml')).map((n) => join(bins.crds, n));
+    // The project's CRDs and cert-manager's of the built release; not the control plane's
+    // defaults, whose cert-manager copy would be installed in parallel with these (409).
+    const projectCrds = readdirSync(join(repoRoot(), 'crds')).filter((n) => /\.ya?ml$/.test(n)).map((n) => join(repoRoot(), 'crds', n));
     cp = await startControlPlane({
       log,
-      crdFiles: [...cmCrds, ...(opts.crdFiles ?? [])],
+      defaultCrds: false,
+      crdFiles: [...projectCrds, ...cmCrds, ...(opts.crdFiles ?? [])],
       apiserverArgs: [`--service-cluster-ip-range=${SERVICE_CIDR}`],
+      // Removes the kubelet's node.kubernetes.io/not-ready taint once the Node is Ready (and
+      // taints it again, and evicts, if the kubelet stops reporting), as in a real cluster.
+      extraControllers: ['node-lifecycle-controller'],
     });
     const server = cp.server;
     const kc = cp.kubeconfig;
@@ -753,6 +760,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 
 [plugins."io.containerd.cri.v1.runtime"]
   enable_selinux = false
+  # No process here may lower its oom_score_adj (CAP_SYS_RESOURCE is not in the bounding set),
+  # so the sandbox's -998 and Guaranteed pods' -997 are raised to containerd's own value.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["${bins.cni}"]
     conf_dir = "${dir}/cni/net.d"
@@ -852,11 +862,15 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       '--v=2',
     ], logDir, { PATH: `${bins.shimDir}:${process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` });
     procs.push(kubelet);
-    await waitFor(`Node ${NODE_NAME} Ready`, [containerd, kubelet, coredns], async () => {
+    let lastNode = '';
+    await waitFor(`Node ${NODE_NAME} Ready and untainted`, [containerd, kubelet, coredns], async () => {
       const n = await core.readNode({ name: NODE_NAME });
-      return !!n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
-    }, 120_000);
-    log(`cluster: kubelet registered ${NODE_NAME}, Ready (${since()})`);
+      lastNode = JSON.stringify({ taints: n.spec?.taints, conditions: n.status?.conditions?.map((c) => `${c.type}=${c.status}`) });
+      return !!n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') && (n.spec?.taints ?? []).length === 0;
+    }, 120_000).catch((e: Error) => {
+      throw new Error(`${e.message}\nnode: ${lastNode}`);
+    });
+    log(`cluster: kubelet registered ${NODE_NAME}, Ready, no taints (${since()})`);
 
     // --- kube-proxy
     const proxyConfig = {
@@ -939,21 +953,21 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       dnsIP: DNS_IP,
       ctr,
       importImage: async (source: string): Promise<string[]> => {
-        let out: string;
+        const before = new Set((await ctr(['images', 'list', '-q'])).split('\n'));
         if (statSync(source).isDirectory()) {
           // An OCI layout folder (make image): its index names the tag only ("dev"), so the
           // repository comes from the folder's image name via --base-name.
           const tar = join(dir, `import-${Date.now()}.tar`);
           await sh('tar', ['-C', source, '-cf', tar, '.']);
           try {
-            out = await ctr(['images', 'import', '--platform', 'linux/amd64', '--base-name', 'localhost/smtp-relay-operator', tar]);
+            await ctr(['images', 'import', '--platform', 'linux/amd64', '--base-name', 'localhost/smtp-relay-operator', tar]);
           } finally {
             rmSync(tar, { force: true });
           }
         } else {
-          out = await ctr(['images', 'import', '--platform', 'linux/amd64', source]);
+          await ctr(['images', 'import', '--platform', 'linux/amd64', source]);
         }
-        return out.split('\n').map((l) => /unpacking (\S+)/.exec(l)?.[1] ?? '').filter(Boolean);
+        return (await ctr(['images', 'list', '-q'])).split('\n').filter((n) => n && !before.has(n) && !n.startsWith('sha256:'));
       },
       stop,
     };
