@@ -246,5 +246,6 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     assert.ok(!execFileSync('ip', ['-o', 'addr'], { encoding: 'utf8' }).includes(NODE_IP), `node address ${NODE_IP} left`);
     assert.ok(!execFileSync('ip', ['route', 'show', 'table', 'all'], { encoding: 'utf8' }).includes('198.19.'), 'cluster routes left');
     assert.equal(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), ipForwardBefore, 'ip_forward not restored');
+    assert.ok(!existsSync('/var/lib/kubelet/device-plugins/kubelet.sock'), 'kubelet device-plugin socket left');
   });
 });

@@ -520,6 +520,17 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   } catch {
     /* no folder */
   }
+  // Paths the parts hard-code outside the folder: the kubelet's device-plugin socket, the CNI
+  // result cache, containerd's shim socket folder, the container log links folder. Folders go
+  // only when empty (rmdir), so nobody else's content is touched.
+  rmSync('/var/lib/kubelet/device-plugins/kubelet.sock', { force: true });
+  for (const d of ['/var/lib/kubelet/device-plugins', '/var/lib/kubelet', '/var/lib/cni/results', '/var/lib/cni', '/run/containerd/s', '/run/containerd', '/var/log/containers']) {
+    try {
+      rmdirSync(d);
+    } catch {
+      /* absent or not empty */
+    }
+  }
   // 7. the folder.
   if (process.env['CLUSTER_KEEP'] !== '1') {
     try {
