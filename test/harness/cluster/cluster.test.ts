@@ -96,7 +96,6 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
   let core: k8s.CoreV1Api;
   let custom: k8s.CustomObjectsApi;
   let stopped = false;
-  const ipForwardBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
 
   before(async () => {
     const layout = projectImageLayout();
@@ -245,7 +244,7 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     for (const ctl of ['cpu', 'memory', 'pids', 'freezer']) assert.ok(!existsSync(`/sys/fs/cgroup/${ctl}/srop-cluster`), `cgroup ${ctl}/srop-cluster left`);
     assert.ok(!execFileSync('ip', ['-o', 'addr'], { encoding: 'utf8' }).includes(NODE_IP), `node address ${NODE_IP} left`);
     assert.ok(!execFileSync('ip', ['route', 'show', 'table', 'all'], { encoding: 'utf8' }).includes('198.19.'), 'cluster routes left');
-    assert.equal(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), ipForwardBefore, 'ip_forward not restored');
+    for (const [k, v] of Object.entries(c.kernelSettingsBefore)) assert.equal(readFileSync(`/proc/sys/${k}`, 'utf8').trim(), v, `${k} not restored`);
     assert.ok(!existsSync('/var/lib/kubelet/device-plugins/kubelet.sock'), 'kubelet device-plugin socket left');
   });
 });

@@ -100,6 +100,8 @@ export interface Cluster {
   readonly podCIDR: string;
   readonly serviceCIDR: string;
   readonly dnsIP: string;
+  /** The kernel settings (ip_forward, and those the kubelet changes) as they were before any cluster; stop() restores them. */
+  readonly kernelSettingsBefore: Readonly<Record<string, string>>;
   importImage(source: string): Promise<string[]>;
   ctr(args: string[], input?: string): Promise<string>;
   stop(): Promise<void>;
@@ -962,6 +964,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       podCIDR: POD_CIDR,
       serviceCIDR: SERVICE_CIDR,
       dnsIP: DNS_IP,
+      kernelSettingsBefore: JSON.parse(readFileSync(SYSCTL_FILE, 'utf8')) as Record<string, string>,
       ctr,
       importImage: async (source: string): Promise<string[]> => {
         const before = new Set((await ctr(['images', 'list', '-q'])).split('\n'));
