@@ -15,7 +15,8 @@
 #                 libseccomp-dev)
 #   cni           github.com/containernetworking/plugins v1.10.0      go install
 #                 (ptp, host-local, loopback, portmap)
-#   coredns       github.com/coredns/coredns v1.15.0                  go install
+#   coredns       github.com/coredns/coredns v1.15.0                  coredns/ here: the upstream main
+#                                                                     with only the plugins we use
 #   certmanager   github.com/cert-manager/cert-manager v1.21.2        certmanager/ here: our own main
 #                 (controller: certificates, CA/SelfSigned issuers)   over the module's public API
 #   pause         our own pause (pause/ here) in an OCI archive       go build + a hand-made layout
@@ -40,11 +41,11 @@ ngo() { nice -n 19 go "$@"; }
 
 K8S_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "k8s.io/kubernetes") { print $(i+1); exit } }' k8s/go.mod)"
 CERTMANAGER_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/cert-manager/cert-manager") { print $(i+1); exit } }' certmanager/go.mod)"
-[ -n "$K8S_VERSION" ] && [ -n "$CERTMANAGER_VERSION" ] || { echo "cluster: cannot read versions from k8s/go.mod, certmanager/go.mod" >&2; exit 1; }
+COREDNS_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/coredns/coredns") { print $(i+1); exit } }' coredns/go.mod)"
+[ -n "$K8S_VERSION" ] && [ -n "$CERTMANAGER_VERSION" ] && [ -n "$COREDNS_VERSION" ] || { echo "cluster: cannot read versions from k8s/go.mod, certmanager/go.mod" >&2; exit 1; }
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.3
 CNI_VERSION=v1.10.0
-COREDNS_VERSION=v1.15.0
 PAUSE_VERSION=1
 
 # part NAME VERSION "BINARIES" FILES... ; then the build function build_NAME OUT is called.
@@ -116,7 +117,7 @@ build_cni() {
 }
 
 build_coredns() {
-  GOBIN="$1" CGO_ENABLED=0 ngo install -trimpath -p "$par" -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  (cd coredns && GOFLAGS="$GOFLAGS -mod=readonly" CGO_ENABLED=0 ngo build -trimpath -p "$par" -ldflags="-s -w" -o "$1/coredns" .)
 }
 
 build_certmanager() {
@@ -140,7 +141,7 @@ for p in "${want_parts[@]}"; do
     containerd)  part containerd "$CONTAINERD_VERSION" "containerd containerd-shim-runc-v2 ctr" ;;
     runc)        part runc "$RUNC_VERSION" "runc" ;;
     cni)         part cni "$CNI_VERSION" "ptp host-local loopback portmap" ;;
-    coredns)     part coredns "$COREDNS_VERSION" "coredns" ;;
+    coredns)     part coredns "$COREDNS_VERSION" "coredns" coredns/go.mod coredns/go.sum coredns/main.go ;;
     certmanager) part certmanager "$CERTMANAGER_VERSION" "cert-manager-controller crds" certmanager/go.mod certmanager/go.sum certmanager/main.go ;;
     pause)       part pause "$PAUSE_VERSION" "pause pause-image.tar" pause/main.go pause/go.mod pause/oci-archive.py ;;
     *) echo "cluster: unknown part '$p'" >&2; exit 2 ;;
