@@ -143,13 +143,19 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
   let webClusterIP = '';
 
   it('the scheduler places a pod of the project image, the kubelet runs it under containerd and runc', async () => {
-    await core.createNamespacedPod({ namespace: 'srv', body: nodePod('srv', 'web', SERVER, { labels: { app: 'web' }, port: 8080 }) });
+    const webPod = nodePod('srv', 'web', SERVER, { labels: { app: 'web' }, port: 8080 });
+    const nodePodSpecNodeName = webPod.spec?.nodeName;
+    await core.createNamespacedPod({ namespace: 'srv', body: webPod });
     const svc = await core.createNamespacedService({ namespace: 'srv', body: { metadata: { name: 'web' }, spec: { selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] } } });
     webClusterIP = svc.spec!.clusterIP!;
     const pod = await runningPod('srv', 'web');
     assert.equal(pod.spec?.nodeName, NODE_NAME);
-    const scheduled = await core.listNamespacedEvent({ namespace: 'srv', fieldSelector: 'involvedObject.name=web,reason=Scheduled' });
-    assert.ok(scheduled.items.some((e) => (e.reportingComponent ?? e.source?.component) === 'default-scheduler'), `no Scheduled event from default-scheduler: ${JSON.stringify(scheduled.items.map((e) => e.source))}`);
+    // The scheduler, not a preset nodeName, put it there (its events are recorded asynchronously).
+    assert.equal(nodePodSpecNodeName, undefined);
+    await until('the Scheduled event of default-scheduler', 20_000, async () => {
+      const scheduled = await core.listNamespacedEvent({ namespace: 'srv', fieldSelector: 'involvedObject.name=web,reason=Scheduled' });
+      return scheduled.items.some((e) => (e.reportingComponent || e.source?.component) === 'default-scheduler') ? true : undefined;
+    });
     webIP = pod.status!.podIP!;
     assert.match(webIP, /^198\.19\.(1[6-9]|2\d|3[01])\.\d+$/, `pod IP ${webIP} is not in the pod range`);
     // The container runs in containerd's k8s.io namespace through our runc, as uid 65532.
@@ -181,7 +187,7 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
   it('pod to pod traffic flows without a NetworkPolicy; with one, it is enforced only where an enforcer runs', async (t) => {
     const [direct] = await clientResult('cli', 'direct-client', [{ connect: `${webIP}:8080` }]);
     assert.equal((direct!['connect'] as { connected?: boolean }).connected, true, JSON.stringify(direct));
-    t.skip('no NetworkPolicy enforcer yet: kube-router v2.11.1 is not served by the Go module proxy (403 "This module version is not available"), see test/harness/cluster/README.md');
+    t.skip('NetworkPolicy is not enforced yet: kube-router v2.11.1 is not served by the Go module proxy (403 "This module version is not available"); see test/harness/cluster/README.md');
   });
 
   it('cert-manager issues a Certificate from a CA ClusterIssuer', async () => {
