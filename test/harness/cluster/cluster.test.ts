@@ -244,7 +244,7 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     const netns = existsSync('/run/netns') ? readdirSync('/run/netns').filter((n) => n.startsWith('cni-')) : [];
     assert.deepEqual(netns, [], 'CNI network namespaces left');
     for (const cmd of ['iptables-save', 'ip6tables-save']) {
-      const chains = execFileSync(cmd, { encoding: 'utf8' }).split('\n').filter((l) => /^:(KUBE-|CNI-|SROP-CLUSTER)/.test(l));
+      const chains = execFileSync(cmd, { encoding: 'utf8' }).split('\n').filter((l) => /^:(KUBE-|SROP-CLUSTER)/.test(l));
       assert.deepEqual(chains, [], `${cmd}: chains left`);
     }
     for (const ctl of ['cpu', 'memory', 'pids', 'freezer']) assert.ok(!existsSync(`/sys/fs/cgroup/${ctl}/srop-cluster`), `cgroup ${ctl}/srop-cluster left`);

@@ -39,16 +39,18 @@
  *   c.cp                   the ControlPlane (server, kubeconfig, kubeconfigPath, caPath, ...)
  *   c.kubeconfig           admin KubeConfig
  *   c.nodeName, c.nodeIP, c.podCIDR, c.serviceCIDR, c.dnsIP
- *   c.importImage(ociLayoutDirOrArchive, name?)  `ctr -n k8s.io images import` (a layout folder
- *                          is tarred on the fly); returns the names imported
+ *   c.kernelSettingsBefore the kernel settings as they were before any cluster (stop() restores them)
+ *   c.importImage(ociLayoutDirOrArchive)  `ctr -n k8s.io images import` (a layout folder, as
+ *                          `make image` leaves it, is tarred on the fly and named
+ *                          localhost/smtp-relay-operator:<its tag>); returns the names imported
  *   c.ctr(args)            runs ctr against this containerd (namespace k8s.io), returns stdout
  *   c.stop()               deletes every pod and waits for the kubelet to tear it down, stops
  *                          the add-ons, kubelet and containerd, kills what is left in the
  *                          cluster's cgroups and any shim, unmounts everything under the
- *                          folder, removes CNI network namespaces, the KUBE-* / CNI-* /
+ *                          folder, removes the pods' CNI network namespaces, the KUBE-* /
  *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6), the cgroups, the node
- *                          address and the Service route, restores ip_forward and the kernel settings the kubelet
- *                          changes, removes the folder (kept if CLUSTER_KEEP=1) and the lock.
+ *                          address and the Service route, restores ip_forward and the kernel
+ *                          settings the kubelet changes, removes the folder (kept if CLUSTER_KEEP=1) and the lock.
  *                          Idempotent. A cluster left by a killed test process is cleaned the
  *                          same way by the next start.
  */
@@ -401,9 +403,10 @@ async function iptablesChains(cmd: string, table: string): Promise<{ chains: str
   return { chains, rules };
 }
 
-const OUR_CHAIN = /^(KUBE-|CNI-|SROP-CLUSTER)/;
+/** kube-proxy's and the kubelet's chains, and this harness's. Not CNI-*: buildah's CNI networks use those names too. */
+const OUR_CHAIN = /^(KUBE-|SROP-CLUSTER)/;
 
-/** Removes the chains of kube-proxy, the kubelet, CNI portmap and this harness, and the rules that jump to them. */
+/** Removes the chains of kube-proxy, the kubelet and this harness, and the rules that jump to them. */
 async function cleanupIptables(problems: string[]): Promise<void> {
   for (const cmd of ['iptables', 'ip6tables']) {
     for (const table of ['filter', 'nat', 'mangle', 'raw']) {
@@ -470,10 +473,14 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
     const err = (await tryRun('umount', [m])) && (await tryRun('umount', ['-l', m]));
     if (err) problems.push(err);
   }
-  // 3. network namespaces made by containerd's CNI code (cni-<uuid> in /run/netns).
+  // 3. network namespaces made by containerd's CNI code (cni-<uuid> in /run/netns) for this
+  //    cluster's pods: those holding an address of the cluster's range (other tools name theirs
+  //    cni-* too).
   try {
     for (const n of readdirSync('/run/netns')) {
       if (!n.startsWith('cni-')) continue;
+      const addrs = await sh('ip', ['-n', n, '-o', 'addr', 'show']).catch(() => '');
+      if (!addrs.includes(' 198.19.')) continue;
       const err = await tryRun('ip', ['netns', 'delete', n]);
       if (err) problems.push(err);
     }
