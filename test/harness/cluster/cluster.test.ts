@@ -228,6 +228,24 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     }
   });
 
+  it('a claim of the local StorageClass binds to a local PersistentVolume when its pod is scheduled; the pod writes to it', async () => {
+    const hostPath = await c.localVolume('spool-0', { size: '1Gi' });
+    await core.createNamespacedPersistentVolumeClaim({
+      namespace: 'srv',
+      body: { metadata: { name: 'spool' }, spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'local', resources: { requests: { storage: '100Mi' } } } },
+    });
+    const pod = nodePod('srv', 'writer', `require('fs').writeFileSync('/spool/hello', 'from the pod'); setInterval(() => {}, 1000);`, { labels: { app: 'writer' } });
+    pod.spec!.volumes = [{ name: 'spool', persistentVolumeClaim: { claimName: 'spool' } }];
+    pod.spec!.containers[0]!.volumeMounts = [{ name: 'spool', mountPath: '/spool' }];
+    await core.createNamespacedPod({ namespace: 'srv', body: pod });
+    await runningPod('srv', 'writer');
+    const pvc = await core.readNamespacedPersistentVolumeClaim({ name: 'spool', namespace: 'srv' });
+    assert.equal(pvc.status?.phase, 'Bound');
+    assert.equal(pvc.spec?.volumeName, 'spool-0');
+    await until('the file the pod wrote', 20_000, async () => (existsSync(join(hostPath, 'hello')) ? true : undefined));
+    assert.equal(readFileSync(join(hostPath, 'hello'), 'utf8'), 'from the pod');
+  });
+
   it('stop() leaves no process, mount, network namespace, iptables chain, cgroup or interface behind', async () => {
     stopped = true;
     await c.stop();

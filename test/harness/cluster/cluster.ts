@@ -32,6 +32,8 @@
  *   kube-proxy      iptables mode, clusterCIDR = pod range, no localhost NodePorts, conntrack
  *                   sysctls left alone
  *   cert-manager    our controller main (certmanager/main.go) with the v1.21.2 CRDs
+ *   storage         StorageClass `local` (default, no provisioner, WaitForFirstConsumer);
+ *                   c.localVolume(name) makes a folder-backed local PersistentVolume
  *   add-ons         CoreDNS, kube-proxy, the scheduler and cert-manager run as host processes
  *                   (not as pods), each with its own log in <dir>/logs/
  *
@@ -55,7 +57,7 @@
  *                          same way by the next start.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync, writeFileSync, accessSync, constants as fsConstants } from 'node:fs';
+import { chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync, writeFileSync, accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { get as httpsGet } from 'node:https';
 import { homedir } from 'node:os';
@@ -105,6 +107,12 @@ export interface Cluster {
   /** The kernel settings (ip_forward, and those the kubelet changes) as they were before any cluster; stop() restores them. */
   readonly kernelSettingsBefore: Readonly<Record<string, string>>;
   importImage(source: string): Promise<string[]>;
+  /**
+   * A local PersistentVolume of the StorageClass `local` (no provisioner, WaitForFirstConsumer:
+   * the scheduler and the controller-manager's PV binder bind it to a claim when a pod uses
+   * it): a folder under <dir>/volumes owned by `uid` (default 65532). Returns the folder.
+   */
+  localVolume(name: string, o?: { size?: string; uid?: number }): Promise<string>;
   ctr(args: string[], input?: string): Promise<string>;
   stop(): Promise<void>;
 }
@@ -709,7 +717,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       apiserverArgs: [`--service-cluster-ip-range=${SERVICE_CIDR}`],
       // Removes the kubelet's node.kubernetes.io/not-ready taint once the Node is Ready (and
       // taints it again, and evicts, if the kubelet stops reporting), as in a real cluster.
-      extraControllers: ['node-lifecycle-controller'],
+      extraControllers: ['node-lifecycle-controller', 'persistentvolume-binder-controller', 'persistentvolume-protection-controller', 'persistentvolumeclaim-protection-controller'],
     });
     const server = cp.server;
     const kc = cp.kubeconfig;
@@ -943,6 +951,16 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       },
     });
 
+    // --- local PersistentVolumes (localVolume()), bound when a pod is scheduled
+    await kc.makeApiClient(k8s.StorageV1Api).createStorageClass({
+      body: {
+        metadata: { name: 'local', annotations: { 'storageclass.kubernetes.io/is-default-class': 'true' } },
+        provisioner: 'kubernetes.io/no-provisioner',
+        volumeBindingMode: 'WaitForFirstConsumer',
+        reclaimPolicy: 'Retain',
+      },
+    });
+
     // --- cert-manager (the namespace of ClusterIssuers' Secrets first)
     await core.createNamespace({ body: { metadata: { name: 'cert-manager' } } });
     const all = [containerd, kubelet, coredns, proxy, scheduler];
@@ -989,6 +1007,25 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
           await ctr(['images', 'import', '--platform', 'linux/amd64', source]);
         }
         return (await ctr(['images', 'list', '-q'])).split('\n').filter((n) => n && !before.has(n) && !n.startsWith('sha256:'));
+      },
+      localVolume: async (name: string, o: { size?: string; uid?: number } = {}): Promise<string> => {
+        const path = join(dir, 'volumes', name);
+        mkdirSync(path, { recursive: true, mode: 0o750 });
+        chownSync(path, o.uid ?? 65532, o.uid ?? 65532);
+        await core.createPersistentVolume({
+          body: {
+            metadata: { name },
+            spec: {
+              capacity: { storage: o.size ?? '1Gi' },
+              accessModes: ['ReadWriteOnce'],
+              persistentVolumeReclaimPolicy: 'Retain',
+              storageClassName: 'local',
+              local: { path },
+              nodeAffinity: { required: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'In', values: [NODE_NAME] }] }] } },
+            },
+          },
+        });
+        return path;
       },
       stop,
     };
