@@ -619,6 +619,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     if (stopped) return;
     stopped = true;
     const t = Date.now();
+    // Only what is still on the machine after the final clean-up counts as a problem.
     const problems: string[] = [];
     const byName = (n: string): Proc | undefined => procs.find((p) => p.name === n);
     const kubelet = byName('kubelet');
@@ -632,7 +633,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
         await Promise.all(pods.map((p) => core.deleteNamespacedPod({ name: p.metadata!.name!, namespace: p.metadata!.namespace!, gracePeriodSeconds: 2 }).catch(() => {})));
         await waitFor('the kubelet to tear down every pod', [], async () => (await core.listPodForAllNamespaces()).items.every((p) => p.spec?.nodeName !== NODE_NAME), 60_000);
       } catch (e) {
-        problems.push((e as Error).message.split('\n')[0]!);
+        // Not fatal: the clean-up below removes whatever the kubelet could not (e.g. the API
+        // server was already stopped by a signal handler).
+        log(`cluster: graceful pod teardown skipped: ${(e as Error).message.split('\n')[0]!}`);
       }
     }
     // 2. Add-ons and the kubelet, then every container and sandbox through containerd, then containerd.
@@ -650,7 +653,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
           await ctr(['containers', 'delete', id]).catch(() => {});
         }
       } catch (e) {
-        problems.push((e as Error).message);
+        log(`cluster: removing containers through containerd failed: ${(e as Error).message}`);
       }
       await stopProc(containerd);
     }
@@ -658,7 +661,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     // 3. kube-proxy's own clean-up of its rules, then the control plane.
     if (existsSync(join(dir, 'kube-proxy.yaml'))) {
       const err = await tryRun(bins.proxy, ['--cleanup', `--config=${join(dir, 'kube-proxy.yaml')}`], 60_000);
-      if (err) problems.push(err);
+      if (err) log(`cluster: kube-proxy --cleanup: ${err}`);
     }
     if (cp) await cp.stop();
     // 4. The machine.
