@@ -3,9 +3,12 @@
 # root; apt-get): postfix (smtp-sink, and the bench's Postfix), swaks with its TLS modules,
 # openssl, python3-dkim (dkimpy verifies signatures), prometheus (promtool and a real
 # scrape), buildah and runc (the image and its containers), iproute2 (network namespaces),
-# sasl2-bin/libsasl2-modules and stunnel4 (the bench's Postfix AUTH and TLS ceiling).
+# sasl2-bin/libsasl2-modules and stunnel4 (the bench's Postfix AUTH and TLS ceiling);
+# libc6-dev, pkg-config, libseccomp-dev (runc's cgo build) and iptables, ipset, conntrack
+# (kube-proxy) for the one-node cluster (make cluster, test/harness/cluster/).
 set -euo pipefail
-need=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-dkim prometheus buildah runc iproute2 sasl2-bin libsasl2-modules stunnel4)
+need=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl openssl python3-dkim prometheus buildah runc iproute2 sasl2-bin libsasl2-modules stunnel4
+      libc6-dev pkg-config libseccomp-dev iptables ipset conntrack)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -19,6 +19,8 @@
  *     opts.defaultCrds?: boolean     install <repo>/crds/*.yaml and <repo>/../shared/cert-manager-crds/*.yaml
  *                                    (default true; missing folders are tolerated)
  *     opts.controllerManager?: boolean  start kube-controller-manager (default true)
+ *     opts.extraControllers?: string[]  more kube-controller-manager controllers (the cluster
+ *                                    harness adds node-lifecycle-controller)
  *     opts.apiserverArgs?: string[]  extra kube-apiserver flags (`--flag=value`)
  *     opts.log?: (line: string) => void  progress lines (default: silent)
  *
@@ -79,6 +81,8 @@ export interface ControlPlaneOptions {
   crdObjects?: object[];
   defaultCrds?: boolean;
   controllerManager?: boolean;
+  /** kube-controller-manager controllers started beside the default set (e.g. node-lifecycle-controller). */
+  extraControllers?: string[];
   apiserverArgs?: string[];
   log?: (line: string) => void;
 }
@@ -670,7 +674,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
           `--secure-port=${port}`,
           `--cert-dir=${join(dir, 'kcm-certs')}`,
           '--leader-elect=false',
-          `--controllers=${KCM_CONTROLLERS.join(',')}`,
+          `--controllers=${[...KCM_CONTROLLERS, ...(opts.extraControllers ?? [])].join(',')}`,
           `--service-account-private-key-file=${join(dir, 'sa.key')}`,
           `--root-ca-file=${join(dir, 'ca.crt')}`,
           '--use-service-account-credentials=false',
