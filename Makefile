@@ -108,6 +108,14 @@ bench: debian-packages build controlplane
 	@mkdir -p $(CACHE)/bench
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); node dist/bench/main.js --out=$(CACHE)/bench/last.md $(BENCH_ARGS)
 
+# Fuzzing the relay's SMTP front (test/fuzz/smtp-front.ts, docs/fuzzing.md): mutated sessions
+# from fast-check against the real relay process on loopback; a summary table, exit 1 on any
+# finding. A short run (200 sessions x 2 seeds) is part of `make test`. Override with e.g.
+# FUZZ_ARGS='--sessions 5000 --seed 42'; one case again: FUZZ_ARGS='--seed 42 --case 1234'.
+FUZZ_ARGS ?= --sessions 100000 --health-every 2000 --max-seconds 7200
+fuzz: build
+	nice -n 10 node dist/test/fuzz/smtp-front.js $(FUZZ_ARGS)
+
 # The main job in one command (test/demo/main.ts): control plane, cert-manager and kubelet
 # stand-ins, an upstream sink, the operator installed with its chart as a runc container, an
 # SmtpRelay, a message over STARTTLS + AUTH, DKIM-verified at the upstream; metrics; teardown.
