@@ -55,6 +55,8 @@ export class LeaderElector {
   private readonly o: LeaderElectorOptions;
   private readonly clock: Clock;
   private observed: { holder: string; renewTime: string; at: number } | undefined;
+  /** The acquire/renew round running now, if any: release() waits for it. */
+  private inFlight: Promise<void> = Promise.resolve();
   private leading = false;
   private stopped = false;
   private lastRenew = 0;
@@ -87,7 +89,12 @@ export class LeaderElector {
     this.cancelTimer = this.clock.setTimer(() => void this.tick(), ms);
   }
 
-  private async tick(): Promise<void> {
+  private tick(): Promise<void> {
+    this.inFlight = this.round();
+    return this.inFlight;
+  }
+
+  private async round(): Promise<void> {
     if (this.stopped) return;
     let ok = false;
     // A renewal must not outlive the renew deadline: a request hanging on a dead
@@ -191,19 +198,30 @@ export class LeaderElector {
   async release(): Promise<void> {
     this.stopped = true;
     this.cancelTimer?.();
+    // A renewal still in flight would write after our release (or make it conflict):
+    // let it finish first. It cannot outlive the renew deadline.
+    await this.inFlight.catch(() => undefined);
     if (!this.leading) return;
     this.leading = false;
     // Best effort, bounded: a shutdown must not wait on a hung API server.
     const abort = new AbortController();
     const cancelTimeout = this.clock.setTimer(() => abort.abort(), this.o.renewDeadlineMs);
     try {
-      const lease = await this.o.kube.get<Lease>(this.path(), { signal: abort.signal });
-      if (lease.spec.holderIdentity !== this.o.identity) return;
-      const now = this.clock.now();
-      await this.o.kube.request('PUT', this.path(), {
-        signal: abort.signal,
-        body: { ...lease, spec: { ...lease.spec, holderIdentity: null, leaseDurationSeconds: 1, renewTime: microTime(now), acquireTime: microTime(now) } },
-      });
+      // Twice at most: a 409 means the Lease changed between our read and write.
+      for (let attempt = 0; ; attempt++) {
+        const lease = await this.o.kube.get<Lease>(this.path(), { signal: abort.signal });
+        if (lease.spec.holderIdentity !== this.o.identity) return;
+        const now = this.clock.now();
+        try {
+          await this.o.kube.request('PUT', this.path(), {
+            signal: abort.signal,
+            body: { ...lease, spec: { ...lease.spec, holderIdentity: null, leaseDurationSeconds: 1, renewTime: microTime(now), acquireTime: microTime(now) } },
+          });
+          return;
+        } catch (err) {
+          if (attempt > 0 || !isConflict(err)) throw err;
+        }
+      }
     } catch (err) {
       if (!isNotFound(err)) this.o.log?.('lease release failed', { err: abort.signal.aborted ? 'timed out' : String(err) });
     } finally {
