@@ -22,7 +22,7 @@ let pki: Pki;
 let dir: string;
 let endpoint: TokenEndpoint;
 /** What the upstream does with a token it verified: accept, or refuse with this reply. */
-let upstreamRefusal: { code: number; message: string } | undefined;
+let upstreamRefusal: { code: number; message: string } | { challenge: Record<string, string> } | undefined;
 const upstreamSaw: { user: string; ok: boolean; why?: string }[] = [];
 
 async function upstream(audience: string, user: string): Promise<Sink> {
@@ -160,6 +160,26 @@ describe('upstream OAuth2', () => {
       assert.ok(upstreamSaw.length > 0 && upstreamSaw.every((s) => s.ok), JSON.stringify(upstreamSaw));
       assertNoSecretsLogged(relay);
     } finally {
+      await relay.stop();
+      await sink.stop();
+    }
+  });
+
+  test('Gmail-style refusal (334 JSON challenge, then 535): one more try with the same fresh token, no token request, then 451 and the refusal logged', async () => {
+    const user = 'billing@example.com';
+    const sink = await upstream(GOOGLE_AUDIENCE, user);
+    upstreamRefusal = { challenge: { status: '400', schemes: 'Bearer', scope: GOOGLE_AUDIENCE } };
+    const before = endpoint.requests.google;
+    const relay = await relayFor(sink, `    user: ${user}\n    google: {serviceAccountFile: ${join(dir, 'service-account.json')}}\n`);
+    try {
+      const [reply] = await send(relay, 1, 'challenged', user);
+      assert.match(reply!, /^451 .*Upstream authentication failed/);
+      assert.equal(sink.authFailures, 2, 'nodemailer retried once after the challenge');
+      assert.equal(endpoint.requests.google - before, 1, 'a token younger than a minute is not fetched again');
+      await relay.waitForLog((l) => l.event === 'upstream_auth_refused' && l.provider === 'google');
+      assertNoSecretsLogged(relay);
+    } finally {
+      upstreamRefusal = undefined;
       await relay.stop();
       await sink.stop();
     }

@@ -58,7 +58,7 @@ export interface SinkOptions {
    * Require AUTH XOAUTH2 (the only mechanism then offered): `check` answers undefined to
    * accept the user and token, or the refusal, e.g. {code: 535, message: '5.7.3 ...'}.
    */
-  oauth2?: { check(user: string, accessToken: string): Promise<{ code: number; message: string } | undefined> };
+  oauth2?: { check(user: string, accessToken: string): Promise<{ code: number; message: string } | { challenge: Record<string, string> } | undefined> };
   /** Initial behaviour. */
   behaviour?: Partial<SinkBehaviour>;
   /** Max message size (SIZE); default 50 MiB. */
@@ -161,6 +161,8 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
         void opts.oauth2.check(auth.username ?? '', auth.accessToken).then((refusal) => {
           if (!refusal) return cb(null, { user: auth.username });
           state.authFailures++;
+          // Gmail's way: a 334 with a JSON error; after the client's empty line, 535.
+          if ('challenge' in refusal) return cb(null, { data: refusal.challenge } as unknown as { user: string });
           cb(smtpError(refusal.code, refusal.message));
         });
         return;
