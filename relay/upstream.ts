@@ -725,8 +725,9 @@ export class Upstream {
               );
             },
           },
-          false as unknown as undefined,
         );
+        // What nodemailer's own transports hand to login(); @types/nodemailer types `oauth2`
+        // as the XOAuth2 options rather than the instance.
         const auth = { oauth2: xoauth2 } as unknown as SMTPConnection.AuthenticationOAuth2;
         await this.login(s, () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
       }
