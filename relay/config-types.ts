@@ -87,12 +87,49 @@ export interface UpstreamConfig {
   /** Files holding the upstream AUTH username and password (basic-auth Secret keys). */
   usernameFile?: string;
   passwordFile?: string;
+  /** Log in upstream with XOAUTH2 and a token from an OAuth2 provider (excludes usernameFile/passwordFile). */
+  oauth2?: OAuth2Config;
   /** Pooled connections to the smarthost; default 5. */
   maxConnections?: number;
   /** Per-message upstream timeout; default "60s". */
   timeout?: Duration;
   /** Name used in EHLO to the upstream; default the relay hostname. */
   ehloName?: string;
+}
+
+/**
+ * Upstream OAuth2: `user` is the mailbox the relay logs in as (XOAUTH2 `user=`), and
+ * exactly one provider says how its access token is obtained (relay/upstream-oauth2.ts).
+ */
+export interface OAuth2Config {
+  user: string;
+  microsoft?: MicrosoftOAuth2Config;
+  google?: GoogleOAuth2Config;
+  generic?: GenericOAuth2Config;
+}
+
+/** Client credentials grant against Microsoft Entra ID, scope https://outlook.office365.com/.default. */
+export interface MicrosoftOAuth2Config {
+  tenantId: string;
+  clientId: string;
+  /** File holding the client secret. */
+  clientSecretFile: string;
+  /** Default https://login.microsoftonline.com/<tenantId>/oauth2/v2.0/token; override for sovereign clouds. */
+  tokenUrl?: string;
+}
+
+/** Service account JWT bearer grant with domain-wide delegation, scope https://mail.google.com/. */
+export interface GoogleOAuth2Config {
+  /** The service account's JSON key file (client_email, private_key, token_uri). */
+  serviceAccountFile: string;
+}
+
+/** Client credentials grant against any token endpoint. */
+export interface GenericOAuth2Config {
+  tokenUrl: string;
+  clientId: string;
+  clientSecretFile: string;
+  scope?: string;
 }
 
 export interface DkimKeyConfig {

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { DkimKeyConfig, ListenerMode, RelayConfig, TlsVersion, UpstreamConfig } from './config-types.js';
+import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, TlsVersion, UpstreamConfig } from './config-types.js';
 import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
 
@@ -254,7 +254,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
   // upstream
   let upstream: UpstreamConfig = { host: '', port: 0, tls: 'starttls' };
   if (cfg.upstream !== undefined) {
-    const o = c.object('upstream', cfg.upstream, ['host', 'port', 'tls'], ['caFile', 'usernameFile', 'passwordFile', 'maxConnections', 'timeout', 'ehloName']);
+    const o = c.object('upstream', cfg.upstream, ['host', 'port', 'tls'], ['caFile', 'usernameFile', 'passwordFile', 'oauth2', 'maxConnections', 'timeout', 'ehloName']);
     if (o) {
       const host = o.host === undefined ? undefined : c.string('upstream.host', o.host);
       if (host !== undefined && /[\s/]/.test(host)) c.fail('upstream.host', `${show(host)} is not a host name or IP address`);
@@ -275,6 +275,13 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
       if (caFile) upstream.caFile = caFile;
       if (usernameFile) upstream.usernameFile = usernameFile;
       if (passwordFile) upstream.passwordFile = passwordFile;
+      if (o.oauth2 !== undefined) {
+        if (o.usernameFile !== undefined || o.passwordFile !== undefined) {
+          c.fail('upstream.oauth2', 'oauth2 and usernameFile/passwordFile exclude each other: the relay logs in one way');
+        }
+        const oauth2 = checkOAuth2(c, o.oauth2, baseDir);
+        if (oauth2) upstream.oauth2 = oauth2;
+      }
     }
   }
 
@@ -322,6 +329,58 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
 
   if (c.problems.length) throw new ValidationError(file, c.problems);
   return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, ...(queue ? { queue } : {}) };
+}
+
+function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {
+  const s = c.string(p, v);
+  if (s === undefined) return undefined;
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    return c.fail(p, `${show(s)} is not a URL`);
+  }
+  if (u.protocol !== 'https:') return c.fail(p, `${show(s)} must be an https:// URL (the relay sends its client secret there)`);
+  return s;
+}
+
+/** upstream.oauth2: the mailbox to send as and exactly one provider (relay/upstream-oauth2.ts). */
+function checkOAuth2(c: Checker, v: unknown, baseDir: string): OAuth2Config | undefined {
+  const P = 'upstream.oauth2';
+  const o = c.object(P, v, ['user'], ['microsoft', 'google', 'generic']);
+  if (!o) return undefined;
+  const user = o.user === undefined ? undefined : c.string(`${P}.user`, o.user);
+  if (user !== undefined && /[\s\x00-\x1f\x7f]/.test(user)) c.fail(`${P}.user`, `${show(user)} must not contain spaces or control characters`);
+  const given = (['microsoft', 'google', 'generic'] as const).filter((k) => o[k] !== undefined);
+  if (given.length !== 1) {
+    c.fail(P, `give exactly one of microsoft, google, generic${given.length ? ` (found ${given.join(', ')})` : ''}`);
+    return undefined;
+  }
+  const file = (p: string, x: unknown) => readable(c, p, x === undefined ? undefined : c.string(p, x), baseDir);
+  const out: OAuth2Config = { user: user ?? '' };
+  if (o.microsoft !== undefined) {
+    const m = c.object(`${P}.microsoft`, o.microsoft, ['tenantId', 'clientId', 'clientSecretFile'], ['tokenUrl']);
+    if (!m) return undefined;
+    const tenantId = m.tenantId === undefined ? undefined : c.string(`${P}.microsoft.tenantId`, m.tenantId);
+    if (tenantId !== undefined && !/^[A-Za-z0-9.-]+$/.test(tenantId)) c.fail(`${P}.microsoft.tenantId`, `${show(tenantId)} is not a tenant ID (a GUID) or a domain`);
+    const clientId = m.clientId === undefined ? undefined : c.string(`${P}.microsoft.clientId`, m.clientId);
+    const clientSecretFile = file(`${P}.microsoft.clientSecretFile`, m.clientSecretFile);
+    const tokenUrl = m.tokenUrl === undefined ? undefined : httpsUrl(c, `${P}.microsoft.tokenUrl`, m.tokenUrl);
+    out.microsoft = { tenantId: tenantId ?? '', clientId: clientId ?? '', clientSecretFile: clientSecretFile ?? '', ...(tokenUrl ? { tokenUrl } : {}) };
+  } else if (o.google !== undefined) {
+    const g = c.object(`${P}.google`, o.google, ['serviceAccountFile'], []);
+    if (!g) return undefined;
+    out.google = { serviceAccountFile: file(`${P}.google.serviceAccountFile`, g.serviceAccountFile) ?? '' };
+  } else {
+    const g = c.object(`${P}.generic`, o.generic, ['tokenUrl', 'clientId', 'clientSecretFile'], ['scope']);
+    if (!g) return undefined;
+    const tokenUrl = g.tokenUrl === undefined ? undefined : httpsUrl(c, `${P}.generic.tokenUrl`, g.tokenUrl);
+    const clientId = g.clientId === undefined ? undefined : c.string(`${P}.generic.clientId`, g.clientId);
+    const clientSecretFile = file(`${P}.generic.clientSecretFile`, g.clientSecretFile);
+    const scope = g.scope === undefined ? undefined : c.string(`${P}.generic.scope`, g.scope);
+    out.generic = { tokenUrl: tokenUrl ?? '', clientId: clientId ?? '', clientSecretFile: clientSecretFile ?? '', ...(scope ? { scope } : {}) };
+  }
+  return out;
 }
 
 /**

@@ -16,6 +16,7 @@ import { Relay } from './server.js';
 import { Upstream } from './upstream.js';
 import { loadUsers } from './users.js';
 import { ValidationError } from './validate.js';
+import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 const USAGE = `usage:
@@ -147,7 +148,9 @@ async function serve(file: string): Promise<void> {
     }),
   );
   const upstreamFiles = (s: RelaySettings) =>
-    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...s.dkim.map((d) => d.keyFile)].filter((f): f is string => !!f);
+    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
+      (f): f is string => !!f,
+    );
   let configWatch: FileWatch;
   const watchConfig = () =>
     watchFiles([file, ...upstreamFiles(settings)], () => {

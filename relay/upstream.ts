@@ -25,7 +25,7 @@
 //              after an unknown outcome may duplicate (RFC 1047); it never loses.
 //   permanent  the upstream refused (5xx); nothing was delivered.
 import { isAscii } from 'node:buffer';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import tls from 'node:tls';
@@ -33,12 +33,14 @@ import type pino from 'pino';
 import type * as prom from 'prom-client';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
 import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
 import { checkInternals, hookEnvelope, sendPreparedPayload } from './internals.js';
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
+import { buildGrant, oauth2Files, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
 
 const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
 
@@ -80,6 +82,7 @@ export type UpstreamErrorKind =
   | 'connection'
   | 'tls'
   | 'auth'
+  | 'token'
   | 'timeout'
   | 'overloaded'
   | 'recipient_refused'
@@ -95,6 +98,8 @@ interface Settings {
   implicitTls: boolean;
   tls: tls.ConnectionOptions;
   auth?: { user: string; pass: string };
+  /** XOAUTH2 with a token from `grant`; `key` identifies the grant's inputs (a changed one drops the cached token). */
+  oauth2?: { grant: Grant; key: string };
   maxConnections: number;
   timeoutMs: number;
   ehloName: string;
@@ -174,6 +179,7 @@ function filesNeeded(cfg: UpstreamConfig, dkim: DkimKeyConfig[]): string[] {
   if (cfg.caFile) f.push(cfg.caFile);
   if (cfg.usernameFile) f.push(cfg.usernameFile);
   if (cfg.passwordFile) f.push(cfg.passwordFile);
+  if (cfg.oauth2) f.push(...oauth2Files(cfg.oauth2));
   for (const k of dkim) f.push(k.keyFile);
   return f;
 }
@@ -222,6 +228,13 @@ export function buildSettings(cfg: UpstreamConfig, dkim: DkimKeyConfig[], files:
     if (!pass) throw new Error(`upstream.passwordFile ${cfg.passwordFile}: empty`);
     auth = { user, pass };
   }
+  let oauth2: Settings['oauth2'];
+  if (cfg.oauth2) {
+    if (auth) throw new Error('upstream: oauth2 and usernameFile/passwordFile exclude each other');
+    // The CA and timeout are part of how the token endpoint is reached.
+    const inputs = JSON.stringify([cfg.oauth2, oauth2Files(cfg.oauth2).map((f) => files[f]), cfg.caFile && files[cfg.caFile], timeoutMs]);
+    oauth2 = { grant: buildGrant(cfg.oauth2, files), key: createHash('sha256').update(inputs).digest('hex') };
+  }
   const dkimKeys = dkim.map((k) => parseDkimKey(k, files[k.keyFile]!));
   return {
     host: cfg.host,
@@ -229,6 +242,7 @@ export function buildSettings(cfg: UpstreamConfig, dkim: DkimKeyConfig[], files:
     implicitTls: cfg.tls === 'implicit',
     tls: tlsOpts,
     ...(auth ? { auth } : {}),
+    ...(oauth2 ? { oauth2 } : {}),
     maxConnections,
     timeoutMs,
     ehloName: cfg.ehloName || hostname,
@@ -270,6 +284,7 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
   const code = e?.code ?? '';
   const rc = e?.responseCode;
   if (code === 'ESHUTDOWN') return { kind: 'shutdown', outcome: temporary('4.3.2 Relay is shutting down, try again later') };
+  if (code === 'ETOKEN') return { kind: 'token', outcome: temporary('4.7.0 Upstream login token unavailable, try again later') };
   if (code === 'EAUTH') return { kind: 'auth', outcome: temporary(`4.7.0 Upstream authentication failed, try again later${upstreamSaid(e.response)}`) };
   if (code === 'ETIMEDOUT') return { kind: 'timeout', outcome: temporary('4.4.1 Upstream connection timed out, try again later') };
   if (code === 'ETLS' || isCertError(e)) {
@@ -297,6 +312,19 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
     return { kind: 'connection', outcome: temporary('4.4.1 Upstream unreachable, try again later') };
   }
   return { kind: 'protocol', outcome: temporary(`4.4.2 Upstream delivery failed, try again later${upstreamSaid(e?.response)}`) };
+}
+
+/** Advice for the log when the upstream refuses the relay's login; the codes Microsoft 365 and Google answer. */
+export function authRefusalHint(reply: string, oauth2: boolean): string | undefined {
+  if (/5\.7\.139|SmtpClientAuthentication is disabled/i.test(reply)) {
+    return 'SMTP AUTH is turned off for the tenant or mailbox: Set-CASMailbox -SmtpClientAuthenticationDisabled $false (Exchange Online)';
+  }
+  if (/5\.7\.30/.test(reply)) return 'basic authentication is turned off at the upstream: use upstream.oauth2';
+  if (!oauth2) return undefined;
+  if (/5\.7\.3\b|5\.7\.8\b|535/.test(reply)) {
+    return 'the token was refused: check the app permission (SMTP.SendAsApp, admin consent), the Exchange service principal and its mailbox permission, or the Google domain-wide delegation for https://mail.google.com/';
+  }
+  return undefined;
 }
 
 function isCertError(e: NodemailerError | undefined): boolean {
@@ -429,6 +457,11 @@ export class Upstream {
   private readonly errors: Counter<'kind'>;
   private readonly signatures: Counter<'domain'>;
   private readonly inFlightGauge: Gauge;
+  private readonly tokenRequests: Counter<'result'>;
+  private readonly tokenExpiry: Gauge;
+  private readonly authRefused: Gauge;
+  /** The OAuth2 token cache, kept across reloads while the grant's inputs stay the same. */
+  private tokens?: { source: TokenSource; key: string };
 
   constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
     checkInternals();
@@ -461,6 +494,23 @@ export class Upstream {
       help: 'Messages being handed to the upstream or waiting for an upstream connection.',
       registers,
     });
+    this.tokenRequests = new Counter({
+      name: 'smtp_relay_upstream_token_requests_total',
+      help: 'Requests to the upstream OAuth2 token endpoint, by result (success, refused, unreachable, invalid_response).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.tokenExpiry = new Gauge({
+      name: 'smtp_relay_upstream_token_expiry_timestamp_seconds',
+      help: 'When the cached upstream OAuth2 access token stops being used (Unix time); 0 before the first token.',
+      registers,
+    });
+    this.authRefused = new Gauge({
+      name: 'smtp_relay_upstream_auth_refused',
+      help: '1 while the upstream refused the latest AUTH (password or OAuth2 token), 0 after a successful one.',
+      registers,
+    });
+    this.syncTokens(this.settings);
   }
 
   /** Maximum deliveries in flight before deliver() answers "busy" (4xx). */
@@ -658,13 +708,79 @@ export class Upstream {
       }
       if (s.auth) {
         const auth = s.auth;
-        await step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err)));
+        await this.login(s, () => step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err))));
+      } else if (s.oauth2 && this.tokens) {
+        const tokens = this.tokens.source;
+        const token = await tokens.get();
+        // nodemailer's own XOAUTH2 client (AUTH XOAUTH2 user=...^Aauth=Bearer ...). After a
+        // refusal it asks once more with renew=true (after the 334 error challenge Google sends).
+        const xoauth2 = new XOAuth2(
+          {
+            user: s.oauth2.grant.user,
+            provisionCallback: (_user, renew, cb) => {
+              if (!renew) return cb(null, token, 0);
+              tokens.get({ renew: true }).then(
+                (t) => cb(null, t, 0),
+                (err: Error) => cb(err, '', 0),
+              );
+            },
+          },
+        );
+        // What nodemailer's own transports hand to login(); @types/nodemailer types `oauth2`
+        // as the XOAuth2 options rather than the instance.
+        const auth = { oauth2: xoauth2 } as unknown as SMTPConnection.AuthenticationOAuth2;
+        await this.login(s, () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
       }
     } catch (err) {
       this.discard(pooled);
       throw err;
     }
     return pooled;
+  }
+
+  /** Runs an AUTH; a refusal is logged at error level with the upstream's words and shown by smtp_relay_upstream_auth_refused. */
+  private async login(s: Settings, run: () => Promise<void>): Promise<void> {
+    try {
+      await run();
+      this.authRefused.set(0);
+    } catch (err) {
+      const e = err as NodemailerError;
+      if (e.code === 'EAUTH' && e.response) {
+        this.authRefused.set(1);
+        this.log.error(
+          {
+            event: 'upstream_auth_refused',
+            method: s.oauth2 ? 'XOAUTH2' : 'password',
+            ...(s.oauth2 ? { provider: s.oauth2.grant.provider, user: s.oauth2.grant.user } : {}),
+            upstreamReply: sanitizeReply(e.response),
+            hint: authRefusalHint(e.response, Boolean(s.oauth2)),
+          },
+          'upstream refused the relay\'s login',
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** A TokenSource for the settings' grant: the same one while the grant's inputs are unchanged. */
+  private syncTokens(s: Settings): void {
+    if (!s.oauth2) {
+      this.tokens = undefined;
+      return;
+    }
+    if (this.tokens?.key === s.oauth2.key) return;
+    const provider = s.oauth2.grant.provider;
+    const source = new TokenSource(s.oauth2.grant, {
+      tls: s.tls,
+      timeoutMs: Math.min(s.timeoutMs, 30_000),
+      onRequest: (result, err?: TokenError) => {
+        this.tokenRequests.inc({ result });
+        if (err) this.log.warn({ event: 'upstream_token_failed', provider, result, error: err.message }, 'upstream OAuth2 token request failed');
+        else this.log.info({ event: 'upstream_token', provider }, 'upstream OAuth2 token obtained');
+      },
+      onToken: (usableUntil) => this.tokenExpiry.set(usableUntil / 1000),
+    });
+    this.tokens = { source, key: s.oauth2.key };
   }
 
   private freeSlot(): void {
@@ -745,6 +861,7 @@ export class Upstream {
     const files = await readFiles(filesNeeded(cfg, dkim));
     const next = buildSettings(cfg, dkim, files, this.hostname, this.settings.generation + 1);
     this.settings = next;
+    this.syncTokens(next);
     for (const p of this.idle.splice(0)) this.discard(p);
     this.log.info({ host: next.host, port: next.port, dkimDomains: next.dkimKeys.map((k) => k.domain) }, 'upstream settings reloaded');
   }

@@ -74,6 +74,10 @@ export const TLS_KEY_FILE = `${TLS_DIR}/tls.key`;
 export const UPSTREAM_CREDENTIALS_DIR = `${MOUNT_ROOT}/upstream/credentials`;
 export const UPSTREAM_USERNAME_FILE = `${UPSTREAM_CREDENTIALS_DIR}/username`;
 export const UPSTREAM_PASSWORD_FILE = `${UPSTREAM_CREDENTIALS_DIR}/password`;
+/** The upstream OAuth2 secret (client secret or service account key), one file. */
+export const UPSTREAM_OAUTH2_DIR = `${MOUNT_ROOT}/upstream/oauth2`;
+export const UPSTREAM_OAUTH2_CLIENT_SECRET_FILE = `${UPSTREAM_OAUTH2_DIR}/client-secret`;
+export const UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE = `${UPSTREAM_OAUTH2_DIR}/service-account.json`;
 export const UPSTREAM_CA_DIR = `${MOUNT_ROOT}/upstream/ca`;
 export const UPSTREAM_CA_FILE = `${UPSTREAM_CA_DIR}/ca.crt`;
 export const DKIM_DIR = `${MOUNT_ROOT}/dkim`;
@@ -106,6 +110,10 @@ export const BASIC_AUTH_USERNAME_KEY = 'username';
 export const BASIC_AUTH_PASSWORD_KEY = 'password';
 /** Key of a DKIM private key (PEM, PKCS#8 or PKCS#1) in its Secret, unless the spec names another. */
 export const DKIM_PRIVATE_KEY_KEY = 'private.key';
+/** Key of the OAuth2 client secret in its Secret, unless the spec names another. */
+export const OAUTH2_CLIENT_SECRET_KEY = 'client-secret';
+/** Key of the Google service account JSON key in its Secret, unless the spec names another. */
+export const OAUTH2_SERVICE_ACCOUNT_KEY = 'service-account.json';
 /** Key of the PEM CA bundle in the upstream CA Secret, unless the spec names another. */
 export const UPSTREAM_CA_KEY = 'ca.crt';
 
@@ -121,7 +129,11 @@ export const ConditionType = {
   CertificateReady: 'CertificateReady',
   /** Every user has a usable password; users left out are named in the message. */
   CredentialsReady: 'CredentialsReady',
-  /** Upstream credentials and CA Secrets, when referenced, exist and are well formed. */
+  /**
+   * Upstream credentials (password or OAuth2) and CA Secrets, when referenced, exist and are
+   * well formed. The operator does not see the relay's logins: an upstream that refuses them
+   * shows in the relay's logs and metrics (smtp_relay_upstream_auth_refused), not here.
+   */
   UpstreamReady: 'UpstreamReady',
   /** Every DKIM key exists (given or generated) and is usable. */
   DkimReady: 'DkimReady',
@@ -169,6 +181,8 @@ export const Reason = {
   UpstreamCredentialsInvalid: 'UpstreamCredentialsInvalid',
   UpstreamCaNotFound: 'UpstreamCaNotFound',
   UpstreamCaInvalid: 'UpstreamCaInvalid',
+  UpstreamOAuth2SecretNotFound: 'UpstreamOAuth2SecretNotFound',
+  UpstreamOAuth2SecretInvalid: 'UpstreamOAuth2SecretInvalid',
   // DkimReady
   DkimKeysReady: 'DkimKeysReady',
   DkimSecretNotFound: 'DkimSecretNotFound',
@@ -312,8 +326,51 @@ export interface UpstreamSpec {
   caSecretRef?: SecretKeyReference;
   /** kubernetes.io/basic-auth Secret with `username` and `password`. */
   credentialsSecretRef?: LocalObjectReference;
+  /** Log in with XOAUTH2 and a token from an OAuth2 provider; excludes credentialsSecretRef. */
+  oauth2?: UpstreamOAuth2Spec;
   maxConnections: number;
   timeout: string;
+}
+
+/** Exactly one of microsoft, google, generic (the CRD's CEL rule says so). */
+export interface UpstreamOAuth2Spec {
+  /** The mailbox the relay logs in as and sends as (XOAUTH2 user). */
+  user: string;
+  microsoft?: MicrosoftOAuth2Spec;
+  google?: GoogleOAuth2Spec;
+  generic?: GenericOAuth2Spec;
+}
+
+export interface MicrosoftOAuth2Spec {
+  /** Directory (tenant) ID or a verified domain of the tenant. */
+  tenantId: string;
+  /** Application (client) ID of the app registration. */
+  clientId: string;
+  /** The client secret; key defaults to "client-secret". */
+  clientSecretRef: SecretKeyReference;
+  /** Token endpoint; absent: https://login.microsoftonline.com/<tenantId>/oauth2/v2.0/token. */
+  tokenUrl?: string;
+}
+
+export interface GoogleOAuth2Spec {
+  /** The service account's JSON key; key defaults to "service-account.json". */
+  serviceAccountSecretRef: SecretKeyReference;
+}
+
+export interface GenericOAuth2Spec {
+  tokenUrl: string;
+  clientId: string;
+  /** The client secret; key defaults to "client-secret". */
+  clientSecretRef: SecretKeyReference;
+  scope?: string;
+}
+
+/** The Secret key an oauth2 spec mounts, and the file it is mounted as. */
+export function oauth2SecretSource(o: UpstreamOAuth2Spec): { ref: SecretKeyReference; file: string; field: string } | undefined {
+  if (o.microsoft) return { ref: o.microsoft.clientSecretRef, file: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, field: 'spec.upstream.oauth2.microsoft.clientSecretRef' };
+  if (o.generic) return { ref: o.generic.clientSecretRef, file: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, field: 'spec.upstream.oauth2.generic.clientSecretRef' };
+  if (o.google) return { ref: o.google.serviceAccountSecretRef, file: UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE, field: 'spec.upstream.oauth2.google.serviceAccountSecretRef' };
+  return undefined;
 }
 
 export interface DkimSpec {

@@ -20,6 +20,8 @@ import {
   TLS_DIR,
   UPSTREAM_CA_DIR,
   UPSTREAM_CREDENTIALS_DIR,
+  UPSTREAM_OAUTH2_DIR,
+  oauth2SecretSource,
   USERS_DIR,
   BASIC_AUTH_PASSWORD_KEY,
   BASIC_AUTH_USERNAME_KEY,
@@ -52,6 +54,7 @@ export const Volume = {
   tls: 'tls',
   upstreamCredentials: 'upstream-credentials',
   upstreamCa: 'upstream-ca',
+  upstreamOAuth2: 'upstream-oauth2',
   dkim: 'dkim',
   tmp: 'tmp',
 } as const;
@@ -106,6 +109,15 @@ function volumes(relay: SmtpRelay, config: RelayConfig): { volumes: V1Volume[]; 
       },
     });
     mounts.push({ name: Volume.upstreamCredentials, mountPath: UPSTREAM_CREDENTIALS_DIR, readOnly: true });
+  }
+  const oauth2 = s.upstream.oauth2 && oauth2SecretSource(s.upstream.oauth2);
+  if (oauth2) {
+    // Exactly the one key, under the file name the relay config names.
+    volumes.push({
+      name: Volume.upstreamOAuth2,
+      secret: { secretName: oauth2.ref.name, defaultMode: SECRET_MODE, items: [{ key: oauth2.ref.key, path: oauth2.file.slice(UPSTREAM_OAUTH2_DIR.length + 1) }] },
+    });
+    mounts.push({ name: Volume.upstreamOAuth2, mountPath: UPSTREAM_OAUTH2_DIR, readOnly: true });
   }
   if (s.upstream.caSecretRef) {
     volumes.push({

@@ -3,7 +3,7 @@
 // operator/api/v1alpha1.ts, which the Deployment builder mounts.
 
 import YAML from 'yaml';
-import type { DkimKeyConfig, ListenerConfig, RelayConfig } from '../../relay/config-types.js';
+import type { DkimKeyConfig, ListenerConfig, OAuth2Config, RelayConfig } from '../../relay/config-types.js';
 import {
   CONFIG_KEY,
   METRICS_PORT,
@@ -15,12 +15,15 @@ import {
   TLS_CERT_FILE,
   TLS_KEY_FILE,
   UPSTREAM_CA_FILE,
+  UPSTREAM_OAUTH2_CLIENT_SECRET_FILE,
+  UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE,
   UPSTREAM_PASSWORD_FILE,
   UPSTREAM_USERNAME_FILE,
   USERS_FILE,
   dkimKeyFile,
   type DkimSpec,
   type SmtpRelay,
+  type UpstreamOAuth2Spec,
 } from '../api/v1alpha1.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
 
@@ -72,6 +75,7 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
     upstream.usernameFile = UPSTREAM_USERNAME_FILE;
     upstream.passwordFile = UPSTREAM_PASSWORD_FILE;
   }
+  if (s.upstream.oauth2) upstream.oauth2 = oauth2Config(s.upstream.oauth2);
   const config: RelayConfig = {
     version: 1,
     hostname: s.hostname,
@@ -104,6 +108,20 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
   }));
   if (dkim.length > 0) config.dkim = dkim;
   return config;
+}
+
+/** spec.upstream.oauth2 → the relay's upstream.oauth2, its secret at the fixed mount path. */
+export function oauth2Config(o: UpstreamOAuth2Spec): OAuth2Config {
+  if (o.microsoft) {
+    const m = o.microsoft;
+    return { user: o.user, microsoft: { tenantId: m.tenantId, clientId: m.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(m.tokenUrl ? { tokenUrl: m.tokenUrl } : {}) } };
+  }
+  if (o.google) return { user: o.user, google: { serviceAccountFile: UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE } };
+  if (o.generic) {
+    const g = o.generic;
+    return { user: o.user, generic: { tokenUrl: g.tokenUrl, clientId: g.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(g.scope ? { scope: g.scope } : {}) } };
+  }
+  throw new Error('spec.upstream.oauth2 names no provider (microsoft, google or generic)');
 }
 
 /** YAML text of a value: the key order is the object's (fixed by the builders), no line folding. */

@@ -169,8 +169,12 @@ export function upstreamCondition(relay: SmtpRelay, problems: readonly Problem[]
   const up = relay.spec.upstream;
   return conditionFromProblems(ConditionType.UpstreamReady, problems, {
     reason: Reason.UpstreamConfigured,
-    message: `upstream ${up.host}:${up.port} (${up.tls})${up.credentialsSecretRef ? ' with credentials' : ''}`,
+    message: `upstream ${up.host}:${up.port} (${up.tls})${up.credentialsSecretRef ? ' with credentials' : ''}${up.oauth2 ? ` with OAuth2 (${oauth2Provider(up.oauth2)}) as ${up.oauth2.user}` : ''}`,
   });
+}
+
+function oauth2Provider(o: NonNullable<SmtpRelay['spec']['upstream']['oauth2']>): string {
+  return o.microsoft ? 'microsoft' : o.google ? 'google' : 'generic';
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 // whose message says what to fix (decisions.ts turns them into conditions).
 // Messages never contain secret values.
 
+import { createPrivateKey } from 'node:crypto';
 import {
   BASIC_AUTH_PASSWORD_KEY,
   BASIC_AUTH_USERNAME_KEY,
@@ -93,6 +94,42 @@ export function checkUpstreamCredentialsSecret(secret: SecretLike | undefined, s
       reason: Reason.UpstreamCredentialsInvalid,
       message: `Secret ${secretName} (spec.upstream.credentialsSecretRef): "username" or "password" contains a line break or NUL (often a trailing newline from echo); remove it`,
     };
+  }
+  return undefined;
+}
+
+/**
+ * The Secret key spec.upstream.oauth2 mounts: a client secret (one line) or, for Google, a
+ * service account JSON key with client_email and an RSA private_key. Messages name the
+ * field and key, never the content.
+ */
+export function checkUpstreamOAuth2Secret(secret: SecretLike | undefined, source: { ref: SecretKeyReference; field: string }, kind: 'client-secret' | 'service-account'): Problem | undefined {
+  const { ref, field } = source;
+  const what = kind === 'service-account' ? 'the service account JSON key' : 'the client secret';
+  if (!secret) {
+    return { reason: Reason.UpstreamOAuth2SecretNotFound, message: `Secret ${ref.name} (${field}) does not exist; create it with ${what} under "${ref.key}"` };
+  }
+  const value = decode(secret, ref.key)?.replace(/\r?\n$/, '');
+  if (!value) return { reason: Reason.UpstreamOAuth2SecretInvalid, message: `Secret ${ref.name} (${field}) has no "${ref.key}"; put ${what} there` };
+  if (kind === 'client-secret') {
+    if (/[\u0000-\u001f\u007f]/.test(value)) {
+      return { reason: Reason.UpstreamOAuth2SecretInvalid, message: `Secret ${ref.name} (${field}): "${ref.key}" contains a line break or control character; it must hold the client secret alone` };
+    }
+    return undefined;
+  }
+  const invalid = (why: string): Problem => ({ reason: Reason.UpstreamOAuth2SecretInvalid, message: `Secret ${ref.name} (${field}): "${ref.key}" ${why}; use the JSON key file downloaded for the service account` });
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(value) as Record<string, unknown>;
+  } catch {
+    return invalid('is not JSON');
+  }
+  if (doc.type !== undefined && doc.type !== 'service_account') return invalid(`has type ${JSON.stringify(doc.type)}, not "service_account"`);
+  if (typeof doc.client_email !== 'string' || !doc.client_email.includes('@')) return invalid('has no client_email');
+  try {
+    if (typeof doc.private_key !== 'string' || createPrivateKey(doc.private_key).asymmetricKeyType !== 'rsa') return invalid('has no RSA private_key');
+  } catch {
+    return invalid('has a private_key that is not a PEM private key');
   }
   return undefined;
 }

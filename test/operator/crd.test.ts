@@ -111,7 +111,7 @@ describe('SmtpRelay CRD on a real API server', () => {
   }
 
   test('the server fills in the same defaults as operator/api/defaults.ts', async () => {
-    for (const file of ['minimal.yaml', 'full.yaml', 'ip-allowlist.yaml', 'dkim.yaml', 'multi-app.yaml', 'smarthost-credentials.yaml']) {
+    for (const file of ['minimal.yaml', 'full.yaml', 'ip-allowlist.yaml', 'dkim.yaml', 'multi-app.yaml', 'smarthost-credentials.yaml', 'microsoft365-oauth2.yaml', 'google-workspace-oauth2.yaml']) {
       for (const m of docs(join(examplesDir, file)).filter((d) => d.kind === 'SmtpRelay')) {
         const stored = await kube.get<SmtpRelay>(pathOf(m));
         assert.deepEqual(stored.spec, withDefaults(m['spec'] as SmtpRelaySpecInput), `${file}: server defaults differ from withDefaults()`);

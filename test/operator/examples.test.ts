@@ -63,6 +63,8 @@ const expected: Record<string, Record<string, string>> = {
   shared: { UpstreamReady: 'False/UpstreamCredentialsNotFound', Reconciled: 'True' },
   ses: { UpstreamReady: 'True', CertificateReady: 'False/Issuing', Reconciled: 'True' },
   'outbound-full': { UpstreamReady: 'False/UpstreamCredentialsNotFound', DkimReady: 'False/DkimSecretNotFound', Reconciled: 'True' },
+  m365: { UpstreamReady: 'True/UpstreamConfigured', CertificateReady: 'False/Issuing', Reconciled: 'True' },
+  workspace: { UpstreamReady: 'False/UpstreamOAuth2SecretNotFound', CertificateReady: 'False/Issuing', Reconciled: 'True' },
 };
 
 test('every example applies and yields its children and a truthful status', async () => {
@@ -118,6 +120,8 @@ test('every example applies and yields its children and a truthful status', asyn
   assert.equal(sm.metadata.labels.release, 'prometheus');
   assert.equal(sm.spec.endpoints[0].port, 'metrics');
   assert.equal(await get(kube, '/apis/monitoring.coreos.com/v1/namespaces/mail/servicemonitors/outbound'), undefined, 'no ServiceMonitor unless enabled');
+  assert.match(condition(await getRelay(kube, 'mail', 'm365'), 'UpstreamReady')!.message, /with OAuth2 \(microsoft\) as relay@contoso\.com/);
+  assert.match(condition(await getRelay(kube, 'mail', 'workspace'), 'UpstreamReady')!.message, /workspace-relay-sa \(spec\.upstream\.oauth2\.google\.serviceAccountSecretRef\) does not exist/);
   const full = await getRelay(kube, 'mail', 'outbound-full');
   assert.match(condition(full, 'UpstreamReady')!.message, /sendgrid-smtp/);
   assert.match(condition(full, 'DkimReady')!.message, /billing-dkim/);

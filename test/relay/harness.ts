@@ -88,6 +88,8 @@ export interface RelayOptions {
   cert: CertFiles;
   users: TestUser[];
   upstream: { host: string; port: number; caFile: string; tls?: 'starttls' | 'implicit' };
+  /** More YAML lines under `upstream:`, indented by two spaces (e.g. an `oauth2:` block). */
+  upstreamExtra?: string;
   /** Extra YAML merged in as text blocks (access, limits, auth.lockout ...). */
   access?: string;
   limits?: string;
@@ -232,6 +234,7 @@ upstream:
   tls: ${o.upstream.tls ?? 'starttls'}
   caFile: ${o.upstream.caFile}
   timeout: 10s
+${o.upstreamExtra ?? ''}
 ${o.dkim ?? ''}
 metrics: {address: 127.0.0.1, port: ${ports.metrics}}
 shutdownGracePeriod: ${o.grace ?? '5s'}

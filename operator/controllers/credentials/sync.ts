@@ -5,13 +5,13 @@
 // operator/status/decisions.ts). The reconciler runs syncUsers, syncUpstream
 // and syncDkim in that order and hands their results to the relay phase.
 
-import { Reason, type UserSpec } from '../../api/v1alpha1.js';
+import { Reason, oauth2SecretSource, type UserSpec } from '../../api/v1alpha1.js';
 import { buildGeneratedUserSecret, generatePassword, generatedPasswordLength, isGeneratedPassword } from '../../builders/credentials.js';
 import { childNames, userSecretName } from '../../builders/meta.js';
 import { buildUsersFile, buildUsersSecret, readUsersSecret, type AcceptedPassword, type Secret } from '../../builders/users.js';
 import type { ConditionInput, Problem } from '../../status/conditions.js';
 import { credentialsCondition, upstreamCondition, type UserProblem } from '../../status/decisions.js';
-import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, readUserPassword } from '../../status/secret-checks.js';
+import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, checkUpstreamOAuth2Secret, readUserPassword } from '../../status/secret-checks.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
 
@@ -104,6 +104,12 @@ export async function syncUpstream(ctx: SyncContext, scope: ReconcileScope): Pro
   if (up.credentialsSecretRef) {
     const name = up.credentialsSecretRef.name;
     const p = await readSecretDerived(ctx, scope, ns, name, 'upstream-credentials', (s) => checkUpstreamCredentialsSecret(s, name));
+    if (p) problems.push(p);
+  }
+  const oauth2 = up.oauth2 && oauth2SecretSource(up.oauth2);
+  if (oauth2) {
+    const kind = up.oauth2?.google ? 'service-account' : 'client-secret';
+    const p = await readSecretDerived(ctx, scope, ns, oauth2.ref.name, `upstream-oauth2/${kind}/${oauth2.ref.key}`, (s) => checkUpstreamOAuth2Secret(s, oauth2, kind));
     if (p) problems.push(p);
   }
   if (up.caSecretRef) {

@@ -13,6 +13,7 @@ import type {
   ServiceSpec,
   SmtpRelaySpec,
   TlsSpec,
+  UpstreamOAuth2Spec,
   UpstreamSpec,
   UserSpec,
 } from '../../../operator/api/v1alpha1.js';
@@ -79,6 +80,21 @@ export function withDefaults(input: SmtpRelaySpecInput): SmtpRelaySpec {
   };
   if (up.caSecretRef) upstream.caSecretRef = { name: up.caSecretRef.name ?? '', key: up.caSecretRef.key ?? 'ca.crt' };
   if (up.credentialsSecretRef) upstream.credentialsSecretRef = { name: up.credentialsSecretRef.name ?? '' };
+  if (up.oauth2) {
+    // Written without keys: the CRD defaults them.
+    const o = up.oauth2 as DeepPartial<UpstreamOAuth2Spec>;
+    const ref = (r: { name?: string; key?: string } | undefined, key: string) => ({ name: r?.name ?? '', key: r?.key ?? key });
+    upstream.oauth2 = { user: o.user ?? '' };
+    if (o.microsoft) {
+      const m = o.microsoft;
+      upstream.oauth2.microsoft = { tenantId: m.tenantId ?? '', clientId: m.clientId ?? '', clientSecretRef: ref(m.clientSecretRef, 'client-secret'), ...(m.tokenUrl ? { tokenUrl: m.tokenUrl } : {}) };
+    }
+    if (o.google) upstream.oauth2.google = { serviceAccountSecretRef: ref(o.google.serviceAccountSecretRef, 'service-account.json') };
+    if (o.generic) {
+      const g = o.generic;
+      upstream.oauth2.generic = { tokenUrl: g.tokenUrl ?? '', clientId: g.clientId ?? '', clientSecretRef: ref(g.clientSecretRef, 'client-secret'), ...(g.scope ? { scope: g.scope } : {}) };
+    }
+  }
   const dkim: DkimSpec[] = (input.dkim ?? []).map((d) => {
     const entry: DkimSpec = { domain: d.domain ?? '', selector: d.selector ?? '' };
     if (d.secretRef) entry.secretRef = { name: d.secretRef.name ?? '', key: d.secretRef.key ?? 'private.key' };

@@ -54,6 +54,11 @@ export interface SinkOptions {
   pki?: Pki;
   /** Require AUTH (PLAIN/LOGIN) with these credentials. */
   auth?: { user: string; pass: string };
+  /**
+   * Require AUTH XOAUTH2 (the only mechanism then offered): `check` answers undefined to
+   * accept the user and token, or the refusal, e.g. {code: 535, message: '5.7.3 ...'}.
+   */
+  oauth2?: { check(user: string, accessToken: string): Promise<{ code: number; message: string } | { challenge: Record<string, string> } | undefined> };
   /** Initial behaviour. */
   behaviour?: Partial<SinkBehaviour>;
   /** Max message size (SIZE); default 50 MiB. */
@@ -128,9 +133,9 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     cert: cert.chainPem,
     minVersion: 'TLSv1.2',
     hideSTARTTLS: mode === 'none',
-    disabledCommands: [...(mode === 'none' ? ['STARTTLS'] : []), ...(opts.auth ? [] : ['AUTH'])],
-    authOptional: !opts.auth,
-    authMethods: ['PLAIN', 'LOGIN'],
+    disabledCommands: [...(mode === 'none' ? ['STARTTLS'] : []), ...(opts.auth || opts.oauth2 ? [] : ['AUTH'])],
+    authOptional: !opts.auth && !opts.oauth2,
+    authMethods: opts.oauth2 ? ['XOAUTH2'] : ['PLAIN', 'LOGIN'],
     allowInsecureAuth: mode === 'none',
     disableReverseLookup: true,
     size: opts.size ?? 50 * 1024 * 1024,
@@ -151,6 +156,17 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
       cb();
     },
     onAuth(auth, _session, cb) {
+      if (opts.oauth2) {
+        if (auth.method !== 'XOAUTH2' || !auth.accessToken) return cb(smtpError(504, '5.7.4 XOAUTH2 only'));
+        void opts.oauth2.check(auth.username ?? '', auth.accessToken).then((refusal) => {
+          if (!refusal) return cb(null, { user: auth.username });
+          state.authFailures++;
+          // Gmail's way: a 334 with a JSON error; after the client's empty line, 535.
+          if ('challenge' in refusal) return cb(null, { data: refusal.challenge } as unknown as { user: string });
+          cb(smtpError(refusal.code, refusal.message));
+        });
+        return;
+      }
       if (opts.auth && auth.username === opts.auth.user && auth.password === opts.auth.pass) {
         return cb(null, { user: auth.username });
       }
