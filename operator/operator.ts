@@ -41,6 +41,8 @@ export interface OperatorConfig {
   watchdogMs?: number;
   /** How often to look again for optional APIs (cert-manager, ServiceMonitor) not served at start. Default 60 s. */
   discoveryIntervalMs?: number;
+  /** How often to fetch the cluster's ServiceAccount issuer keys again. Default 10 min. */
+  issuerKeysRefreshMs?: number;
   /** Called when leadership is lost; default exits the process with status 1. */
   onLostLeadership?: () => void;
 }
@@ -79,6 +81,7 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     workers: cfg.workers,
     watchdogMs: cfg.watchdogMs,
     discoveryIntervalMs: cfg.discoveryIntervalMs,
+    issuerKeysRefreshMs: cfg.issuerKeysRefreshMs,
   });
 
   // A standby replica is ready (it serves metrics and waits); a leader once synced.

@@ -10,6 +10,7 @@ import type { Features, OperatorOptions, SyncContext } from './controllers/conte
 import { RelayReconciler } from './controllers/reconciler.js';
 import { SecretDerivations } from './controllers/secrets.js';
 import { OPTIONAL_APIS, discoverFeatures, served } from './discovery.js';
+import { IssuerKeysRefresh, fetchIssuerKeys } from './issuer-keys.js';
 import type { OperatorMetrics } from './metrics.js';
 import { reconcileQueue } from './reconcile-loop.js';
 import { Applier } from './runtime/apply.js';
@@ -32,6 +33,8 @@ export interface RunOptions {
   workers?: number | undefined;
   watchdogMs?: number | undefined;
   discoveryIntervalMs?: number | undefined;
+  /** How often the ServiceAccount issuer keys are fetched again; default 10 minutes (issuer-keys.ts). */
+  issuerKeysRefreshMs?: number | undefined;
 }
 
 export class ControllerRun {
@@ -39,6 +42,7 @@ export class ControllerRun {
   private readonly informers: InformerGroup<KubeObject>[] = [];
   private queue: WorkQueue | undefined;
   private cancelDiscovery: (() => void) | undefined;
+  private issuerKeys: IssuerKeysRefresh | undefined;
   private stopped = false;
   private running = false;
   private waiters: (() => void)[] = [];
@@ -66,13 +70,19 @@ export class ControllerRun {
     this.informers.push(...cache.informers);
 
     const index = new SecretIndex();
-    const reconciler = new RelayReconciler(this.syncContext(cache, features), log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
+    // Relays with ServiceAccount users are reconciled again when the issuer's keys change.
+    const issuerKeys = new IssuerKeysRefresh(() => fetchIssuerKeys(kube), this.o.clock, log, () => {
+      for (const r of cache.caches.relays.list()) if (r.spec.auth.users.some((u) => u.serviceAccount)) this.queue?.add(keyOf(r));
+    }, this.o.issuerKeysRefreshMs);
+    this.issuerKeys = issuerKeys;
+    const reconciler = new RelayReconciler(this.syncContext(cache, features, issuerKeys), log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
     const queue = reconcileQueue(reconciler, { workers: this.o.workers ?? 16, clock: this.o.clock, log });
     this.queue = queue;
     routeEvents(cache.caches, index, (key) => queue.add(key));
 
     for (const g of this.informers) g.start();
-    await Promise.all(this.informers.map((g) => g.waitForSync()));
+    // the first reconciles then have the keys (start never throws; a failure is retried on the refresh)
+    await Promise.all([...this.informers.map((g) => g.waitForSync()), issuerKeys.start()]);
     if (this.stopped) return;
     log.info({ relays: cache.caches.relays.size() }, 'caches synced');
     queue.start();
@@ -84,6 +94,7 @@ export class ControllerRun {
   /** Leadership lost: stop work at once, without waiting (another replica may lead already). */
   halt(): void {
     this.running = false;
+    this.issuerKeys?.stop();
     void this.queue?.shutdown();
     for (const g of this.informers) void g.stop();
   }
@@ -92,12 +103,13 @@ export class ControllerRun {
   async stop(): Promise<void> {
     this.stopped = true;
     this.cancelDiscovery?.();
+    this.issuerKeys?.stop();
     await this.queue?.shutdown();
     await Promise.all(this.informers.map((g) => g.stop()));
     this.waiters = [];
   }
 
-  private syncContext(cache: OperatorCaches, features: Features): SyncContext {
+  private syncContext(cache: OperatorCaches, features: Features, issuerKeys: IssuerKeysRefresh): SyncContext {
     const { kube, clock, identity, log, metrics } = this.o;
     return {
       kube,
@@ -111,6 +123,7 @@ export class ControllerRun {
       options: this.o.options,
       // Shared, not copied: watchLateApis turns a flag on once its API is served.
       features,
+      issuerKeys,
     };
   }
 

@@ -44,6 +44,18 @@ export interface AuthConfig {
   /** The users file (see UsersFile); watched and hot-reloaded. */
   usersFile: string;
   lockout?: LockoutConfig;
+  /** ServiceAccount-token logins (users with `serviceAccount`); absent = none accepted. */
+  serviceAccountTokens?: ServiceAccountTokensConfig;
+}
+
+/** How projected ServiceAccount tokens are verified, offline (relay/sa-token.ts). */
+export interface ServiceAccountTokensConfig {
+  /** The cluster's service-account issuer: the token's `iss` (the API server's --service-account-issuer). */
+  issuer: string;
+  /** The audience tokens must be requested for (the token's `aud`), e.g. "smtprelay.dev/<namespace>/<relay>". */
+  audience: string;
+  /** The issuer's public keys as a JSON Web Key Set; watched and hot-reloaded with the users file. */
+  jwksFile: string;
 }
 
 export interface AccessConfig {
@@ -176,8 +188,13 @@ export interface UsersFile {
 
 export interface UserEntry {
   name: string;
-  /** Output of `smtp-relay hash-password`: "scrypt$<N>$<r>$<p>$<salt b64>$<hash b64>". */
-  passwordHash: string;
+  /**
+   * Output of `smtp-relay hash-password`: "scrypt$<N>$<r>$<p>$<salt b64>$<hash b64>".
+   * Exactly one of passwordHash and serviceAccount.
+   */
+  passwordHash?: string;
+  /** The user logs in with a projected token of this ServiceAccount as the password (auth.serviceAccountTokens). */
+  serviceAccount?: { namespace: string; name: string };
   /** Sender patterns: "user@domain" or "*@domain" (case-insensitive). */
   allowedSenders: string[];
   /** Messages per period; absent = unlimited. */

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, TlsVersion, UpstreamConfig } from './config-types.js';
+import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, ServiceAccountTokensConfig, TlsVersion, UpstreamConfig } from './config-types.js';
 import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
 
@@ -49,7 +49,7 @@ export interface RelaySettings {
   hostname: string;
   listeners: ListenerSettings[];
   tls: { certFile: string; keyFile: string; minVersion: TlsVersion; ciphers: string };
-  auth: { usersFile: string; lockout: LockoutSettings };
+  auth: { usersFile: string; lockout: LockoutSettings; serviceAccountTokens?: ServiceAccountTokensConfig };
   access: { allowedCidrs: string[]; trustedProxyCidrs: string[] };
   limits: LimitsSettings;
   upstream: UpstreamConfig;
@@ -182,7 +182,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
   // auth
   let auth: RelaySettings['auth'] = { usersFile: '', lockout: lockoutDefaults() };
   if (cfg.auth !== undefined) {
-    const o = c.object('auth', cfg.auth, ['usersFile'], ['lockout']);
+    const o = c.object('auth', cfg.auth, ['usersFile'], ['lockout', 'serviceAccountTokens']);
     if (o) {
       const usersFile = readable(c, 'auth.usersFile', o.usersFile === undefined ? undefined : c.string('auth.usersFile', o.usersFile), baseDir);
       const lockout = lockoutDefaults();
@@ -195,6 +195,17 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
         }
       }
       auth = { usersFile: usersFile ?? '', lockout };
+      if (o.serviceAccountTokens !== undefined) {
+        const t = c.object('auth.serviceAccountTokens', o.serviceAccountTokens, ['issuer', 'audience', 'jwksFile'], []);
+        if (t) {
+          const issuer = t.issuer === undefined ? undefined : c.string('auth.serviceAccountTokens.issuer', t.issuer);
+          const audience = t.audience === undefined ? undefined : c.string('auth.serviceAccountTokens.audience', t.audience);
+          if (issuer === '') c.fail('auth.serviceAccountTokens.issuer', 'must not be empty');
+          if (audience === '') c.fail('auth.serviceAccountTokens.audience', 'must not be empty');
+          const jwksFile = readable(c, 'auth.serviceAccountTokens.jwksFile', t.jwksFile === undefined ? undefined : c.string('auth.serviceAccountTokens.jwksFile', t.jwksFile), baseDir);
+          if (issuer && audience && jwksFile) auth.serviceAccountTokens = { issuer, audience, jwksFile };
+        }
+      }
     }
   }
 
@@ -426,7 +437,8 @@ export const FIELD_EFFECTS = {
   listeners: 'restart',
   tls: 'restart',
   metrics: 'restart',
-  auth: { usersFile: 'restart', lockout: 'reload' },
+  // issuer and audience change only with the cluster or the relay's name; the keys file is watched
+  auth: { usersFile: 'restart', lockout: 'reload', serviceAccountTokens: 'restart' },
   access: 'reload',
   limits: 'reload',
   upstream: 'reload',

@@ -15,6 +15,7 @@ import { hashPassword } from './password.js';
 import { Relay } from './server.js';
 import { Upstream } from './upstream.js';
 import { loadUsers } from './users.js';
+import { TokenVerifier, loadJwks } from './sa-token.js';
 import { ValidationError } from './validate.js';
 import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
@@ -65,6 +66,7 @@ function checkConfig(file: string): number {
   try {
     const settings = loadConfig(file);
     const users = loadUsers(settings.auth.usersFile);
+    loadTokenVerifier(settings);
     loadCertificate(settings.tls.certFile, settings.tls.keyFile, settings.tls);
     process.stdout.write(`${file}: ok (${settings.listeners.length} listener(s), ${users.size} user(s))\n`);
     return 0;
@@ -101,7 +103,7 @@ async function serve(file: string): Promise<void> {
       queue = await startQueueMode(settings.queue, { deliver: (e, m) => up.deliver(e, m, { signed: true }), hostname: settings.hostname, logger, registry });
       logger.info({ event: 'queue_mode', directory: settings.queue.directory }, 'queue mode: a 250 once a message is in the spool');
     }
-    relay = new Relay(settings, users, certificate, upstream, logger, metrics, queue?.spool);
+    relay = new Relay(settings, users, certificate, upstream, logger, metrics, queue?.spool, loadTokenVerifier(settings));
     logger.info({ event: 'certificate', subject: certificate.subject, notAfter: certificate.notAfter.toISOString(), users: users.size }, 'loaded');
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start');
@@ -147,6 +149,23 @@ async function serve(file: string): Promise<void> {
       }
     }),
   );
+  const tokenSettings = settings.auth.serviceAccountTokens;
+  if (tokenSettings) {
+    // the operator rewrites the keys when the cluster's issuer rotates them
+    watches.push(
+      watchFiles([tokenSettings.jwksFile], () => {
+        try {
+          const verifier = loadTokenVerifier(settings)!;
+          relay.setTokenVerifier(verifier);
+          reloadResult('service_account_keys', true);
+          logger.info({ event: 'reload', kind: 'service_account_keys', keys: verifier.issuer.jwks.keys.length }, 'service-account issuer keys reloaded');
+        } catch (err) {
+          reloadResult('service_account_keys', false);
+          logger.error({ event: 'reload_failed', kind: 'service_account_keys', err: describe(err) }, 'new JWKS file refused, keeping the current keys');
+        }
+      }),
+    );
+  }
   const upstreamFiles = (s: RelaySettings) =>
     [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
       (f): f is string => !!f,
@@ -244,3 +263,9 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   process.stderr.write(`smtp-relay: ${describe(err)}\n`);
   process.exit(1);
 });
+
+/** The ServiceAccount-token verifier of auth.serviceAccountTokens (its JWKS file read now), or undefined when token logins are off. */
+function loadTokenVerifier(settings: RelaySettings): TokenVerifier | undefined {
+  const t = settings.auth.serviceAccountTokens;
+  return t ? new TokenVerifier({ issuer: t.issuer, audience: t.audience, jwks: loadJwks(t.jwksFile) }) : undefined;
+}

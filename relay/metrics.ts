@@ -57,7 +57,7 @@ export function createMetrics(registry: prom.Registry) {
     }),
     passwordChecks: new prom.Counter({
       name: 'smtp_relay_auth_password_checks_total',
-      help: 'Password checks by kind: scrypt (a full key derivation), remembered (the same password and hash succeeded before in this process), shared (waited for the same check already running).',
+      help: 'Password checks by kind: scrypt (a full key derivation), remembered (the same password and hash succeeded before in this process), shared (waited for the same check already running), token (a ServiceAccount token signature check).',
       labelNames: ['check'] as const,
       registers: r,
     }),

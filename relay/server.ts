@@ -30,6 +30,7 @@ import { Lockout, RateLimiter } from './policy/lockout.js';
 import { SHUTTING_DOWN, SmtpError, oneLine } from './replies.js';
 import { POST_TLS_DISABLED, PRE_TLS_DISABLED, SessionPolicy, type Deliverer, type Queue, type RelayState } from './session.js';
 import type { UserTable } from './users.js';
+import type { TokenVerifier } from './sa-token.js';
 export type { Deliverer, Queue } from './session.js';
 export type { DeliveryOutcome, Envelope } from './upstream.js';
 
@@ -81,13 +82,14 @@ export class Relay implements RelayState {
     private readonly logger: pino.Logger,
     private readonly metrics: Metrics,
     queue?: Queue,
+    tokens?: TokenVerifier,
   ) {
     checkInternals();
     this.settings = settings;
     this.allowed = new CidrSet(settings.access.allowedCidrs);
     this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
     this.lockout = new Lockout(settings.auth.lockout);
-    this.logins = new Logins(users, metrics);
+    this.logins = new Logins(users, metrics, tokens);
     this.session = new SessionPolicy(this, this.table, this.logins, this.lockout, new RateLimiter(), upstream, logger, metrics, queue);
     this.metrics.certificateExpiry.set(Math.floor(certificate.notAfter.getTime() / 1000));
   }
@@ -143,7 +145,8 @@ export class Relay implements RelayState {
       logger: false,
       size: s.limits.maxMessageSize,
       rejectOversized: true,
-      authMethods: ['PLAIN', 'LOGIN'],
+      // XOAUTH2 only where ServiceAccount tokens are accepted (the token is its access token)
+      authMethods: s.auth.serviceAccountTokens ? ['PLAIN', 'LOGIN', 'XOAUTH2'] : ['PLAIN', 'LOGIN'],
       allowInsecureAuth: false,
       disabledCommands: implicit ? POST_TLS_DISABLED : PRE_TLS_DISABLED,
       // smtp-server's own limit, a backstop: the connect phase enforces maxConnections and
@@ -337,6 +340,11 @@ export class Relay implements RelayState {
 
   setUsers(users: UserTable): void {
     this.logins.setUsers(users);
+  }
+
+  /** New ServiceAccount issuer keys (the JWKS file changed). */
+  setTokenVerifier(tokens: TokenVerifier | undefined): void {
+    this.logins.setTokenVerifier(tokens);
   }
 
   /** Builds the new pair first; throws (keeping the old one) when it is unusable. */

@@ -175,20 +175,23 @@ export class SessionPolicy {
       this.logger.warn({ event: 'auth_locked', session: session.id, clientIp: state.ip, user: logUser, retryAfterSeconds: Math.ceil(locked / 1000) }, 'AUTH refused: locked out');
       throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
     }
-    if (await this.logins.check(username, auth.password ?? '')) {
+    // XOAUTH2 carries the token as accessToken; PLAIN and LOGIN as the password
+    const login = await this.logins.check(username, auth.password ?? auth.accessToken ?? '');
+    const pod = login.pod ? { pod: login.pod } : {};
+    if (login.ok) {
       // Only the username's failures are forgiven. Clearing the IP's as well would let a
       // client with one valid account reset the per-IP count between guesses at others.
       this.lockout.succeed(userKey);
       this.metrics.authAttempts.inc({ mechanism, result: 'success' });
       state.user = username;
       this.table.authenticated(state.key);
-      this.logger.info({ event: 'auth_success', session: session.id, clientIp: state.ip, user: username, mechanism }, 'authenticated');
+      this.logger.info({ event: 'auth_success', session: session.id, clientIp: state.ip, user: username, mechanism, ...pod }, 'authenticated');
       return username;
     }
     this.metrics.authAttempts.inc({ mechanism, result: 'failure' });
     const ipLocked = this.lockout.fail(ipKey);
     const userLocked = this.lockout.fail(userKey);
-    this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: logUser, mechanism }, 'authentication failed');
+    this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: logUser, mechanism, ...(login.reason ? { reason: login.reason } : {}) }, 'authentication failed');
     if (ipLocked || userLocked) {
       if (ipLocked) this.metrics.lockouts.inc({ scope: 'ip' });
       if (userLocked) this.metrics.lockouts.inc({ scope: 'user' });

@@ -5,16 +5,22 @@ import { parseYamlDocument } from './config.js';
 import { MAX_USERNAME_LENGTH } from './policy/lockout.js';
 import { parseHash, type ParsedHash } from './password.js';
 import { parseSenderPattern, type SenderPattern } from './policy/senders.js';
+import type { ServiceAccountRef } from './sa-token.js';
 import { Checker, ValidationError, join, show } from './validate.js';
 
+/** A user logs in with a password (hash) or with a ServiceAccount token (serviceAccount), never both. */
 export interface User {
   name: string;
-  hash: ParsedHash;
+  hash?: ParsedHash;
+  serviceAccount?: ServiceAccountRef;
   allowedSenders: SenderPattern[];
   rateLimit?: { messages: number; perMs: number };
 }
 
 export type UserTable = Map<string, User>;
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 export function validateUsers(doc: unknown, file: string): UserTable {
   const c = new Checker();
@@ -23,7 +29,7 @@ export function validateUsers(doc: unknown, file: string): UserTable {
   const list = top?.users === undefined ? undefined : c.list('users', top.users);
   list?.forEach((item, i) => {
     const p = join('users', i);
-    const o = c.object(p, item, ['name', 'passwordHash', 'allowedSenders'], ['rateLimit']);
+    const o = c.object(p, item, ['name', 'allowedSenders'], ['passwordHash', 'serviceAccount', 'rateLimit']);
     if (!o) return;
     const name = o.name === undefined ? undefined : c.string(join(p, 'name'), o.name);
     if (name !== undefined) {
@@ -39,6 +45,19 @@ export function validateUsers(doc: unknown, file: string): UserTable {
         else hash = parsed;
       }
     }
+    let serviceAccount: ServiceAccountRef | undefined;
+    if (o.serviceAccount !== undefined) {
+      const sa = c.object(join(p, 'serviceAccount'), o.serviceAccount, ['namespace', 'name'], []);
+      const namespace = sa?.namespace === undefined ? undefined : c.string(join(p, 'serviceAccount.namespace'), sa.namespace);
+      const saName = sa?.name === undefined ? undefined : c.string(join(p, 'serviceAccount.name'), sa.name);
+      if (namespace !== undefined && saName !== undefined) {
+        if (!DNS_LABEL.test(namespace)) c.fail(join(p, 'serviceAccount.namespace'), `${show(namespace)} is not a namespace name`);
+        else if (!DNS_SUBDOMAIN.test(saName)) c.fail(join(p, 'serviceAccount.name'), `${show(saName)} is not a ServiceAccount name`);
+        else serviceAccount = { namespace, name: saName };
+      }
+    }
+    if (o.passwordHash !== undefined && o.serviceAccount !== undefined) c.fail(p, 'has both passwordHash and serviceAccount; give one');
+    else if (o.passwordHash === undefined && o.serviceAccount === undefined) c.fail(p, 'needs passwordHash (a password login) or serviceAccount (a token login)');
     const senders: SenderPattern[] = [];
     if (o.allowedSenders !== undefined) {
       const sl = c.list(join(p, 'allowedSenders'), o.allowedSenders);
@@ -61,8 +80,8 @@ export function validateUsers(doc: unknown, file: string): UserTable {
         if (messages !== undefined && perMs !== undefined) rateLimit = { messages, perMs };
       }
     }
-    if (name !== undefined && hash && senders.length) {
-      const user: User = { name, hash, allowedSenders: senders };
+    if (name !== undefined && (hash || serviceAccount) && senders.length) {
+      const user: User = hash ? { name, hash, allowedSenders: senders } : { name, serviceAccount: serviceAccount!, allowedSenders: senders };
       if (rateLimit) user.rateLimit = rateLimit;
       users.set(name, user);
     }

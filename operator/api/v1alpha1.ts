@@ -68,6 +68,23 @@ export const CONFIG_FILE = `${CONFIG_DIR}/${CONFIG_KEY}`;
 export const USERS_DIR = `${MOUNT_ROOT}/users`;
 export const USERS_KEY = 'users.yaml';
 export const USERS_FILE = `${USERS_DIR}/${USERS_KEY}`;
+/** The cluster's ServiceAccount issuer keys (JWKS), in the users Secret beside the users file, when a user logs in with a ServiceAccount token. */
+export const JWKS_KEY = 'jwks.json';
+export const JWKS_FILE = `${USERS_DIR}/${JWKS_KEY}`;
+
+/**
+ * The audience a ServiceAccount token must be requested for to log in to this
+ * relay (serviceAccountToken.audience of a projected volume). One per relay, so
+ * a token for one relay is no use at another, nor at the API server.
+ */
+export function tokenAudience(relay: { metadata: { namespace: string; name: string } }): string {
+  return `${GROUP}/${relay.metadata.namespace}/${relay.metadata.name}`;
+}
+
+/** Binding Secrets (servicebinding.io well-known entries): what an app mounts or takes with envFrom. */
+export const BINDING_TYPE = 'smtp';
+export const BINDING_PROVIDER = MANAGED_BY;
+export const BINDING_SECRET_TYPE = `servicebinding.io/${BINDING_TYPE}`;
 export const TLS_DIR = `${MOUNT_ROOT}/tls`;
 export const TLS_CERT_FILE = `${TLS_DIR}/tls.crt`;
 export const TLS_KEY_FILE = `${TLS_DIR}/tls.key`;
@@ -175,6 +192,8 @@ export const Reason = {
   CredentialsValid: 'CredentialsValid',
   PasswordRefused: 'PasswordRefused',
   UserSecretInvalid: 'UserSecretInvalid',
+  /** A ServiceAccount user is left out: the cluster's token issuer keys could not be fetched yet. */
+  IssuerKeysUnavailable: 'IssuerKeysUnavailable',
   // UpstreamReady
   UpstreamConfigured: 'UpstreamConfigured',
   UpstreamCredentialsNotFound: 'UpstreamCredentialsNotFound',
@@ -269,9 +288,19 @@ export interface UserSpec {
    * Generated when it does not exist.
    */
   secretRef?: LocalObjectReference;
+  /**
+   * Logs in with a projected token of this ServiceAccount (audience tokenAudience)
+   * as the password, instead of a password Secret. Not together with secretRef.
+   */
+  serviceAccount?: ServiceAccountReference;
   /** "local@domain" or "*@domain". */
   allowedSenders: string[];
   rateLimit?: RateLimitSpec;
+}
+
+export interface ServiceAccountReference {
+  namespace: string;
+  name: string;
 }
 
 export interface PasswordPolicySpec {
@@ -460,6 +489,13 @@ export interface SmtpRelayStatus {
   replicasSummary?: string;
   certificate?: CertificateStatus;
   dnsRecords?: DnsRecord[];
+  /** Each user's binding Secret (servicebinding.io), in spec order. */
+  bindings?: BindingStatus[];
+}
+
+export interface BindingStatus {
+  user: string;
+  secretName: string;
 }
 
 export interface ObjectMeta {

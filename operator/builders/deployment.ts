@@ -26,6 +26,7 @@ import {
   BASIC_AUTH_PASSWORD_KEY,
   BASIC_AUTH_USERNAME_KEY,
   USERS_KEY,
+  JWKS_KEY,
   CONFIG_KEY,
   dkimKeyFile,
   type SmtpRelay,
@@ -78,7 +79,15 @@ function volumes(relay: SmtpRelay, config: RelayConfig): { volumes: V1Volume[]; 
   // for whole-directory mounts, and the relay's hot reload depends on that.
   const volumes: V1Volume[] = [
     { name: Volume.config, configMap: { name: names.configMap, defaultMode: CONFIG_MODE, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } },
-    { name: Volume.users, secret: { secretName: names.usersSecret, defaultMode: SECRET_MODE, items: [{ key: USERS_KEY, path: USERS_KEY }] } },
+    {
+      name: Volume.users,
+      secret: {
+        secretName: names.usersSecret,
+        defaultMode: SECRET_MODE,
+        // the issuer keys only where ServiceAccount users are: other relays' pod templates stay as they were
+        items: [{ key: USERS_KEY, path: USERS_KEY }, ...(config.auth.serviceAccountTokens ? [{ key: JWKS_KEY, path: JWKS_KEY }] : [])],
+      },
+    },
     {
       name: Volume.tls,
       secret: {

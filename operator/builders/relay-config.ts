@@ -6,6 +6,7 @@ import YAML from 'yaml';
 import type { DkimKeyConfig, ListenerConfig, OAuth2Config, RelayConfig } from '../../relay/config-types.js';
 import {
   CONFIG_KEY,
+  JWKS_FILE,
   METRICS_PORT,
   PORT_NAME_SUBMISSION,
   PORT_NAME_SUBMISSIONS,
@@ -14,6 +15,7 @@ import {
   SUBMISSIONS_CONTAINER_PORT,
   TLS_CERT_FILE,
   TLS_KEY_FILE,
+  tokenAudience,
   UPSTREAM_CA_FILE,
   UPSTREAM_OAUTH2_CLIENT_SECRET_FILE,
   UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE,
@@ -34,6 +36,8 @@ export interface ConfigInputs {
    * that domain instead of failing to start. Absent: every entry is used.
    */
   skipDkim?: ReadonlySet<string>;
+  /** The cluster's ServiceAccount token issuer (its `iss`), once the operator has fetched the keys. */
+  serviceAccountIssuer?: string;
 }
 
 export interface ConfigMap {
@@ -84,6 +88,10 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
     auth: {
       usersFile: USERS_FILE,
       lockout: { maxFailures: s.auth.lockout.maxFailures, window: s.auth.lockout.window, duration: s.auth.lockout.duration },
+      // only with ServiceAccount users (and the issuer known): other relays' config, and restart hash, stay as they were
+      ...(inputs.serviceAccountIssuer && s.auth.users.some((u) => u.serviceAccount)
+        ? { serviceAccountTokens: { issuer: inputs.serviceAccountIssuer, audience: tokenAudience(relay), jwksFile: JWKS_FILE } }
+        : {}),
     },
     access: {
       allowedCidrs: [...s.access.allowedCidrs],

@@ -17,7 +17,7 @@
 import YAML from 'yaml';
 import type { UserEntry, UsersFile } from '../../relay/config-types.js';
 import { DEFAULT_PARAMS, VerificationMemo, hashPassword, parseHash, verifyPassword } from '../../relay/password.js';
-import { USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
+import { JWKS_KEY, USERS_KEY, type SmtpRelay } from '../api/v1alpha1.js';
 import { renderYaml } from './relay-config.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
 
@@ -92,11 +92,21 @@ export async function buildUsersFile(
   existing: UsersFile | undefined,
   hasher: PasswordHasher,
   costs: PasswordCosts = PASSWORD_COSTS,
+  /** Whether ServiceAccount users go in (false while the issuer keys are unknown: they could not log in anyway). */
+  serviceAccounts = true,
 ): Promise<UsersFile> {
   const previous = new Map<string, string>();
-  for (const u of existing?.users ?? []) previous.set(u.name, u.passwordHash);
+  for (const u of existing?.users ?? []) if (u.passwordHash !== undefined) previous.set(u.name, u.passwordHash);
   const users: UserEntry[] = [];
   for (const user of relay.spec.auth.users) {
+    if (user.serviceAccount) {
+      if (!serviceAccounts) continue;
+      // no password: the relay verifies the ServiceAccount's token (auth.serviceAccountTokens)
+      const entry: UserEntry = { name: user.name, serviceAccount: { namespace: user.serviceAccount.namespace, name: user.serviceAccount.name }, allowedSenders: [...user.allowedSenders] };
+      if (user.rateLimit) entry.rateLimit = { messages: user.rateLimit.messages, per: user.rateLimit.per };
+      users.push(entry);
+      continue;
+    }
     const accepted = passwords.get(user.name);
     if (accepted === undefined) continue;
     const { password } = accepted;
@@ -115,13 +125,21 @@ export function renderUsersFile(file: UsersFile): string {
   return `# Rendered by smtp-relay-operator; password hashes only, never plaintext.\n${renderYaml(file)}`;
 }
 
-export function buildUsersSecret(relay: SmtpRelay, file: UsersFile): Secret {
+/** The issuer's JWKS as the relay reads it (auth.serviceAccountTokens.jwksFile): keys in the issuer's order, one line each. */
+export function renderJwks(jwks: { keys: readonly object[] }): string {
+  return `{"keys": [\n${jwks.keys.map((k) => `  ${JSON.stringify(k)}`).join(',\n')}\n]}\n`;
+}
+
+/** `jwks`: the cluster's ServiceAccount issuer keys, present when a user logs in with a ServiceAccount token. */
+export function buildUsersSecret(relay: SmtpRelay, file: UsersFile, jwks?: { keys: readonly object[] }): Secret {
+  const data: Record<string, string> = { [USERS_KEY]: Buffer.from(renderUsersFile(file), 'utf8').toString('base64') };
+  if (jwks) data[JWKS_KEY] = Buffer.from(renderJwks(jwks), 'utf8').toString('base64');
   return {
     apiVersion: 'v1',
     kind: 'Secret',
     metadata: childMetadata(relay, childNames(relay).usersSecret),
     type: 'Opaque',
-    data: { [USERS_KEY]: Buffer.from(renderUsersFile(file), 'utf8').toString('base64') },
+    data,
   };
 }
 
@@ -137,7 +155,7 @@ export function readUsersSecret(secret: { data?: Record<string, string> | undefi
     const parsed: unknown = YAML.parse(Buffer.from(b64, 'base64').toString('utf8'));
     if (!parsed || typeof parsed !== 'object' || !Array.isArray((parsed as UsersFile).users)) return undefined;
     const users = (parsed as UsersFile).users.filter(
-      (u): u is UserEntry => !!u && typeof u === 'object' && typeof u.name === 'string' && typeof u.passwordHash === 'string',
+      (u): u is UserEntry => !!u && typeof u === 'object' && typeof u.name === 'string' && (typeof u.passwordHash === 'string' || !!u.serviceAccount),
     );
     return { users };
   } catch {

@@ -11,6 +11,7 @@ import type { InformerGroup } from '../runtime/informer.js';
 import { FROM_WATCH_CACHE, type Kube, type KubeObject, resourcePath } from '../runtime/kube.js';
 import { resourceForKind } from '../runtime/resources.js';
 import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
+import type { IssuerKeys } from '../issuer-keys.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { SecretDerivations } from './secrets.js';
 
@@ -46,6 +47,8 @@ export interface SyncContext {
   clock: Clock;
   options: OperatorOptions;
   features: Features;
+  /** The cluster's ServiceAccount token issuer keys (operator/issuer-keys.ts); absent = not fetched (no ServiceAccount logins). */
+  issuerKeys?: { readonly keys: IssuerKeys | undefined; readonly error: string | undefined };
 }
 
 /**

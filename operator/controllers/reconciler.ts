@@ -4,8 +4,8 @@
 //
 // The phases run in order because each feeds the next, and each returns what
 // the next needs (nothing is shared between them):
-//   credentials  syncUsers → usersSecret, syncUpstream, syncDkim → skipDkim, dnsRecords
-//   relay        syncChildren(usersSecret, skipDkim): the relay config, built once, and every child
+//   credentials  syncUsers → usersSecret, bindingSecrets, serviceAccountIssuer; syncUpstream, syncDkim → skipDkim, dnsRecords
+//   relay        syncChildren(usersSecret, bindingSecrets, skipDkim, serviceAccountIssuer): the relay config, built once, and every child
 //   readiness    syncReadiness: certificate, Deployment availability, endpoint, when to look again
 // Each returns its conditions; operator/status/relay-status.ts turns them into status.
 
@@ -66,15 +66,22 @@ export class RelayReconciler {
         decided.push(await syncUpstream(this.ctx, scope));
         const dkim = await syncDkim(this.ctx, scope);
         decided.push(dkim.dkimReady);
-        return { usersSecret: users.usersSecret, dkim };
+        return { users, dkim };
       });
-      const { usersSecret, dkim } = credentials;
-      const children = await this.timed(RELAY, () => syncChildren(this.ctx, scope, { usersSecret, skipDkim: dkim.skipDkim }));
+      const { users, dkim } = credentials;
+      const children = await this.timed(RELAY, () =>
+        syncChildren(this.ctx, scope, {
+          usersSecret: users.usersSecret,
+          bindingSecrets: users.bindingSecrets,
+          skipDkim: dkim.skipDkim,
+          ...(users.serviceAccountIssuer ? { serviceAccountIssuer: users.serviceAccountIssuer } : {}),
+        }),
+      );
       decided.push(children.reconciled);
       errors.push(...children.errors);
       const readiness = await this.timed(READINESS, () => syncReadiness(this.ctx, scope));
       decided.push(readiness.certificateReady, readiness.available);
-      observed = { ...readinessFields(readiness), dnsRecords: dkim.dnsRecords };
+      observed = { ...readinessFields(readiness), dnsRecords: dkim.dnsRecords, bindings: users.bindings };
       requeueAfterMs = readiness.requeueAfterMs;
     } catch (err) {
       errors.push(err);
@@ -137,7 +144,7 @@ export class RelayReconciler {
 }
 
 /** What status shows of the readiness phase's result. */
-function readinessFields(r: ReadinessResult): Omit<ObservedReadiness, 'dnsRecords'> {
+function readinessFields(r: ReadinessResult): Omit<ObservedReadiness, 'dnsRecords' | 'bindings'> {
   return {
     endpoint: r.endpoint,
     ...(r.replicas !== undefined ? { replicas: r.replicas } : {}),

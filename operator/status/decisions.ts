@@ -152,11 +152,12 @@ export function credentialsCondition(relay: SmtpRelay, problems: readonly UserPr
   if (problems.length === 0) {
     return { type: ConditionType.CredentialsReady, status: 'True', reason: Reason.CredentialsValid, message: `${total} user${total === 1 ? '' : 's'} can authenticate` };
   }
-  const refused = problems.some((p) => p.reason !== Reason.UserSecretInvalid);
+  const passwordProblems = problems.filter((p) => p.reason !== Reason.IssuerKeysUnavailable);
+  const refused = passwordProblems.some((p) => p.reason !== Reason.UserSecretInvalid);
   return {
     type: ConditionType.CredentialsReady,
     status: 'False',
-    reason: refused ? Reason.PasswordRefused : Reason.UserSecretInvalid,
+    reason: passwordProblems.length === 0 ? Reason.IssuerKeysUnavailable : refused ? Reason.PasswordRefused : Reason.UserSecretInvalid,
     message: `${problems.length} of ${total} users left out: ${problems.map((p) => `${p.user}: ${p.message}`).join('; ')}`,
   };
 }

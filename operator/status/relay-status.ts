@@ -1,6 +1,6 @@
 // The SmtpRelay status one reconcile writes, from what its phases returned.
 
-import { READY_DEPENDS_ON, type DnsRecord, type SmtpRelay, type SmtpRelayStatus } from '../api/v1alpha1.js';
+import { READY_DEPENDS_ON, type BindingStatus, type DnsRecord, type SmtpRelay, type SmtpRelayStatus } from '../api/v1alpha1.js';
 import { setCondition, type ConditionInput } from './conditions.js';
 import { summarizeReady } from './decisions.js';
 
@@ -11,6 +11,8 @@ export interface ObservedReadiness {
   readyReplicas?: number;
   certificate?: { notAfter?: string; secretName?: string };
   dnsRecords: readonly DnsRecord[];
+  /** The binding Secrets written (credentials phase). */
+  bindings?: readonly BindingStatus[];
 }
 
 /** "ready/desired" for the Replicas printer column. */
@@ -44,6 +46,8 @@ export function relayStatus(relay: SmtpRelay, decided: readonly ConditionInput[]
     if (observed.certificate) status.certificate = observed.certificate;
     if (observed.dnsRecords.length > 0) status.dnsRecords = [...observed.dnsRecords];
     else delete status.dnsRecords;
+    if (observed.bindings && observed.bindings.length > 0) status.bindings = observed.bindings.map((b) => ({ ...b }));
+    else delete status.bindings;
   }
   return status;
 }

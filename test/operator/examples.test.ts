@@ -62,6 +62,8 @@ const expected: Record<string, Record<string, string>> = {
   office: { CertificateReady: 'True/TlsSecretValid', Reconciled: 'True' },
   shared: { UpstreamReady: 'False/UpstreamCredentialsNotFound', Reconciled: 'True' },
   ses: { UpstreamReady: 'True', CertificateReady: 'False/Issuing', Reconciled: 'True' },
+  // the real API server's issuer keys fetched: the ServiceAccount user can authenticate
+  tokens: { CredentialsReady: 'True/CredentialsValid', Reconciled: 'True' },
   'outbound-full': { UpstreamReady: 'False/UpstreamCredentialsNotFound', DkimReady: 'False/DkimSecretNotFound', Reconciled: 'True' },
   m365: { UpstreamReady: 'True/UpstreamConfigured', CertificateReady: 'False/Issuing', Reconciled: 'True' },
   workspace: { UpstreamReady: 'False/UpstreamOAuth2SecretNotFound', CertificateReady: 'False/Issuing', Reconciled: 'True' },
@@ -114,6 +116,11 @@ test('every example applies and yields its children and a truthful status', asyn
     assert.match(r.status.endpoint, new RegExp(`^${name}\\.mail\\.svc:\\d+$`));
     for (const c of r.status.conditions) assert.ok(c.message && c.reason, `${name}: ${c.type} has a reason and a message`);
   }
+  const tokens = await getRelay(kube, 'mail', 'tokens');
+  assert.deepEqual(tokens.status.bindings, [
+    { user: 'reports', secretName: 'tokens-binding-reports' },
+    { user: 'billing', secretName: 'tokens-binding-billing' },
+  ]);
   const signed = await getRelay(kube, 'mail', 'signed');
   assert.deepEqual(signed.status.dnsRecords.map((d: { name: string }) => d.name).sort(), ['relay1._domainkey.example.com', 'sel2026._domainkey.example.org']);
   const sm = await eventually('ServiceMonitor of outbound-full (serviceMonitor.enabled)', () => get(kube, '/apis/monitoring.coreos.com/v1/namespaces/mail/servicemonitors/outbound-full'));

@@ -85,7 +85,7 @@ function rbacObjects(suffix: string, drop?: { resource: string; verb: string }):
       obj.metadata.name += suffix;
       if (drop) {
         obj.rules = obj.rules.flatMap((r: any) => {
-          if (!r.resources.includes(drop.resource)) return [r];
+          if (!r.resources?.includes(drop.resource)) return [r]; // nonResourceURLs rules have no resources
           const rest = { ...r, resources: r.resources.filter((x: string) => x !== drop.resource) };
           const only = { ...r, resources: [drop.resource], verbs: r.verbs.filter((v: string) => v !== drop.verb) };
           return [rest, only].filter((x) => x.resources.length > 0 && x.verbs.length > 0);

@@ -100,6 +100,8 @@ export interface RelayOptions {
   /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`. */
   queue?: string;
   env?: Record<string, string>;
+  /** ServiceAccount-token logins: users naming a ServiceAccount, and the issuer the test plays (jwks.json beside users.yaml). */
+  tokens?: { issuer: string; audience: string; jwks: object; users: { name: string; serviceAccount: { namespace: string; name: string }; allowedSenders: string[] }[] };
 }
 
 export interface LogLine {
@@ -207,8 +209,13 @@ export async function startRelay(o: RelayOptions): Promise<RelayProcess> {
     'tls.crt': await fs.readFile(o.cert.chainFile),
     'tls.key': await fs.readFile(o.cert.keyFile),
   });
+  let usersText = await usersYaml(o.users);
+  for (const u of o.tokens?.users ?? []) {
+    usersText += `  - name: ${JSON.stringify(u.name)}\n    serviceAccount: ${JSON.stringify(u.serviceAccount)}\n    allowedSenders: ${JSON.stringify(u.allowedSenders)}\n`;
+  }
   const usersDir = await SecretDir.create(o.dir, `users-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`, {
-    'users.yaml': await usersYaml(o.users),
+    'users.yaml': usersText,
+    ...(o.tokens ? { 'jwks.json': JSON.stringify(o.tokens.jwks) } : {}),
   });
   const ports = { submission: await freePort(), submissions: await freePort(), v6: await freePort(), metrics: await freePort() };
   const config = `# written by test/relay/harness.ts
@@ -225,6 +232,7 @@ ${o.tlsExtra ?? ''}
 auth:
   usersFile: ${usersDir.file('users.yaml')}
   lockout: ${o.lockout ?? '{maxFailures: 50, window: 10m, duration: 15m}'}
+${o.tokens ? `  serviceAccountTokens: {issuer: ${JSON.stringify(o.tokens.issuer)}, audience: ${JSON.stringify(o.tokens.audience)}, jwksFile: ${usersDir.file('jwks.json')}}` : ''}
 access:
 ${o.access ?? '  allowedCidrs: ["127.0.0.0/8", "::1/128"]'}
 limits: ${o.limits ?? '{maxMessageSize: 64Ki, maxRecipients: 5, maxConnections: 200, maxConnectionsPerIp: 50, idleTimeout: 30s}'}

@@ -5,7 +5,8 @@
 // operator/status/decisions.ts). The reconciler runs syncUsers, syncUpstream
 // and syncDkim in that order and hands their results to the relay phase.
 
-import { Reason, oauth2SecretSource, type UserSpec } from '../../api/v1alpha1.js';
+import { Reason, oauth2SecretSource, type BindingStatus, type UserSpec } from '../../api/v1alpha1.js';
+import { bindingSecretName, buildBindingSecret } from '../../builders/binding.js';
 import { buildGeneratedUserSecret, generatePassword, generatedPasswordLength, isGeneratedPassword } from '../../builders/credentials.js';
 import { childNames, userSecretName } from '../../builders/meta.js';
 import { buildUsersFile, buildUsersSecret, readUsersSecret, type AcceptedPassword, type Secret } from '../../builders/users.js';
@@ -21,24 +22,59 @@ export interface UsersResult {
   credentialsReady: ConditionInput;
   /** The hashed users Secret; applied with the other children (relay/sync.ts), so a failure shows in Reconciled. */
   usersSecret: Secret;
+  /** Each usable user's binding Secret (servicebinding.io), applied with the children too. */
+  bindingSecrets: Secret[];
+  bindings: BindingStatus[];
+  /** The ServiceAccount token issuer, when a user logs in with a token and its keys are known (for the relay config). */
+  serviceAccountIssuer?: string;
 }
+
+/** The key of the CA bundle cert-manager (and most TLS Secret makers) put beside tls.crt. */
+const TLS_CA_KEY = 'ca.crt';
 
 export async function syncUsers(ctx: SyncContext, scope: ReconcileScope): Promise<UsersResult> {
   const relay = scope.relay;
   const ns = relay.metadata.namespace;
   const { passwords, problems } = await acceptPasswords(ctx, scope);
+  const names = childNames(relay);
+  // ServiceAccount users need the cluster issuer's keys; without them they are left out
+  const tokenUsers = relay.spec.auth.users.filter((u) => u.serviceAccount);
+  const issuer = tokenUsers.length > 0 ? ctx.issuerKeys?.keys : undefined;
+  if (tokenUsers.length > 0 && !issuer) {
+    const why = ctx.issuerKeys?.error ?? 'not fetched yet';
+    for (const u of tokenUsers) {
+      problems.push({ user: u.name, reason: Reason.IssuerKeysUnavailable, message: `the cluster's ServiceAccount issuer keys are unavailable (${why}); the operator needs get on ${'/.well-known/openid-configuration'} and /openid/v1/jwks` });
+    }
+  }
+  const caCrt = await readSecretDerived(ctx, scope, ns, names.tlsSecret, 'tls-ca', (s) => {
+    const b64 = s?.data?.[TLS_CA_KEY];
+    return b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
+  });
   let usersSecret: Secret;
+  const bindingSecrets: Secret[] = [];
+  const bindings: BindingStatus[] = [];
   try {
     // The hashed users file keeps a hash while its password still matches, so an
     // unchanged password never rewrites the Secret.
-    const names = childNames(relay);
     const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
-    usersSecret = buildUsersSecret(relay, await buildUsersFile(relay, passwords, existing, ctx.hasher));
+    usersSecret = buildUsersSecret(relay, await buildUsersFile(relay, passwords, existing, ctx.hasher, undefined, !!issuer), issuer?.jwks);
+    for (const user of relay.spec.auth.users) {
+      const accepted = passwords.get(user.name);
+      if (user.serviceAccount ? !issuer : !accepted) continue;
+      bindingSecrets.push(buildBindingSecret(relay, user, { ...(accepted ? { password: accepted.password } : {}), ...(caCrt ? { caCrt } : {}) }));
+      bindings.push({ user: user.name, secretName: bindingSecretName(relay, user) });
+    }
   } finally {
     passwords.clear();
   }
   for (const p of problems) await ctx.events.warning(relay, p.reason, `user ${p.user} left out: ${p.message}`);
-  return { credentialsReady: credentialsCondition(relay, problems), usersSecret };
+  return {
+    credentialsReady: credentialsCondition(relay, problems),
+    usersSecret,
+    bindingSecrets,
+    bindings,
+    ...(issuer ? { serviceAccountIssuer: issuer.issuer } : {}),
+  };
 }
 
 /**
@@ -57,6 +93,7 @@ async function acceptPasswords(ctx: SyncContext, scope: ReconcileScope): Promise
   // one password, and so one another's sender rights.
   const firstUser = new Map<string, UserSpec>();
   for (const user of relay.spec.auth.users) {
+    if (user.serviceAccount) continue; // no password: a token login
     const secretName = userSecretName(relay, user);
     const first = firstUser.get(secretName);
     if (first && (!first.secretRef || !user.secretRef)) {

@@ -21,6 +21,10 @@ export const CONTROLLER = 'relay';
 export interface ChildrenInputs {
   /** The hashed users Secret (credentials/sync.ts syncUsers). */
   usersSecret: Secret;
+  /** Each user's binding Secret (credentials/sync.ts syncUsers); absent in callers that predate them. */
+  bindingSecrets?: Secret[];
+  /** The ServiceAccount token issuer, when ServiceAccount users can log in (credentials/sync.ts). */
+  serviceAccountIssuer?: string;
   /** DKIM entries whose key is unusable, left out of the config (credentials/dkim.ts syncDkim). */
   skipDkim: ReadonlySet<string>;
 }
@@ -38,7 +42,10 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
   let children: Child[];
   try {
     // Built once per reconcile: the ConfigMap carries it and the Deployment hashes it.
-    const config: RelayConfig = buildRelayConfig(relay, { skipDkim: inputs.skipDkim });
+    const config: RelayConfig = buildRelayConfig(relay, {
+      skipDkim: inputs.skipDkim,
+      ...(inputs.serviceAccountIssuer ? { serviceAccountIssuer: inputs.serviceAccountIssuer } : {}),
+    });
     children = buildChildren(relay, config, {
       image: ctx.options.relayImage,
       ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
@@ -54,7 +61,7 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
   const failed: string[] = [];
   let applied = 0;
   // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
-  const all = [inputs.usersSecret, ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
+  const all = [inputs.usersSecret, ...(inputs.bindingSecrets ?? []), ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
   // Two phases, each in parallel (a new relay's children are ~10 round trips to the
   // API server; one after another they made the first reconcile the slowest part of
   // converging): first what the pods use or are fenced by (Secrets, ServiceAccount,

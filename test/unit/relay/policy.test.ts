@@ -66,7 +66,7 @@ describe('users file', () => {
     assert.equal(users.get('a')?.allowedSenders.length, 2);
   });
   const bad: [string, unknown, string[]][] = [
-    ['unknown field', { users: [{ name: 'a', passwordHash: hash, allowedSenders: ['a@x.com'], password: 'x' }] }, ['users[0].password: unknown field (allowed: name, passwordHash, allowedSenders, rateLimit)']],
+    ['unknown field', { users: [{ name: 'a', passwordHash: hash, allowedSenders: ['a@x.com'], password: 'x' }] }, ['users[0].password: unknown field (allowed: name, allowedSenders, passwordHash, serviceAccount, rateLimit)']],
     ['bad hash', { users: [{ name: 'a', passwordHash: 'plain', allowedSenders: ['a@x.com'] }] }, ['users[0].passwordHash: must look like scrypt$N$r$p$salt$hash (output of `smtp-relay hash-password`)']],
     ['bad pattern', { users: [{ name: 'a', passwordHash: hash, allowedSenders: ['a*@x.com'] }] }, ['users[0].allowedSenders[0]: "a*@x.com": a wildcard may only be the whole local part ("*@domain")']],
     ['no senders', { users: [{ name: 'a', passwordHash: hash, allowedSenders: [] }] }, ['users[0].allowedSenders: must list at least one sender pattern']],

@@ -78,9 +78,9 @@ test('a changed password gets a new hash; the other user keeps its hash', async 
   const before = await build(passwords, undefined, hasher);
   const changed = new Map(passwords).set('alerts', user('a-completely-new-password-42'));
   const after = await build(changed, before, hasher);
-  assert.equal(after.users[0]!.passwordHash, before.users[0]!.passwordHash);
-  assert.notEqual(after.users[1]!.passwordHash, before.users[1]!.passwordHash);
-  const parsed = parseHash(after.users[1]!.passwordHash);
+  assert.equal(after.users[0]!.passwordHash!, before.users[0]!.passwordHash!);
+  assert.notEqual(after.users[1]!.passwordHash!, before.users[1]!.passwordHash!);
+  const parsed = parseHash(after.users[1]!.passwordHash!);
   assert.ok(typeof parsed !== 'string' && (await verifyPassword('a-completely-new-password-42', parsed)));
 });
 
@@ -107,7 +107,7 @@ test('a removed user disappears and a malformed existing hash is replaced', asyn
   const existing = { users: [{ name: 'billing', passwordHash: 'not-a-hash', allowedSenders: [] }, { name: 'gone', passwordHash: 'x', allowedSenders: [] }] };
   const file = await build(passwords, existing, hasher);
   assert.deepEqual(file.users.map((u) => u.name), ['billing', 'alerts']);
-  assert.match(file.users[0]!.passwordHash, /^scrypt\$/);
+  assert.match(file.users[0]!.passwordHash!, /^scrypt\$/);
 });
 
 test('an unreadable existing Secret reads as none', () => {
@@ -146,17 +146,17 @@ test('the production costs: generated passwords N=1024 r=8 p=1, user-chosen ones
   assert.deepEqual(USER_PASSWORD_COST, { N: 32768, r: 8, p: 1 });
   // The real hasher with the default costs: what the operator writes.
   const file = await buildUsersFile(relay, new Map([['billing', generated('G3neratedRandomPassw0rdOf32Chars')], ['alerts', user('alerts-password-0123456789')]]), undefined, relayPasswordHasher);
-  assert.match(file.users[0]!.passwordHash, /^scrypt\$1024\$8\$1\$/);
-  assert.match(file.users[1]!.passwordHash, /^scrypt\$32768\$8\$1\$/);
-  const parsed = parseHash(file.users[1]!.passwordHash);
+  assert.match(file.users[0]!.passwordHash!, /^scrypt\$1024\$8\$1\$/);
+  assert.match(file.users[1]!.passwordHash!, /^scrypt\$32768\$8\$1\$/);
+  const parsed = parseHash(file.users[1]!.passwordHash!);
   assert.ok(typeof parsed !== 'string' && (await verifyPassword('alerts-password-0123456789', parsed)));
 });
 
 test('a generated password is hashed with the generated cost, a user-provided one with the user cost', async () => {
   const hasher = realHasher();
   const file = await build(new Map([['billing', generated('GeneratedGeneratedGenerated12345')], ['alerts', user('alerts-password-0123456789')]]), undefined, hasher);
-  assert.deepEqual(costOf(file.users[0]!.passwordHash), COSTS.generated);
-  assert.deepEqual(costOf(file.users[1]!.passwordHash), COSTS.user);
+  assert.deepEqual(costOf(file.users[0]!.passwordHash!), COSTS.generated);
+  assert.deepEqual(costOf(file.users[1]!.passwordHash!), COSTS.user);
   assert.deepEqual(hasher.costs, [COSTS.generated, COSTS.user]);
 });
 
@@ -165,23 +165,23 @@ test('a generated password the user then edits gets the user cost; so does the s
   const gen = await build(new Map([['billing', generated('GeneratedGeneratedGenerated12345')]]), undefined, hasher);
   // The user put their own password into the generated Secret (marker no longer matches).
   const edited = await build(new Map([['billing', user('my-own-chosen-password-1')]]), gen, hasher);
-  assert.deepEqual(costOf(edited.users[0]!.passwordHash), COSTS.user);
+  assert.deepEqual(costOf(edited.users[0]!.passwordHash!), COSTS.user);
   // Same plaintext, but now counted as user-chosen (e.g. the marker was removed): re-hashed at the user cost.
   const unmarked = await build(new Map([['billing', user('GeneratedGeneratedGenerated12345')]]), gen, hasher);
-  assert.notEqual(unmarked.users[0]!.passwordHash, gen.users[0]!.passwordHash);
-  assert.deepEqual(costOf(unmarked.users[0]!.passwordHash), COSTS.user);
+  assert.notEqual(unmarked.users[0]!.passwordHash!, gen.users[0]!.passwordHash!);
+  assert.deepEqual(costOf(unmarked.users[0]!.passwordHash!), COSTS.user);
 });
 
 test('an existing hash of a generated password at the full cost is replaced by a cheap one; then it stays', async () => {
   const hasher = realHasher();
   const pw = new Map([['billing', generated('GeneratedGeneratedGenerated12345')]]);
   const old = await build(new Map([['billing', user('GeneratedGeneratedGenerated12345')]]), undefined, hasher);
-  assert.deepEqual(costOf(old.users[0]!.passwordHash), COSTS.user);
+  assert.deepEqual(costOf(old.users[0]!.passwordHash!), COSTS.user);
   const cheap = await build(pw, old, hasher);
-  assert.deepEqual(costOf(cheap.users[0]!.passwordHash), COSTS.generated);
+  assert.deepEqual(costOf(cheap.users[0]!.passwordHash!), COSTS.generated);
   const hashes = hasher.hashes;
   const again = await build(pw, cheap, hasher);
-  assert.equal(again.users[0]!.passwordHash, cheap.users[0]!.passwordHash);
+  assert.equal(again.users[0]!.passwordHash!, cheap.users[0]!.passwordHash!);
   assert.equal(hasher.hashes, hashes, 'no re-hash');
 });
 
