@@ -73,8 +73,9 @@ function grants(rules: any[]): Map<string, string[]> {
   const m = new Map<string, Set<string>>();
   for (const r of rules) {
     assert.equal(r.resourceNames, undefined);
-    for (const g of r.apiGroups) for (const res of r.resources) {
-      const k = `${g}/${res}`;
+    // a URL of the API server (nonResourceURLs) is keyed by its path
+    const keys: string[] = r.nonResourceURLs ? r.nonResourceURLs.map((u: string) => `url:${u}`) : r.apiGroups.flatMap((g: string) => r.resources.map((res: string) => `${g}/${res}`));
+    for (const k of keys) {
       const s = m.get(k) ?? new Set<string>();
       for (const v of r.verbs) s.add(v);
       m.set(k, s);
@@ -101,13 +102,17 @@ test('default RBAC: one ClusterRole with exactly the rules of operator/rbac/clus
   assert.deepEqual(objs.map((o) => o.kind).filter((k) => /Role/.test(k)).sort(), ['ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding']);
 });
 
-test('watchNamespaces: the same grants as Roles in each watched namespace, only clusterissuers cluster-wide, and --namespaces on the operator', async () => {
+test('watchNamespaces: the same grants as Roles in each watched namespace, only clusterissuers and the issuer keys cluster-wide, and --namespaces on the operator', async () => {
   const objs = await template(['--set', 'watchNamespaces={mail,billing}']);
   const want = grants(rulesOf('clusterrole.yaml'));
   const roles = byKind(objs, 'Role').filter((r) => !r.metadata.name.endsWith('leader-election'));
   assert.deepEqual(roles.map((r) => r.metadata.namespace).sort(), ['billing', 'mail']);
   const cr = one(objs, 'ClusterRole');
-  assert.deepEqual([...grants(cr.rules).keys()], ['cert-manager.io/clusterissuers'], 'the only cluster-wide grant is reading ClusterIssuers');
+  assert.deepEqual(
+    [...grants(cr.rules).keys()].sort(),
+    ['cert-manager.io/clusterissuers', 'url:/.well-known/openid-configuration', 'url:/openid/v1/jwks'],
+    'the only cluster-wide grants: reading ClusterIssuers and the service-account issuer keys',
+  );
   for (const r of roles) {
     const union = new Map([...grants(r.rules), ...grants(cr.rules)]);
     assert.deepEqual(new Map([...union].sort()), new Map([...want].sort()), `Role in ${r.metadata.namespace} plus the ClusterRole = operator/rbac/clusterrole.yaml`);
