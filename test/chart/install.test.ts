@@ -297,7 +297,7 @@ test('the same ClusterRole without one verb (create on apps/deployments) leaves 
   const ns = 'smtp-relay-system';
   const chartRole = await kube.get<any>('/apis/rbac.authorization.k8s.io/v1/clusterroles/relays-smtp-relay-operator');
   const rules = chartRole.rules.flatMap((r: any) => {
-    if (!(r.apiGroups.includes('apps') && r.resources.includes('deployments'))) return [r];
+    if (!(r.apiGroups?.includes('apps') && r.resources?.includes('deployments'))) return [r];
     return [{ ...r, verbs: r.verbs.filter((v: string) => v !== 'create') }];
   });
   assert.notDeepEqual(rules, chartRole.rules);
