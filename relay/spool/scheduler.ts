@@ -288,7 +288,8 @@ export class Scheduler {
           this.notifyRetry.set(id, now + this.o.retry.initialDelayMs);
         }
       } else {
-        state.warned = true;
+        state.warned = true; // nobody asked for one (NOTIFY without DELAY)
+        changed = true;
       }
     }
 
