@@ -35,10 +35,11 @@ export const MAILER_DAEMON = 'mailer-daemon';
 
 /**
  * Whether the user may send with the null sender <> (delivery status notifications
- * from an app host's own MTA): only when a MAILER-DAEMON@domain address is among its
- * allowed senders, exactly or through *@domain. The headers are still checked (From:
- * of such a notice is MAILER-DAEMON@host), and nothing bounces to <>.
+ * from an app host's own MTA): only when a MAILER-DAEMON@domain address is listed in its
+ * allowed senders. Listed, not implied by *@domain: an opt-in, so no existing user
+ * changes on upgrade. The headers are still checked (From: of such a notice is
+ * MAILER-DAEMON@host), and nothing bounces to <>.
  */
 export function nullSenderAllowed(patterns: SenderPattern[]): boolean {
-  return patterns.some((p) => p.local === null || p.local === MAILER_DAEMON);
+  return patterns.some((p) => p.local === MAILER_DAEMON);
 }
