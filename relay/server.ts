@@ -73,6 +73,8 @@ export class Relay implements RelayState {
   /** Sockets handed to smtp-server with a PROXY v1 line to read (the peer's own, or one made from v2). */
   private readonly proxied = new WeakSet<net.Socket>();
   private sweep?: NodeJS.Timeout;
+  /** Queue mode: DSN (RFC 3461) is advertised, since the spool honours it. */
+  private readonly queueMode: boolean;
 
   constructor(
     settings: RelaySettings,
@@ -86,6 +88,7 @@ export class Relay implements RelayState {
   ) {
     checkInternals();
     this.settings = settings;
+    this.queueMode = queue !== undefined;
     this.allowed = new CidrSet(settings.access.allowedCidrs);
     this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
     this.lockout = new Lockout(settings.auth.lockout);
@@ -147,6 +150,8 @@ export class Relay implements RelayState {
       rejectOversized: true,
       // XOAUTH2 only where ServiceAccount tokens are accepted (the token is its access token)
       authMethods: s.auth.serviceAccountTokens ? ['PLAIN', 'LOGIN', 'XOAUTH2'] : ['PLAIN', 'LOGIN'],
+      // DSN only where it is honoured (the spool); inline mode refuses its parameters (555).
+      hideDSN: !this.queueMode,
       allowInsecureAuth: false,
       disabledCommands: implicit ? POST_TLS_DISABLED : PRE_TLS_DISABLED,
       // smtp-server's own limit, a backstop: the connect phase enforces maxConnections and

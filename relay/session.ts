@@ -4,8 +4,9 @@
 //   ehlo      what is offered before and after TLS, and the plaintext command limit
 //   tls       the negotiated protocol and cipher, recorded and counted
 //   auth      TLS first, lockout, password check                 (538 / 421 / 535)
-//   mailFrom  TLS and a user, the user's allowed senders, the rate limit (530 / 553 / 451)
-//   rcptTo    recipient limit                                    (452)
+//   mailFrom  TLS and a user, DSN parameters, the user's allowed senders (the null
+//             sender only with a MAILER-DAEMON address), the rate limit (530 / 555 / 501 / 553 / 451)
+//   rcptTo    DSN parameters, recipient limit                    (555 / 501 / 452)
 //   data      size, smuggling, From:/Sender: headers, rate, then the upstream (552 / 550 / 451)
 //   close     the session's log line
 // Every refusal is an explicit reply and a counted rejection. relay/server.ts wires these
@@ -23,7 +24,8 @@ import type { Metrics } from './metrics.js';
 import { canonicalIp, type CidrSet } from './policy/access.js';
 import { fromAddresses, otherOriginatorAddresses } from './policy/headers.js';
 import { type Lockout, type RateLimiter, userLockoutKey } from './policy/lockout.js';
-import { senderAllowed } from './policy/senders.js';
+import { MAIL_DSN_PARAMS, RCPT_DSN_PARAMS, dsnParamsIn, parseMailDsn, parseRcptDsn, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
+import { nullSenderAllowed, senderAllowed } from './policy/senders.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { AUTH_REQUIRED, SHUTTING_DOWN, SmtpError, TLS_REQUIRED, oneLine, withEnhancedCode } from './replies.js';
 import { receivedHeader } from './trace.js';
@@ -41,7 +43,17 @@ export interface Queue {
   /** Whether a message of `size` bytes would fit now (an error with responseCode 452 when not). */
   checkSpace(size: number): Promise<(Error & { responseCode: number }) | undefined>;
   /** Resolves with the message's id once it is on stable storage; rejects with a responseCode (452 full, 451 write error). */
-  enqueue(envelope: { mailFrom: string; rcptTo: string[]; user?: string; client?: string }, message: Buffer): Promise<string>;
+  enqueue(envelope: QueuedEnvelope, message: Buffer): Promise<string>;
+}
+
+/** What the session hands the spool: the envelope with its DSN parameters (RFC 3461). */
+export interface QueuedEnvelope extends MessageDsn {
+  mailFrom: string;
+  rcptTo: string[];
+  /** Per recipient, in order; absent when no recipient gave NOTIFY or ORCPT. */
+  rcptDsn?: RecipientDsn[];
+  user?: string;
+  client?: string;
 }
 
 /** The relay's live state the phases read: replaced as a whole on reload. */
@@ -223,7 +235,19 @@ export class SessionPolicy {
     if (this.relay.draining) return new SmtpError(421, SHUTTING_DOWN);
     const user = this.logins.user(state.user);
     if (!user) return this.reject('auth_required', 530, `${AUTH_REQUIRED} (account removed)`);
-    if (!address.address || !senderAllowed(address.address, user.allowedSenders)) {
+    const dsn = this.dsnParams('MAIL', address, MAIL_DSN_PARAMS, parseMailDsn);
+    if (dsn) return dsn;
+    if (!address.address) {
+      // The null sender: notifications from the app host's own MTA (docs/relay-config.md).
+      if (!nullSenderAllowed(user.allowedSenders)) {
+        this.logger.info({ event: 'sender_refused', session: session.id, user: user.name, mailFrom: '<>' }, 'null sender not allowed');
+        return this.reject(
+          'sender_not_allowed',
+          553,
+          `5.7.1 Null sender <> not allowed for user ${user.name}: add a MAILER-DAEMON@<your domain> address to its allowedSenders to relay delivery notifications`,
+        );
+      }
+    } else if (!senderAllowed(address.address, user.allowedSenders)) {
       this.logger.info({ event: 'sender_refused', session: session.id, user: user.name, mailFrom: oneLine(address.address, 200) }, 'MAIL FROM not allowed');
       return this.reject('sender_not_allowed', 553, `5.7.1 Sender address not allowed for user ${user.name}`);
     }
@@ -240,12 +264,30 @@ export class SessionPolicy {
 
   // --- rcptTo ---
 
-  rcptTo(_address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null {
+  rcptTo(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null {
     if (!session.secure) return this.reject('tls_required', 530, TLS_REQUIRED);
     if (!session.user) return this.reject('auth_required', 530, AUTH_REQUIRED);
+    const dsn = this.dsnParams('RCPT', address, RCPT_DSN_PARAMS, parseRcptDsn);
+    if (dsn) return dsn;
     const max = this.relay.settings.limits.maxRecipients;
     if (session.envelope.rcptTo.length >= max) return this.reject('too_many_recipients', 452, `4.5.3 Too many recipients (at most ${max} per message)`);
     return null;
+  }
+
+  /**
+   * DSN parameters (RFC 3461) are offered in queue mode only, where the spool honours
+   * them. In inline mode they are refused as parameters of an extension that was not
+   * advertised (RFC 5321 4.1.1.11: 555), not dropped: the client then knows no notice
+   * will come. Malformed ones get 501 with the reason.
+   */
+  private dsnParams(command: 'MAIL' | 'RCPT', address: SMTPServerAddress, names: readonly string[], parse: (args: SMTPServerAddress['args']) => { error: string } | { ok: unknown }): SmtpError | null {
+    const given = dsnParamsIn(address.args, names);
+    if (!given.length) return null;
+    if (!this.queue) {
+      return this.reject('dsn_not_offered', 555, `5.5.4 ${given.join(', ')} not recognized: DSN is not offered by this relay (only in queue mode)`);
+    }
+    const parsed = parse(address.args);
+    return 'error' in parsed ? this.reject('bad_dsn_parameter', 501, `${parsed.error} (${command})`) : null;
   }
 
   // --- data ---
@@ -370,7 +412,7 @@ export class SessionPolicy {
     }
     let id: string;
     try {
-      id = await this.queue!.enqueue({ mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, user: m.state?.user, client: m.state?.ip }, signed);
+      id = await this.queue!.enqueue({ ...queuedDsn(m.session), mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, user: m.state?.user, client: m.state?.ip }, signed);
     } catch (err) {
       return refuse((err as Error & { responseCode?: number }).responseCode === 452 ? 'queue_full' : 'queue_write_failed', err);
     }
@@ -399,6 +441,18 @@ export class SessionPolicy {
       'session closed',
     );
   }
+}
+
+/** The DSN parameters of the transaction (checked at MAIL and RCPT), as the spool stores them. */
+function queuedDsn(session: SMTPServerSession): MessageDsn & { rcptDsn?: RecipientDsn[] } {
+  const mail = session.envelope.mailFrom ? parseMailDsn(session.envelope.mailFrom.args) : { ok: {} };
+  const out: MessageDsn & { rcptDsn?: RecipientDsn[] } = 'ok' in mail ? { ...mail.ok } : {};
+  const rcpt = session.envelope.rcptTo.map((r) => {
+    const p = parseRcptDsn(r.args);
+    return 'ok' in p ? p.ok : {};
+  });
+  if (rcpt.some((r) => r.notify || r.orcpt)) out.rcptDsn = rcpt;
+  return out;
 }
 
 type MessageResult = 'accepted' | 'rejected' | 'deferred';

@@ -29,3 +29,17 @@ export function senderAllowed(address: string, patterns: SenderPattern[]): boole
   const domain = address.slice(at + 1).toLowerCase();
   return patterns.some((p) => p.domain === domain && (p.local === null || p.local === local));
 }
+
+/** The local part that marks a user's own mail system as a sender of notifications. */
+export const MAILER_DAEMON = 'mailer-daemon';
+
+/**
+ * Whether the user may send with the null sender <> (delivery status notifications
+ * from an app host's own MTA): only when a MAILER-DAEMON@domain address is listed in its
+ * allowed senders. Listed, not implied by *@domain: an opt-in, so no existing user
+ * changes on upgrade. The headers are still checked (From: of such a notice is
+ * MAILER-DAEMON@host), and nothing bounces to <>.
+ */
+export function nullSenderAllowed(patterns: SenderPattern[]): boolean {
+  return patterns.some((p) => p.local === MAILER_DAEMON);
+}

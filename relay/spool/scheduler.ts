@@ -6,21 +6,34 @@
 //   pending --accepted--> delivered
 //   pending --4xx--> failed-temporary --(retry)--> delivered | failed-temporary | failed-permanent
 //   pending|failed-temporary --5xx, or lifetime over--> failed-permanent (+ report once)
+// Reports follow each recipient's NOTIFY (RFC 3461; policy/dsn-params.ts wantsNotice):
+// failures and expiry unless NOTIFY leaves out FAILURE, delay warnings only with DELAY
+// (or without NOTIFY), and a "relayed" notice for NOTIFY=SUCCESS when the upstream was
+// not handed the request. Nothing is ever reported to the null sender (no backscatter).
 // A message leaves the spool when no recipient is pending or failed-temporary and every
 // report is queued.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type pino from 'pino';
+import { wantsNotice, type MessageDsn, type RecipientDsn } from '../policy/dsn-params.js';
 import type { DeliveryOutcome, Envelope } from '../upstream.js';
 import { buildDsn, type DsnRecipient } from './dsn.js';
 import type { SpoolMetrics } from './metrics.js';
 import { nextAttemptAt } from './retry.js';
 import type { RetrySettings } from './settings.js';
 import type { Spool } from './store.js';
-import type { EntryState, RecipientState } from './types.js';
+import { owesReport, type EntryState, type RecipientState, type StoredEnvelope } from './types.js';
+
+/** An envelope to deliver, with the DSN request (RFC 3461) for an upstream that takes one. */
+export interface SpoolDelivery extends Envelope {
+  dsn?: MessageDsn & { recipients: RecipientDsn[] };
+}
+
+/** The upstream's outcome; `dsnPassed` when it advertised DSN and was given the request. */
+export type SpoolOutcome = DeliveryOutcome & { dsnPassed?: boolean };
 
 /** The signature of Upstream.deliver (relay/upstream.ts). */
-export type DeliverFn = (envelope: Envelope, message: Buffer) => Promise<DeliveryOutcome>;
+export type DeliverFn = (envelope: SpoolDelivery, message: Buffer) => Promise<SpoolOutcome>;
 
 export interface SchedulerOptions {
   spool: Spool;
@@ -151,7 +164,7 @@ export class Scheduler {
     if (e.state.held) return undefined;
     let due = Infinity;
     for (const r of e.state.recipients) if (undone(r) && r.nextAttempt < due) due = r.nextAttempt;
-    const needsReport = e.state.recipients.some((r) => r.status === 'failed-permanent' && !r.notified);
+    const needsReport = e.state.recipients.some(owesReport);
     if (needsReport) due = Math.min(due, this.notifyRetry.get(id) ?? 0);
     if (due === Infinity) return 0; // finished: remove it now
     const w = this.o.delayWarningMs;
@@ -243,6 +256,7 @@ export class Scheduler {
     const now = spool.clock.now();
     const state: EntryState = structuredClone(entry.state);
     const canReport = env.mailFrom !== '' && !env.dsn;
+    const requestOf = (r: RecipientState): RecipientDsn | undefined => env.rcptDsn?.[state.recipients.indexOf(r)];
     let body: Buffer | undefined;
     const loadBody = async (): Promise<Buffer> => (body ??= await spool.body(id));
     let changed = false;
@@ -258,31 +272,35 @@ export class Scheduler {
         }
         throw err;
       }
-      await this.attempt(id, env.mailFrom, env.created, due, body!, now);
+      await this.attempt(id, env, due, body!, now, canReport ? requestOf : () => ({ notify: ['NEVER'] }));
       changed = true;
     }
 
     // Delay warning: once, for a message from a real sender that is still waiting.
     const w = this.o.delayWarningMs;
     if (w && canReport && !state.warned && now - env.created >= w) {
-      const waiting = state.recipients.filter(undone);
+      const waiting = state.recipients.filter((r) => undone(r) && wantsNotice(requestOf(r), 'delayed'));
       if (waiting.length) {
-        if (await this.report('delayed', id, env.mailFrom, env.created, waiting, await loadBody(), now)) {
+        if (await this.report('delayed', id, env, waiting, requestOf, await loadBody(), now)) {
           state.warned = true;
           changed = true;
         } else {
           this.notifyRetry.set(id, now + this.o.retry.initialDelayMs);
         }
       } else {
-        state.warned = true;
+        state.warned = true; // nobody asked for one (NOTIFY without DELAY)
+        changed = true;
       }
     }
 
-    // Reports for permanent failures: one per attempt that produced them.
-    const toReport = state.recipients.filter((r) => r.status === 'failed-permanent' && !r.notified);
-    if (toReport.length) {
-      if (!canReport || (await this.report('failed', id, env.mailFrom, env.created, toReport, await loadBody(), now))) {
-        for (const r of toReport) r.notified = true;
+    // Reports for permanent failures (one per attempt that produced them), then the
+    // "relayed" notices; a recipient whose NOTIFY wants neither is settled at once.
+    for (const kind of ['failed', 'relayed'] as const) {
+      const owed = state.recipients.filter((r) => owesReport(r) && (kind === 'failed') === (r.status === 'failed-permanent'));
+      if (!owed.length) continue;
+      const toReport = canReport ? owed.filter((r) => wantsNotice(requestOf(r), kind)) : [];
+      if (!toReport.length || (await this.report(kind, id, env, toReport, requestOf, await loadBody(), now))) {
+        for (const r of owed) r.notified = true;
         this.notifyRetry.delete(id);
         changed = true;
       } else {
@@ -293,7 +311,7 @@ export class Scheduler {
     const current = spool.get(id);
     if (!current) return; // deleted meanwhile
     state.held = current.state.held;
-    if (!state.recipients.some(undone) && state.recipients.every((r) => r.status === 'delivered' || r.notified)) {
+    if (!state.recipients.some(undone) && !state.recipients.some(owesReport)) {
       this.upstreamDeferred.delete(id);
       this.notifyRetry.delete(id);
       await spool.remove(id);
@@ -308,18 +326,35 @@ export class Scheduler {
    * when it refuses some recipients it sends to none, so the rest are tried again at once
    * without them; the set shrinks each time, so this ends.
    */
-  private async attempt(id: string, mailFrom: string, created: number, due: RecipientState[], body: Buffer, now: number): Promise<void> {
+  private async attempt(
+    id: string,
+    env: StoredEnvelope,
+    due: RecipientState[],
+    body: Buffer,
+    now: number,
+    requestOf: (r: RecipientState) => RecipientDsn | undefined,
+  ): Promise<void> {
     const m = this.o.metrics;
+    const created = env.created;
     const expired = now - created >= this.o.lifetimeMs;
     let left = due;
     for (let round = 0; left.length && round <= due.length; round++) {
-      const outcome = await this.o.deliver({ mailFrom, rcptTo: left.map((r) => r.address) }, body);
+      const delivery: SpoolDelivery = { mailFrom: env.mailFrom, rcptTo: left.map((r) => r.address) };
+      if (env.ret || env.envid || env.rcptDsn) {
+        delivery.dsn = { ...(env.ret ? { ret: env.ret } : {}), ...(env.envid ? { envid: env.envid } : {}), recipients: left.map((r) => requestOf(r) ?? {}) };
+      }
+      const outcome = await this.o.deliver(delivery, body);
       m.attempts.inc({ outcome: outcome.kind });
       if (outcome.kind === 'accepted') {
         for (const r of left) {
           r.status = 'delivered';
           r.attempts++;
           r.lastError = undefined;
+          // RFC 3461 4.2: an upstream without DSN gets no request; the relay says "relayed" itself.
+          if (wantsNotice(requestOf(r), 'relayed') && !outcome.dsnPassed) {
+            r.notified = false;
+            r.lastError = outcome.response || '250 Ok';
+          }
         }
         m.deliveries.inc({ result: 'delivered' }, left.length);
         this.upstreamWorks(id);
@@ -369,13 +404,28 @@ export class Scheduler {
   }
 
   /** Queues a report to the sender; false when the spool cannot take it now. */
-  private async report(kind: 'failed' | 'delayed', id: string, sender: string, created: number, rcpts: RecipientState[], original: Buffer, now: number): Promise<boolean> {
-    const recipients: DsnRecipient[] = rcpts.map((r) => ({
-      address: r.address,
-      diagnostic: r.lastError ?? (kind === 'delayed' ? '4.4.1 Not delivered yet' : '5.0.0 Delivery failed'),
-      ...(r.status === 'failed-permanent' && r.lastError?.startsWith('4.4.7') ? { status: '4.4.7' } : {}),
-      ...(r.attempts ? { lastAttempt: now } : {}),
-    }));
+  private async report(
+    kind: 'failed' | 'delayed' | 'relayed',
+    id: string,
+    env: StoredEnvelope,
+    rcpts: RecipientState[],
+    requestOf: (r: RecipientState) => RecipientDsn | undefined,
+    original: Buffer,
+    now: number,
+  ): Promise<boolean> {
+    const sender = env.mailFrom;
+    const created = env.created;
+    const recipients: DsnRecipient[] = rcpts.map((r) => {
+      const orcpt = requestOf(r)?.orcpt;
+      return {
+        address: r.address,
+        diagnostic: r.lastError ?? (kind === 'delayed' ? '4.4.1 Not delivered yet' : kind === 'relayed' ? '250 2.0.0 Relayed' : '5.0.0 Delivery failed'),
+        ...(kind === 'relayed' ? { status: '2.0.0' } : {}),
+        ...(r.status === 'failed-permanent' && r.lastError?.startsWith('4.4.7') ? { status: '4.4.7' } : {}),
+        ...(r.attempts ? { lastAttempt: now } : {}),
+        ...(orcpt ? { orcpt } : {}),
+      };
+    });
     const dsn = buildDsn({
       kind,
       hostname: this.o.hostname,
@@ -386,6 +436,8 @@ export class Scheduler {
       recipients,
       original,
       expires: created + this.o.lifetimeMs,
+      ...(env.ret ? { ret: env.ret } : {}),
+      ...(env.envid ? { envid: env.envid } : {}),
     });
     try {
       const dsnId = await this.o.spool.enqueue({ mailFrom: '', rcptTo: [sender], dsn: true }, dsn);

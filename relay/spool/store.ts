@@ -9,6 +9,7 @@ import { Worker } from 'node:worker_threads';
 import type pino from 'pino';
 import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow } from './db-protocol.js';
 import type { SpoolMetrics } from './metrics.js';
+import type { MessageDsn, RecipientDsn } from '../policy/dsn-params.js';
 import { checkState, initialState, type EntryState, type StoredEnvelope } from './types.js';
 
 export interface Clock {
@@ -38,7 +39,7 @@ export class SpoolWriteError extends Error {
 }
 
 /** What the session hands in: the envelope as the client gave it. */
-export interface EnqueueEnvelope {
+export interface EnqueueEnvelope extends MessageDsn {
   /** '' for the null sender. */
   mailFrom: string;
   rcptTo: string[];
@@ -46,6 +47,8 @@ export interface EnqueueEnvelope {
   client?: string;
   /** Set by the spool itself for its delivery status notifications. */
   dsn?: boolean;
+  /** NOTIFY/ORCPT per recipient (RFC 3461), in the order of rcptTo. */
+  rcptDsn?: RecipientDsn[];
 }
 
 /** Why a message cannot be taken now. The session answers 452 4.3.1 (RFC 3463: mail system full). */
@@ -220,6 +223,9 @@ export class Spool {
     if (envelope.dsn) env.dsn = true;
     if (envelope.user) env.user = envelope.user;
     if (envelope.client) env.client = envelope.client;
+    if (envelope.ret) env.ret = envelope.ret;
+    if (envelope.envid) env.envid = envelope.envid;
+    if (envelope.rcptDsn?.length === envelope.rcptTo.length) env.rcptDsn = envelope.rcptDsn.map((r) => ({ ...r }));
     const state = initialState(env);
     this.reserved += body.length;
     this.reservedMessages++;

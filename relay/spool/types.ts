@@ -1,5 +1,6 @@
 // The spool's records: a message's envelope (fixed when it is accepted) and its
 // delivery state (one status per recipient), as stored in the database (store.ts).
+import type { MessageDsn, RecipientDsn } from '../policy/dsn-params.js';
 
 export type RecipientStatus = 'pending' | 'delivered' | 'failed-temporary' | 'failed-permanent';
 
@@ -11,7 +12,11 @@ export interface RecipientState {
   lastError?: string;
   /** Unix ms; when the recipient may be tried again (pending, failed-temporary). */
   nextAttempt: number;
-  /** A delivery status notification was queued for this recipient (failed-permanent). */
+  /**
+   * Notification of this recipient's final state: true once queued (or when none is
+   * wanted). A failed-permanent recipient without it still owes its report; a delivered
+   * one owes a "relayed" notice only when this is false (NOTIFY=SUCCESS). See `owesReport`.
+   */
   notified?: boolean;
 }
 
@@ -22,7 +27,8 @@ export interface EntryState {
   recipients: RecipientState[];
 }
 
-export interface StoredEnvelope {
+/** RET and ENVID (RFC 3461) come from MessageDsn; NOTIFY and ORCPT are per recipient. */
+export interface StoredEnvelope extends MessageDsn {
   id: string;
   /** Unix ms when the message was accepted. */
   created: number;
@@ -31,6 +37,8 @@ export interface StoredEnvelope {
   rcptTo: string[];
   /** The message is a delivery status notification made by this relay. */
   dsn?: boolean;
+  /** NOTIFY/ORCPT per recipient, in the order of rcptTo; absent when none was given. */
+  rcptDsn?: RecipientDsn[];
   /** Who handed it in (logs and `queue show`; never secrets). */
   user?: string;
   client?: string;
@@ -49,4 +57,9 @@ export function checkState(state: EntryState | undefined, env: StoredEnvelope): 
   if (!state || !Array.isArray(state.recipients) || state.recipients.length !== env.rcptTo.length) return undefined;
   if (state.recipients.some((r, i) => r.address !== env.rcptTo[i])) return undefined;
   return state;
+}
+
+/** Whether a report about this recipient is still to be queued. */
+export function owesReport(r: RecipientState): boolean {
+  return r.status === 'failed-permanent' ? !r.notified : r.status === 'delivered' && r.notified === false;
 }
