@@ -177,7 +177,11 @@ async function bindRole(kube: Kube, ns: string, sa: { ns: string; name: string }
 async function startOperatorWithErrors(): Promise<void> {
   cp = await startControlPlane();
   const admin = new Kube(cp.kubeconfig);
-  const full = (YAML.parse(readFileSync(join(ROOT, 'operator', 'rbac', 'clusterrole.yaml'), 'utf8')).rules as any[]).map((r) => ({ ...r, resources: r.resources.filter((x: string) => x !== 'clusterissuers') })).filter((r) => r.resources.length > 0);
+  // namespaced rules only (no clusterissuers, no nonResourceURLs: a Role cannot hold them)
+  const full = (YAML.parse(readFileSync(join(ROOT, 'operator', 'rbac', 'clusterrole.yaml'), 'utf8')).rules as any[])
+    .filter((r) => r.resources)
+    .map((r) => ({ ...r, resources: r.resources.filter((x: string) => x !== 'clusterissuers') }))
+    .filter((r) => r.resources.length > 0);
   const weak = full.map((r) => (r.apiGroups.includes('apps') ? { ...r, verbs: r.verbs.filter((v: string) => v !== 'create') } : r));
   for (const ns of ['ok', 'broken']) {
     await createNamespace(admin, ns);
@@ -495,12 +499,19 @@ test('the dashboards\' template variables find the scraped namespace, relay and 
 });
 
 const AFTER_BREAKAGE = new Set(['SmtpRelayCertificateExpired', 'SmtpRelayDown', 'SmtpRelayOperatorDown']);
+/**
+ * Alerts no scraped relay here triggers: an upstream refusing the relay's login needs a
+ * relay with upstream credentials and a refusing upstream of its own. Prometheus still
+ * loads and evaluates them (rule health below); test/chart/alerts.test.yaml (promtool)
+ * proves when they fire, test/relay/oauth2-upstream.test.ts that the relay sets the gauge.
+ */
+const NOT_TRIGGERED_HERE = new Set(['SmtpRelayUpstreamAuthRefused']);
 
 test('every alert expression parses and returns series for the traffic that should trigger it; Prometheus evaluates every rule without error', async () => {
   const alerts = rules.groups.flatMap((g) => g.rules);
-  assert.equal(alerts.length, 17);
+  assert.equal(alerts.length, 18);
   const empty: string[] = [];
-  for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert))) {
+  for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert) && !NOT_TRIGGERED_HERE.has(a.alert))) {
     const result = await query(a.expr);
     for (const l of await unknownGroupingLabels(a.expr)) empty.push(`${a.alert}: label ${l}`);
     if (result.length === 0) empty.push(`${a.alert}: ${a.expr}`);
@@ -517,10 +528,10 @@ test('every alert expression parses and returns series for the traffic that shou
   // Prometheus itself loaded and evaluates the rules: all healthy, and the alerts above are pending or firing.
   const groups = (await api('/api/v1/rules')).groups as any[];
   const loaded = groups.flatMap((g) => g.rules);
-  assert.equal(loaded.length, 17);
+  assert.equal(loaded.length, 18);
   for (const r of loaded) assert.equal(r.health, 'ok', `${r.name}: ${r.lastError}`);
   const active = new Set(((await api('/api/v1/alerts')).alerts as any[]).map((a) => a.labels.alertname));
-  for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert))) assert.ok(active.has(a.alert), `${a.alert} is pending or firing in Prometheus`);
+  for (const a of alerts.filter((a) => !AFTER_BREAKAGE.has(a.alert) && !NOT_TRIGGERED_HERE.has(a.alert))) assert.ok(active.has(a.alert), `${a.alert} is pending or firing in Prometheus`);
 });
 
 test('SmtpRelayCertificateExpired: the relay loads an expired certificate', async () => {
