@@ -13,7 +13,6 @@
 //   node dist/test/fuzz/smtp-front.js --seed 42 --case 1234     # one case again, printed
 // Loopback only; every wait is bounded, and the run stops starting sessions at --max-seconds.
 
-import fs from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
@@ -90,10 +89,9 @@ function* cases(seed: number, from: number, to: number): Generator<[number, Fuzz
   }
 }
 
-async function rssOf(pid: number): Promise<number> {
-  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
-  const kb = /^VmRSS:\s+(\d+) kB/m.exec(status);
-  return kb ? Number(kb[1]) * 1024 : 0;
+/** The relay's RSS in bytes (async, so a relay that is gone rejects instead of throwing). */
+async function rssOf(relay: RelayProcess): Promise<number> {
+  return relay.rssKiB() * 1024;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -455,10 +453,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       lockout: '{maxFailures: 1000, window: 1m, duration: 10s}',
       limits: `{maxMessageSize: ${MAX_MESSAGE_SIZE}, maxRecipients: 5, maxConnections: 200, maxConnectionsPerIp: 50, idleTimeout: 30s}`,
     });
-    const pid = relay.child.pid!;
+    const started = relay;
     const hello = await captureClientHello();
     const ports = relay.ports;
-    report.rssStartBytes = await rssOf(pid);
+    report.rssStartBytes = await rssOf(started);
 
     const verdictOf = new Map<string, { mustRefuse: string | null; code: number }>();
     const pendingAccepted = new Set<string>();
@@ -488,7 +486,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       pendingAccepted.delete(token);
       drainSink();
       scanLogs();
-      const rss = await rssOf(pid);
+      const rss = await rssOf(started);
       report.rssMaxBytes = Math.max(report.rssMaxBytes, rss);
       return rss;
     };
@@ -556,7 +554,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         await runOne(index, c).finally(() => inFlight--);
         done++;
         report.sessionsRun = done;
-        if (done === warmUp) report.rssWarmBytes = await rssOf(pid);
+        if (done === warmUp) report.rssWarmBytes = await rssOf(started);
         if (done >= nextCheck && !checking) {
           nextCheck += healthEvery;
           // all workers pause: the health check and the upstream check see a quiet relay
@@ -584,7 +582,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         fail(`fatal: ${(err as Error).message}`);
       }
     }
-    report.rssEndBytes = await rssOf(pid).catch(() => 0);
+    report.rssEndBytes = await rssOf(started).catch(() => 0);
     if (!report.rssWarmBytes) report.rssWarmBytes = report.rssStartBytes;
     const growth = report.rssEndBytes - report.rssWarmBytes;
     if (report.rssEndBytes && growth > RSS_GROWTH_LIMIT) fail(`relay RSS grew by ${(growth / 2 ** 20).toFixed(1)} MiB after warm-up (limit ${RSS_GROWTH_LIMIT / 2 ** 20} MiB)`);

@@ -6,7 +6,6 @@
 // Loopback only (127.0.0.0/8 source addresses), every loop bounded in count and time.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import nodemailer from 'nodemailer';
@@ -70,11 +69,6 @@ function flood(port: number, addresses: string[], maxOpens: number) {
   };
 }
 
-function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(m?.[1] ?? 0);
-}
-
 /** Sends `n` messages, each over a new connection (STARTTLS + AUTH), from 127.0.0.1; the number delivered. */
 async function legitimate(n: number): Promise<number> {
   let ok = 0;
@@ -102,14 +96,14 @@ async function legitimate(n: number): Promise<number> {
 }
 
 async function floodRun(addresses: string[], port: number) {
-  const rss0 = rssKiB(relay.child.pid!);
+  const rss0 = relay.rssKiB();
   const f = flood(port, addresses, 20_000);
   await delay(1000); // let the flood fill every slot
   const filled = f.open;
   const t0 = Date.now();
   const ok = await legitimate(100);
   const seconds = (Date.now() - t0) / 1000;
-  const rss1 = rssKiB(relay.child.pid!);
+  const rss1 = relay.rssKiB();
   f.stop();
   return { ok, filled, opens: f.opens, seconds, rssGrowthMiB: (rss1 - rss0) / 1024, rss1MiB: rss1 / 1024 };
 }

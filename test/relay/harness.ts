@@ -3,12 +3,14 @@
 // gives tests a raw SMTP client for the adversarial cases.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import nodemailer from 'nodemailer';
 import { hashPassword } from '../../relay/password.js';
 import assert from 'node:assert/strict';
 import type { CertFiles, Pki } from '../harness/support/pki.js';
@@ -185,6 +187,12 @@ export class RelayProcess {
       if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[4]);
     }
     return sum;
+  }
+
+  /** The relay's resident memory now, in KiB (/proc/<pid>/status VmRSS). */
+  rssKiB(): number {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${this.child.pid}/status`, 'utf8'));
+    return Number(m?.[1] ?? 0);
   }
 
   async stop(): Promise<number | null> {
@@ -399,4 +407,34 @@ export class RawSmtp {
 /** A minimal valid message with CRLF line endings. */
 export function message(from: string, to: string, subject = 'test', body = 'Hello.'): string {
   return [`From: ${from}`, `To: ${to}`, `Subject: ${subject}`, `Message-ID: <${Math.random().toString(36).slice(2)}@test.example>`, `Date: ${new Date().toUTCString()}`, '', body, ''].join('\r\n');
+}
+
+/**
+ * Sends `n` messages at once over one pooled STARTTLS + AUTH nodemailer client from `from`
+ * to rcpt<i>@example.net, subject "<tag> <i>"; the reply of each (the error text if refused).
+ */
+export async function sendPooled(
+  relay: RelayProcess,
+  o: { ca: string; user: { name: string; password: string }; from: string; n: number; tag: string; maxConnections?: number },
+): Promise<string[]> {
+  const t = nodemailer.createTransport({
+    pool: true,
+    maxConnections: o.maxConnections ?? 4,
+    host: '127.0.0.1',
+    port: relay.ports.submission,
+    requireTLS: true,
+    auth: { user: o.user.name, pass: o.user.password },
+    tls: { ca: o.ca, servername: 'localhost' },
+  });
+  try {
+    return await Promise.all(
+      Array.from({ length: o.n }, (_, i) =>
+        t
+          .sendMail({ envelope: { from: o.from, to: [`rcpt${i}@example.net`] }, raw: message(o.from, `rcpt${i}@example.net`, `${o.tag} ${i}`) })
+          .then((info) => info.response, (err: Error & { response?: string }) => err.response ?? err.message),
+      ),
+    );
+  } finally {
+    t.close();
+  }
 }

@@ -11,7 +11,7 @@ import nodemailer from 'nodemailer';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { GOOGLE_AUDIENCE, MICROSOFT_AUDIENCE, startTokenEndpoint, type TokenEndpoint } from '../harness/support/token-endpoint.js';
-import { delay, message, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { delay, message, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['*@contoso.com', '*@example.com'] };
 const CLIENT = { id: '00000000-aaaa-bbbb-cccc-000000000001', secret: 'client-secret-Q8~x.NOT-FOR-LOGS' };
@@ -83,27 +83,8 @@ async function relayFor(sink: Sink, oauth2: string, queue?: string): Promise<Rel
 const microsoft = () => `    user: ${MAILBOX}\n    microsoft: {tenantId: contoso.onmicrosoft.com, clientId: "${CLIENT.id}", clientSecretFile: ${join(dir, 'client-secret')}, tokenUrl: "${endpoint.microsoftUrl('contoso.onmicrosoft.com')}"}\n`;
 
 /** Sends `n` messages at once over a pooled client; the replies. */
-async function send(relay: RelayProcess, n: number, tag: string, from = 'app@contoso.com'): Promise<string[]> {
-  const t = nodemailer.createTransport({
-    pool: true,
-    maxConnections: 5,
-    host: '127.0.0.1',
-    port: relay.ports.submission,
-    requireTLS: true,
-    auth: { user: APP.name, pass: APP.password },
-    tls: { ca: pki.ca.certPem, servername: 'localhost' },
-  });
-  try {
-    return await Promise.all(
-      Array.from({ length: n }, (_, i) =>
-        t
-          .sendMail({ envelope: { from, to: [`rcpt${i}@example.net`] }, raw: message(from, `rcpt${i}@example.net`, `${tag} ${i}`) })
-          .then((info) => info.response, (err: Error & { response?: string }) => err.response ?? err.message),
-      ),
-    );
-  } finally {
-    t.close();
-  }
+function send(relay: RelayProcess, n: number, tag: string, from = 'app@contoso.com'): Promise<string[]> {
+  return sendPooled(relay, { ca: pki.ca.certPem, user: APP, from, n, tag, maxConnections: 5 });
 }
 
 /** No access token, client secret or private key text in anything the relay wrote. */

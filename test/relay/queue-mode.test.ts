@@ -14,7 +14,7 @@ import nodemailer from 'nodemailer';
 import { dkimTxtRecord, verifyDkim } from '../harness/support/dkim-verify.js';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { closedPort, startSink, type Sink } from '../harness/support/sink.js';
-import { MAIN, NODE, message, restartRelay, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { MAIN, NODE, message, restartRelay, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
 
 const run = promisify(execFile);
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com'] };
@@ -50,28 +50,8 @@ after(async () => {
   await pki?.cleanup();
 });
 
-/** Sends `n` messages over one pooled STARTTLS + AUTH transport; the replies. */
-async function send(n: number, tag: string): Promise<string[]> {
-  const t = nodemailer.createTransport({
-    pool: true,
-    maxConnections: 4,
-    host: '127.0.0.1',
-    port: relay.ports.submission,
-    requireTLS: true,
-    auth: { user: APP.name, pass: APP.password },
-    tls: { ca: pki.ca.certPem, servername: 'localhost' },
-  });
-  try {
-    return await Promise.all(
-      Array.from({ length: n }, (_, i) =>
-        t
-          .sendMail({ envelope: { from: 'app@example.com', to: [`rcpt${i}@example.net`] }, raw: message('app@example.com', `rcpt${i}@example.net`, `${tag} ${i}`) })
-          .then((info) => info.response, (err: Error & { response?: string }) => err.response ?? err.message),
-      ),
-    );
-  } finally {
-    t.close();
-  }
+function send(n: number, tag: string): Promise<string[]> {
+  return sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n, tag });
 }
 
 async function queueCli(...args: string[]): Promise<string> {

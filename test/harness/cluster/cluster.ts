@@ -56,8 +56,8 @@
  *                          Idempotent. A cluster left by a killed test process is cleaned the
  *                          same way by the next start.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync, writeFileSync, accessSync, constants as fsConstants } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync, writeFileSync, accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { get as httpsGet } from 'node:https';
 import { homedir } from 'node:os';
@@ -65,7 +65,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import YAML from 'yaml';
-import { freePort, repoRoot, startControlPlane, type ControlPlane } from '../controlplane/harness.js';
+import { freePort, repoRoot, startControlPlane, startProcess, type ControlPlane, type Proc } from '../controlplane/harness.js';
 
 const execFileP = promisify(execFile);
 
@@ -173,45 +173,9 @@ async function tryRun(cmd: string, args: string[], timeoutMs = 30_000): Promise<
 // ---------------------------------------------------------------------------
 // processes (each in its own process group, with a parent-death signal)
 
-interface Proc {
-  name: string;
-  child: ChildProcess;
-  pid: number;
-  exited: Promise<void>;
-  exitInfo?: { code: number | null; signal: NodeJS.Signals | null };
-  logPath: string;
-}
-
+/** The parts run as processes of the control plane harness's kind (own process group, log file, killed with the test process). */
 function startProc(name: string, bin: string, args: string[], logDir: string, env: NodeJS.ProcessEnv = {}): Proc {
-  const logPath = join(logDir, `${name}.log`);
-  const fd = openSync(logPath, 'a');
-  const hasSetpriv = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
-  const [cmd, argv] = hasSetpriv ? ['setpriv', ['--pdeathsig', 'KILL', bin, ...args]] : [bin, args];
-  let child: ChildProcess;
-  try {
-    child = spawn(cmd, argv, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, GOMAXPROCS: '2', ...env } });
-  } finally {
-    closeSync(fd);
-  }
-  if (child.pid === undefined) throw new Error(`cluster: could not start ${bin}`);
-  const p: Proc = {
-    name,
-    child,
-    pid: child.pid,
-    logPath,
-    exited: new Promise<void>((res) => {
-      child.once('exit', (code, signal) => {
-        p.exitInfo = { code, signal };
-        res();
-      });
-      child.once('error', () => {
-        p.exitInfo ??= { code: null, signal: null };
-        res();
-      });
-    }),
-  };
-  child.unref();
-  return p;
+  return startProcess(name, bin, args, logDir, { GOMAXPROCS: '2', ...env });
 }
 
 async function stopProc(p: Proc, graceMs = 10_000): Promise<void> {

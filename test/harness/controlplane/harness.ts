@@ -154,7 +154,8 @@ function findBinary(dir: string, name: string): string {
 // ---------------------------------------------------------------------------
 // process bookkeeping shared by every control plane of this process
 
-interface Proc {
+/** A process a harness started in its own process group, logging to a file. */
+export interface Proc {
   name: string;
   child: ChildProcess;
   pid: number;
@@ -216,18 +217,23 @@ function hasSetpriv(): boolean {
   return setprivChecked;
 }
 
-function startProcess(name: string, bin: string, args: string[], logDir: string): Proc {
+/**
+ * Starts `bin` in its own process group, output to <logDir>/<name>.log, killed with the
+ * test process (setpriv --pdeathsig, and the exit and signal handlers). The cluster
+ * harness (test/harness/cluster/cluster.ts) starts its parts with it too.
+ */
+export function startProcess(name: string, bin: string, args: string[], logDir: string, env: NodeJS.ProcessEnv = {}): Proc {
   installHandlers();
   const logPath = join(logDir, `${name}.log`);
   const fd = openSync(logPath, 'a');
   const [cmd, argv] = hasSetpriv() ? ['setpriv', ['--pdeathsig', 'KILL', bin, ...args]] : [bin, args];
   let child: ChildProcess;
   try {
-    child = spawn(cmd, argv, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, GOMAXPROCS: process.env.GOMAXPROCS ?? '2' } });
+    child = spawn(cmd, argv, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, GOMAXPROCS: process.env.GOMAXPROCS ?? '2', ...env } });
   } finally {
     closeSync(fd);
   }
-  if (child.pid === undefined) throw new Error(`controlplane: could not start ${bin}`);
+  if (child.pid === undefined) throw new Error(`could not start ${bin}`);
   const proc: Proc = {
     name,
     child,

@@ -2,7 +2,8 @@
 // would write, plus modifiers. Used by the builder unit tests and by the
 // controller's tests.
 
-import { API_VERSION, KIND, type SmtpRelay } from '../../../operator/api/v1alpha1.js';
+import { API_VERSION, KIND, type Condition, type SmtpRelay } from '../../../operator/api/v1alpha1.js';
+import { rfc3339 } from '../../../operator/status/conditions.js';
 import { withDefaults, type SmtpRelaySpecInput } from './defaults.js';
 
 export type RelayModifier = (relay: SmtpRelay) => void;
@@ -24,4 +25,16 @@ export function relayFixture(spec: SmtpRelaySpecInput = MINIMAL_SPEC, ...modifie
   };
   for (const m of modifiers) m(relay);
   return relay;
+}
+
+/** Every condition a reconcile sets (Ready aside), all with `status` as of `since`, then the overrides in `except`. */
+export function conditionsFixture(status: 'True' | 'False' | 'Unknown', since: Date, except: Partial<Record<string, Partial<Condition>>> = {}): Condition[] {
+  return ['Reconciled', 'CertificateReady', 'CredentialsReady', 'UpstreamReady', 'DkimReady', 'Available'].map((type) => ({
+    type,
+    status,
+    reason: 'R',
+    message: `${type} message`,
+    lastTransitionTime: rfc3339(since),
+    ...except[type],
+  }));
 }

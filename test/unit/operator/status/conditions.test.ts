@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Condition } from '../../../../operator/api/v1alpha1.js';
+import { conditionsFixture } from '../../../harness/smtprelay/fixtures.js';
 import { conditionsEqual, rfc3339, setCondition } from '../../../../operator/status/conditions.js';
 
 const t0 = new Date('2026-03-01T10:00:00.123Z');
@@ -32,16 +33,8 @@ test('a condition whose status changed moves its lastTransitionTime; other condi
   ]);
 });
 
-function all(status: 'True' | 'False' | 'Unknown', except: Partial<Record<string, Partial<Condition>>> = {}): Condition[] {
-  return ['Reconciled', 'CertificateReady', 'CredentialsReady', 'UpstreamReady', 'DkimReady', 'Available'].map((type) => ({
-    type,
-    status,
-    reason: 'R',
-    message: `${type} message`,
-    lastTransitionTime: rfc3339(t0),
-    ...except[type],
-  }));
-}
+/** All conditions with `status` at t0, then the overrides. */
+const all = (status: 'True' | 'False' | 'Unknown', except: Partial<Record<string, Partial<Condition>>> = {}): Condition[] => conditionsFixture(status, t0, except);
 
 test('conditionsEqual ignores order but not content', () => {
   const a = all('True');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConditionType, Reason, type Condition } from '../../../../operator/api/v1alpha1.js';
-import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
+import { conditionsFixture, relayFixture } from '../../../harness/smtprelay/fixtures.js';
 import { rfc3339 } from '../../../../operator/status/conditions.js';
 import {
   availableCondition,
@@ -21,16 +21,8 @@ import {
 const t0 = new Date('2026-03-01T10:00:00.123Z');
 const at = (d: Date) => () => d;
 
-function all(status: 'True' | 'False' | 'Unknown', except: Partial<Record<string, Partial<Condition>>> = {}): Condition[] {
-  return ['Reconciled', 'CertificateReady', 'CredentialsReady', 'UpstreamReady', 'DkimReady', 'Available'].map((type) => ({
-    type,
-    status,
-    reason: 'R',
-    message: `${type} message`,
-    lastTransitionTime: rfc3339(t0),
-    ...except[type],
-  }));
-}
+/** All conditions with `status` at t0, then the overrides. */
+const all = (status: 'True' | 'False' | 'Unknown', except: Partial<Record<string, Partial<Condition>>> = {}): Condition[] => conditionsFixture(status, t0, except);
 
 test('a relay whose conditions are all True is Ready', () => {
   assert.deepEqual(summarizeReady(all('True')), { type: 'Ready', status: 'True', reason: 'Ready', message: 'The relay is serving mail' });
