@@ -84,6 +84,8 @@ describe('ServiceAccount-token logins (the test plays the API server\'s token is
     }
     // the lockout counts these as failed logins of "reports": the fourth (maxFailures), with another key, locks out
     assert.equal(await login(SA_USER.name, await other.token(good)), 421, 'another key: the fourth failure starts the lockout');
+    // the relay's log is read from its stdout: wait for the fourth line before reading all four
+    await relay.waitForLog((l) => l.event === 'auth_failure' && l.user === 'reports' && l.reason === 'signature invalid');
     const reasons = relay.logs.filter((l) => l.event === 'auth_failure' && l.user === 'reports').map((l) => l.reason);
     assert.deepEqual(reasons.slice(-4), ['claim aud invalid: check_failed', 'token expired', 'token of another ServiceAccount (sub system:serviceaccount:apps:billing)', 'signature invalid']);
   });
