@@ -69,7 +69,7 @@ export function createCaches(o: CacheOptions, features: Features): OperatorCache
 
 /**
  * What the children cache keeps of a child (informer transform): everything the
- * appliers compare, but of a status only what the reconcile reads: a Deployment's
+ * appliers compare, but of a status only what the reconcile reads: a Deployment's or StatefulSet's
  * ready and available replica counts, a Certificate's conditions and
  * notAfter; no other status (a PodDisruptionBudget's, kept up to date by the
  * disruption controller as pods come and go, would otherwise reconcile the relay).
@@ -77,7 +77,7 @@ export function createCaches(o: CacheOptions, features: Features): OperatorCache
 export function trimChild(kind: string, obj: KubeObject): KubeObject {
   const o = obj as KubeObject & { status?: Record<string, unknown> };
   if (!o.status) return obj;
-  if (kind === 'Deployment') {
+  if (kind === 'Deployment' || kind === 'StatefulSet') {
     const { readyReplicas, availableReplicas } = o.status;
     o.status = {
       ...(readyReplicas !== undefined ? { readyReplicas } : {}),

@@ -98,6 +98,10 @@ export const UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE = `${UPSTREAM_OAUTH2_DIR}/serv
 export const UPSTREAM_CA_DIR = `${MOUNT_ROOT}/upstream/ca`;
 export const UPSTREAM_CA_FILE = `${UPSTREAM_CA_DIR}/ca.crt`;
 export const DKIM_DIR = `${MOUNT_ROOT}/dkim`;
+/** The spool (spec.queue): a PersistentVolumeClaim per pod, or an emptyDir. */
+export const SPOOL_DIR = '/var/spool/smtp-relay';
+/** The share of spec.queue.storage.size the relay fills before it answers 452 (the rest is SQLite's WAL and headroom). */
+export const SPOOL_FILL_RATIO = 0.8;
 /** DKIM private key of one (domain, selector): `${DKIM_DIR}/<domain>/<selector>.key`. */
 export function dkimKeyFile(domain: string, selector: string): string {
   return `${DKIM_DIR}/${domain.toLowerCase()}/${selector}.key`;
@@ -154,7 +158,7 @@ export const ConditionType = {
   UpstreamReady: 'UpstreamReady',
   /** Every DKIM key exists (given or generated) and is usable. */
   DkimReady: 'DkimReady',
-  /** The Deployment has its minimum of available replicas. */
+  /** The relay's workload (Deployment, or StatefulSet with a persistent queue) has its minimum of available replicas. */
   Available: 'Available',
 } as const;
 export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
@@ -442,6 +446,30 @@ export interface Toleration {
   tolerationSeconds?: number;
 }
 
+/** spec.queue: present = queue mode. Defaults as the CRD applies them. */
+export interface QueueSpec {
+  storage: QueueStorageSpec;
+  /** Duration, default 5d. */
+  lifetime: string;
+  retry: { initialDelay: string; maxDelay: string };
+  concurrency: number;
+  /** Duration; absent no delay warnings. */
+  delayWarning?: string;
+}
+
+export interface QueueStorageSpec {
+  /** "<n>Mi|Gi|Ti", default 1Gi. */
+  size: string;
+  storageClassName?: string;
+  /** true: an emptyDir (lost with the pod) and a Deployment; false (default): a PVC per pod and a StatefulSet. */
+  ephemeral: boolean;
+}
+
+/** Whether the relay keeps its queue on PersistentVolumeClaims (and so runs as a StatefulSet). */
+export function persistentQueue(spec: Pick<SmtpRelaySpec, 'queue'>): boolean {
+  return spec.queue !== undefined && !spec.queue.storage.ephemeral;
+}
+
 export interface SmtpRelaySpec {
   replicas: number;
   hostname: string;
@@ -451,6 +479,8 @@ export interface SmtpRelaySpec {
   access: AccessSpec;
   limits: LimitsSpec;
   upstream: UpstreamSpec;
+  /** Absent: inline mode (each message passed upstream before the 250). */
+  queue?: QueueSpec;
   dkim: DkimSpec[];
   metrics: MetricsSpec;
   service: ServiceSpec;

@@ -5,7 +5,7 @@ import type { RelayConfig } from '../../relay/config-types.js';
 import type { SmtpRelay } from '../api/v1alpha1.js';
 import { buildCertificate, type Certificate } from './certificate.js';
 import { buildConfigMap, type ConfigMap } from './relay-config.js';
-import { buildDeployment, type Deployment, type DeploymentInputs } from './deployment.js';
+import { buildWorkload, type DeploymentInputs, type Workload } from './deployment.js';
 import { buildNetworkPolicy, type NetworkPolicy } from './networkpolicy.js';
 import { buildMetricsService, buildService, type Service } from './service.js';
 import { buildPodDisruptionBudget, buildServiceAccount, buildServiceMonitor, type PodDisruptionBudget, type ServiceAccount, type ServiceMonitor } from './workload.js';
@@ -17,11 +17,11 @@ export interface ChildrenInputs extends DeploymentInputs {
   serviceMonitorCrd?: boolean;
 }
 
-export type Child = ServiceAccount | ConfigMap | Deployment | Service | Certificate | NetworkPolicy | PodDisruptionBudget | ServiceMonitor;
+export type Child = ServiceAccount | ConfigMap | Workload | Service | Certificate | NetworkPolicy | PodDisruptionBudget | ServiceMonitor;
 
 /**
  * ServiceAccount, ConfigMap, NetworkPolicy, Certificate (issuerRef only),
- * Service, metrics Service, Deployment, PodDisruptionBudget, ServiceMonitor
+ * Service, metrics Service, the workload (Deployment or StatefulSet), PodDisruptionBudget, ServiceMonitor
  * (when enabled and its CRD exists). The NetworkPolicy comes before the
  * Deployment so pods never run unfenced. `config` is the relay config
  * (buildRelayConfig), built once: the ConfigMap carries it, the Deployment
@@ -31,7 +31,7 @@ export function buildChildren(relay: SmtpRelay, config: RelayConfig, inputs: Chi
   const out: Child[] = [buildServiceAccount(relay), buildConfigMap(relay, config), buildNetworkPolicy(relay)];
   const cert = buildCertificate(relay, inputs.clusterDomain !== undefined ? { clusterDomain: inputs.clusterDomain } : {});
   if (cert) out.push(cert);
-  out.push(buildService(relay), buildMetricsService(relay), buildDeployment(relay, config, inputs), buildPodDisruptionBudget(relay));
+  out.push(buildService(relay), buildMetricsService(relay), buildWorkload(relay, config, inputs), buildPodDisruptionBudget(relay));
   if (inputs.serviceMonitorCrd) {
     const sm = buildServiceMonitor(relay);
     if (sm) out.push(sm);

@@ -1,7 +1,9 @@
-// The relay Deployment: hardened pod, fixed mount layout, and a restart hash
-// that rolls pods only for changes the relay cannot hot-reload.
+// The relay's workload: a Deployment, or a StatefulSet when spec.queue keeps the
+// queue on PersistentVolumeClaims. The same hardened pod either way, a fixed mount
+// layout, and a restart hash that rolls pods only for changes the relay cannot
+// hot-reload.
 
-import type { V1DeploymentSpec, V1Volume, V1VolumeMount, V1ContainerPort, V1VolumeProjection } from '@kubernetes/client-node';
+import type { V1DeploymentSpec, V1PodTemplateSpec, V1StatefulSetSpec, V1Volume, V1VolumeMount, V1ContainerPort, V1VolumeProjection } from '@kubernetes/client-node';
 import type { RelayConfig } from '../../relay/config-types.js';
 import {
   ANNOTATION_RESTART_HASH,
@@ -17,6 +19,7 @@ import {
   RELAY_CONTAINER_NAME,
   RELAY_GID,
   RELAY_UID,
+  SPOOL_DIR,
   TLS_DIR,
   UPSTREAM_CA_DIR,
   UPSTREAM_CREDENTIALS_DIR,
@@ -29,6 +32,7 @@ import {
   JWKS_KEY,
   CONFIG_KEY,
   dkimKeyFile,
+  persistentQueue,
   type SmtpRelay,
 } from '../api/v1alpha1.js';
 import { restartRelevantConfig } from '../../relay/config.js';
@@ -48,6 +52,23 @@ export interface Deployment {
   spec: V1DeploymentSpec;
 }
 
+export interface StatefulSet {
+  apiVersion: 'apps/v1';
+  kind: 'StatefulSet';
+  metadata: ChildMetadata;
+  spec: V1StatefulSetSpec;
+}
+
+export type Workload = Deployment | StatefulSet;
+/** The kinds a relay's pods may run under; at most one is wanted at a time (workloadKind). */
+export const WORKLOAD_KINDS = ['Deployment', 'StatefulSet'] as const;
+export type WorkloadKind = (typeof WORKLOAD_KINDS)[number];
+
+/** A StatefulSet when the queue is on PersistentVolumeClaims, else a Deployment. */
+export function workloadKind(relay: SmtpRelay): WorkloadKind {
+  return persistentQueue(relay.spec) ? 'StatefulSet' : 'Deployment';
+}
+
 /** Volume names (also mount names). */
 export const Volume = {
   config: 'config',
@@ -58,6 +79,7 @@ export const Volume = {
   upstreamOAuth2: 'upstream-oauth2',
   dkim: 'dkim',
   tmp: 'tmp',
+  spool: 'spool',
 } as const;
 
 /** Readable by the relay through fsGroup, by nobody else. */
@@ -151,6 +173,11 @@ function volumes(relay: SmtpRelay, config: RelayConfig): { volumes: V1Volume[]; 
   // The root filesystem is read-only; Node and nodemailer may still want a scratch directory.
   volumes.push({ name: Volume.tmp, emptyDir: { sizeLimit: '64Mi' } });
   mounts.push({ name: Volume.tmp, mountPath: '/tmp' });
+  if (s.queue) {
+    // Persistent: the StatefulSet's volumeClaimTemplates supply the volume; ephemeral: an emptyDir here.
+    if (s.queue.storage.ephemeral) volumes.push({ name: Volume.spool, emptyDir: { sizeLimit: s.queue.storage.size } });
+    mounts.push({ name: Volume.spool, mountPath: SPOOL_DIR });
+  }
   return { volumes, mounts };
 }
 
@@ -161,94 +188,149 @@ function containerPorts(config: RelayConfig): V1ContainerPort[] {
   ];
 }
 
-/** The Deployment that runs the relay with `config` (built once per reconcile by buildRelayConfig). */
+/** The workload that runs the relay with `config` (built once per reconcile by buildRelayConfig): workloadKind decides which. */
+export function buildWorkload(relay: SmtpRelay, config: RelayConfig, inputs: DeploymentInputs): Workload {
+  return workloadKind(relay) === 'StatefulSet' ? buildStatefulSet(relay, config, inputs) : buildDeployment(relay, config, inputs);
+}
+
+/** The Deployment that runs the relay with `config` (inline mode, or a queue on an emptyDir). */
 export function buildDeployment(relay: SmtpRelay, config: RelayConfig, inputs: DeploymentInputs): Deployment {
+  const spec: V1DeploymentSpec = {
+    replicas: relay.spec.replicas,
+    revisionHistoryLimit: 5,
+    selector: { matchLabels: selectorLabels(relay) },
+    // Never below the desired count during a rollout: a new pod must be ready before an old one drains.
+    strategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
+    template: podTemplate(relay, config, inputs, 'pod-template-hash'),
+  };
+  return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: childMetadata(relay, childNames(relay).deployment), spec };
+}
+
+/** Name of the queue's volumeClaimTemplate; each pod's claim is "spool-<relay>-<ordinal>". */
+export const SPOOL_CLAIM_TEMPLATE = Volume.spool;
+
+/**
+ * The StatefulSet that runs the relay with its queue on a PersistentVolumeClaim per pod
+ * (spec.queue with persistent storage). Same name and pod as the Deployment would have.
+ * - Rolling updates replace one pod at a time and keep its claim, so the queue survives.
+ * - Parallel pod management: pods start and stop together, as the Deployment's did;
+ *   ordering buys nothing here (no pod depends on another).
+ * - The claims are kept when the StatefulSet is scaled down or deleted
+ *   (persistentVolumeClaimRetentionPolicy Retain): a claim may still hold mail, and the
+ *   operator never deletes one.
+ */
+export function buildStatefulSet(relay: SmtpRelay, config: RelayConfig, inputs: DeploymentInputs): StatefulSet {
+  const q = relay.spec.queue;
+  if (!q) throw new Error('buildStatefulSet: spec.queue is not set');
+  const names = childNames(relay);
+  const claimLabels = standardLabels(relay, { [LABEL_COMPONENT]: 'relay' });
+  const spec: V1StatefulSetSpec = {
+    replicas: relay.spec.replicas,
+    revisionHistoryLimit: 5,
+    serviceName: names.service,
+    podManagementPolicy: 'Parallel',
+    selector: { matchLabels: selectorLabels(relay) },
+    updateStrategy: { type: 'RollingUpdate', rollingUpdate: { partition: 0 } },
+    persistentVolumeClaimRetentionPolicy: { whenDeleted: 'Retain', whenScaled: 'Retain' },
+    template: podTemplate(relay, config, inputs, 'controller-revision-hash'),
+    volumeClaimTemplates: [
+      {
+        apiVersion: 'v1',
+        kind: 'PersistentVolumeClaim',
+        metadata: { name: SPOOL_CLAIM_TEMPLATE, labels: claimLabels },
+        spec: {
+          accessModes: ['ReadWriteOnce'],
+          resources: { requests: { storage: q.storage.size } },
+          volumeMode: 'Filesystem',
+          ...(q.storage.storageClassName ? { storageClassName: q.storage.storageClassName } : {}),
+        },
+      },
+    ],
+  };
+  return { apiVersion: 'apps/v1', kind: 'StatefulSet', metadata: childMetadata(relay, names.deployment), spec };
+}
+
+/** The relay pod; `revisionLabel` is the label its controller puts on each revision's pods (topology spread counts within one). */
+function podTemplate(relay: SmtpRelay, config: RelayConfig, inputs: DeploymentInputs, revisionLabel: string): V1PodTemplateSpec {
   const s = relay.spec;
   const names = childNames(relay);
   const { volumes: vols, mounts } = volumes(relay, config);
   const podLabels = standardLabels(relay, { [LABEL_COMPONENT]: 'relay' });
   const podAnnotations = sortedRecord({ ...userAnnotations(s.podAnnotations), [ANNOTATION_RESTART_HASH]: restartHash(config) });
-  const spec: V1DeploymentSpec = {
-    replicas: s.replicas,
-    revisionHistoryLimit: 5,
-    selector: { matchLabels: selectorLabels(relay) },
-    // Never below the desired count during a rollout: a new pod must be ready before an old one drains.
-    strategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
-    template: {
-      metadata: { labels: podLabels, annotations: podAnnotations },
-      spec: {
-        serviceAccountName: names.serviceAccount,
-        automountServiceAccountToken: false,
-        enableServiceLinks: false,
-        terminationGracePeriodSeconds: POD_TERMINATION_GRACE_SECONDS,
-        securityContext: {
-          runAsNonRoot: true,
-          runAsUser: RELAY_UID,
-          runAsGroup: RELAY_GID,
-          fsGroup: RELAY_GID,
-          seccompProfile: { type: 'RuntimeDefault' },
-        },
-        containers: [
-          {
-            name: RELAY_CONTAINER_NAME,
-            image: inputs.image,
-            imagePullPolicy: inputs.imagePullPolicy ?? 'IfNotPresent',
-            args: ['relay', 'serve', '--config', CONFIG_FILE],
-            ports: containerPorts(config),
-            resources: {
-              requests: sortedRecord(quantities(s.resources.requests)),
-              limits: sortedRecord(quantities(s.resources.limits)),
-            },
-            readinessProbe: {
-              httpGet: { path: HEALTH_PATH_READY, port: PORT_NAME_METRICS, scheme: 'HTTP' },
-              periodSeconds: 5,
-              timeoutSeconds: 2,
-              failureThreshold: 2,
-              successThreshold: 1,
-            },
-            livenessProbe: {
-              httpGet: { path: HEALTH_PATH_LIVE, port: PORT_NAME_METRICS, scheme: 'HTTP' },
-              initialDelaySeconds: 10,
-              periodSeconds: 10,
-              timeoutSeconds: 3,
-              failureThreshold: 3,
-              successThreshold: 1,
-            },
-            securityContext: {
-              runAsNonRoot: true,
-              runAsUser: RELAY_UID,
-              runAsGroup: RELAY_GID,
-              allowPrivilegeEscalation: false,
-              privileged: false,
-              readOnlyRootFilesystem: true,
-              capabilities: { drop: ['ALL'] },
-              seccompProfile: { type: 'RuntimeDefault' },
-            },
-            volumeMounts: mounts,
-            terminationMessagePolicy: 'FallbackToLogsOnError',
-          },
-        ],
-        volumes: vols,
-        topologySpreadConstraints: [
-          {
-            maxSkew: 1,
-            topologyKey: 'kubernetes.io/hostname',
-            whenUnsatisfiable: 'ScheduleAnyway',
-            labelSelector: { matchLabels: selectorLabels(relay) },
-            matchLabelKeys: ['pod-template-hash'],
-          },
-          {
-            maxSkew: 1,
-            topologyKey: 'topology.kubernetes.io/zone',
-            whenUnsatisfiable: 'ScheduleAnyway',
-            labelSelector: { matchLabels: selectorLabels(relay) },
-            matchLabelKeys: ['pod-template-hash'],
-          },
-        ],
+  const template: V1PodTemplateSpec = {
+    metadata: { labels: podLabels, annotations: podAnnotations },
+    spec: {
+      serviceAccountName: names.serviceAccount,
+      automountServiceAccountToken: false,
+      enableServiceLinks: false,
+      terminationGracePeriodSeconds: POD_TERMINATION_GRACE_SECONDS,
+      securityContext: {
+        runAsNonRoot: true,
+        runAsUser: RELAY_UID,
+        runAsGroup: RELAY_GID,
+        fsGroup: RELAY_GID,
+        seccompProfile: { type: 'RuntimeDefault' },
       },
+      containers: [
+        {
+          name: RELAY_CONTAINER_NAME,
+          image: inputs.image,
+          imagePullPolicy: inputs.imagePullPolicy ?? 'IfNotPresent',
+          args: ['relay', 'serve', '--config', CONFIG_FILE],
+          ports: containerPorts(config),
+          resources: {
+            requests: sortedRecord(quantities(s.resources.requests)),
+            limits: sortedRecord(quantities(s.resources.limits)),
+          },
+          readinessProbe: {
+            httpGet: { path: HEALTH_PATH_READY, port: PORT_NAME_METRICS, scheme: 'HTTP' },
+            periodSeconds: 5,
+            timeoutSeconds: 2,
+            failureThreshold: 2,
+            successThreshold: 1,
+          },
+          livenessProbe: {
+            httpGet: { path: HEALTH_PATH_LIVE, port: PORT_NAME_METRICS, scheme: 'HTTP' },
+            initialDelaySeconds: 10,
+            periodSeconds: 10,
+            timeoutSeconds: 3,
+            failureThreshold: 3,
+            successThreshold: 1,
+          },
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: RELAY_UID,
+            runAsGroup: RELAY_GID,
+            allowPrivilegeEscalation: false,
+            privileged: false,
+            readOnlyRootFilesystem: true,
+            capabilities: { drop: ['ALL'] },
+            seccompProfile: { type: 'RuntimeDefault' },
+          },
+          volumeMounts: mounts,
+          terminationMessagePolicy: 'FallbackToLogsOnError',
+        },
+      ],
+      volumes: vols,
+      topologySpreadConstraints: [
+        {
+          maxSkew: 1,
+          topologyKey: 'kubernetes.io/hostname',
+          whenUnsatisfiable: 'ScheduleAnyway',
+          labelSelector: { matchLabels: selectorLabels(relay) },
+          matchLabelKeys: [revisionLabel],
+        },
+        {
+          maxSkew: 1,
+          topologyKey: 'topology.kubernetes.io/zone',
+          whenUnsatisfiable: 'ScheduleAnyway',
+          labelSelector: { matchLabels: selectorLabels(relay) },
+          matchLabelKeys: [revisionLabel],
+        },
+      ],
     },
   };
-  const podSpec = spec.template.spec!;
+  const podSpec = template.spec!;
   if (s.nodeSelector && Object.keys(s.nodeSelector).length > 0) podSpec.nodeSelector = sortedRecord(s.nodeSelector);
   // Empty strings ("key: ''" with Exists = every taint) are not stored by the server
   // (omitempty); sent anyway, the applier would see a difference on every reconcile.
@@ -256,7 +338,10 @@ export function buildDeployment(relay: SmtpRelay, config: RelayConfig, inputs: D
     podSpec.tolerations = s.tolerations.map((t) => Object.fromEntries(Object.entries(t).filter(([, v]) => v !== '' && v !== undefined)));
   }
   if (s.priorityClassName) podSpec.priorityClassName = s.priorityClassName;
-  return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: childMetadata(relay, names.deployment), spec };
+  // A queue volume is made writable through fsGroup; re-labelling every file of a large
+  // spool at each start would delay the pod, so only when the volume's root differs.
+  if (s.queue) podSpec.securityContext!.fsGroupChangePolicy = 'OnRootMismatch';
+  return template;
 }
 
 /** Quantities as the server stores them (the CRD allows integers too: `cpu: 1`), so applies converge. */

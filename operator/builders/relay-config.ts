@@ -4,6 +4,7 @@
 
 import YAML from 'yaml';
 import type { DkimKeyConfig, ListenerConfig, OAuth2Config, RelayConfig } from '../../relay/config-types.js';
+import { validateQueueConfig, type QueueConfig } from '../../relay/spool/settings.js';
 import {
   CONFIG_KEY,
   JWKS_FILE,
@@ -13,6 +14,8 @@ import {
   RELAY_SHUTDOWN_GRACE_SECONDS,
   SUBMISSION_CONTAINER_PORT,
   SUBMISSIONS_CONTAINER_PORT,
+  SPOOL_DIR,
+  SPOOL_FILL_RATIO,
   TLS_CERT_FILE,
   TLS_KEY_FILE,
   tokenAudience,
@@ -24,6 +27,7 @@ import {
   USERS_FILE,
   dkimKeyFile,
   type DkimSpec,
+  type QueueSpec,
   type SmtpRelay,
   type UpstreamOAuth2Spec,
 } from '../api/v1alpha1.js';
@@ -115,7 +119,39 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
     keyFile: dkimKeyFile(d.domain, d.selector),
   }));
   if (dkim.length > 0) config.dkim = dkim;
+  if (s.queue) config.queue = queueConfig(s.queue);
   return config;
+}
+
+/**
+ * spec.queue → the relay's queue section, checked by the relay's own validator so that
+ * what the CRD cannot compare (delayWarning against lifetime, the retry delays against
+ * each other) is refused here with the relay's words instead of crash-looping the pods.
+ */
+export function queueConfig(q: QueueSpec): QueueConfig {
+  const sizeBytes = parseStorageSize(q.storage.size);
+  const out: QueueConfig = {
+    directory: SPOOL_DIR,
+    maxBytes: Math.floor(sizeBytes * SPOOL_FILL_RATIO),
+    lifetime: q.lifetime,
+    retry: { initialDelay: q.retry.initialDelay, maxDelay: q.retry.maxDelay },
+    concurrency: q.concurrency,
+    ...(q.delayWarning ? { delayWarning: q.delayWarning } : {}),
+  };
+  try {
+    validateQueueConfig(out, 'spec.queue', SPOOL_DIR);
+  } catch (err) {
+    const problems = (err as { problems?: string[] }).problems;
+    throw new Error(problems ? problems.map((p) => `spec.${p}`).join('; ') : String(err));
+  }
+  return out;
+}
+
+/** "<n>Mi|Gi|Ti" (the CRD's pattern for queue.storage.size) in bytes. */
+function parseStorageSize(size: string): number {
+  const m = /^([0-9]+)(Mi|Gi|Ti)$/.exec(size);
+  if (!m) throw new Error(`spec.queue.storage.size ${JSON.stringify(size)} is not a size such as 1Gi`);
+  return Number(m[1]) * 1024 ** { Mi: 2, Gi: 3, Ti: 4 }[m[2] as 'Mi' | 'Gi' | 'Ti'];
 }
 
 /** spec.upstream.oauth2 → the relay's upstream.oauth2, its secret at the fixed mount path. */

@@ -4,7 +4,7 @@
 // reasons are the named constants of the API (Reason in operator/api/v1alpha1.ts).
 // One section per condition, in the order Ready reports them.
 
-import { ConditionType, READY_DEPENDS_ON, Reason, type Condition, type SmtpRelay } from '../api/v1alpha1.js';
+import { ConditionType, READY_DEPENDS_ON, Reason, persistentQueue, type Condition, type SmtpRelay } from '../api/v1alpha1.js';
 import { findCondition, type ConditionInput, type Problem } from './conditions.js';
 
 // ---------------------------------------------------------------------------
@@ -193,10 +193,11 @@ export function dkimCondition(relay: SmtpRelay, problems: readonly Problem[]): C
 // ---------------------------------------------------------------------------
 // Available
 
-/** Available from the Deployment's status. */
-export function availableCondition(relay: SmtpRelay, deployment: { status?: { availableReplicas?: number; readyReplicas?: number } } | undefined): ConditionInput {
+/** Available from the workload's status (Deployment or StatefulSet). */
+export function availableCondition(relay: SmtpRelay, deployment: { kind?: string; status?: { availableReplicas?: number; readyReplicas?: number } } | undefined): ConditionInput {
   if (!deployment) {
-    return { type: ConditionType.Available, status: 'False', reason: Reason.DeploymentNotFound, message: 'the relay Deployment does not exist yet' };
+    const kind = persistentQueue(relay.spec) ? 'StatefulSet' : 'Deployment';
+    return { type: ConditionType.Available, status: 'False', reason: Reason.DeploymentNotFound, message: `the relay ${kind} does not exist yet` };
   }
   const available = deployment.status?.availableReplicas ?? 0;
   const want = relay.spec.replicas;

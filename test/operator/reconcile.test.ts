@@ -25,6 +25,7 @@ import {
   eventually,
   get,
   getRelay,
+  markRelayPodsReady,
   relayManifest,
   runOperator,
   sleep,
@@ -151,17 +152,7 @@ test('status conditions follow the certificate: Issuing → Issued (notAfter fro
   assert.match(condition(issued, 'Ready')?.message ?? '', /Available/);
 
   // Play the kubelet: mark the relay pods Running and Ready, so the Deployment becomes available.
-  const pods = await eventually('relay pods from the ReplicaSet', async () => {
-    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/pods`, { query: { labelSelector: 'app.kubernetes.io/instance=tlsrelay' } });
-    return list.items.length >= 2 ? list.items : undefined;
-  });
-  const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-  for (const pod of pods) {
-    await kube.request('PATCH', `/api/v1/namespaces/${ns}/pods/${pod.metadata.name}/status`, {
-      contentType: 'application/merge-patch+json',
-      body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }, { type: 'ContainersReady', status: 'True', lastTransitionTime: now }] } },
-    });
-  }
+  await markRelayPodsReady(kube, ns, 'tlsrelay', 2);
   // Available (and so Ready) needs all but one pod; the deployment controller may count the
   // two pods in separate status updates, so Ready=True can come with "1/2" first: each later
   // readyReplicas change must still reach the status.

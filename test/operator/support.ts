@@ -113,6 +113,27 @@ export async function createIssuer(kube: Kube, namespace: string, name = 'ca-iss
   });
 }
 
+/**
+ * Plays the kubelet (none runs pods on the test control plane): waits for at least `count`
+ * pods of the relay `instance` and marks them Running and Ready, so their Deployment or
+ * StatefulSet counts them ready. Returns the pods marked.
+ */
+export async function markRelayPodsReady(kube: Kube, ns: string, instance: string, count: number, filter: (pod: any) => boolean = () => true): Promise<any[]> {
+  const pods = await eventually(`${count} pods of relay ${instance}`, async () => {
+    const list = await kube.get<any>(`/api/v1/namespaces/${ns}/pods`, { query: { labelSelector: `app.kubernetes.io/instance=${instance}` } });
+    const items = list.items.filter((p: any) => !p.metadata.deletionTimestamp && filter(p));
+    return items.length >= count ? items : undefined;
+  });
+  const now = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+  for (const pod of pods) {
+    await kube.request('PATCH', `/api/v1/namespaces/${ns}/pods/${pod.metadata.name}/status`, {
+      contentType: 'application/merge-patch+json',
+      body: { status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: now }, { type: 'ContainersReady', status: 'True', lastTransitionTime: now }] } },
+    });
+  }
+  return pods;
+}
+
 /** Hash of a Deployment's pod template: equal hashes mean no rollout. */
 export function templateHash(deployment: any): string {
   return createHash('sha256').update(JSON.stringify(deployment.spec.template)).digest('hex');

@@ -5,6 +5,7 @@
 
 import { Reason } from '../../api/v1alpha1.js';
 import { childNames } from '../../builders/meta.js';
+import { WORKLOAD_KINDS, workloadKind } from '../../builders/deployment.js';
 import { relayEndpoint } from '../../builders/service.js';
 import type { ConditionInput } from '../../status/conditions.js';
 import { availableCondition, certManagerMissingCondition, givenSecretCondition, issuedCertificateCondition, type CertificateView } from '../../status/decisions.js';
@@ -68,7 +69,21 @@ export async function syncReadiness(ctx: SyncContext, scope: ReconcileScope): Pr
   }
   if (cert.status !== 'True' && cert.reason !== Reason.Issuing) await ctx.events.warning(relay, cert.reason, cert.message);
 
-  const deployment = cachedChild(ctx, 'Deployment', ns, names.deployment) as { status?: { replicas?: number; readyReplicas?: number; availableReplicas?: number } } | undefined;
+  // The wanted workload; while the relay moves from the other kind (relay/sync.ts
+  // retireOtherWorkload) the old one's pods serve too, and count.
+  type WorkloadView = { kind?: string; status?: { replicas?: number; readyReplicas?: number; availableReplicas?: number } };
+  const wanted = cachedChild(ctx, workloadKind(relay), ns, names.deployment) as WorkloadView | undefined;
+  const other = cachedChild(ctx, WORKLOAD_KINDS.find((k) => k !== workloadKind(relay))!, ns, names.deployment) as WorkloadView | undefined;
+  const deployment: WorkloadView | undefined =
+    wanted && other
+      ? {
+          kind: workloadKind(relay),
+          status: {
+            readyReplicas: (wanted.status?.readyReplicas ?? 0) + (other.status?.readyReplicas ?? 0),
+            availableReplicas: (wanted.status?.availableReplicas ?? 0) + (other.status?.availableReplicas ?? 0),
+          },
+        }
+      : (wanted ?? other);
   const out: ReadinessResult = {
     certificateReady: cert,
     available: availableCondition(relay, deployment),

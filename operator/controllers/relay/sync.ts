@@ -1,11 +1,13 @@
 // The relay's children: ServiceAccount, ConfigMap, NetworkPolicy, Certificate,
-// Services, Deployment, PodDisruptionBudget, ServiceMonitor, built by the pure
-// builders and applied when they differ from the cache.
+// Services, the workload (Deployment or StatefulSet), PodDisruptionBudget,
+// ServiceMonitor, built by the pure builders and applied when they differ from
+// the cache; the workload of the other kind is removed once the wanted one serves.
 // Condition owned here: Reconciled.
 
 import type { RelayConfig } from '../../../relay/config-types.js';
 import { Reason } from '../../api/v1alpha1.js';
 import { buildChildren, type Child } from '../../builders/children.js';
+import { WORKLOAD_KINDS, workloadKind } from '../../builders/deployment.js';
 import { buildRelayConfig } from '../../builders/relay-config.js';
 import { childNames } from '../../builders/meta.js';
 import type { Secret } from '../../builders/users.js';
@@ -67,7 +69,7 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
   // converging): first what the pods use or are fenced by (Secrets, ServiceAccount,
   // ConfigMap, NetworkPolicy, Certificate, Services), then the Deployment and what
   // follows it in the builders' order.
-  const deploymentAt = all.findIndex((c) => c.kind === 'Deployment');
+  const deploymentAt = all.findIndex((c) => c.kind === 'Deployment' || c.kind === 'StatefulSet');
   const phases = deploymentAt < 0 ? [all] : [all.slice(0, deploymentAt), all.slice(deploymentAt)];
   for (const phase of phases) {
     const results = await Promise.allSettled(phase.map((child) => applyChild(ctx, scope, child)));
@@ -105,6 +107,12 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
       failed.push(`${kind} ${name} (delete): ${err instanceof Error ? err.message : String(err)}`);
     }
   }
+  try {
+    await retireOtherWorkload(ctx, scope);
+  } catch (err) {
+    errors.push(err instanceof Error ? err : new Error(String(err)));
+    failed.push(`workload migration: ${err instanceof Error ? err.message : String(err)}`);
+  }
   const serviceMonitorUnavailable = relay.spec.metrics.serviceMonitor.enabled && !ctx.features.serviceMonitor;
   const reconciled = reconciledCondition({ applied, failed, serviceMonitorUnavailable });
   if (failed.length > 0) {
@@ -113,4 +121,44 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
     await ctx.events.warning(relay, 'ServiceMonitorUnavailable', SERVICE_MONITOR_UNAVAILABLE);
   }
   return { reconciled, errors };
+}
+
+/**
+ * A relay moves between a Deployment and a StatefulSet when spec.queue's storage turns
+ * persistent or the queue is removed. Both select the same pods' labels, so the Service
+ * sends mail to both while the new one starts; the old one is deleted only once the new
+ * one has every replica ready, so the move costs no availability. An old StatefulSet's
+ * claims stay (Retain): they may hold queued mail, and a Warning Event says so.
+ */
+async function retireOtherWorkload(ctx: SyncContext, scope: ReconcileScope): Promise<void> {
+  const relay = scope.relay;
+  const ns = relay.metadata.namespace;
+  const name = childNames(relay).deployment;
+  const wanted = workloadKind(relay);
+  const other = WORKLOAD_KINDS.find((k) => k !== wanted)!;
+  const old = cachedChild(ctx, other, ns, name);
+  if (!old || old.metadata?.ownerReferences?.find((r) => r.controller)?.uid !== relay.metadata.uid) return;
+  const current = cachedChild(ctx, wanted, ns, name) as { status?: { readyReplicas?: number } } | undefined;
+  const ready = current?.status?.readyReplicas ?? 0;
+  if (ready < relay.spec.replicas) {
+    scope.log.info({ from: other, to: wanted, ready, want: relay.spec.replicas }, 'moving the relay to a new workload; the old one serves until every new pod is ready');
+    return;
+  }
+  try {
+    await ctx.kube.request('DELETE', resourcePath(resourceForKind(other)!, ns, name), { body: { preconditions: { uid: old.metadata?.uid } } });
+  } catch (err) {
+    if (isNotFound(err)) return;
+    throw err;
+  }
+  ctx.metrics.applyTotal.inc({ kind: other, outcome: 'deleted' });
+  scope.log.info({ from: other, to: wanted }, 'relay moved to its new workload; old one deleted');
+  if (other === 'StatefulSet') {
+    await ctx.events.warning(
+      relay,
+      'QueueVolumesKept',
+      `The relay now runs as a Deployment; the PersistentVolumeClaims spool-${name}-<n> of its StatefulSet were kept and may hold queued mail: start a relay on them to deliver it, then delete them`,
+    );
+  } else {
+    await ctx.events.normal(relay, 'WorkloadMoved', `The relay now runs as a ${wanted} with its queue on PersistentVolumeClaims; the ${other} was deleted once every new pod was ready`);
+  }
 }

@@ -9,6 +9,7 @@ import type {
   LimitsSpec,
   ListenersSpec,
   MetricsSpec,
+  QueueSpec,
   ResourceRequirements,
   ServiceSpec,
   SmtpRelaySpec,
@@ -131,6 +132,18 @@ export function withDefaults(input: SmtpRelaySpecInput): SmtpRelaySpec {
     service,
     resources,
   };
+  if (input.queue) {
+    const q = input.queue;
+    const queue: QueueSpec = {
+      storage: { size: q.storage?.size ?? '1Gi', ephemeral: q.storage?.ephemeral ?? false },
+      lifetime: q.lifetime ?? '5d',
+      retry: { initialDelay: q.retry?.initialDelay ?? '1m', maxDelay: q.retry?.maxDelay ?? '1h' },
+      concurrency: q.concurrency ?? 20,
+    };
+    if (q.storage?.storageClassName) queue.storage.storageClassName = q.storage.storageClassName;
+    if (q.delayWarning) queue.delayWarning = q.delayWarning;
+    spec.queue = queue;
+  }
   if (input.podAnnotations) spec.podAnnotations = { ...(input.podAnnotations as Record<string, string>) };
   if (input.nodeSelector) spec.nodeSelector = { ...(input.nodeSelector as Record<string, string>) };
   if (input.tolerations) spec.tolerations = structuredClone(input.tolerations) as SmtpRelaySpec['tolerations'];

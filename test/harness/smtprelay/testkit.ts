@@ -12,6 +12,7 @@ import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { StatefulSet } from 'kubernetes-models/apps/v1/StatefulSet';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { Certificate } from '@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate';
@@ -54,6 +55,7 @@ const MODELS: Record<string, new (data: never) => Validatable> = {
   'v1/Service': Service as never,
   'v1/ServiceAccount': ServiceAccount as never,
   'apps/v1/Deployment': Deployment as never,
+  'apps/v1/StatefulSet': StatefulSet as never,
   'networking.k8s.io/v1/NetworkPolicy': NetworkPolicy as never,
   'policy/v1/PodDisruptionBudget': PodDisruptionBudget as never,
   'cert-manager.io/v1/Certificate': Certificate as never,
