@@ -39,6 +39,7 @@ const PLURALS: Record<string, string> = {
   Secret: 'secrets',
   Service: 'services',
   Deployment: 'deployments',
+  StatefulSet: 'statefulsets',
   NetworkPolicy: 'networkpolicies',
   PodDisruptionBudget: 'poddisruptionbudgets',
   Certificate: 'certificates',

@@ -67,6 +67,8 @@ const expected: Record<string, Record<string, string>> = {
   'outbound-full': { UpstreamReady: 'False/UpstreamCredentialsNotFound', DkimReady: 'False/DkimSecretNotFound', Reconciled: 'True' },
   m365: { UpstreamReady: 'True/UpstreamConfigured', CertificateReady: 'False/Issuing', Reconciled: 'True' },
   workspace: { UpstreamReady: 'False/UpstreamOAuth2SecretNotFound', CertificateReady: 'False/Issuing', Reconciled: 'True' },
+  // a persistent queue: a StatefulSet instead of a Deployment
+  queued: { CredentialsReady: 'True', CertificateReady: 'False/Issuing', Reconciled: 'True' },
 };
 
 test('every example applies and yields its children and a truthful status', async () => {
@@ -98,7 +100,8 @@ test('every example applies and yields its children and a truthful status', asyn
   assert.deepEqual([...relays].sort(), Object.keys(expected).sort(), 'every example has expectations here');
 
   for (const name of relays) {
-    for (const path of [`/apis/apps/v1/namespaces/mail/deployments/${name}`, `/api/v1/namespaces/mail/configmaps/${name}-config`, `/api/v1/namespaces/mail/secrets/${name}-users`, `/apis/networking.k8s.io/v1/namespaces/mail/networkpolicies/${name}`, `/apis/policy/v1/namespaces/mail/poddisruptionbudgets/${name}`, `/api/v1/namespaces/mail/services/${name}`]) {
+    const workload = name === 'queued' ? 'statefulsets' : 'deployments';
+    for (const path of [`/apis/apps/v1/namespaces/mail/${workload}/${name}`, `/api/v1/namespaces/mail/configmaps/${name}-config`, `/api/v1/namespaces/mail/secrets/${name}-users`, `/apis/networking.k8s.io/v1/namespaces/mail/networkpolicies/${name}`, `/apis/policy/v1/namespaces/mail/poddisruptionbudgets/${name}`, `/api/v1/namespaces/mail/services/${name}`]) {
       await eventually(`${name}: ${path}`, () => get(kube, path));
     }
     const r = await eventually(`${name}: status as expected`, async () => {
