@@ -42,6 +42,8 @@ export interface RelayOptions {
   replicas?: number;
   users?: { name: string; allowedSenders: string[] }[];
   dkim?: boolean;
+  /** spec.queue as written (absent: inline mode). */
+  queue?: Record<string, unknown>;
 }
 
 export interface Endpoint { ip: string; port: number; pod?: string }
@@ -132,6 +134,7 @@ export class Environment {
           access: { allowedCidrs: ['198.18.0.0/15'] },
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),
+          ...(o.queue ? { queue: o.queue } : {}),
         },
       },
     });

@@ -214,4 +214,17 @@ describe('end to end: operator + relay containers on the local control plane', {
     const eps = await env.waitEndpoints(RELAY, 2);
     assert.ok(eps.every((e) => pods.some((p) => p.ip === e.ip)), 'endpoints follow the new pod');
   });
+
+  it('a relay with a queue (emptyDir) runs in queue mode in its pod: 250 "queued as", then delivered from the spool', async () => {
+    await env.applyRelay({ name: 'queued', replicas: 1, dkim: false, queue: { storage: { ephemeral: true, size: '128Mi' } } });
+    await env.waitRelayReady('queued');
+    const [ep] = await env.waitEndpoints('queued', 1);
+    const queuedPassword = await env.userPassword('queued', 'app');
+    const base = env.sink.messages.length;
+    const r = await env.send({ relay: 'queued', user: 'app', password: queuedPassword, from: 'app@example.com', to: 'queued@example.net', subject: 'through the spool', endpoint: ep! });
+    assert.match(r.response, /^250 2\.0\.0 Ok: queued as /);
+    const [m] = (await env.sink.waitForMessages(base + 1, 30_000)).slice(base);
+    assert.deepEqual(m!.rcptTo, ['queued@example.net']);
+    await waitFor('the delivery counted by the pod', async () => /^smtp_relay_queue_deliveries_total\{result="delivered"\} 1$/m.test(await env.metrics(ep!.ip)), 15_000);
+  });
 });
