@@ -1,6 +1,8 @@
 // Delivery status notifications end to end (issue 18): the real relay process in queue
 // mode and in inline mode, a raw SMTP client sending the RFC 3461 parameters, and a real
-// upstream (test/harness/support/sink.ts) that refuses one recipient permanently. The
+// upstream (test/harness/support/sink.ts) that refuses one recipient permanently: one that
+// does not advertise DSN (the relay sends the "relayed" notices itself) and one that does
+// (the relay hands the parameters on; the sink records the MAIL/RCPT lines it got). The
 // notifications that reach the upstream are read back with Python's email package, a
 // real MIME parser, as multipart/report with a message/delivery-status part.
 
@@ -17,8 +19,10 @@ const PLAIN = { name: 'plain', password: 'plain-password-0123456789', allowedSen
 
 let pki: Pki;
 let sink: Sink;
+let dsnSink: Sink;
 let queued: RelayProcess;
 let inline: RelayProcess;
+let queuedDsnUp: RelayProcess;
 
 before(async () => {
   pki = await createPki();
@@ -29,12 +33,23 @@ before(async () => {
   queued = await startRelay({ dir, cert, users: [APP, PLAIN], upstream, queue: `{directory: ${join(dir, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}` });
   const dir2 = await tempDir('relay-dsn-inline-');
   inline = await startRelay({ dir: dir2, cert: await pki.issue({ name: 'relay2' }), users: [APP], upstream });
+  dsnSink = await startSink({ pki, dsn: true, behaviour: { refuseRecipients: ['gone@example.net'] } });
+  const dir3 = await tempDir('relay-dsn-up-');
+  queuedDsnUp = await startRelay({
+    dir: dir3,
+    cert: await pki.issue({ name: 'relay3' }),
+    users: [APP],
+    upstream: { host: dsnSink.host, port: dsnSink.port, caFile: pki.ca.certFile },
+    queue: `{directory: ${join(dir3, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}`,
+  });
 });
 
 after(async () => {
   await queued?.stop();
   await inline?.stop();
+  await queuedDsnUp?.stop();
   await sink?.stop();
+  await dsnSink?.stop();
   await pki?.cleanup();
 });
 
@@ -143,6 +158,10 @@ describe('DSN (RFC 3461) in queue mode', () => {
     c.close();
     const original = await waitFor(() => sink.messages.find((m) => m.mailFrom === 'app@example.com' && /dsn main/.test(m.raw.toString())), 'the delivery');
     assert.deepEqual(original.rcptTo, ['ok@example.net']);
+    // This upstream does not advertise DSN: it is sent none of the parameters (RFC 3461 4.2).
+    assert.equal(original.commands.length, 2, original.commands.join(' | '));
+    assert.match(original.commands[0]!, /^MAIL FROM:<app@example\.com> SIZE=\d+$/);
+    assert.equal(original.commands[1], 'RCPT TO:<ok@example.net>');
     const [failed, relayed] = await waitFor(() => {
       const r = reportsTo('app@example.com').map((m) => m.raw.toString('latin1'));
       const f = r.find((x) => /Action: failed/.test(x) && /gone@example\.net/.test(x));
@@ -235,5 +254,61 @@ describe('the null sender', () => {
     await delay(2000);
     assert.equal(await queued.metric('smtp_relay_queue_notifications_total'), notified);
     assert.equal(sink.messages.filter((m) => m.mailFrom === '').length, reportsBefore);
+  });
+});
+
+describe('DSN handed to an upstream that advertises it', () => {
+  test('RET/ENVID on MAIL and NOTIFY/ORCPT per RCPT go on exactly as received; the relay adds no notice of its own', async () => {
+    const relayedBefore = await queuedDsnUp.metric('smtp_relay_queue_notifications_total', { kind: 'relayed' });
+    const { c } = await session(queuedDsnUp, APP);
+    const replies = await transaction(
+      c,
+      'MAIL FROM:<app@example.com> RET=HDRS ENVID=id+2Bone',
+      [
+        'RCPT TO:<ok1@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Original+2Bok@example.net',
+        'RCPT TO:<ok2@example.net>',
+        'RCPT TO:<ok3@example.net> NOTIFY=NEVER',
+        'RCPT TO:<ok4@example.net> notify=delay orcpt=utf-8;ok4@example.net',
+      ],
+      message('app@example.com', 'ok1@example.net', 'dsn passed on'),
+    );
+    assert.match(replies.at(-1)!, /^250 2\.0\.0 Ok: queued as /, replies.join(' | '));
+    c.close();
+    const got = await waitFor(() => dsnSink.messages.find((m) => /dsn passed on/.test(m.raw.toString())), 'the delivery');
+    assert.equal(got.mailFrom, 'app@example.com');
+    assert.deepEqual(got.rcptTo, ['ok1@example.net', 'ok2@example.net', 'ok3@example.net', 'ok4@example.net']);
+    assert.match(got.commands[0]!, /^MAIL FROM:<app@example\.com> SIZE=\d+ RET=HDRS ENVID=id\+2Bone$/, got.commands[0]);
+    assert.deepEqual(got.commands.slice(1), [
+      'RCPT TO:<ok1@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Original+2Bok@example.net',
+      'RCPT TO:<ok2@example.net>',
+      'RCPT TO:<ok3@example.net> NOTIFY=NEVER',
+      'RCPT TO:<ok4@example.net> NOTIFY=DELAY ORCPT=utf-8;ok4@example.net',
+    ]);
+    // The message has left the spool (the "relayed" notice, were there one, is queued before that).
+    const end = Date.now() + 15_000;
+    while ((await queuedDsnUp.metric('smtp_relay_queue_messages')) !== 0 && Date.now() < end) await delay(100);
+    assert.equal(await queuedDsnUp.metric('smtp_relay_queue_messages'), 0);
+    assert.equal(await queuedDsnUp.metric('smtp_relay_queue_notifications_total', { kind: 'relayed' }), relayedBefore);
+    assert.equal(dsnSink.messages.filter((m) => m.mailFrom === '').length, 0, 'no notice reached the upstream');
+  });
+
+  test('a recipient the upstream refuses at RCPT is still reported by the relay, per its NOTIFY', async () => {
+    const { c } = await session(queuedDsnUp, APP);
+    const replies = await transaction(
+      c,
+      'MAIL FROM:<app@example.com> ENVID=two',
+      ['RCPT TO:<gone@example.net> NOTIFY=FAILURE', 'RCPT TO:<ok5@example.net> NOTIFY=SUCCESS'],
+      message('app@example.com', 'gone@example.net', 'dsn refused upstream'),
+    );
+    assert.match(replies.at(-1)!, /^250 /, replies.join(' | '));
+    c.close();
+    const delivered = await waitFor(() => dsnSink.messages.find((m) => m.mailFrom === 'app@example.com' && /dsn refused upstream/.test(m.raw.toString())), 'the delivery');
+    assert.deepEqual(delivered.commands.slice(1), ['RCPT TO:<ok5@example.net> NOTIFY=SUCCESS']);
+    const report = await waitFor(() => dsnSink.messages.find((m) => m.mailFrom === '' && m.rcptTo.includes('app@example.com') && /ENVID|Original-Envelope-Id: two/.test(m.raw.toString())), 'the failure report');
+    const p = await parseReport(report.raw);
+    assert.equal(p.perMessage['Original-Envelope-Id'], 'two');
+    assert.deepEqual(p.perRecipient.map((r) => [r['Final-Recipient'], r['Action']]), [['rfc822; gone@example.net', 'failed']]);
+    // The relay's own report carries no DSN request: nothing is to be reported about a report.
+    assert.deepEqual(report.commands.slice(1), ['RCPT TO:<app@example.com>']);
   });
 });
