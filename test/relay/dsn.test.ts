@@ -15,6 +15,7 @@ import { startSink, type Sink, type SinkMessage } from '../harness/support/sink.
 import { RawSmtp, delay, message, startRelay, tempDir, type RelayProcess } from './harness.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com', 'MAILER-DAEMON@app.example.com'] };
+const RATED = { name: 'rated', password: 'rated-password-0123456789', allowedSenders: ['MAILER-DAEMON@rated.example.com'], rateLimit: { messages: 1, per: '1h' } };
 const PLAIN = { name: 'plain', password: 'plain-password-0123456789', allowedSenders: ['plain@example.com'] };
 
 let pki: Pki;
@@ -30,7 +31,7 @@ before(async () => {
   const upstream = { host: sink.host, port: sink.port, caFile: pki.ca.certFile };
   const dir = await tempDir('relay-dsn-');
   const cert = await pki.issue({ name: 'relay' });
-  queued = await startRelay({ dir, cert, users: [APP, PLAIN], upstream, queue: `{directory: ${join(dir, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}` });
+  queued = await startRelay({ dir, cert, users: [APP, PLAIN, RATED], upstream, queue: `{directory: ${join(dir, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}` });
   const dir2 = await tempDir('relay-dsn-inline-');
   inline = await startRelay({ dir: dir2, cert: await pki.issue({ name: 'relay2' }), users: [APP], upstream });
   dsnSink = await startSink({ pki, dsn: true, behaviour: { refuseRecipients: ['gone@example.net'] } });
@@ -208,6 +209,18 @@ describe('the null sender', () => {
     const r = await transaction(c, 'MAIL FROM:<>', ['RCPT TO:<someone@example.net>'], message('ceo@bank.example', 'someone@example.net', 'spoofed notice'));
     assert.match(r.at(-1)!, /^550 5\.7\.1 From: address not allowed for user app/, r.join(' | '));
     c.close();
+  });
+
+  test('counts against the user\'s rate limit like any message', async () => {
+    const { c } = await session(queued, RATED);
+    const first = await transaction(c, 'MAIL FROM:<>', ['RCPT TO:<someone@example.net>'], message('MAILER-DAEMON@rated.example.com', 'someone@example.net', 'rated notice'));
+    assert.match(first.at(-1)!, /^250 /, first.join(' | '));
+    const second = await c.cmd('MAIL FROM:<>');
+    assert.equal(second?.code, 451, second?.text);
+    assert.match(second!.text, /4\.7\.1 Message rate limit reached for rated/);
+    c.close();
+    // delivered before the next test counts what reached the upstream
+    await waitFor(() => sink.messages.find((m) => /rated notice/.test(m.raw.toString())), 'the rated notice');
   });
 
   test('a null-sender message that fails permanently produces no notification', async () => {
