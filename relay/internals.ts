@@ -8,7 +8,8 @@
 // the TLS handshake), test/relay/proxy-v2.test.ts (PROXY v2 handed on as a v1 line on
 // both listener kinds), test/relay/reload.test.ts (certificate and limit swaps),
 // test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload),
-// test/relay/dsn.test.ts (per-recipient DSN parameters, DSN read from the upstream's EHLO).
+// test/relay/upstream-delivery.test.ts and dsn.test.ts (per-recipient DSN parameters, DSN
+// read from the upstream's EHLO).
 
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -340,7 +341,7 @@ function problems(): string[] {
     'nodemailer SMTPConnection._sendRcpt/_getDsnRcptToArgs changed (per-recipient DSN parameters)',
   );
   const ehlo = String((clientProto as { _parseEhloExtensions?: unknown })._parseEhloExtensions ?? '');
-  need(/_supportedExtensions\.push\('DSN'\)/.test(ehlo) && Array.isArray((new SMTPClientConnection({}) as unknown as Partial<ClientInternals>)._supportedExtensions), 'nodemailer SMTPConnection no longer records DSN in _supportedExtensions');
+  need(/_supportedExtensions\.push\('DSN'\)/.test(ehlo) && Array.isArray((new SMTPClientConnection({ name: 'localhost' }) as unknown as Partial<ClientInternals>)._supportedExtensions), 'nodemailer SMTPConnection no longer records DSN in _supportedExtensions');
   need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');
   return out;
 }
