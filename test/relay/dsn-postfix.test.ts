@@ -90,6 +90,10 @@ describe('Postfix as the client, queue mode: the DSN request travels to the upst
     while ((await queued.metric('smtp_relay_queue_messages')) !== 0 && Date.now() < end) await delay(100);
     assert.equal(await queued.metric('smtp_relay_queue_notifications_total', { kind: 'relayed' }), 0);
     assert.equal(sink.messages.filter(noticeTo(SENDER, /envid123/)).length, 0);
+    // Postfix saw DSN at the relay, so it wrote no notice either (it logs each one it writes).
+    while (postfix.queued().length && Date.now() < end) await delay(100);
+    assert.deepEqual(postfix.queued(), []);
+    assert.doesNotMatch(await postfix.maillog(), /sender delivery status notification/);
   });
 
   test('a recipient the upstream refuses: the relay\'s failure report, with ENVID, reaches the envelope sender', async () => {
@@ -117,6 +121,7 @@ describe('Postfix as the client, inline mode: Postfix\'s own notices travel thro
     assert.match(got.commands[0]!, /^MAIL FROM:<app@example\.com> SIZE=\d+$/, got.commands.join(' | '));
     assert.deepEqual(got.commands.slice(1), ['RCPT TO:<ok@inline.example>']);
     const notice = await arrives(noticeTo(SENDER, /envid125/), 'Postfix\'s "relayed" notice');
+    assert.match(await postfix.maillog(), /sender delivery status notification/);
     assert.deepEqual(notice.commands.slice(1), [`RCPT TO:<${SENDER}>`]);
     assert.match(notice.commands[0]!, /^MAIL FROM:<> /);
     assert.match(notice.raw.toString('latin1'), /^From: Mail Delivery System <MAILER-DAEMON@app\.example\.com>\r$/m);
