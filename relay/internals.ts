@@ -7,7 +7,9 @@
 // plaintext command limit), test/relay/abuse.test.ts (PROXY trust by CIDR, refusal before
 // the TLS handshake), test/relay/proxy-v2.test.ts (PROXY v2 handed on as a v1 line on
 // both listener kinds), test/relay/reload.test.ts (certificate and limit swaps),
-// test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload).
+// test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload),
+// test/relay/upstream-delivery.test.ts and dsn.test.ts (per-recipient DSN parameters, DSN
+// read from the upstream's EHLO).
 
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -207,6 +209,12 @@ interface ClientInternals {
   _setEnvelope: SetEnvelope;
   /** The DataStream that dot-stuffs the message onto the socket. */
   _createSendStream: CreateSendStream;
+  /** Writes one `RCPT TO:<recipient>` followed by what _getDsnRcptToArgs returns (pipelined or not). */
+  _sendRcpt(recipient: string, callback: unknown): void;
+  /** The DSN parameters of a RCPT command: one NOTIFY/ORCPT for every recipient of the envelope. */
+  _getDsnRcptToArgs(): string;
+  /** The extensions of the server's EHLO reply that nodemailer knows, e.g. 'DSN', 'PIPELINING' (an instance field). */
+  _supportedExtensions: string[];
 }
 
 const clientProto = SMTPClientConnection.prototype as unknown as Partial<ClientInternals>;
@@ -261,6 +269,35 @@ export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: n
   };
 }
 
+/** Whether the server `conn` is connected to advertised DSN (RFC 3461) in its EHLO reply. */
+export function upstreamOffersDsn(conn: SMTPClientConnection): boolean {
+  const extensions = (conn as unknown as Partial<ClientInternals>)._supportedExtensions;
+  return Array.isArray(extensions) && extensions.includes('DSN');
+}
+
+/**
+ * The next send on `conn` writes `params(recipient)` after each `RCPT TO:<recipient>`
+ * (e.g. " NOTIFY=SUCCESS ORCPT=rfc822;x@example.net", or ''): nodemailer's public
+ * envelope.dsn takes one NOTIFY and one ORCPT for all recipients, and RFC 3461 has them
+ * per recipient. Undefined restores nodemailer's own (the envelope.dsn ones, which the
+ * relay never sets). MAIL's RET and ENVID go through the public envelope.dsn.
+ */
+export function setRecipientParams(conn: SMTPClientConnection, params: ((recipient: string) => string) | undefined): void {
+  const internal = conn as unknown as Partial<ClientInternals>;
+  if (!params) {
+    delete internal._sendRcpt;
+    delete internal._getDsnRcptToArgs;
+    return;
+  }
+  const sendRcpt = clientProto._sendRcpt!;
+  let current = '';
+  internal._sendRcpt = function (this: unknown, recipient: string, callback: unknown) {
+    current = recipient;
+    sendRcpt.call(this, recipient, callback);
+  };
+  internal._getDsnRcptToArgs = () => params(current);
+}
+
 // --- mailsplit ------------------------------------------------------------------------
 
 /** libmime's RFC 2047 decoder, from the instance mailsplit's Headers carries. */
@@ -296,6 +333,15 @@ function problems(): string[] {
   need(/socket\.read\(\)/.test(handleProxy) && /'PROXY'/.test(handleProxy), 'smtp-server SMTPServer._handleProxy (reads the PROXY v1 line from the socket) changed');
   need(typeof clientProto._setEnvelope === 'function', 'nodemailer SMTPConnection._setEnvelope is gone (all-or-nothing recipients)');
   need(typeof clientProto._createSendStream === 'function', 'nodemailer SMTPConnection._createSendStream is gone (prepared DATA payload)');
+  // Per-recipient DSN parameters (setRecipientParams): every RCPT is written by _sendRcpt,
+  // which asks _getDsnRcptToArgs for its parameters; DSN support is read from the EHLO reply.
+  const sendRcpt = typeof clientProto._sendRcpt === 'function' ? String(clientProto._sendRcpt) : '';
+  need(
+    /'RCPT TO:<'/.test(sendRcpt) && /this\._getDsnRcptToArgs\(\)/.test(sendRcpt) && typeof clientProto._getDsnRcptToArgs === 'function',
+    'nodemailer SMTPConnection._sendRcpt/_getDsnRcptToArgs changed (per-recipient DSN parameters)',
+  );
+  const ehlo = String((clientProto as { _parseEhloExtensions?: unknown })._parseEhloExtensions ?? '');
+  need(/_supportedExtensions\.push\('DSN'\)/.test(ehlo) && Array.isArray((new SMTPClientConnection({ name: 'localhost' }) as unknown as Partial<ClientInternals>)._supportedExtensions), 'nodemailer SMTPConnection no longer records DSN in _supportedExtensions');
   need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');
   return out;
 }

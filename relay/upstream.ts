@@ -36,7 +36,8 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
 import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
-import { checkInternals, hookEnvelope, sendPreparedPayload } from './internals.js';
+import { checkInternals, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamOffersDsn } from './internals.js';
+import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
@@ -55,10 +56,17 @@ export class SigningFailed extends Error {
 export interface Envelope {
   mailFrom: string;
   rcptTo: string[];
+  /**
+   * The client's DSN request (RFC 3461; queue mode only): RET and ENVID for MAIL, NOTIFY
+   * and ORCPT per recipient in the order of rcptTo. Handed on only to an upstream whose
+   * EHLO advertises DSN (see `dsnPassed`).
+   */
+  dsn?: MessageDsn & { recipients: RecipientDsn[] };
 }
 
 export type DeliveryOutcome =
-  | { kind: 'accepted'; response: string }
+  /** `dsnPassed`: the upstream advertised DSN, so it was given the request and reports on its own. */
+  | { kind: 'accepted'; response: string; dsnPassed?: boolean }
   | { kind: 'temporary' | 'permanent'; code: number; message: string; refused: string[] };
 
 export interface UpstreamOptions {
@@ -411,7 +419,7 @@ function sendAllOrNothing(
   envelope: Envelope,
   message: Buffer,
   onDataStart: () => void,
-): Promise<string> {
+): Promise<{ response: string; dsnPassed: boolean }> {
   hookEnvelope(conn, (err, info, callback) => {
     if (!err && info && info.rejected.length) {
       // The server waits for data after its 354. Hand the error to send() first (it writes
@@ -426,15 +434,24 @@ function sendAllOrNothing(
   // The prepared payload (dataPayload) passes through nodemailer's DataStream as it is.
   sendPreparedPayload(conn, message.length, dataPayload(message));
   const eightBit = !isAscii(message);
-  return step<string>(conn, (cb) =>
+  // RFC 3461 §4.2 (relaying to an MTA that supports DSN): the request goes on as it came,
+  // RET/ENVID on MAIL (nodemailer's envelope.dsn), NOTIFY/ORCPT per RCPT (relay/internals.ts).
+  // An upstream without DSN gets none of it; the caller then sends the "relayed" notices.
+  const dsnPassed = upstreamOffersDsn(conn);
+  const request = dsnPassed ? envelope.dsn : undefined;
+  const byRecipient = new Map<string, RecipientDsn>();
+  if (request) request.recipients.forEach((r, i) => byRecipient.set(envelope.rcptTo[i]!, r));
+  setRecipientParams(conn, byRecipient.size ? (rcpt) => rcptDsnArgs(byRecipient.get(rcpt)) : undefined);
+  const mailDsn = request && (request.ret || request.envid) ? { dsn: { ...(request.ret ? { ret: request.ret } : {}), ...(request.envid ? { envid: request.envid } : {}) } } : {};
+  return step<{ response: string; dsnPassed: boolean }>(conn, (cb) =>
     conn.send(
-      { from: envelope.mailFrom, to: envelope.rcptTo, size: message.length, use8BitMime: eightBit } as SMTPConnection.Envelope,
+      { from: envelope.mailFrom, to: envelope.rcptTo, size: message.length, use8BitMime: eightBit, ...mailDsn } as SMTPConnection.Envelope,
       message,
       (err, info) => {
         if (err) return cb(err);
         // Defence in depth: should the hook ever not run, never report a partial delivery as accepted.
         if (info.rejected?.length) return cb(new RecipientsRefused([...info.rejected], (info.rejectedErrors ?? []) as NodemailerError[]));
-        cb(null, String(info.response ?? ''));
+        cb(null, { response: String(info.response ?? ''), dsnPassed });
       },
     ),
   );
@@ -589,7 +606,7 @@ export class Upstream {
     });
     deadline.catch(() => undefined);
 
-    const attempt = async (): Promise<string> => {
+    const attempt = async (): Promise<{ response: string; dsnPassed: boolean }> => {
       // One retry, on a fresh connection, only when a reused pooled connection failed
       // before any message data was sent (typically: the server closed it while idle).
       for (let i = 0; ; i++) {
@@ -600,13 +617,13 @@ export class Upstream {
         }
         current = pooled;
         try {
-          const response = await sendAllOrNothing(pooled.conn, envelope, payload, () => {
+          const sent = await sendAllOrNothing(pooled.conn, envelope, payload, () => {
             dataStarted = true;
           });
           current = undefined;
           pooled.messages++;
           this.release(pooled, true);
-          return response;
+          return sent;
         } catch (err) {
           current = undefined;
           this.release(pooled, false);
@@ -621,8 +638,8 @@ export class Upstream {
     };
 
     try {
-      const response = await Promise.race([attempt(), deadline]);
-      return { kind: 'accepted', response: sanitizeReply(response, 500) };
+      const { response, dsnPassed } = await Promise.race([attempt(), deadline]);
+      return { kind: 'accepted', response: sanitizeReply(response, 500), ...(envelope.dsn ? { dsnPassed } : {}) };
     } catch (err) {
       const { outcome, kind } = classifyError(err, envelope.rcptTo);
       this.errors.inc({ kind });

@@ -98,3 +98,30 @@ export function wantsNotice(req: RecipientDsn | undefined, kind: 'failed' | 'del
   if (!req?.notify) return kind !== 'relayed';
   return req.notify.includes(kind === 'failed' ? 'FAILURE' : kind === 'delayed' ? 'DELAY' : 'SUCCESS');
 }
+
+/** xtext (RFC 3461 §4): "+", "=" and bytes outside "!".."~" as +XX (upper-case hex, UTF-8 bytes). */
+export function encodeXText(value: string): string {
+  let out = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    out += byte === 0x2b || byte === 0x3d || byte < 0x21 || byte > 0x7e ? '+' + byte.toString(16).toUpperCase().padStart(2, '0') : String.fromCharCode(byte);
+  }
+  return out;
+}
+
+/**
+ * The RCPT parameters that hand `req` on to an upstream that takes DSN, as they go on the
+ * wire: " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x@example.net", or '' when there is none.
+ * The values as the client gave them (NOTIFY upper-cased, ORCPT's address xtext-encoded
+ * again); nothing is added: no NOTIFY where the client gave none (RFC 3461 §4.1 leaves the
+ * default to the next MTA), no ORCPT where it gave none (§4.2 allows, does not ask for, one).
+ */
+export function rcptDsnArgs(req: RecipientDsn | undefined): string {
+  if (!req) return '';
+  let out = '';
+  if (req.notify?.length) out += ` NOTIFY=${req.notify.join(',')}`;
+  if (req.orcpt) {
+    const semi = req.orcpt.indexOf(';');
+    out += ` ORCPT=${req.orcpt.slice(0, semi)};${encodeXText(req.orcpt.slice(semi + 1))}`;
+  }
+  return out;
+}

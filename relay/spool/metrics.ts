@@ -43,7 +43,7 @@ export function createSpoolMetrics(registry: prom.Registry) {
     }),
     notifications: new prom.Counter({
       name: 'smtp_relay_queue_notifications_total',
-      help: 'Delivery status notifications queued to senders, by kind (failed, delayed).',
+      help: 'Delivery status notifications queued to senders, by kind (failed, delayed, relayed).',
       labelNames: ['kind'] as const,
       registers: r,
     }),

@@ -15,7 +15,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type pino from 'pino';
-import { wantsNotice, type MessageDsn, type RecipientDsn } from '../policy/dsn-params.js';
+import { wantsNotice, type RecipientDsn } from '../policy/dsn-params.js';
 import type { DeliveryOutcome, Envelope } from '../upstream.js';
 import { buildDsn, type DsnRecipient } from './dsn.js';
 import type { SpoolMetrics } from './metrics.js';
@@ -25,12 +25,10 @@ import type { Spool } from './store.js';
 import { owesReport, type EntryState, type RecipientState, type StoredEnvelope } from './types.js';
 
 /** An envelope to deliver, with the DSN request (RFC 3461) for an upstream that takes one. */
-export interface SpoolDelivery extends Envelope {
-  dsn?: MessageDsn & { recipients: RecipientDsn[] };
-}
+export type SpoolDelivery = Envelope;
 
 /** The upstream's outcome; `dsnPassed` when it advertised DSN and was given the request. */
-export type SpoolOutcome = DeliveryOutcome & { dsnPassed?: boolean };
+export type SpoolOutcome = DeliveryOutcome;
 
 /** The signature of Upstream.deliver (relay/upstream.ts). */
 export type DeliverFn = (envelope: SpoolDelivery, message: Buffer) => Promise<SpoolOutcome>;
@@ -272,7 +270,7 @@ export class Scheduler {
         }
         throw err;
       }
-      await this.attempt(id, env, due, body!, now, canReport ? requestOf : () => ({ notify: ['NEVER'] }));
+      await this.attempt(id, env, due, body!, now, requestOf, canReport);
       changed = true;
     }
 
@@ -333,6 +331,7 @@ export class Scheduler {
     body: Buffer,
     now: number,
     requestOf: (r: RecipientState) => RecipientDsn | undefined,
+    canReport: boolean,
   ): Promise<void> {
     const m = this.o.metrics;
     const created = env.created;
@@ -340,6 +339,8 @@ export class Scheduler {
     let left = due;
     for (let round = 0; left.length && round <= due.length; round++) {
       const delivery: SpoolDelivery = { mailFrom: env.mailFrom, rcptTo: left.map((r) => r.address) };
+      // The request as the client made it (also for the null sender, to whom the relay itself
+      // never reports); the upstream gets it only when it advertises DSN (relay/upstream.ts).
       if (env.ret || env.envid || env.rcptDsn) {
         delivery.dsn = { ...(env.ret ? { ret: env.ret } : {}), ...(env.envid ? { envid: env.envid } : {}), recipients: left.map((r) => requestOf(r) ?? {}) };
       }
@@ -351,7 +352,7 @@ export class Scheduler {
           r.attempts++;
           r.lastError = undefined;
           // RFC 3461 4.2: an upstream without DSN gets no request; the relay says "relayed" itself.
-          if (wantsNotice(requestOf(r), 'relayed') && !outcome.dsnPassed) {
+          if (canReport && wantsNotice(requestOf(r), 'relayed') && !outcome.dsnPassed) {
             r.notified = false;
             r.lastError = outcome.response || '250 Ok';
           }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The Debian packages make test, make demo and make bench use, installed when missing (as
-# root; apt-get): postfix (smtp-sink, and the bench's Postfix), swaks with its TLS modules,
+# root; apt-get): postfix (smtp-sink, the bench's Postfix, and the app-side Postfix of
+# test/relay/dsn-postfix.test.ts), swaks with its TLS modules,
 # openssl, python3-dkim (dkimpy verifies signatures), prometheus (promtool and a real
 # scrape), buildah and runc (the image and its containers), iproute2 (network namespaces),
-# sasl2-bin/libsasl2-modules and stunnel4 (the bench's Postfix AUTH and TLS ceiling);
+# sasl2-bin/libsasl2-modules and stunnel4 (the bench's Postfix AUTH and TLS ceiling; the
+# SASL PLAIN client of the test's Postfix);
 # libc6-dev, pkg-config, libseccomp-dev (runc's cgo build) and iptables, ipset, conntrack
 # (kube-proxy) for the one-node cluster (make cluster, test/harness/cluster/).
 set -euo pipefail

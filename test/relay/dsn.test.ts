@@ -1,24 +1,29 @@
 // Delivery status notifications end to end (issue 18): the real relay process in queue
 // mode and in inline mode, a raw SMTP client sending the RFC 3461 parameters, and a real
-// upstream (test/harness/support/sink.ts) that refuses one recipient permanently. The
+// upstream (test/harness/support/sink.ts) that refuses one recipient permanently: one that
+// does not advertise DSN (the relay sends the "relayed" notices itself) and one that does
+// (the relay hands the parameters on; the sink records the MAIL/RCPT lines it got). The
 // notifications that reach the upstream are read back with Python's email package, a
 // real MIME parser, as multipart/report with a message/delivery-status part.
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { parseReport } from '../harness/support/dsn-report.js';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { startSink, type Sink, type SinkMessage } from '../harness/support/sink.js';
 import { RawSmtp, delay, message, startRelay, tempDir, type RelayProcess } from './harness.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com', 'MAILER-DAEMON@app.example.com'] };
+const RATED = { name: 'rated', password: 'rated-password-0123456789', allowedSenders: ['MAILER-DAEMON@rated.example.com'], rateLimit: { messages: 1, per: '1h' } };
 const PLAIN = { name: 'plain', password: 'plain-password-0123456789', allowedSenders: ['plain@example.com'] };
 
 let pki: Pki;
 let sink: Sink;
+let dsnSink: Sink;
 let queued: RelayProcess;
 let inline: RelayProcess;
+let queuedDsnUp: RelayProcess;
 
 before(async () => {
   pki = await createPki();
@@ -26,15 +31,26 @@ before(async () => {
   const upstream = { host: sink.host, port: sink.port, caFile: pki.ca.certFile };
   const dir = await tempDir('relay-dsn-');
   const cert = await pki.issue({ name: 'relay' });
-  queued = await startRelay({ dir, cert, users: [APP, PLAIN], upstream, queue: `{directory: ${join(dir, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}` });
+  queued = await startRelay({ dir, cert, users: [APP, PLAIN, RATED], upstream, queue: `{directory: ${join(dir, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}` });
   const dir2 = await tempDir('relay-dsn-inline-');
   inline = await startRelay({ dir: dir2, cert: await pki.issue({ name: 'relay2' }), users: [APP], upstream });
+  dsnSink = await startSink({ pki, dsn: true, behaviour: { refuseRecipients: ['gone@example.net'] } });
+  const dir3 = await tempDir('relay-dsn-up-');
+  queuedDsnUp = await startRelay({
+    dir: dir3,
+    cert: await pki.issue({ name: 'relay3' }),
+    users: [APP],
+    upstream: { host: dsnSink.host, port: dsnSink.port, caFile: pki.ca.certFile },
+    queue: `{directory: ${join(dir3, 'spool')}, retry: {initialDelay: 1s, maxDelay: 2s}}`,
+  });
 });
 
 after(async () => {
   await queued?.stop();
   await inline?.stop();
+  await queuedDsnUp?.stop();
   await sink?.stop();
+  await dsnSink?.stop();
   await pki?.cleanup();
 });
 
@@ -56,36 +72,6 @@ async function transaction(c: RawSmtp, mail: string, rcpts: string[], body: stri
   out.push((await c.cmd('DATA'))!.text);
   out.push((await c.cmd(body.replace(/\r\n$/, '') + '\r\n.'))!.text);
   return out;
-}
-
-interface ParsedReport {
-  contentType: string;
-  reportType: string;
-  to: string;
-  parts: string[];
-  perMessage: Record<string, string>;
-  perRecipient: Record<string, string>[];
-  returned: string;
-}
-
-/** A notification read by Python's email package (policy default): its structure and fields. */
-function parseReport(raw: Buffer): Promise<ParsedReport> {
-  const script = `
-import email, json, sys
-from email import policy
-m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
-parts = [p.get_content_type() for p in m.iter_parts()]
-status = next(p for p in m.iter_parts() if p.get_content_type() == 'message/delivery-status')
-blocks = [dict((k, str(v)) for k, v in b.items()) for b in status.get_payload()]
-third = list(m.iter_parts())[2]
-returned = third.get_payload()[0].as_string() if third.is_multipart() or third.get_content_type() == 'message/rfc822' else third.get_payload()
-print(json.dumps({'contentType': m.get_content_type(), 'reportType': m.get_param('report-type'), 'to': str(m['To']),
-  'parts': parts, 'perMessage': blocks[0], 'perRecipient': blocks[1:], 'returned': returned}))
-`;
-  return new Promise((resolve, reject) => {
-    const p = execFile('python3', ['-c', script], { timeout: 20_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(JSON.parse(stdout) as ParsedReport)));
-    p.stdin!.end(raw);
-  });
 }
 
 const reportsTo = (who: string): SinkMessage[] => sink.messages.filter((m) => m.mailFrom === '' && m.rcptTo.includes(who));
@@ -143,6 +129,10 @@ describe('DSN (RFC 3461) in queue mode', () => {
     c.close();
     const original = await waitFor(() => sink.messages.find((m) => m.mailFrom === 'app@example.com' && /dsn main/.test(m.raw.toString())), 'the delivery');
     assert.deepEqual(original.rcptTo, ['ok@example.net']);
+    // This upstream does not advertise DSN: it is sent none of the parameters (RFC 3461 4.2).
+    assert.equal(original.commands.length, 2, original.commands.join(' | '));
+    assert.match(original.commands[0]!, /^MAIL FROM:<app@example\.com> SIZE=\d+$/);
+    assert.equal(original.commands[1], 'RCPT TO:<ok@example.net>');
     const [failed, relayed] = await waitFor(() => {
       const r = reportsTo('app@example.com').map((m) => m.raw.toString('latin1'));
       const f = r.find((x) => /Action: failed/.test(x) && /gone@example\.net/.test(x));
@@ -221,6 +211,18 @@ describe('the null sender', () => {
     c.close();
   });
 
+  test('counts against the user\'s rate limit like any message', async () => {
+    const { c } = await session(queued, RATED);
+    const first = await transaction(c, 'MAIL FROM:<>', ['RCPT TO:<someone@example.net>'], message('MAILER-DAEMON@rated.example.com', 'someone@example.net', 'rated notice'));
+    assert.match(first.at(-1)!, /^250 /, first.join(' | '));
+    const second = await c.cmd('MAIL FROM:<>');
+    assert.equal(second?.code, 451, second?.text);
+    assert.match(second!.text, /4\.7\.1 Message rate limit reached for rated/);
+    c.close();
+    // delivered before the next test counts what reached the upstream
+    await waitFor(() => sink.messages.find((m) => /rated notice/.test(m.raw.toString())), 'the rated notice');
+  });
+
   test('a null-sender message that fails permanently produces no notification', async () => {
     const reportsBefore = sink.messages.filter((m) => m.mailFrom === '').length;
     const notified = await queued.metric('smtp_relay_queue_notifications_total');
@@ -235,5 +237,61 @@ describe('the null sender', () => {
     await delay(2000);
     assert.equal(await queued.metric('smtp_relay_queue_notifications_total'), notified);
     assert.equal(sink.messages.filter((m) => m.mailFrom === '').length, reportsBefore);
+  });
+});
+
+describe('DSN handed to an upstream that advertises it', () => {
+  test('RET/ENVID on MAIL and NOTIFY/ORCPT per RCPT go on exactly as received; the relay adds no notice of its own', async () => {
+    const relayedBefore = await queuedDsnUp.metric('smtp_relay_queue_notifications_total', { kind: 'relayed' });
+    const { c } = await session(queuedDsnUp, APP);
+    const replies = await transaction(
+      c,
+      'MAIL FROM:<app@example.com> RET=HDRS ENVID=id+2Bone',
+      [
+        'RCPT TO:<ok1@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Original+2Bok@example.net',
+        'RCPT TO:<ok2@example.net>',
+        'RCPT TO:<ok3@example.net> NOTIFY=NEVER',
+        'RCPT TO:<ok4@example.net> notify=delay orcpt=utf-8;ok4@example.net',
+      ],
+      message('app@example.com', 'ok1@example.net', 'dsn passed on'),
+    );
+    assert.match(replies.at(-1)!, /^250 2\.0\.0 Ok: queued as /, replies.join(' | '));
+    c.close();
+    const got = await waitFor(() => dsnSink.messages.find((m) => /dsn passed on/.test(m.raw.toString())), 'the delivery');
+    assert.equal(got.mailFrom, 'app@example.com');
+    assert.deepEqual(got.rcptTo, ['ok1@example.net', 'ok2@example.net', 'ok3@example.net', 'ok4@example.net']);
+    assert.match(got.commands[0]!, /^MAIL FROM:<app@example\.com> SIZE=\d+ RET=HDRS ENVID=id\+2Bone$/, got.commands[0]);
+    assert.deepEqual(got.commands.slice(1), [
+      'RCPT TO:<ok1@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Original+2Bok@example.net',
+      'RCPT TO:<ok2@example.net>',
+      'RCPT TO:<ok3@example.net> NOTIFY=NEVER',
+      'RCPT TO:<ok4@example.net> NOTIFY=DELAY ORCPT=utf-8;ok4@example.net',
+    ]);
+    // The message has left the spool (the "relayed" notice, were there one, is queued before that).
+    const end = Date.now() + 15_000;
+    while ((await queuedDsnUp.metric('smtp_relay_queue_messages')) !== 0 && Date.now() < end) await delay(100);
+    assert.equal(await queuedDsnUp.metric('smtp_relay_queue_messages'), 0);
+    assert.equal(await queuedDsnUp.metric('smtp_relay_queue_notifications_total', { kind: 'relayed' }), relayedBefore);
+    assert.equal(dsnSink.messages.filter((m) => m.mailFrom === '').length, 0, 'no notice reached the upstream');
+  });
+
+  test('a recipient the upstream refuses at RCPT is still reported by the relay, per its NOTIFY', async () => {
+    const { c } = await session(queuedDsnUp, APP);
+    const replies = await transaction(
+      c,
+      'MAIL FROM:<app@example.com> ENVID=two',
+      ['RCPT TO:<gone@example.net> NOTIFY=FAILURE', 'RCPT TO:<ok5@example.net> NOTIFY=SUCCESS'],
+      message('app@example.com', 'gone@example.net', 'dsn refused upstream'),
+    );
+    assert.match(replies.at(-1)!, /^250 /, replies.join(' | '));
+    c.close();
+    const delivered = await waitFor(() => dsnSink.messages.find((m) => m.mailFrom === 'app@example.com' && /dsn refused upstream/.test(m.raw.toString())), 'the delivery');
+    assert.deepEqual(delivered.commands.slice(1), ['RCPT TO:<ok5@example.net> NOTIFY=SUCCESS']);
+    const report = await waitFor(() => dsnSink.messages.find((m) => m.mailFrom === '' && m.rcptTo.includes('app@example.com') && /ENVID|Original-Envelope-Id: two/.test(m.raw.toString())), 'the failure report');
+    const p = await parseReport(report.raw);
+    assert.equal(p.perMessage['Original-Envelope-Id'], 'two');
+    assert.deepEqual(p.perRecipient.map((r) => [r['Final-Recipient'], r['Action']]), [['rfc822; gone@example.net', 'failed']]);
+    // The relay's own report carries no DSN request: nothing is to be reported about a report.
+    assert.deepEqual(report.commands.slice(1), ['RCPT TO:<app@example.com>']);
   });
 });

@@ -96,7 +96,7 @@ function message(from = 'Billing <billing@example.com>', extra = ''): Buffer {
 
 const env = { mailFrom: 'billing@example.com', rcptTo: ['alice@example.net', 'bob@example.net'] };
 
-function assertAccepted(o: DeliveryOutcome): asserts o is { kind: 'accepted'; response: string } {
+function assertAccepted(o: DeliveryOutcome): asserts o is Extract<DeliveryOutcome, { kind: 'accepted' }> {
   assert.equal(o.kind, 'accepted', JSON.stringify(o));
 }
 
@@ -561,6 +561,56 @@ describe('DKIM and S/MIME through the upstream', () => {
       await assert.rejects(run('openssl', ['smime', '-verify', '-in', receivedFile, '-CAfile', signer.caFile, '-out', '/dev/null']));
     } finally {
       await h.upstream.close();
+    }
+  });
+});
+
+describe('DSN requests (RFC 3461) handed to the upstream', () => {
+  const rcpts = ['a@example.net', 'b@example.net', 'c@example.net'];
+  const request = {
+    ret: 'FULL' as const,
+    envid: 'env=1+x',
+    recipients: [{ notify: ['SUCCESS' as const, 'FAILURE' as const], orcpt: 'rfc822;A+b@example.net' }, {}, { notify: ['NEVER' as const] }],
+  };
+  const bare = (m: { commands: string[] }) => m.commands.map((l) => l.replace(/ SIZE=\d+/, ''));
+
+  for (const pipelining of [true, false]) {
+    it(`${pipelining ? 'pipelined' : 'one command at a time'}: per-recipient NOTIFY/ORCPT and RET/ENVID when the upstream advertises DSN, and nothing left over for the next message on the same connection`, async () => {
+      const sink = await startSink({ pki, dsn: true, noPipelining: !pipelining });
+      const h = makeUpstream({ port: sink.port, caFile: sink.caFile, maxConnections: 1 });
+      try {
+        const withDsn = await h.upstream.deliver({ mailFrom: 'billing@example.com', rcptTo: rcpts, dsn: request }, message());
+        assertAccepted(withDsn);
+        assert.equal(withDsn.dsnPassed, true);
+        assert.deepEqual(bare(sink.messages[0]!), [
+          'MAIL FROM:<billing@example.com> BODY=8BITMIME RET=FULL ENVID=env+3D1+2Bx',
+          'RCPT TO:<a@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2Bb@example.net',
+          'RCPT TO:<b@example.net>',
+          'RCPT TO:<c@example.net> NOTIFY=NEVER',
+        ]);
+        const without = await h.upstream.deliver({ mailFrom: 'billing@example.com', rcptTo: rcpts }, message());
+        assertAccepted(without);
+        assert.equal(without.dsnPassed, undefined, 'no request, nothing to say about it');
+        assert.deepEqual(bare(sink.messages[1]!), ['MAIL FROM:<billing@example.com> BODY=8BITMIME', ...rcpts.map((r) => `RCPT TO:<${r}>`)]);
+        assert.equal(sink.connections, 1, 'both on one pooled connection');
+      } finally {
+        await h.upstream.close();
+        await sink.stop();
+      }
+    });
+  }
+
+  it('an upstream that does not advertise DSN is sent none of it, and the outcome says so', async () => {
+    const sink = await startSink({ pki });
+    const h = makeUpstream({ port: sink.port, caFile: sink.caFile });
+    try {
+      const o = await h.upstream.deliver({ mailFrom: 'billing@example.com', rcptTo: rcpts, dsn: request }, message());
+      assertAccepted(o);
+      assert.equal(o.dsnPassed, false);
+      assert.deepEqual(bare(sink.messages[0]!), ['MAIL FROM:<billing@example.com> BODY=8BITMIME', ...rcpts.map((r) => `RCPT TO:<${r}>`)]);
+    } finally {
+      await h.upstream.close();
+      await sink.stop();
     }
   });
 });

@@ -26,6 +26,8 @@ export interface SinkMessage {
   secure: boolean;
   /** EHLO/HELO name the client gave. */
   clientHostname: string;
+  /** The MAIL command of the transaction and its RCPT commands, as sent (parameters included). */
+  commands: string[];
 }
 
 export interface SinkBehaviour {
@@ -67,6 +69,8 @@ export interface SinkOptions {
   port?: number;
   /** Do not advertise PIPELINING (clients then wait for each reply). */
   noPipelining?: boolean;
+  /** Advertise DSN (RFC 3461) and accept its parameters; default false (smtp-server's default). */
+  dsn?: boolean;
 }
 
 export interface Sink {
@@ -121,6 +125,15 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   // session id -> raw TCP socket, so a behaviour can drop a connection mid-transaction.
   const sessionSockets = new Map<string, Socket>();
   const state = { connections: 0, authFailures: 0 };
+  // session id -> the MAIL and RCPT command lines of its current transaction, read from
+  // smtp-server's command log (its one public view of the lines as the client sent them).
+  const transactionLines = new Map<string, string[]>();
+  const commandLog = (entry: { tnx?: string; cid?: string }, _label?: unknown, line?: unknown) => {
+    if (entry?.tnx !== 'command' || !entry.cid || typeof line !== 'string') return;
+    if (/^MAIL FROM:/i.test(line)) transactionLines.set(entry.cid, [line]);
+    else if (/^RCPT TO:/i.test(line)) transactionLines.get(entry.cid)?.push(line);
+  };
+  const quiet = () => undefined;
 
   const lc = (s: string) => s.toLowerCase();
   const dropSession = (session: SMTPServerSession) => {
@@ -141,7 +154,8 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
     size: opts.size ?? 50 * 1024 * 1024,
     hidePIPELINING: opts.noPipelining ?? false,
     banner: 'test sink',
-    logger: false,
+    hideDSN: !opts.dsn,
+    logger: { debug: commandLog, trace: quiet, info: quiet, warn: quiet, error: quiet, fatal: quiet } as unknown as SMTPServerOptions['logger'],
     closeTimeout: 1000,
     onConnect(session, cb) {
       state.connections++;
@@ -212,6 +226,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
             ...(user ? { user } : {}),
             secure: session.secure,
             clientHostname: session.hostNameAppearsAs ?? '',
+            commands: transactionLines.get(session.id) ?? [],
           });
           for (const w of [...waiters]) {
             if (messages.length >= w.n) {

@@ -3,7 +3,7 @@
 // the null sender.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { parseMailDsn, parseRcptDsn, wantsNotice, dsnParamsIn, MAIL_DSN_PARAMS } from '../../../relay/policy/dsn-params.js';
+import { parseMailDsn, parseRcptDsn, wantsNotice, dsnParamsIn, encodeXText, rcptDsnArgs, MAIL_DSN_PARAMS } from '../../../relay/policy/dsn-params.js';
 import { nullSenderAllowed, parseSenderPattern, type SenderPattern } from '../../../relay/policy/senders.js';
 
 const ok = <T>(r: { ok: T } | { error: string }): T => {
@@ -82,5 +82,22 @@ describe('the null sender', () => {
   test('a user with other addresses only may not, not even with *@domain (an explicit opt-in)', () => {
     assert.ok(!nullSenderAllowed(patterns('app@example.com', 'postmaster@example.com')));
     assert.ok(!nullSenderAllowed(patterns('*@example.com')));
+  });
+});
+
+describe('RCPT parameters handed on to an upstream that takes DSN', () => {
+  test('xtext encodes "+", "=", spaces and non-ASCII bytes as +XX and leaves the rest', () => {
+    assert.equal(encodeXText('a+b=c'), 'a+2Bb+3Dc');
+    assert.equal(encodeXText('plain;text~!'), 'plain;text~!');
+    assert.equal(encodeXText('a b\u00e9'), 'a+20b+C3+A9');
+  });
+
+  test('NOTIFY and ORCPT as given, the address xtext-encoded again; nothing added', () => {
+    const req = ok(parseRcptDsn({ NOTIFY: 'success,delay', ORCPT: 'rfc822;Original+ok@example.net' }));
+    assert.equal(rcptDsnArgs(req), ' NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Original+2Bok@example.net');
+    assert.equal(rcptDsnArgs(ok(parseRcptDsn({ NOTIFY: 'NEVER' }))), ' NOTIFY=NEVER');
+    assert.equal(rcptDsnArgs(ok(parseRcptDsn({ ORCPT: 'utf-8;a=b@example.net' }))), ' ORCPT=utf-8;a+3Db@example.net');
+    assert.equal(rcptDsnArgs({}), '');
+    assert.equal(rcptDsnArgs(undefined), '');
   });
 });

@@ -87,6 +87,15 @@ test('NOTIFY=SUCCESS to an upstream that took the request: the relay sends no no
   assert.deepEqual(x.reports(), []);
 });
 
+test('a message from the null sender hands its DSN request on as given, and gets no "relayed" notice', async () => {
+  const x = await setup(() => ok);
+  await x.enqueue({ mailFrom: '', rcptTo: ['a@example.net'], envid: 'pf-1', rcptDsn: [{ notify: ['SUCCESS'] }] });
+  await until(() => idle(x), 'delivery');
+  assert.deepEqual(x.calls[0]!.envelope.dsn, { envid: 'pf-1', recipients: [{ notify: ['SUCCESS'] }] });
+  assert.deepEqual(x.reports().filter((r) => r.includes('Action:')), []);
+  assert.equal(x.calls.length, 1, 'nothing but the message itself');
+});
+
 test('a delay warning only for recipients whose NOTIFY includes DELAY (or who gave none)', async () => {
   const x = await setup(() => down, 10 * MIN);
   await x.enqueue({ mailFrom: 'app@example.com', rcptTo: ['quiet@example.net', 'delay@example.net'], rcptDsn: [{ notify: ['FAILURE'] }, { notify: ['DELAY'] }] });
