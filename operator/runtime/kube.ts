@@ -103,9 +103,11 @@ export const FROM_WATCH_CACHE = { resourceVersion: '0' } as const;
  * How long a request (not a watch) may take before it is aborted and fails (then retried
  * by whoever made it: the work queue, the informer's backoff). Without it a request sent on
  * a kept-alive connection that died without a FIN or RST would wait for undici's 300 s
- * header timeout, holding its reconcile worker that long.
+ * header timeout, holding its reconcile worker that long. 30 s: well above what a request
+ * takes on a loaded API server (its own limit is 60 s, --request-timeout), so a slow but
+ * live server is not made slower by retries.
  */
-export const REQUEST_TIMEOUT_MS = 15_000;
+export const REQUEST_TIMEOUT_MS = 30_000;
 
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
