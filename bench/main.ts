@@ -1,19 +1,20 @@
 // `make bench`: every scenario in order, one report on stdout (Markdown), progress on stderr.
 //
-//   node dist/bench/main.js [--quick] [--only=1,2,3,4,upstream] [--rows=aN,bN,bNc,cN] [--out=FILE]
+//   node dist/bench/main.js [--quick] [--only=1,2,3,4,upstream,flood] [--rows=aN,bN,bNc,cN] [--out=FILE]
 //   (--rows: only these scenario-1 rows, keys in bench/throughput.ts; 'lat' = scenario 2)
 //
 // Bounded: each measurement is a fixed time window; the whole run takes about 10-13 minutes.
 import { writeFileSync } from 'node:fs';
 import { log, machine } from './common.js';
 import { connections } from './connections.js';
+import { floodScenario } from './flood.js';
 import { operatorAtScale } from './operator.js';
 import { throughputAndLatency } from './throughput.js';
 import { upstreamHandOff } from './upstream.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
-const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', '3', '4', 'upstream'];
+const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', '3', '4', 'upstream', 'flood'];
 const rows = args.find((a) => a.startsWith('--rows='))?.slice(7).split(',');
 const out = args.find((a) => a.startsWith('--out='))?.slice(6);
 
@@ -55,6 +56,7 @@ if (only.includes('1') || only.includes('2')) {
 if (only.includes('3')) await step('scenario 3', () => connections({ counts: quick ? [1000] : [1000, 5000, 10000], handshakeMs: quick ? 2000 : 5000 }));
 if (only.includes('4')) await step('scenario 4', () => operatorAtScale({ applies: quick ? 10 : 50, relays: quick ? 100 : 1000, namespaces: 10, quietMs: quick ? 10_000 : 60_000 }));
 if (only.includes('upstream')) await step('upstream hand-off', () => upstreamHandOff(quick ? 100 : 300, 10));
+if (only.includes('flood')) await step('connection flood', () => floodScenario({ sends: quick ? 50 : 200, fillMs: quick ? 2000 : 5000 }));
 
 emit(`\nTotal time ${((Date.now() - started) / 1000).toFixed(0)} s.${maxRate ? '' : ''}\n`);
 process.exit(failed ? 1 : 0);

@@ -6,8 +6,9 @@
 import type { Logger } from 'pino';
 import { LABEL_MANAGED_BY, MANAGED_BY, type SmtpRelay } from './api/v1alpha1.js';
 import type { Caches, Features } from './controllers/context.js';
+import type { OperatorMetrics } from './metrics.js';
 import type { Clock } from './runtime/clock.js';
-import { InformerGroup } from './runtime/informer.js';
+import { InformerGroup, type ListReason } from './runtime/informer.js';
 import type { Kube, KubeObject, Resource } from './runtime/kube.js';
 import { CORE_CHILD_RESOURCES, Certificates, Secrets, ServiceMonitors, SmtpRelays } from './runtime/resources.js';
 
@@ -19,6 +20,8 @@ export interface CacheOptions {
   /** Informer watchdog: relist after this much silence. */
   watchdogMs?: number | undefined;
   log: Logger;
+  /** Counts each informer's lists (smtp_relay_operator_informer_lists_total). */
+  metrics?: OperatorMetrics | undefined;
 }
 
 export interface OperatorCaches {
@@ -31,16 +34,20 @@ export interface OperatorCaches {
 
 /** The informers for the kinds `features` says are served; not started. */
 export function createCaches(o: CacheOptions, features: Features): OperatorCaches {
-  const informerOpts = {
+  const informerOpts = (r: Resource) => ({
     kube: o.kube,
     ...(o.watchdogMs !== undefined ? { watchdogMs: o.watchdogMs } : {}),
     clock: o.clock,
-    onError: (err: unknown, retryInMs: number) => o.log.warn({ err: String(err), retryInMs }, 'watch failed; retrying'),
-  };
+    onError: (err: unknown, retryInMs: number) => o.log.warn({ resource: r.plural, err: String(err), retryInMs }, 'watch failed; retrying'),
+    onList: (count: number, reason: ListReason) => {
+      o.metrics?.informerLists.inc({ resource: r.plural, reason });
+      if (reason !== 'initial') o.log.info({ resource: r.plural, reason, count }, 'relisted');
+    },
+  });
   const selector = `${LABEL_MANAGED_BY}=${MANAGED_BY}`;
-  const relays = new InformerGroup<SmtpRelay & KubeObject>(o.namespaces, { ...informerOpts, resource: SmtpRelays });
+  const relays = new InformerGroup<SmtpRelay & KubeObject>(o.namespaces, { ...informerOpts(SmtpRelays), resource: SmtpRelays });
   const childInformer = (r: Resource) =>
-    new InformerGroup<KubeObject>(o.namespaces, { ...informerOpts, resource: r, labelSelector: selector, transform: (obj) => trimChild(r.kind, obj) });
+    new InformerGroup<KubeObject>(o.namespaces, { ...informerOpts(r), resource: r, labelSelector: selector, transform: (obj) => trimChild(r.kind, obj) });
   const children = new Map<string, InformerGroup<KubeObject>>();
   const childResources = [...CORE_CHILD_RESOURCES];
   if (features.certManager) childResources.push(Certificates);
@@ -52,7 +59,7 @@ export function createCaches(o: CacheOptions, features: Features): OperatorCache
   // data). That tells us a referenced Secret appeared, changed or went away;
   // its data is read with a GET during the reconcile that needs it.
   const secretMeta = new InformerGroup<KubeObject>(o.namespaces, {
-    ...informerOpts,
+    ...informerOpts(Secrets),
     resource: Secrets,
     metadataOnly: true,
     transform: (obj) => {

@@ -17,6 +17,7 @@ export class OperatorMetrics {
   readonly relays: Gauge<'ready'>;
   readonly recreateTotal: Counter<'kind'>;
   readonly applyTotal: Counter<'kind' | 'outcome'>;
+  readonly informerLists: Counter<'resource' | 'reason'>;
   readonly leader: Gauge;
 
   constructor(opts: { defaultMetrics?: boolean; queueDepth?: () => number } = {}) {
@@ -70,6 +71,12 @@ export class OperatorMetrics {
       name: 'smtp_relay_operator_apply_total',
       help: 'Child applies by kind and outcome (created, applied, recreated); unchanged children are not written.',
       labelNames: ['kind', 'outcome'],
+      registers,
+    });
+    this.informerLists = new Counter({
+      name: 'smtp_relay_operator_informer_lists_total',
+      help: 'Full lists of a watched resource by reason: initial, expired (410 Gone: the watch resumed from a compacted resourceVersion), watchdog (a watch silent past the watchdog), requested.',
+      labelNames: ['resource', 'reason'],
       registers,
     });
     this.leader = new Gauge({

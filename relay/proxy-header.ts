@@ -1,18 +1,24 @@
 // The PROXY protocol header of a trusted peer (a load balancer), read before smtp-server
-// sees the socket. Version 1 (text, "PROXY TCP4 ...\r\n") is left to smtp-server, which
-// has always parsed it; version 2 (binary: HAProxy's send-proxy-v2, AWS NLB, GCP) is
-// framed and checked here, parsed with proxy-protocol-js, and handed on to smtp-server as
-// the equivalent v1 line, so everything after the header (the connect phase's
-// allow-list, limits and lockout on the client address, the implicit-TLS handshake) runs
-// as for v1. The two signatures cannot be confused: v1 starts with "PROXY ", v2 with
+// sees the socket. Both versions are framed and checked here and parsed with
+// proxy-protocol-js: a version 1 line (text, "PROXY TCP4 ...\r\n") is checked strictly
+// (parseV1) and handed on as its canonical line; version 2 (binary: HAProxy's
+// send-proxy-v2, AWS NLB, GCP) as the equivalent v1 line. smtp-server then reads that
+// line (its own v1 reader is lax: any token that is an IP address, no family or port
+// check, and a refusal nobody counts), so everything after the header (the connect
+// phase's allow-list, limits and lockout on the client address, the implicit-TLS
+// handshake) runs as before, and every malformed header of either version is refused
+// and counted the same way. The two signatures cannot be confused: v1 starts with "PROXY ", v2 with
 // "\r\n\r\n\0\r\nQUIT\n"; anything else from a trusted peer is refused.
 // Spec: haproxy's doc/proxy-protocol.txt (sections 2.1, 2.2).
 
 import type net from 'node:net';
 import ipaddr from 'ipaddr.js';
-import { AddressFamilyType, Command, IPv4ProxyAddress, IPv6ProxyAddress, TransportProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
+import { isIPv4, isIPv6 } from 'node:net';
+import { AddressFamilyType, Command, INETProtocol, IPv4ProxyAddress, IPv6ProxyAddress, TransportProtocol, V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
 
 const V1_PREFIX = Buffer.from('PROXY ', 'latin1');
+/** The longest v1 line, CRLF included (spec 2.1: "PROXY TCP6" with two full IPv6 addresses and ports). */
+export const MAX_V1_LENGTH = 107;
 export const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 /** Signature, version/command, family/transport, length. */
 const V2_FIXED = 16;
@@ -25,6 +31,14 @@ const V2_FIXED = 16;
 export const MAX_V2_LENGTH = 4096;
 
 const PP2_TYPE_CRC32C = 0x03;
+
+/** What the relay hands smtp-server in place of a v1 line. */
+export interface V1Header {
+  /** The canonical line, CRLF included: "PROXY TCP4|TCP6 src dst sport dport" or "PROXY UNKNOWN". */
+  line: string;
+  /** The client address (TCP4, TCP6). */
+  client?: string;
+}
 
 /** What the relay hands smtp-server in place of a v2 header. */
 export interface V2Header {
@@ -54,6 +68,39 @@ export function crc32c(data: Uint8Array): number {
   let crc = 0xffffffff;
   for (const byte of data) crc = CRC32C_TABLE[(crc ^ byte) & 0xff]! ^ (crc >>> 8);
   return (crc ^ 0xffffffff) >>> 0;
+}
+
+const PORT = /^(0|[1-9][0-9]{0,4})$/;
+
+/**
+ * Parses one complete v1 line (CRLF included, at most MAX_V1_LENGTH bytes) strictly, as
+ * spec 2.1 has it: "PROXY", one space, TCP4 or TCP6, the source and destination address
+ * of that family, the source and destination port (decimal, 0-65535, no leading zero),
+ * single spaces, CRLF. "PROXY UNKNOWN" may be followed by anything, which is ignored (the
+ * balancer's own address counts, as for v2 LOCAL). Throws ProxyHeaderError naming what is
+ * wrong.
+ */
+export function parseV1(line: Buffer): V1Header {
+  if (line.length > MAX_V1_LENGTH) throw new ProxyHeaderError(`v1 line longer than ${MAX_V1_LENGTH} bytes`);
+  const text = line.toString('latin1');
+  if (!text.endsWith('\r\n') || text.indexOf('\n') !== text.length - 1) throw new ProxyHeaderError('v1 line does not end with CRLF');
+  if (/^PROXY UNKNOWN(?: [^\r\n]*)?\r\n$/.test(text)) return { line: 'PROXY UNKNOWN\r\n' };
+  let parsed: V1ProxyProtocol;
+  try {
+    parsed = V1ProxyProtocol.parse(text);
+  } catch {
+    throw new ProxyHeaderError('malformed v1 line (want "PROXY TCP4|TCP6 <src> <dst> <sport> <dport>")');
+  }
+  const family = parsed.inetProtocol;
+  const isFamily = family === INETProtocol.TCP4 ? isIPv4 : family === INETProtocol.TCP6 ? isIPv6 : undefined;
+  if (!isFamily) throw new ProxyHeaderError('malformed v1 line (UNKNOWN with addresses)');
+  const src = parsed.source.ipAddress;
+  const dst = parsed.destination.ipAddress;
+  if (!isFamily(src) || !isFamily(dst)) throw new ProxyHeaderError(`v1 address not of family ${family}`);
+  // The parser's port pattern is [0-9]+: the range and leading zeros are checked on the text.
+  const ports = text.slice(0, -2).split(' ').slice(4);
+  if (ports.length !== 2 || !ports.every((p) => PORT.test(p) && Number(p) <= 65535)) throw new ProxyHeaderError('v1 port out of range');
+  return { line: `PROXY ${family} ${src} ${dst} ${ports[0]} ${ports[1]}\r\n`, client: src };
 }
 
 function address(bytes: number[]): string {
@@ -120,7 +167,7 @@ function checkTlvs(header: Buffer, offset: number): number[] {
 
 /** What a trusted peer sent first. */
 export type HeaderOutcome =
-  | { result: 'v1' }
+  | { result: 'v1'; header: V1Header }
   | { result: 'v2'; header: V2Header }
   /** Malformed, unsupported or too long: refuse. */
   | { result: 'invalid'; detail: string }
@@ -139,7 +186,16 @@ function decide(buf: Buffer): { outcome: HeaderOutcome; consumed: number; replac
   const v1 = startsLike(buf, V1_PREFIX);
   const v2 = startsLike(buf, V2_SIGNATURE);
   if (!v1 && !v2) return { outcome: { result: 'invalid', detail: 'not a PROXY protocol header' }, consumed: 0 };
-  if (v1) return buf.length >= V1_PREFIX.length ? { outcome: { result: 'v1' }, consumed: 0 } : undefined;
+  if (v1) {
+    const lf = buf.indexOf(0x0a);
+    if (lf < 0) return buf.length >= MAX_V1_LENGTH ? { outcome: { result: 'invalid', detail: `v1 line longer than ${MAX_V1_LENGTH} bytes` }, consumed: 0 } : undefined;
+    try {
+      const header = parseV1(buf.subarray(0, lf + 1));
+      return { outcome: { result: 'v1', header }, consumed: lf + 1, replacement: header.line };
+    } catch (err) {
+      return { outcome: { result: 'invalid', detail: (err as Error).message }, consumed: 0 };
+    }
+  }
   if (buf.length < V2_FIXED) return undefined;
   const length = buf.readUInt16BE(14);
   if (length > MAX_V2_LENGTH) return { outcome: { result: 'invalid', detail: `header longer than ${MAX_V2_LENGTH} bytes` }, consumed: 0 };
@@ -154,11 +210,11 @@ function decide(buf: Buffer): { outcome: HeaderOutcome; consumed: number; replac
 
 /**
  * Reads the start of `socket` until its PROXY header is known, then calls `done` once.
- * For v1 every byte read is put back; for v2 the header is replaced by its v1 line
- * (V2Header.line) and the bytes after it are put back. Before `done` the socket is left
+ * A v1 line is replaced by its canonical form (V1Header.line), a v2 header by its v1 line
+ * (V2Header.line), and the bytes after it are put back. Before `done` the socket is left
  * paused, with no listener of this reader on it but a no-op 'error' one: the caller hands
  * it on (a later tick, see relay/server.ts) or destroys it. At most 16 + MAX_V2_LENGTH
- * bytes plus one read are held.
+ * bytes plus one read are held (a v1 line is refused past MAX_V1_LENGTH).
  */
 export function readProxyHeader(socket: net.Socket, timeoutMs: number, done: (outcome: HeaderOutcome) => void): void {
   let buf: Buffer = Buffer.alloc(0);

@@ -292,8 +292,8 @@ export class Relay implements RelayState {
 
   /**
    * A trusted peer's connection: its PROXY header is read here first (relay/proxy-header.ts),
-   * within preAuthTimeout. v1 goes on to smtp-server untouched, v2 as the equivalent v1
-   * line; either way smtp-server reads that line next, and the connect phase sees the
+   * within preAuthTimeout. v1 goes on to smtp-server as its checked canonical line, v2 as
+   * the equivalent v1 line; either way smtp-server reads that line next, and the connect phase sees the
    * client's address. Anything else is refused, counted and logged (no reply: the peer is a
    * balancer, and on an implicit-TLS listener the client expects a TLS handshake). As for
    * v1 before, such a connection is counted at its connect phase, not at accept.
@@ -308,6 +308,8 @@ export class Relay implements RelayState {
         if (outcome.result === 'v2') {
           const h = outcome.header;
           this.logger.debug({ event: 'proxy_header', listener: listener.name, version: 2, command: h.command, proxyIp, clientIp: h.client, tlvs: h.tlvs }, 'PROXY v2 header');
+        } else {
+          this.logger.debug({ event: 'proxy_header', listener: listener.name, version: 1, proxyIp, clientIp: outcome.header.client }, 'PROXY v1 header');
         }
         // A tick later, once Readable has processed the removal of this reader's 'readable'
         // listener (it updates readableListening on nextTick): smtp-server's listener is

@@ -55,8 +55,56 @@ export function withSpecHash<T extends KubeObject>(desired: T): T {
   return base as T;
 }
 
+/**
+ * Parts of a child that must hold exactly what the operator sets, not merely contain it:
+ * a selector with one more label or expression selects other pods, or none (a Service that
+ * reaches no relay pod, a NetworkPolicy or PodDisruptionBudget that no longer applies to
+ * them). Server-side apply leaves keys another manager added (a hand edit), so they are
+ * removed with a merge patch first (removalPatch).
+ */
+export const EXACT_PATHS: Record<string, string[][]> = {
+  Service: [['spec', 'selector']],
+  NetworkPolicy: [['spec', 'podSelector']],
+  PodDisruptionBudget: [['spec', 'selector']],
+};
+
+function at(obj: unknown, path: string[]): unknown {
+  let v: unknown = obj;
+  for (const k of path) v = v && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
+  return v;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** A JSON merge patch of `have` that nulls every key `want` lacks (recursively through objects); undefined when none. */
+function nullExtras(want: unknown, have: unknown): Record<string, unknown> | undefined {
+  if (!isPlainObject(have) || !isPlainObject(want)) return undefined;
+  let out: Record<string, unknown> | undefined;
+  for (const [k, v] of Object.entries(have)) {
+    const sub = !(k in want) || want[k] === undefined ? null : nullExtras(want[k], v);
+    if (sub !== undefined) (out ??= {})[k] = sub;
+  }
+  return out;
+}
+
+/** The merge patch that removes what is extra under the child's EXACT_PATHS, or undefined. */
+export function removalPatch(desired: KubeObject, cached: KubeObject | undefined): Record<string, unknown> | undefined {
+  if (!cached) return undefined;
+  let patch: Record<string, unknown> | undefined;
+  for (const path of EXACT_PATHS[desired.kind ?? ''] ?? []) {
+    const extra = nullExtras(at(desired, path), at(cached, path));
+    if (!extra) continue;
+    patch ??= {};
+    let node = patch;
+    for (const k of path.slice(0, -1)) node = (node[k] ??= {}) as Record<string, unknown>;
+    node[path[path.length - 1]!] = extra;
+  }
+  return patch;
+}
+
 export function needsApply(desired: KubeObject, cached: KubeObject | undefined): boolean {
   if (!cached) return true;
+  if (removalPatch(desired, cached)) return true;
   const d = withSpecHash(desired);
   if (cached.metadata?.annotations?.[ANNOTATION_SPEC_HASH] !== d.metadata?.annotations?.[ANNOTATION_SPEC_HASH]) return true;
   const { metadata: dm, ...drest } = comparable(d) as KubeObject;
@@ -87,6 +135,14 @@ export class Applier {
     const ns = body.metadata?.namespace;
     const name = body.metadata?.name ?? '';
     const path = resourcePath(resource, ns, name);
+    const removal = removalPatch(desired, cached);
+    if (removal) {
+      try {
+        await this.o.kube.request('PATCH', path, { query: { fieldManager: this.o.fieldManager }, contentType: MEDIA_MERGE_PATCH, body: removal, discardResponse: true });
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+    }
     try {
       await this.ssa(path, body);
       return cached ? 'applied' : 'created';

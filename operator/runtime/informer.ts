@@ -44,9 +44,15 @@ export interface InformerOptions<T extends KubeObject> {
   pageSize?: number;
   clock?: Clock;
   onError?: (err: unknown, retryInMs: number) => void;
-  /** For tests and metrics: called after each successful (re)list. */
-  onList?: (count: number) => void;
+  /** For tests and metrics: called after each successful (re)list, with why it listed. */
+  onList?: (count: number, reason: ListReason) => void;
 }
+
+/**
+ * Why a list happened: the first one; the watch's resourceVersion had expired (410 Gone,
+ * e.g. after etcd compaction); the watchdog found the watch silent; relist() was called.
+ */
+export type ListReason = 'initial' | 'expired' | 'watchdog' | 'requested';
 
 export const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
 
@@ -71,6 +77,7 @@ export class Informer<T extends KubeObject> {
   private readonly items = new Map<string, T>();
   private readonly handlers: InformerHandlers<T>[] = [];
   private resourceVersion = '';
+  private listReason: ListReason = 'initial';
   private stopped = true;
   private synced = false;
   private syncWaiters: (() => void)[] = [];
@@ -133,8 +140,9 @@ export class Informer<T extends KubeObject> {
   }
 
   /** Drops the watch and relists now (the watchdog's action; exposed for tests). */
-  relist(): void {
+  relist(reason: ListReason = 'requested'): void {
     this.resourceVersion = '';
+    this.listReason = reason;
     this.abort?.abort();
   }
 
@@ -153,6 +161,7 @@ export class Informer<T extends KubeObject> {
         if (this.stopped) break;
         if (isGone(err)) {
           this.resourceVersion = '';
+          this.listReason = 'expired';
           continue;
         }
         if (isAbort(err)) continue; // watchdog or relist(): go round again
@@ -229,7 +238,7 @@ export class Informer<T extends KubeObject> {
     for (const [k, v] of old) if (!fresh.has(k)) this.emit('delete', v);
     this.resourceVersion = rv;
     this.lists++;
-    this.o.onList?.(fresh.size);
+    this.o.onList?.(fresh.size, this.listReason);
     if (!this.synced) {
       this.synced = true;
       for (const w of this.syncWaiters.splice(0)) w();
@@ -242,7 +251,7 @@ export class Informer<T extends KubeObject> {
     const check = () => {
       const silent = this.clock.now() - this.lastActivity;
       if (silent >= ms) {
-        this.relist();
+        this.relist('watchdog');
         return;
       }
       this.cancelWatchdog = this.clock.setTimer(check, ms - silent);

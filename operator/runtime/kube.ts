@@ -99,11 +99,22 @@ export function isGone(err: unknown): boolean {
  */
 export const FROM_WATCH_CACHE = { resourceVersion: '0' } as const;
 
+/**
+ * How long a request (not a watch) may take before it is aborted and fails (then retried
+ * by whoever made it: the work queue, the informer's backoff). Without it a request sent on
+ * a kept-alive connection that died without a FIN or RST would wait for undici's 300 s
+ * header timeout, holding its reconcile worker that long. 30 s: well above what a request
+ * takes on a loaded API server (its own limit is 60 s, --request-timeout), so a slow but
+ * live server is not made slower by retries.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
   body?: unknown;
   contentType?: string;
   accept?: string;
+  /** Aborts the request; default a REQUEST_TIMEOUT_MS timeout. */
   signal?: AbortSignal;
   /** The caller does not use the response (e.g. an apply): read and drop it unparsed, resolve undefined. */
   discardResponse?: boolean;
@@ -153,7 +164,7 @@ export class Kube {
       headers,
       ...(body !== undefined ? { body } : {}),
       ...(dispatcher ? { dispatcher } : {}),
-      ...(opts.signal ? { signal: opts.signal } : {}),
+      signal: opts.signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     if (opts.discardResponse && res.status < 400) {
       // Drain without building a string and an object tree we would throw away

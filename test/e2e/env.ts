@@ -269,6 +269,8 @@ export interface EnvironmentOptions {
   /** Kubelet restart backoff base (default the kubelet's 10 s). */
   backoffBaseMs?: number;
   kubeletLog?: Log;
+  /** The upstream sink requires AUTH with these credentials (default: no AUTH). */
+  sinkAuth?: { user: string; pass: string };
 }
 
 /** Starts control plane, stand-ins and sink, and installs the operator with helm. */
@@ -291,7 +293,7 @@ export async function startEnvironment(o: EnvironmentOptions = {}): Promise<Envi
     step(`start the upstream SMTP sink (${UPSTREAM_HOSTNAME}, STARTTLS, own CA)`);
     pki = await createPki({ caName: 'upstream sink CA' });
     const cert = await pki.issue({ name: 'sink', dnsNames: [UPSTREAM_HOSTNAME], ips: [] });
-    sink = await startSink({ cert, pki });
+    sink = await startSink({ cert, pki, ...(o.sinkAuth ? { auth: o.sinkAuth } : {}) });
     step('start the container kubelet stand-in (runc, a network namespace per pod)');
     kubelet = await ContainerKubelet.start({
       kubeconfig: cp.kubeconfig,

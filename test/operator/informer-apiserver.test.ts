@@ -4,9 +4,6 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, openSync } from 'node:fs';
-import { join } from 'node:path';
 import { Informer } from '../../operator/runtime/informer.js';
 import { Kube, type KubeObject } from '../../operator/runtime/kube.js';
 import { ConfigMaps, Secrets } from '../../operator/runtime/resources.js';
@@ -15,7 +12,6 @@ import { b64, createNamespace, eventually, sleep } from './support.js';
 
 let cp: ControlPlane;
 let kube: Kube;
-let restarted: ChildProcess | undefined;
 const informers: Informer<KubeObject>[] = [];
 
 before(async () => {
@@ -28,13 +24,6 @@ before(async () => {
 
 after(async () => {
   for (const i of informers) await i.stop();
-  if (restarted?.pid) {
-    try {
-      process.kill(-restarted.pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
   await cp?.stop();
 });
 
@@ -128,27 +117,7 @@ test('survives a kube-apiserver restart: watches resume and new objects arrive',
   const inf = track(new Informer<KubeObject>({ kube, resource: ConfigMaps, namespace: ns, backoffBaseMs: 200, backoffMaxMs: 2000, onError: (e) => errors.push(e) }));
   await inf.waitForSync();
 
-  const pid = cp.pids.find((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')[0]!.endsWith('kube-apiserver');
-    } catch {
-      return false;
-    }
-  });
-  assert.ok(pid, 'found the kube-apiserver process');
-  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  process.kill(pid, 'SIGKILL');
-  await eventually('apiserver gone', async () => {
-    try {
-      process.kill(pid, 0);
-      return false;
-    } catch {
-      return true;
-    }
-  });
-  await sleep(1000);
-  const out = openSync(join(cp.dir, 'logs', 'kube-apiserver-restarted.log'), 'a');
-  restarted = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', out, out] });
+  await cp.restartApiserver({ signal: 'SIGKILL', downMs: 1000 });
   await eventually('apiserver back', async () => {
     await kube.get('/api/v1/namespaces/default');
     return true;

@@ -295,6 +295,54 @@ describe('v1 next to v2', () => {
   }
 });
 
+describe('malformed PROXY v1 lines from the trusted peer', () => {
+  // Each is refused before smtp-server sees it, counted as proxy_header_invalid like a bad
+  // v2 header (smtp-server's own v1 reader would refuse some with "* BAD", uncounted, and
+  // let others through: a family that does not match, a port out of range).
+  const lines: [string, string][] = [
+    ['an address that is not an IP', 'PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n'],
+    ['fields missing', 'PROXY TCP4 127.0.1.60\r\n'],
+    ['an IPv4 address under TCP6', 'PROXY TCP6 127.0.1.60 10.0.0.1 1 2\r\n'],
+    ['an IPv6 address under TCP4', 'PROXY TCP4 2001:db8:1::60 10.0.0.1 1 2\r\n'],
+    ['a port past 65535', 'PROXY TCP4 127.0.1.60 10.0.0.1 65536 587\r\n'],
+    ['a port with a leading zero', 'PROXY TCP4 127.0.1.60 10.0.0.1 0587 587\r\n'],
+    ['a bare LF', 'PROXY TCP4 127.0.1.60 10.0.0.1 1 2\n'],
+    ['two spaces', 'PROXY TCP4  127.0.1.60 10.0.0.1 1 2\r\n'],
+    ['an unknown family', 'PROXY UDP4 127.0.1.60 10.0.0.1 1 2\r\n'],
+    ['a line past 107 bytes', `PROXY TCP4 127.0.1.60 10.0.0.1 1 2${' '.repeat(100)}\r\n`],
+    ['no CRLF within 107 bytes', 'PROXY ' + 'A'.repeat(200)],
+  ];
+  for (const listener of ['starttls', 'implicit'] as const) {
+    test(`each is refused and counted on the ${listener} listener, without a reply; the relay keeps serving`, async () => {
+      const before = await rejected('proxy_header_invalid');
+      for (const [name, line] of lines) {
+        const out = await sendRaw(listener, Buffer.from(line, 'latin1'), { ms: 1500 });
+        assert.equal(out.got, '', `${name}: nothing written back`);
+        assert.ok(out.closed, `${name}: closed by the relay at once`);
+      }
+      const deadline = Date.now() + 3000;
+      while (Date.now() < deadline && (await rejected('proxy_header_invalid')) - before < lines.length) await delay(50);
+      assert.equal((await rejected('proxy_header_invalid')) - before, lines.length);
+      await relay.waitForLog((l) => l.event === 'connection_refused' && l.reason === 'proxy_header_invalid' && /v1 address not of family TCP6/.test(String(l.detail)));
+      await relay.waitForLog((l) => l.event === 'connection_refused' && l.reason === 'proxy_header_invalid' && /v1 line longer than 107 bytes/.test(String(l.detail)));
+      assert.equal(relay.exitCode, null, 'relay still running');
+      const c = await session(listener, Buffer.from('PROXY TCP4 127.0.1.61 10.0.0.1 40061 587\r\n'));
+      assert.equal((await c.read())?.code, 220);
+      c.close();
+    });
+  }
+
+  test('PROXY UNKNOWN: whatever follows is ignored, the balancer\'s own address counts', async () => {
+    // from the balancer that is not itself allowed: refused at connect, even though the line names an allowed client
+    const no = await session('starttls', Buffer.from('PROXY UNKNOWN 127.0.1.62 10.0.0.1 1 2\r\n'));
+    assert.equal((await no.read())?.code, 554);
+    no.close();
+    const yes = await session('starttls', Buffer.from('PROXY UNKNOWN\r\n'), { from: ALLOWED_BALANCER });
+    assert.equal((await yes.read())?.code, 220);
+    yes.close();
+  });
+});
+
 describe('PROXY v2 from an untrusted peer', () => {
   test('STARTTLS listener: no header is expected (greeted at once), and the header is not honoured', async () => {
     const client = '127.0.1.99';

@@ -260,6 +260,23 @@ test('TokenRequest ServiceAccount kubeconfig: forbidden without a RoleBinding, a
   await assert.rejects(saCore.listNamespacedConfigMap({ namespace: 'default' }), (e: unknown) => code(e) === 403);
 });
 
+test('restartApiserver(): a crashed kube-apiserver comes back on the same URL with the same data, and with the flags given for that start', async () => {
+  const core = cp.kubeconfig.makeApiClient(k8s.CoreV1Api);
+  await core.createNamespacedConfigMap({ namespace: 'default', body: { metadata: { name: 'survives-restart' }, data: { v: '1' } } });
+  const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  const apiserverPid = () => cp.pids.find((p) => cmdline(p).some((a) => a.endsWith('kube-apiserver')));
+  const old = apiserverPid();
+  assert.ok(old);
+  await cp.restartApiserver({ signal: 'SIGKILL', downMs: 500, args: ['--v=2'] });
+  assert.throws(() => process.kill(old, 0), (e: NodeJS.ErrnoException) => e.code === 'ESRCH', 'the old process is gone');
+  const fresh = apiserverPid();
+  assert.ok(fresh && fresh !== old);
+  const args = cmdline(fresh);
+  assert.ok(args.includes('--v=2') && !args.includes('--v=1'), 'the given flag replaced the same-named one');
+  const cm = await core.readNamespacedConfigMap({ namespace: 'default', name: 'survives-restart' });
+  assert.equal(cm.data?.['v'], '1', 'etcd kept the data');
+});
+
 test('a missing binary fails with a message that says how to build it', async () => {
   const empty = mkdtempSync(join(tmpdir(), 'cp-nobin-'));
   const saved = process.env.CONTROLPLANE_BIN;

@@ -42,6 +42,12 @@
  *                        from its in-memory event window instead (no 410), so to force 410s for a
  *                        resource start with apiserverArgs: ['--watch-cache-sizes=<plural>.<group>#0']
  *                        (see controlplane.test.ts).
+ *   cp.restartApiserver(opts?) -> Promise<void>   stops kube-apiserver (opts.signal, default SIGTERM:
+ *                        its graceful shutdown; SIGKILL for a crash), waits opts.downMs (default 0)
+ *                        with it down, starts it again on the same port with the same flags
+ *                        (opts.args: flags that replace same-named ones, or are added, for this
+ *                        start only), and waits for /readyz. Watches and keep-alive connections
+ *                        of clients break as in a real restart; etcd keeps the data.
  *   cp.stop()            ends every process by process group (TERM, then KILL after 10 s),
  *                        waits for them, removes the temp folder (kept if CONTROLPLANE_KEEP=1).
  *                        Idempotent.
@@ -108,7 +114,24 @@ export interface ControlPlane {
   ): Promise<ServiceAccountKubeconfig>;
   installCrds(crds: Array<string | object>): Promise<void>;
   compactEtcd(): Promise<number>;
+  restartApiserver(opts?: RestartApiserverOptions): Promise<void>;
   stop(): Promise<void>;
+}
+
+export interface RestartApiserverOptions {
+  /** How the running kube-apiserver is stopped (default SIGTERM). */
+  signal?: 'SIGTERM' | 'SIGKILL';
+  /** Time with no API server before the new one starts (default 0). */
+  downMs?: number;
+  /** `--flag=value` flags for the new process: each replaces a same-named flag, or is added. */
+  args?: string[];
+}
+
+/** `base` with each `--name=value` of `extra` replacing the same-named flag (or appended). */
+export function mergeFlags(base: string[], extra: string[]): string[] {
+  const name = (f: string) => f.split('=')[0];
+  const names = new Set(extra.map(name));
+  return [...base.filter((f) => !names.has(name(f))), ...extra];
 }
 
 /** Repository root: the folder holding test/harness/controlplane/go.mod, found upward from this file. */
@@ -607,10 +630,11 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     // kube-apiserver
     let server = '';
     let apiserver: Proc | undefined;
+    let apiserverFlags: string[] = [];
     for (let attempt = 1; ; attempt++) {
       const port = await freePort();
       server = `https://127.0.0.1:${port}`;
-      apiserver = startProcess(`kube-apiserver${attempt > 1 ? `-${attempt}` : ''}`, apiserverBin, [
+      apiserverFlags = [
         '--advertise-address=127.0.0.1',
         '--bind-address=127.0.0.1',
         `--secure-port=${port}`,
@@ -630,7 +654,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
         '--profiling=false',
         '--v=1',
         ...(opts.apiserverArgs ?? []),
-      ], logDir);
+      ];
+      apiserver = startProcess(`kube-apiserver${attempt > 1 ? `-${attempt}` : ''}`, apiserverBin, apiserverFlags, logDir);
       procs.push(apiserver);
       const p = apiserver;
       try {
@@ -713,6 +738,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       log(`controlplane: kube-controller-manager ready (${Date.now() - t0} ms)`);
     }
 
+    let restarts = 0;
     const cp: ControlPlane = {
       server,
       kubeconfigPath,
@@ -726,6 +752,27 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       serviceAccountKubeconfig: (namespace, name, o = {}) => serviceAccountKubeconfig(kubeconfig, dir, server, ca, namespace, name, o),
       installCrds: (list) => installCrds(kubeconfig, list),
       compactEtcd: () => compactEtcd(etcdEndpoint),
+      restartApiserver: async (o = {}) => {
+        if (stopped) throw new Error('controlplane: restartApiserver after stop()');
+        const current = apiserver!;
+        if (!current.exitInfo) {
+          killGroupSync(current, o.signal ?? 'SIGTERM');
+          const t = setTimeout(() => killGroupSync(current, 'SIGKILL'), 20_000);
+          await current.exited;
+          clearTimeout(t);
+        }
+        if (o.downMs) await sleep(o.downMs);
+        restarts++;
+        const next = startProcess(`kube-apiserver-restart-${restarts}`, apiserverBin, mergeFlags(apiserverFlags, o.args ?? []), logDir);
+        procs.push(next);
+        apiserver = next;
+        const etcd = procs.filter((q) => q.name.startsWith('etcd') && !q.exitInfo);
+        await waitFor('the restarted kube-apiserver /readyz', [next, ...etcd], async () => {
+          const r = await httpGetOrPost(`${server}/readyz`, { ca, cert: adminCert, key: adminKey, timeoutMs: 2000 });
+          return r.status === 200;
+        }, 60_000);
+        log(`controlplane: kube-apiserver restarted (${next.pid})`);
+      },
       stop,
     };
     log(`controlplane: up in ${Date.now() - t0} ms`);

@@ -988,6 +988,11 @@ export class ContainerKubelet {
   // For tests and the demo.
   // -------------------------------------------------------------------------------------
 
+  /** "namespace/pod/container" of every container this kubelet ran, stopped pods included (each has a log). */
+  loggedContainers(): string[] {
+    return [...this.logFiles.keys()];
+  }
+
   /** The log (stdout and stderr) of a pod's container; '' when unknown. */
   logs(namespace: string, pod: string, container?: string): string {
     const prefix = `${namespace}/${pod}/`;

@@ -5,12 +5,47 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { MAX_V2_LENGTH, ProxyHeaderError, crc32c, parseV2, readProxyHeader, type HeaderOutcome } from '../../../relay/proxy-header.js';
+import { MAX_V1_LENGTH, MAX_V2_LENGTH, ProxyHeaderError, crc32c, parseV1, parseV2, readProxyHeader, type HeaderOutcome } from '../../../relay/proxy-header.js';
 
 const SIG = '0d0a0d0a000d0a515549540a';
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 /** TCP4 203.0.113.5:40000 -> 10.0.0.1:587 */
 const TCP4_ADDR = 'cb007105 0a000001 9c40 024b';
+
+describe('parseV1', () => {
+  it('TCP4, TCP6 and UNKNOWN lines as spec 2.1 writes them', () => {
+    assert.deepEqual(parseV1(Buffer.from('PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n')), { line: 'PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n', client: '192.168.0.1' });
+    assert.equal(parseV1(Buffer.from('PROXY TCP6 2001:db8::25 2001:db8:ff::1 0 65535\r\n')).client, '2001:db8::25');
+    // UNKNOWN: the rest of the line is ignored, so no address from it reaches smtp-server
+    assert.deepEqual(parseV1(Buffer.from('PROXY UNKNOWN 203.0.113.9 10.0.0.1 1 2\r\n')), { line: 'PROXY UNKNOWN\r\n' });
+    const tcp6 = `PROXY TCP6 ${'ffff:'.repeat(7)}ffff ${'ffff:'.repeat(7)}ffff 65535 65535\r\n`;
+    assert.equal(parseV1(Buffer.from(tcp6)).line, tcp6);
+    // the spec's worst case, 107 bytes
+    const longest = `PROXY UNKNOWN ${'ffff:'.repeat(7)}ffff ${'ffff:'.repeat(7)}ffff 65535 65535\r\n`;
+    assert.equal(longest.length, MAX_V1_LENGTH);
+    assert.equal(parseV1(Buffer.from(longest)).line, 'PROXY UNKNOWN\r\n');
+  });
+
+  it('refuses a line that is not exactly the spec\'s, saying what is wrong', () => {
+    const refused: [string, RegExp][] = [
+      ['PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n', /CRLF/],
+      ['PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n', /malformed/],
+      ['PROXY TCP4 host.example 5.6.7.8 1 2\r\n', /family TCP4/],
+      ['PROXY TCP6 1.2.3.4 ::1 1 2\r\n', /family TCP6/],
+      ['PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n', /port/],
+      ['PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n', /port/],
+      ['PROXY UNKNOWN\r\r\n', /malformed|CRLF/],
+      [`PROXY TCP4 1.2.3.4 5.6.7.8 1 2${' '.repeat(MAX_V1_LENGTH)}\r\n`, /longer than 107/],
+    ];
+    for (const [line, why] of refused) assert.throws(() => parseV1(Buffer.from(line, 'latin1')), (e: unknown) => e instanceof ProxyHeaderError && why.test(e.message), JSON.stringify(line));
+  });
+
+  it('the reader refuses a v1 line without CRLF once 107 bytes have come', async () => {
+    assert.equal((await read([Buffer.from('PROXY TCP4 ' + '1'.repeat(90))], { timeoutMs: 300 })).outcome.result, 'timeout');
+    const { outcome } = await read([Buffer.from('PROXY TCP4 ' + '1'.repeat(96))]);
+    assert.deepEqual(outcome, { result: 'invalid', detail: 'v1 line longer than 107 bytes' });
+  });
+});
 
 describe('parseV2', () => {
   it('a TCP4 header as HAProxy sends it becomes a PROXY TCP4 line', () => {
@@ -94,7 +129,7 @@ describe('readProxyHeader', () => {
     assert.equal(after, 'PROXY TCP4 203.0.113.5 10.0.0.1 40000 587\r\nEHLO x\r\n');
   });
 
-  it('v1 is put back untouched for smtp-server', async () => {
+  it('a well-formed v1 line is put back as it came for smtp-server', async () => {
     const { outcome, after } = await read([Buffer.from('PRO'), Buffer.from('XY TCP4 1.2.3.4 5.6.7.8 1 2\r\nEHLO')]);
     assert.equal(outcome.result, 'v1');
     assert.equal(after, 'PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nEHLO');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ANNOTATION_SPEC_HASH } from '../../../../operator/api/v1alpha1.js';
-import { canonicalJson, isImmutableRejection, isSubset, needsApply, withSpecHash } from '../../../../operator/runtime/apply.js';
+import { canonicalJson, isImmutableRejection, isSubset, needsApply, removalPatch, withSpecHash } from '../../../../operator/runtime/apply.js';
 import { KubeError, type KubeObject } from '../../../../operator/runtime/kube.js';
 import { microTime } from '../../../../operator/runtime/leader.js';
 
@@ -72,4 +72,17 @@ test('an immutable-field rejection is recognised from a 422 Status message', () 
 
 test('MicroTime has exactly six fractional digits', () => {
   assert.equal(microTime(Date.UTC(2026, 10, 27, 22, 20, 54, 123)), '2026-11-27T22:20:54.123000Z');
+});
+
+test('a selector with a label or expression added by hand needs an apply, and the merge patch that removes it first', () => {
+  const svc = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'r', namespace: 'ns' }, spec: { selector: { app: 'relay', instance: 'r' }, ports: [{ name: 'smtp', port: 587 }] } };
+  const s = withSpecHash(svc) as KubeObject & { spec: Record<string, any> };
+  const stored = { ...s, spec: { ...s.spec, clusterIP: '10.0.0.5', selector: { ...s.spec['selector'], hijacked: 'yes' } } } as KubeObject;
+  assert.equal(needsApply(svc, stored), true, 'a subset compare alone would miss it');
+  assert.deepEqual(removalPatch(svc, stored), { spec: { selector: { hijacked: null } } });
+  assert.equal(removalPatch(svc, { ...s, spec: { ...s.spec, clusterIP: '10.0.0.5' } } as KubeObject), undefined, 'server fields elsewhere are not touched');
+  const np = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'r', namespace: 'ns' }, spec: { podSelector: { matchLabels: { instance: 'r' } }, policyTypes: ['Ingress'] } };
+  const npStored = { ...withSpecHash(np), spec: { ...np.spec, podSelector: { matchLabels: { instance: 'r', other: 'x' }, matchExpressions: [{ key: 'k', operator: 'Exists' }] } } } as KubeObject;
+  assert.deepEqual(removalPatch(np, npStored), { spec: { podSelector: { matchLabels: { other: null }, matchExpressions: null } } });
+  assert.equal(removalPatch(desired, served(desired)), undefined, 'kinds without exact paths: extra labels by others are left alone');
 });
