@@ -12,7 +12,7 @@
 // -> 250. Runs are interleaved over the targets; medians of `reps` runs. The relay in inline
 // mode (250 after the upstream's 250) is measured in the same run for reference.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -174,6 +174,13 @@ export async function queueModeVsPostfix(cfg: QueueBenchConfig): Promise<string>
         runs.set(t.key, [...(runs.get(t.key) ?? []), r]);
       }
     }
+    // The machine's speed in this run: Postfix's own generator against the bare smtp-sink.
+    const n = 20_000;
+    const s0 = performance.now();
+    const ok = await new Promise<boolean>((resolve) =>
+      execFile('smtp-source', ['-4', '-s', String(cfg.connections), '-l', '10240', '-m', String(n), '-f', 'bench@example.com', '-t', 'rcpt@example.net', `127.0.0.1:${sink.port}`], { timeout: 30_000 }, (err) => resolve(!err)),
+    );
+    const speed = ok ? n / ((performance.now() - s0) / 1000) : NaN;
     const load1 = os.loadavg();
     const med = (key: string, f: (r: Run) => number) => median((runs.get(key) ?? []).map(f));
     const acked = (r: Run) => r.load.msgsPerSec;
@@ -199,6 +206,7 @@ export async function queueModeVsPostfix(cfg: QueueBenchConfig): Promise<string>
     return (
       `### Queue mode vs Postfix: durable 250, then delivery (10 KB messages, ${cfg.connections} pooled STARTTLS + AUTH sessions, ${cfg.reps} runs of ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warm-up, interleaved, median)\n\n` +
       `Started ${started} UTC; load average (1/5/15 min) at the start ${load0.map((x) => x.toFixed(2)).join(' / ')}, at the end ${load1.map((x) => x.toFixed(2)).join(' / ')} (2 cores: the machine is shared with the load generator, stunnel and smtp-sink, and with whatever else runs). ` +
+      `Machine speed in this run: smtp-source -> smtp-sink (${cfg.connections} sessions, 20,000 plain messages of 10,240 bytes) ${fmt(speed)} msgs/s. ` +
       `Both spools on the same disk (\`${os.tmpdir()}\`). acknowledged = 250s in the window / window; delivered = every 250 of the run (warm-up included) / time from the start of the load until the queue is empty; fsyncs = fsync + fdatasync calls of the target's processes and threads during load and drain, per acknowledged message, counted with ${method}.\n\n` +
       table(['target', 'acknowledged msgs/s', 'runs', 'delivered msgs/s', 'runs', 'queue drain after the load (ms)', 'fsyncs/msg', 'p50 to 250 (ms)', 'p99 to 250 (ms)', 'failed'], rows) +
       '\n\n' +
