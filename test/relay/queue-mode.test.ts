@@ -91,6 +91,31 @@ describe('queue mode', () => {
     assert.equal(subjects.size, 50, 'nothing acknowledged was lost');
   });
 
+  test('the queue tool against the running relay: hold, delete, retry and release are applied by it', async () => {
+    await sink!.stop();
+    sink = undefined;
+    const replies = await send(2, 'tool');
+    const ids = replies.map((r) => /queued as (\S+)/.exec(r)?.[1]);
+    assert.ok(ids[0] && ids[1], replies.join(' | '));
+    const [held, deleted] = ids as [string, string];
+    assert.match(await queueCli('hold', held), new RegExp(`^${held}: held`, 'm'));
+    assert.match(await queueCli('delete', deleted), new RegExp(`^${deleted}: deleted`, 'm'));
+    const listed = await queueCli('list');
+    assert.match(listed, new RegExp(`^${held}\t.*\theld\t`, 'm'), listed);
+    assert.doesNotMatch(listed, new RegExp(deleted));
+    sink = await startSink({ pki, port });
+    // held: not delivered, even on an explicit retry of everything
+    await queueCli('retry', 'ALL');
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(sink.messages.filter((m) => /Subject: tool /.test(m.raw.toString('latin1'))).length, 0);
+    assert.match(await queueCli('release', held), new RegExp(`^${held}: released`, 'm'));
+    // released: delivered at its next attempt (retry would race with that delivery)
+    const got = await sink.waitForMessages(1, 30_000);
+    const tools = got.map((m) => /Subject: (tool \d)/.exec(m.raw.toString('latin1'))?.[1]).filter(Boolean);
+    assert.equal(tools.length, 1, 'the released message arrives, the deleted one never');
+    assert.doesNotMatch(await queueCli('list'), new RegExp(held));
+  });
+
   test('inline checks still apply before anything is stored: a foreign From: is refused, nothing is queued', async () => {
     const t = nodemailer.createTransport({ host: '127.0.0.1', port: relay.ports.submission, requireTLS: true, auth: { user: APP.name, pass: APP.password }, tls: { ca: pki.ca.certPem, servername: 'localhost' } });
     const before = sink!.messages.length;
