@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, createPublicKey } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
@@ -48,6 +48,7 @@ after(async () => {
   await relay?.stop();
   await sink?.stop();
   await pki?.cleanup();
+  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 function send(n: number, tag: string): Promise<string[]> {
