@@ -61,6 +61,8 @@ export type WorkerOptions = SendOptions | HoldOptions | HandshakeOptions;
 
 export interface WorkerResult {
   ok: number;
+  /** Every 250 at the end of DATA, warm-up and ramp-down included (what a queue must deliver). */
+  acked: number;
   failed: number;
   errors: string[];
   /** End of DATA -> final reply, ms, in the measured window. */
@@ -195,7 +197,7 @@ async function runSend(o: SendOptions): Promise<WorkerResult> {
   const msg = messageBytes(o.size);
   const envelope = Buffer.from(`MAIL FROM:<${FROM}>\r\nRCPT TO:<${TO}>\r\nDATA\r\n`);
   const authLine = o.auth ? `AUTH PLAIN ${Buffer.from(`\0${o.auth.user}\0${o.auth.pass}`).toString('base64')}` : '';
-  const res: WorkerResult = { ok: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
+  const res: WorkerResult = { ok: 0, acked: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
   const t0 = performance.now();
   const winStart = t0 + o.warmupMs;
   const winEnd = winStart + o.durationMs;
@@ -237,6 +239,7 @@ async function runSend(o: SendOptions): Promise<WorkerResult> {
     const r = await c.read();
     const e = performance.now();
     if (r.code !== 250) throw new Error(`end of DATA: ${r.text.slice(0, 200)}`);
+    res.acked++;
     if (s >= winStart && e <= winEnd) {
       res.ok++;
       res.latencies.push(e - s);
@@ -293,7 +296,7 @@ async function runSend(o: SendOptions): Promise<WorkerResult> {
 /** Opens and keeps idle sessions (STARTTLS + EHLO); resolves when all are open. */
 const heldClients: Client[] = [];
 async function runHold(o: HoldOptions): Promise<WorkerResult> {
-  const res: WorkerResult = { ok: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
+  const res: WorkerResult = { ok: 0, acked: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
   const deadline = Date.now() + o.timeoutMs;
   let next = 0;
   await Promise.all(
@@ -321,7 +324,7 @@ async function runHold(o: HoldOptions): Promise<WorkerResult> {
  * sees the handshake complete.
  */
 async function runHandshake(o: HandshakeOptions): Promise<WorkerResult> {
-  const res: WorkerResult = { ok: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
+  const res: WorkerResult = { ok: 0, acked: 0, failed: 0, errors: [], latencies: [], cpuSeconds: 0, windowSeconds: 0, tlsHandshakes: 0, tlsResumed: 0 };
   const t0 = performance.now();
   const winStart = t0 + o.warmupMs;
   const winEnd = winStart + o.durationMs;
@@ -368,6 +371,8 @@ const SELF = fileURLToPath(import.meta.url);
 
 export interface LoadResult {
   ok: number;
+  /** Every message acknowledged with 250, warm-up and ramp-down included. */
+  acked: number;
   failed: number;
   errors: string[];
   msgsPerSec: number;
@@ -407,6 +412,7 @@ export async function runLoad(opts: SendOptions | HandshakeOptions, processes: n
     const window = results[0]!.windowSeconds;
     return {
       ok: sum((r) => r.ok),
+      acked: sum((r) => r.acked),
       failed: sum((r) => r.failed),
       errors: results.flatMap((r) => r.errors).slice(0, 5),
       msgsPerSec: sum((r) => r.ok) / window,

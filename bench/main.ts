@@ -1,6 +1,6 @@
 // `make bench`: every scenario in order, one report on stdout (Markdown), progress on stderr.
 //
-//   node dist/bench/main.js [--quick] [--only=1,2,3,4,upstream,flood] [--rows=aN,bN,bNc,cN] [--out=FILE]
+//   node dist/bench/main.js [--quick] [--only=1,2,queue,3,4,upstream,flood] [--rows=aN,bN,bNc,cN] [--out=FILE]
 //   (--rows: only these scenario-1 rows, keys in bench/throughput.ts; 'lat' = scenario 2)
 //
 // Bounded: each measurement is a fixed time window; the whole run takes about 10-13 minutes.
@@ -9,12 +9,13 @@ import { log, machine } from './common.js';
 import { connections } from './connections.js';
 import { floodScenario } from './flood.js';
 import { operatorAtScale } from './operator.js';
+import { queueModeVsPostfix } from './queue.js';
 import { throughputAndLatency } from './throughput.js';
 import { upstreamHandOff } from './upstream.js';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
-const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', '3', '4', 'upstream', 'flood'];
+const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', 'queue', '3', '4', 'upstream', 'flood'];
 const rows = args.find((a) => a.startsWith('--rows='))?.slice(7).split(',');
 const out = args.find((a) => a.startsWith('--out='))?.slice(6);
 
@@ -53,6 +54,8 @@ if (only.includes('1') || only.includes('2')) {
     return r.text;
   });
 }
+// Queue mode vs Postfix: medians of 3 runs even with --quick (shorter windows then).
+if (only.includes('queue')) await step('queue mode', () => queueModeVsPostfix({ connections: 20, reps: 3, warmupMs: quick ? 500 : 1000, durationMs: quick ? 2000 : 5000, processes: 2 }));
 if (only.includes('3')) await step('scenario 3', () => connections({ counts: quick ? [1000] : [1000, 5000, 10000], handshakeMs: quick ? 2000 : 5000 }));
 if (only.includes('4')) await step('scenario 4', () => operatorAtScale({ applies: quick ? 10 : 50, relays: quick ? 100 : 1000, namespaces: 10, quietMs: quick ? 10_000 : 60_000 }));
 if (only.includes('upstream')) await step('upstream hand-off', () => upstreamHandOff(quick ? 100 : 300, 10));

@@ -1,8 +1,9 @@
 // Profiles the relay under the scenario-1 load (pooled STARTTLS + AUTH, or a new
 // connection per message) with node --cpu-prof and prints the top self-time costs,
-// by function and by package/file. Not part of `make bench`; run by hand:
+// by function and by package/file, and the CPU of each of the relay's threads. Not part of
+// `make bench`; run by hand:
 //
-//   node dist/bench/profile.js [pooled|new] [seconds]
+//   node dist/bench/profile.js [pooled|new|queue] [seconds]    (queue: pooled, in queue mode)
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,16 +67,30 @@ async function main() {
     upstream: { port: tlsSink.port, caFile: cert.caFile, tls: 'implicit', maxConnections: 20 },
     nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}`],
     hashN: mode === 'new' ? 1024 : 32768,
+    ...(mode === 'queue' ? { queue: `{directory: ${path.join(dir, 'spool')}}` } : {}),
   });
   const r = await runLoad(
     { mode: 'send', host: '127.0.0.1', port: relay.submission, tls: 'starttls', auth: { user: USER, pass: PASS }, pooled: mode !== 'new', connections: 20, durationMs: seconds * 1000, warmupMs: 1000 },
     2,
     os.availableParallelism(),
   );
+  // CPU seconds by thread (main, libuv pool, V8 workers, the spool's database thread)
+  const threads = new Map<string, number>();
+  for (const t of readdirSync(`/proc/${relay.child.pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${relay.child.pid}/task/${t}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      threads.set(name, (threads.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      /* gone */
+    }
+  }
   await relay.stop();
   await tlsSink.stop();
   await sink.stop();
   console.log(`${mode}: ${fmt(r.msgsPerSec)} msgs/s, ${r.failed} failed\n`);
+  console.log(`relay CPU seconds by thread name: ${[...threads].sort((a, b) => b[1] - a[1]).map(([n, c]) => `${n} ${c.toFixed(2)}`).join(', ')}\n`);
   const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'))!;
   console.log(summarize(path.join(profDir, f)));
   await pki.cleanup();

@@ -89,6 +89,8 @@ export interface RelayBenchOptions {
   hashN?: number;
   nodeArgs?: string[];
   logLevel?: string;
+  /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`; default inline mode. */
+  queue?: string;
 }
 
 /** Our relay process, started like the image starts it (node FLAGS dist/entrypoint.js relay serve, the image's ENV), logging JSON lines to a file as in production. */
@@ -125,7 +127,7 @@ upstream:
   timeout: 30s
 metrics: {address: 127.0.0.1, port: ${metrics}}
 shutdownGracePeriod: 5s
-`;
+${o.queue ? `queue: ${o.queue}\n` : ''}`;
   const configFile = path.join(o.dir, `relay-${submission}.yaml`);
   writeFileSync(configFile, config);
   const logFile = path.join(o.dir, `relay-${submission}.log`);
