@@ -56,6 +56,8 @@ export interface RelaySettings {
   dkim: DkimKeyConfig[];
   metrics: { address: string; port: number };
   shutdownGracePeriodMs: number;
+  /** Worker processes: a count, or 'auto' (relay/workers.ts workerCount). */
+  workers: number | 'auto';
   /** Queue mode; undefined = inline mode. */
   queue?: SpoolSettings;
 }
@@ -77,7 +79,11 @@ export const DEFAULTS = {
   metricsAddress: '::',
   metricsPort: 9090,
   shutdownGracePeriod: '25s',
+  workers: 1 as number | 'auto',
 };
+
+/** More worker processes than this is a typo (a relay pod rarely has more than a few CPUs). */
+export const MAX_WORKERS = 64;
 
 const WILDCARDS = new Set(['::', '0.0.0.0', '::0', '0:0:0:0:0:0:0:0']);
 
@@ -111,6 +117,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     'metrics',
     'shutdownGracePeriod',
     'queue',
+    'workers',
   ]);
   if (!top) throw new ValidationError(file, c.problems);
   const cfg = top as Partial<Record<keyof RelayConfig, unknown>>;
@@ -338,8 +345,15 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
 
   const queue = cfg.queue === undefined ? undefined : checkQueueSection(c, 'queue', cfg.queue, baseDir);
 
+  let workers: number | 'auto' = DEFAULTS.workers;
+  if (cfg.workers !== undefined) {
+    if (cfg.workers === 'auto') workers = 'auto';
+    else if (typeof cfg.workers === 'number') workers = c.int('workers', cfg.workers, 1, MAX_WORKERS) ?? workers;
+    else c.fail('workers', `${show(cfg.workers)} must be a number from 1 to ${MAX_WORKERS}, or "auto" (one per CPU the container may use)`);
+  }
+
   if (c.problems.length) throw new ValidationError(file, c.problems);
-  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, ...(queue ? { queue } : {}) };
+  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, workers, ...(queue ? { queue } : {}) };
 }
 
 function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {
@@ -446,6 +460,8 @@ export const FIELD_EFFECTS = {
   shutdownGracePeriod: 'reload',
   // the spool is opened, recovered and its scheduler started once, at start
   queue: 'restart',
+  // processes are forked at start
+  workers: 'restart',
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';
