@@ -40,6 +40,11 @@ function workersOf(relay: RelayProcess, pred: (l: LogLine) => boolean): Set<unkn
   return new Set(relay.logs.filter(pred).map((l) => l.worker));
 }
 
+/** Until log lines matching `pred` come from two workers (they reach the test a little after the replies). */
+async function bothWorkers(relay: RelayProcess, pred: (l: LogLine) => boolean, what = 'log lines from both workers'): Promise<void> {
+  await until(what, () => workersOf(relay, pred).size === 2);
+}
+
 /** Until `pred` holds (bounded: 50 tries, 100 ms apart). */
 async function until(what: string, pred: () => boolean | Promise<boolean>): Promise<void> {
   for (let i = 0; i < 50; i++) {
@@ -59,10 +64,12 @@ async function attempt(port: number, from: string, user: string, password: strin
   return { code: r?.code ?? 0, c };
 }
 
+let certs = 0;
+
 async function startTwoWorkers(extra: Partial<Parameters<typeof startRelay>[0]> = {}): Promise<RelayProcess> {
   return startRelay({
     dir,
-    cert: await pki.issue({ name: 'relay' }),
+    cert: await pki.issue({ name: `relay${certs++}` }),
     users: [APP, VICTIM, LIMITED],
     upstream: { host: sink.host, port: sink.port, caFile: sink.caFile },
     workers: 2,
@@ -82,10 +89,10 @@ describe('two workers: shared limits', () => {
     assert.equal(await relay?.stop(), 0, relay?.stderr);
   });
 
-  test('the primary forks two workers, each serves, and the primary announces ready once', () => {
+  test('the primary forks two workers, each serves, and the primary announces ready once', async () => {
     assert.equal(relay.logs.filter((l) => l.event === 'ready').length, 1);
     assert.equal(relay.logs.find((l) => l.event === 'ready')!.workers, 2);
-    assert.equal(workersOf(relay, (l) => l.event === 'worker_ready').size, 2);
+    await until('both workers to log', () => workersOf(relay, (l) => l.event === 'worker_ready').size === 2);
   });
 
   test('lockout per user: wrong passwords from four addresses over connections on both workers lock the user after exactly maxFailures (4)', async () => {
@@ -96,14 +103,14 @@ describe('two workers: shared limits', () => {
       c.close();
     }
     assert.deepEqual(codes, [535, 535, 535, 421], 'the 4th failure starts the lockout, whichever worker saw the first three');
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_failure' && l.user === VICTIM.name).size, 2, 'the failures landed on both workers');
+    await until('the failures logged by both workers', () => workersOf(relay, (l) => l.event === 'auth_failure' && l.user === VICTIM.name).size === 2);
     // the right password, from a fresh address, on each worker: refused during the lockout
     for (let i = 0; i < 2; i++) {
       const { code, c } = await attempt(relay.ports.submission, `127.0.1.${10 + i}`, VICTIM.name, VICTIM.password);
       assert.equal(code, 421, 'locked out on every worker');
       c.close();
     }
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_locked' && l.user === '(unknown user)' ? false : l.event === 'auth_locked').size, 2);
+    await until('both workers to log the refusal', () => workersOf(relay, (l) => l.event === 'auth_locked' && l.user === VICTIM.name).size === 2);
     assert.equal(await relay.metric('smtp_relay_lockouts_total', { scope: 'user' }), 1, 'one lockout, counted once in the summed /metrics');
   });
 
@@ -118,7 +125,7 @@ describe('two workers: shared limits', () => {
     const { code, c } = await attempt(relay.ports.submission, '127.0.2.1', APP.name, APP.password);
     c.close();
     assert.equal(code, 421, 'the address stays locked, even with a valid account');
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_failure' && l.clientIp === '127.0.2.1').size, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_failure' && l.clientIp === '127.0.2.1');
   });
 
   test('per-IP limit (3): three sessions from one address on both workers, the fourth refused, on either listener', async () => {
@@ -134,8 +141,7 @@ describe('two workers: shared limits', () => {
     fourth.close();
     // implicit TLS: refused at accept, before the handshake (the connection is dropped)
     await assert.rejects(RawSmtp.connect(relay.ports.submissions, { localAddress: '127.0.3.1', implicitTls: true }));
-    const sessions = relay.logs.filter((l) => l.event === 'connection_refused' && l.clientIp === '127.0.3.1');
-    assert.ok(sessions.length >= 2);
+    await until('both refusals logged', () => relay.logs.filter((l) => l.event === 'connection_refused' && l.clientIp === '127.0.3.1').length >= 2);
     for (const c of held) c.close();
     // released on close, in the primary: the address may connect again
     await until('the per-IP count to be released', async () => {
@@ -152,7 +158,7 @@ describe('two workers: shared limits', () => {
       assert.equal(code, 235);
       held.push(c);
     }
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_success' && String(l.clientIp).startsWith('127.0.4.')).size, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_success' && String(l.clientIp).startsWith('127.0.4.'));
     const seventh = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.4.100' });
     assert.equal(seventh.greeting?.code, 421);
     assert.match(seventh.greeting!.text, /Too many connections/);
@@ -191,14 +197,14 @@ describe('two workers: rate limit, metrics, reload', () => {
     const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: LIMITED, from: 'limited@example.com', n: 8, tag: 'rate', maxConnections: 4 });
     const accepted = replies.filter((r) => r.startsWith('250'));
     assert.equal(accepted.length, 3, replies.join('\n'));
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_success' && l.user === LIMITED.name).size, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_success' && l.user === LIMITED.name);
   });
 
   test('/metrics sums every worker: 12 messages over both workers count 12, and each series appears once', async () => {
     const before = await relay.metric('smtp_relay_messages_total', { result: 'accepted' });
     const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 12, tag: 'metrics', maxConnections: 4 });
     assert.ok(replies.every((r) => r.startsWith('250')), replies.join('\n'));
-    assert.equal(workersOf(relay, (l) => l.event === 'message' && l.user === APP.name).size, 2);
+    await bothWorkers(relay, (l) => l.event === 'message' && l.user === APP.name);
     assert.equal((await relay.metric('smtp_relay_messages_total', { result: 'accepted' })) - before, 12);
     const text = await relay.metricsText();
     const samples = text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.slice(0, l.lastIndexOf(' ')));
@@ -214,7 +220,7 @@ describe('two workers: rate limit, metrics, reload', () => {
     await until('both workers to reload the users', () => workersOf(relay, (l) => l.event === 'reload' && l.kind === 'users').size === 2);
     const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: NEW, from: 'new@example.com', n: 6, tag: 'reload', maxConnections: 4 });
     assert.ok(replies.every((r) => r.startsWith('250')), replies.join('\n'));
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_success' && l.user === NEW.name).size, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_success' && l.user === NEW.name);
     assert.equal(await relay.metric('smtp_relay_config_reloads_total', { kind: 'users', result: 'success' }), 1, 'one reload, counted once');
   });
 });
@@ -228,7 +234,7 @@ describe('two workers: drain on SIGTERM', () => {
       assert.equal(code, 235);
       idle.push(c);
     }
-    assert.equal(workersOf(relay, (l) => l.event === 'auth_success' && String(l.clientIp).startsWith('127.0.5.')).size, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_success' && String(l.clientIp).startsWith('127.0.5.'));
     sink.behaviour.delayDataMs = 1500;
     const t = nodemailer.createTransport({ host: '127.0.0.1', port: relay.ports.submission, requireTLS: true, auth: { user: APP.name, pass: APP.password }, tls: { ca: pki.ca.certPem, servername: 'localhost' } });
     try {
@@ -240,7 +246,7 @@ describe('two workers: drain on SIGTERM', () => {
       assert.match(info.response, /^250/, 'the message in flight finished');
       for (const c of idle) assert.equal((await c.read())?.code, 421, 'idle sessions told 421');
       assert.equal(await relay.exited, 0, relay.stderr);
-      assert.equal(workersOf(relay, (l) => l.event === 'stopped' && l.worker !== undefined).size, 2, 'both workers drained and stopped');
+      await bothWorkers(relay, (l) => l.event === 'stopped' && l.worker !== undefined, 'both workers drained and stopped');
       assert.ok(relay.logs.some((l) => l.event === 'stopped' && l.worker === undefined), 'then the primary');
     } finally {
       sink.behaviour.delayDataMs = 0;
@@ -258,7 +264,7 @@ describe('two workers: queue mode', () => {
       const start = sink.messages.length;
       const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 30, tag: 'queued', maxConnections: 4 });
       assert.ok(replies.every((r) => /^250 .*queued as/.test(r)), replies.join('\n'));
-      assert.equal(workersOf(relay, (l) => l.event === 'message' && l.result === 'accepted' && l.queued !== undefined).size, 2, 'both workers stored');
+      await bothWorkers(relay, (l) => l.event === 'message' && l.result === 'accepted' && l.queued !== undefined, 'both workers stored');
       await sink.waitForMessages(start + 30, 20_000);
       await delay(1500); // a second delivery, if any, would arrive now
       const subjects = sink.messages.slice(start).map((m) => /^Subject: (.*)$/m.exec(m.raw.toString('latin1'))?.[1]);
