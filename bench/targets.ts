@@ -89,6 +89,17 @@ export interface RelayBenchOptions {
   hashN?: number;
   nodeArgs?: string[];
   logLevel?: string;
+  /** The relay's `workers` setting; default BENCH_RELAY_WORKERS (bench/main.ts --workers=N), else the relay's default (1). */
+  workers?: number | 'auto';
+}
+
+/** The worker processes a multi-worker relay forked (the children of its primary). */
+function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 /** Our relay process, started like the image starts it (node FLAGS dist/entrypoint.js relay serve, the image's ENV), logging JSON lines to a file as in production. */
@@ -125,6 +136,7 @@ upstream:
   timeout: 30s
 metrics: {address: 127.0.0.1, port: ${metrics}}
 shutdownGracePeriod: 5s
+${(o.workers ?? process.env.BENCH_RELAY_WORKERS) ? `workers: ${o.workers ?? process.env.BENCH_RELAY_WORKERS}` : ''}
 `;
   const configFile = path.join(o.dir, `relay-${submission}.yaml`);
   writeFileSync(configFile, config);
@@ -156,7 +168,8 @@ shutdownGracePeriod: 5s
     metrics,
     child,
     logFile,
-    pids: () => [child.pid!],
+    // the primary and, with several workers, each worker (their CPU is the relay's)
+    pids: () => [child.pid!, ...childPids(child.pid!)],
     stop: () => stopProcess(child, 'SIGTERM', 15_000),
   };
 }
