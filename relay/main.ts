@@ -8,7 +8,7 @@ import cluster from 'node:cluster';
 import type http from 'node:http';
 import pino from 'pino';
 import prom from 'prom-client';
-import { loadCertificate } from './certificate.js';
+import { loadCertificate, useTicketKeys } from './certificate.js';
 import { keepRestartFields, loadConfig, restartNeeded, type RelaySettings } from './config.js';
 import { queueCommand, startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
@@ -21,7 +21,7 @@ import { ValidationError } from './validate.js';
 import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
-import { IpcQueue, runPrimary, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
+import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
 import type { Queue } from './session.js';
 
 const USAGE = `usage:
@@ -102,8 +102,11 @@ async function serve(file: string): Promise<void> {
     const count = workerCount(first.workers);
     if (count > 1) return runPrimary(file, first, count, logger);
   }
-  // A worker: its limits and (queue mode) its spool are the primary's (relay/workers.ts).
+  // A worker: its limits and (queue mode) its spool are the primary's (relay/workers.ts),
+  // its TLS session-ticket keys those of every worker.
   const channel = worker !== undefined ? workerChannel() : undefined;
+  const keys = worker !== undefined ? takeTicketKeys() : undefined;
+  if (keys) useTicketKeys(keys);
   let settings: RelaySettings;
   let relay: Relay;
   let upstream: Upstream;

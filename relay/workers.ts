@@ -13,6 +13,7 @@
 // and on SIGTERM tells every worker to drain, then exits once they have.
 
 import cluster, { type Worker } from 'node:cluster';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -93,6 +94,16 @@ export function workerCount(setting: number | 'auto', opts: { cgroupRoot?: strin
 }
 
 // --- the worker's side --------------------------------------------------------------------
+
+/** How the primary hands its workers the shared TLS session-ticket keys (read once, then removed from the environment). */
+export const TICKET_KEYS_ENV = 'SMTP_RELAY_TLS_TICKET_KEYS';
+
+/** A worker's ticket keys from its environment (and removes them from it, so that nothing forked later inherits them). */
+export function takeTicketKeys(): Buffer | undefined {
+  const v = process.env[TICKET_KEYS_ENV];
+  delete process.env[TICKET_KEYS_ENV];
+  return v ? Buffer.from(v, 'base64') : undefined;
+}
 
 /** The IPC channel of a worker to its primary. */
 export function workerChannel(): Channel {
@@ -234,8 +245,10 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     }
   };
 
+  // one set of TLS session-ticket keys for every worker (relay/certificate.ts useTicketKeys)
+  const ticketKeys = crypto.randomBytes(48).toString('base64');
   const fork = () => {
-    const worker = cluster.fork();
+    const worker = cluster.fork({ [TICKET_KEYS_ENV]: ticketKeys });
     workers.set(worker.id, { worker, ready: false });
     worker.on('message', (m: LimitCall | QueueCall | WorkerNotice) => {
       if (m?.t === 'limits') limitServer.handle(worker.id, m);

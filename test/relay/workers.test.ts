@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import nodemailer from 'nodemailer';
 import { createPki, type Pki } from '../harness/support/pki.js';
@@ -181,6 +182,71 @@ describe('two workers: shared limits', () => {
     assert.equal(shedReply?.code, 421, 'the unauthenticated session was shed');
     await until('the shed counted in /metrics', async () => (await relay.metric('smtp_relay_connections_shed_total', { reason: 'relay_full' })) >= 1);
     for (const c of [...held, ...newcomers, unauth!]) c.close();
+  });
+});
+
+describe('two workers: implicit TLS and PROXY protocol', () => {
+  let relay: RelayProcess;
+  before(async () => {
+    relay = await startTwoWorkers({
+      access: '  allowedCidrs: ["127.0.0.0/8", "::1/128", "10.9.0.0/16"]\n  proxyProtocol: {trustedCidrs: ["127.0.0.6/32"]}',
+      limits: '{maxMessageSize: 64Ki, maxRecipients: 5, maxConnections: 50, maxConnectionsPerIp: 2, idleTimeout: 30s}',
+    });
+  });
+  after(async () => {
+    assert.equal(await relay?.stop(), 0, relay?.stderr);
+  });
+
+  test('implicit TLS: sessions admitted by the primary before the handshake are served on both workers, and log in', async () => {
+    for (let i = 0; i < 4; i++) {
+      const c = await RawSmtp.connect(relay.ports.submissions, { implicitTls: true, localAddress: `127.0.6.${i + 1}` });
+      assert.equal(c.greeting?.code, 220);
+      await c.cmd('EHLO client.example');
+      assert.equal((await c.login(APP.name, APP.password))?.code, 235);
+      c.close();
+    }
+    await bothWorkers(relay, (l) => l.event === 'auth_success' && String(l.clientIp).startsWith('127.0.6.'));
+  });
+
+  test('TLS sessions resume on either worker: the workers share their session-ticket keys', async () => {
+    const connect = (session?: Buffer) =>
+      new Promise<{ reused: boolean; ticket: Buffer }>((resolve, reject) => {
+        const s = tls.connect({ host: '127.0.0.1', port: relay.ports.submissions, rejectUnauthorized: false, servername: 'localhost', ...(session ? { session } : {}) });
+        let ticket: Buffer | undefined;
+        s.once('session', (t: Buffer) => (ticket = t));
+        s.once('error', reject);
+        s.once('data', () => {
+          // the greeting: the TLS 1.3 ticket came before it
+          const reused = s.isSessionReused();
+          s.end('QUIT\r\n');
+          s.destroy();
+          resolve({ reused, ticket: ticket ?? session! });
+        });
+      });
+    const first = await connect();
+    const reused: boolean[] = [];
+    for (let i = 0; i < 4; i++) reused.push((await connect(first.ticket)).reused);
+    assert.deepEqual(reused, [true, true, true, true], 'four connections, both workers, each resumed with the first ticket');
+  });
+
+  test('PROXY v1 from a trusted peer: the per-IP limit (2) holds for the client address in the header, across workers', async () => {
+    const viaProxy = async (client: string) => {
+      const c = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.0.6', greeting: false });
+      c.write(`PROXY TCP4 ${client} 127.0.0.1 40000 587\r\n`);
+      c.greeting = (await c.read()) ?? undefined;
+      return c;
+    };
+    const held = [await viaProxy('10.9.0.1'), await viaProxy('10.9.0.1')];
+    assert.deepEqual(
+      held.map((c) => c.greeting?.code),
+      [220, 220],
+    );
+    const third = await viaProxy('10.9.0.1');
+    assert.equal(third.greeting?.code, 421, 'the third from the same client address, whichever worker');
+    const other = await viaProxy('10.9.0.2');
+    assert.equal(other.greeting?.code, 220, 'another client behind the same balancer is not counted with it');
+    await until('the refusal logged with the client address', () => relay.logs.some((l) => l.event === 'connection_refused' && l.clientIp === '10.9.0.1'));
+    for (const c of [...held, third, other]) c.close();
   });
 });
 
