@@ -9,6 +9,7 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
@@ -288,6 +289,41 @@ describe('two workers: rate limit, metrics, reload', () => {
     assert.ok(replies.every((r) => r.startsWith('250')), replies.join('\n'));
     await bothWorkers(relay, (l) => l.event === 'auth_success' && l.user === NEW.name);
     assert.equal(await relay.metric('smtp_relay_config_reloads_total', { kind: 'users', result: 'success' }), 1, 'one reload, counted once');
+  });
+});
+
+describe('two workers: a worker that dies', () => {
+  test('its connections are released in the primary, a new worker takes its place, and the relay serves on', async () => {
+    const relay = await startTwoWorkers({ limits: '{maxMessageSize: 64Ki, maxRecipients: 5, maxConnections: 50, maxConnectionsPerIp: 2, idleTimeout: 30s}' });
+    try {
+      await until('both workers to log', () => workersOf(relay, (l) => l.event === 'worker_ready').size === 2);
+      const held = [await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.7.1' }), await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.7.1' })];
+      assert.deepEqual(
+        held.map((c) => c.greeting?.code),
+        [220, 220],
+      );
+      const full = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.7.1' });
+      assert.equal(full.greeting?.code, 421, 'at the per-IP limit');
+      full.close();
+      const pid = relay.child.pid!;
+      const workerPids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+      assert.equal(workerPids.length, 2);
+      process.kill(workerPids[0]!, 'SIGKILL');
+      const exited = await relay.waitForLog((l) => l.event === 'worker_exited');
+      assert.equal(exited.connectionsReleased, 1, 'the dead worker held one of the two');
+      await until('a third worker to start', () => relay.logs.filter((l) => l.event === 'worker_ready').length === 3);
+      // one connection is left (on the surviving worker): a second one from the address fits again
+      await until('the address to be admitted again', async () => {
+        const c = await RawSmtp.connect(relay.ports.submission, { localAddress: '127.0.7.1' });
+        c.close();
+        return c.greeting?.code === 220;
+      });
+      const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 4, tag: 'after-crash', maxConnections: 2 });
+      assert.ok(replies.every((r) => r.startsWith('250')), replies.join('\n'));
+      for (const c of held) c.close();
+    } finally {
+      assert.equal(await relay.stop(), 0, relay.stderr);
+    }
   });
 });
 
