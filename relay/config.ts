@@ -7,6 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, ServiceAccountTokensConfig, TlsVersion, UpstreamConfig } from './config-types.js';
 import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
+import { oauth2Files } from './upstream-oauth2.js';
 
 /** Strong AEAD-only suites with forward secrecy for TLS 1.2 (TLS 1.3 suites are all AEAD). */
 export const DEFAULT_CIPHERS = [
@@ -465,6 +466,13 @@ export const FIELD_EFFECTS = {
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';
+
+/** The upstream and DKIM files `s` names: watched with the config file, reloaded with it. */
+export function upstreamFiles(s: RelaySettings): string[] {
+  return [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
+    (f): f is string => !!f,
+  );
+}
 
 /** Dotted paths of the fields that need a restart, e.g. "auth.usersFile". */
 export const RESTART_FIELDS: readonly string[] = Object.entries(FIELD_EFFECTS).flatMap(([k, v]) =>

@@ -9,7 +9,7 @@ import type http from 'node:http';
 import pino from 'pino';
 import prom from 'prom-client';
 import { loadCertificate, useTicketKeys } from './certificate.js';
-import { keepRestartFields, loadConfig, restartNeeded, type RelaySettings } from './config.js';
+import { keepRestartFields, loadConfig, restartNeeded, upstreamFiles, type RelaySettings } from './config.js';
 import { queueCommand, startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import { hashPassword } from './password.js';
@@ -18,7 +18,6 @@ import { Upstream } from './upstream.js';
 import { loadUsers } from './users.js';
 import { TokenVerifier, loadJwks } from './sa-token.js';
 import { ValidationError } from './validate.js';
-import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
 import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
@@ -201,10 +200,6 @@ async function serve(file: string): Promise<void> {
       }),
     );
   }
-  const upstreamFiles = (s: RelaySettings) =>
-    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
-      (f): f is string => !!f,
-    );
   let configWatch: FileWatch;
   const watchConfig = () =>
     watchFiles([file, ...upstreamFiles(settings)], () => {

@@ -20,13 +20,12 @@ import path from 'node:path';
 import type http from 'node:http';
 import type pino from 'pino';
 import prom from 'prom-client';
-import { loadConfig, type RelaySettings } from './config.js';
+import { loadConfig, upstreamFiles, type RelaySettings } from './config.js';
 import { LimitServer, LocalLimits, type Channel, type LimitCall } from './limits.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
-import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 // --- how many ---------------------------------------------------------------------------
@@ -324,10 +323,6 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
   // The primary's part of a config reload: the limits and lockout settings, and in queue
   // mode the upstream it delivers to. Each worker reloads its own (relay/main.ts).
   let configWatch: FileWatch;
-  const upstreamFiles = (s: RelaySettings) =>
-    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
-      (f): f is string => !!f,
-    );
   const watchConfig = () =>
     watchFiles([file, ...(upstream ? upstreamFiles(settings) : [])], () => {
       let next: RelaySettings;
