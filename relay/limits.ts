@@ -29,6 +29,12 @@ export interface ConnectionInfo {
   listener: string;
 }
 
+export type LoginStart = { lockedMs: number } | { token: number };
+export type LoginOutcome = { ok: true; forgive: string } | { ok: false } | { ok: undefined };
+
+/** A login that waits longer than this for a check of the same key to end is refused as locked for a second. */
+export const LOGIN_WAIT_MS = 30_000;
+
 export interface RateLimit {
   messages: number;
   perMs: number;
@@ -42,12 +48,20 @@ export interface SharedLimits {
   authenticated(key: string): void;
   /** The connection's socket closed: releases whatever accept and connect counted (idempotent). */
   closed(key: string): void;
-  /** Milliseconds left on the longest lockout of `keys`, or 0. */
-  lockedFor(keys: string[]): Maybe<number>;
-  /** Records a failed login for each key; which of them started a lockout. */
-  failed(keys: string[]): Maybe<boolean[]>;
-  /** A successful login clears the failures of this key. */
-  succeeded(key: string): void;
+  /**
+   * Before a password check: the longest lockout of `keys` in milliseconds, or a token
+   * for endLogin. A check is let in only while, for every key, the failures in the
+   * window plus the checks already running stay under maxFailures; otherwise it waits
+   * for one of them to end. So at most maxFailures checks can fail per key and window,
+   * however many arrive at once and on whichever worker.
+   */
+  beginLogin(keys: string[]): Maybe<LoginStart>;
+  /**
+   * After the check: `ok` clears the failures of `forgive` (the username's); a failure
+   * counts for every key (which of them started a lockout); undefined (the check itself
+   * failed) counts nothing.
+   */
+  endLogin(token: number, outcome: LoginOutcome): Maybe<boolean[]>;
   /** How long `user` must wait before its next message (0: may send now). */
   rateWait(user: string, limit: RateLimit): Maybe<number>;
   /** rateWait, and when 0 counts one message in the same step. */
@@ -73,11 +87,18 @@ export class LocalLimits implements SharedLimits {
   private readonly table: ConnectionTable;
   private readonly lockout: Lockout;
   private readonly rate: RateLimiter;
+  /** Password checks running, by lockout key. */
+  private readonly checking = new Map<string, number>();
+  /** Running checks by token: their keys. */
+  private readonly logins = new Map<number, string[]>();
+  private nextToken = 1;
+  /** Logins waiting for a check of one of their keys to end, oldest first. */
+  private waiting: { keys: string[]; since: number; resolve: (s: LoginStart) => void }[] = [];
 
   constructor(
     private settings: LimitSettings,
     private readonly onShed: (listener: string, reason: ShedReason) => void,
-    now: () => number = Date.now,
+    private readonly now: () => number = Date.now,
   ) {
     this.table = new ConnectionTable(now);
     this.lockout = new Lockout(settings.lockout, now);
@@ -105,6 +126,16 @@ export class LocalLimits implements SharedLimits {
   /** Sheds the unauthenticated connections older than preAuthTimeout (run each second). */
   sweep(): void {
     for (const listener of this.table.shedExpired(this.settings.limits.preAuthTimeoutMs)) this.onShed(listener, 'pre_auth_timeout');
+    const cutoff = this.now() - LOGIN_WAIT_MS;
+    const expired = this.waiting.filter((w) => w.since <= cutoff);
+    if (expired.length === 0) return;
+    this.waiting = this.waiting.filter((w) => w.since > cutoff);
+    for (const w of expired) w.resolve({ lockedMs: 1000 });
+  }
+
+  /** Logins waiting for a running check of one of their keys (0 when none). */
+  get waitingLogins(): number {
+    return this.waiting.length;
   }
 
   private shedOne(reason: ShedReason, except?: string): boolean {
@@ -156,12 +187,51 @@ export class LocalLimits implements SharedLimits {
     return most;
   }
 
-  failed(keys: string[]): boolean[] {
-    return keys.map((k) => this.lockout.fail(k));
+  /** A login's start now, or undefined when one of its keys has as many checks running as failures left. */
+  private tryBegin(keys: string[]): LoginStart | undefined {
+    const locked = this.lockedFor(keys);
+    if (locked > 0) return { lockedMs: locked };
+    const max = this.lockout.maxFailures;
+    for (const k of keys) {
+      const running = this.checking.get(k) ?? 0;
+      // (running > 0: failures alone at the maximum, after maxFailures was lowered, lock at the next failure)
+      if (running > 0 && this.lockout.failureCount(k) + running >= max) return undefined;
+    }
+    for (const k of keys) this.checking.set(k, (this.checking.get(k) ?? 0) + 1);
+    const token = this.nextToken++;
+    this.logins.set(token, keys);
+    return { token };
   }
 
-  succeeded(key: string): void {
-    this.lockout.succeed(key);
+  beginLogin(keys: string[]): Maybe<LoginStart> {
+    return this.tryBegin(keys) ?? new Promise<LoginStart>((resolve) => this.waiting.push({ keys, since: this.now(), resolve }));
+  }
+
+  endLogin(token: number, outcome: LoginOutcome): boolean[] {
+    const keys = this.logins.get(token);
+    if (!keys) return [];
+    this.logins.delete(token);
+    for (const k of keys) {
+      const n = (this.checking.get(k) ?? 1) - 1;
+      if (n <= 0) this.checking.delete(k);
+      else this.checking.set(k, n);
+    }
+    let locked: boolean[] = [];
+    if (outcome.ok === true) this.lockout.succeed(outcome.forgive);
+    else if (outcome.ok === false) locked = keys.map((k) => this.lockout.fail(k));
+    // waiting logins, oldest first, go in as far as the keys allow now
+    if (this.waiting.length) {
+      const still: typeof this.waiting = [];
+      const ready: { resolve: (s: LoginStart) => void; start: LoginStart }[] = [];
+      for (const w of this.waiting) {
+        const start = this.tryBegin(w.keys);
+        if (start) ready.push({ resolve: w.resolve, start });
+        else still.push(w);
+      }
+      this.waiting = still;
+      for (const r of ready) r.resolve(r.start);
+    }
+    return locked;
   }
 
   rateWait(user: string, limit: RateLimit): number {
@@ -181,7 +251,7 @@ export class LocalLimits implements SharedLimits {
 export interface LimitCall {
   t: 'limits';
   id?: number;
-  op: 'accept' | 'connect' | 'authenticated' | 'closed' | 'lockedFor' | 'failed' | 'succeeded' | 'rateWait' | 'rateTake';
+  op: 'accept' | 'connect' | 'authenticated' | 'closed' | 'beginLogin' | 'endLogin' | 'rateWait' | 'rateTake';
   args: unknown[];
 }
 
@@ -266,16 +336,14 @@ export class IpcLimits implements SharedLimits {
     this.tell('closed', [key]);
   }
 
-  lockedFor(keys: string[]): Promise<number> {
-    return this.ask('lockedFor', [keys]);
+  beginLogin(keys: string[]): Promise<LoginStart> {
+    return this.ask('beginLogin', [keys]);
   }
 
-  failed(keys: string[]): Promise<boolean[]> {
-    return this.ask('failed', [keys]);
-  }
-
-  succeeded(key: string): void {
-    this.tell('succeeded', [key]);
+  endLogin(token: number, outcome: LoginOutcome): Maybe<boolean[]> {
+    if (outcome.ok === false) return this.ask('endLogin', [token, outcome]);
+    this.tell('endLogin', [token, outcome]);
+    return [];
   }
 
   rateWait(user: string, limit: RateLimit): Promise<number> {
@@ -295,6 +363,10 @@ export class IpcLimits implements SharedLimits {
 export class LimitServer {
   /** Connection key -> the worker holding it. */
   private readonly owners = new Map<string, number>();
+  /** Login token -> the worker whose check it is. */
+  private readonly loginOwners = new Map<number, number>();
+  /** Workers that exited: a login that was waiting for them is ended at once. */
+  private readonly gone = new Set<number>();
 
   constructor(
     private readonly local: LocalLimits,
@@ -306,14 +378,28 @@ export class LimitServer {
   }
 
   handle(worker: number, call: LimitCall): void {
+    const answer = (result: unknown) => {
+      if (call.id !== undefined) this.sendTo(worker, { t: 'limits', id: call.id, result } satisfies LimitAnswer);
+    };
+    const fail = (err: unknown) => {
+      if (call.id !== undefined) this.sendTo(worker, { t: 'limits', id: call.id, error: (err as Error).message } satisfies LimitAnswer);
+    };
     let result: unknown;
     try {
       result = this.run(worker, call);
     } catch (err) {
-      if (call.id !== undefined) this.sendTo(worker, { t: 'limits', id: call.id, error: (err as Error).message } satisfies LimitAnswer);
-      return;
+      return fail(err);
     }
-    if (call.id !== undefined) this.sendTo(worker, { t: 'limits', id: call.id, result } satisfies LimitAnswer);
+    if (result instanceof Promise) result.then(answer, fail);
+    else answer(result);
+  }
+
+  /** A login started for `worker`: remembered, or ended at once when the worker is gone. */
+  private started(worker: number, start: LoginStart): LoginStart {
+    if (!('token' in start)) return start;
+    if (this.gone.has(worker)) this.local.endLogin(start.token, { ok: undefined });
+    else this.loginOwners.set(start.token, worker);
+    return start;
   }
 
   private run(worker: number, call: LimitCall): unknown {
@@ -337,12 +423,13 @@ export class LimitServer {
       case 'closed':
         this.owners.delete(a[0] as string);
         return l.closed(a[0] as string);
-      case 'lockedFor':
-        return l.lockedFor(a[0] as string[]);
-      case 'failed':
-        return l.failed(a[0] as string[]);
-      case 'succeeded':
-        return l.succeeded(a[0] as string);
+      case 'beginLogin': {
+        const s = l.beginLogin(a[0] as string[]);
+        return s instanceof Promise ? s.then((x) => this.started(worker, x)) : this.started(worker, s);
+      }
+      case 'endLogin':
+        this.loginOwners.delete(a[0] as number);
+        return l.endLogin(a[0] as number, a[1] as LoginOutcome);
       case 'rateWait':
         return l.rateWait(a[0] as string, a[1] as RateLimit);
       case 'rateTake':
@@ -354,6 +441,12 @@ export class LimitServer {
 
   /** A worker exited: every connection it held is closed (its sockets died with it). */
   releaseWorker(worker: number): number {
+    this.gone.add(worker);
+    for (const [token, w] of this.loginOwners) {
+      if (w !== worker) continue;
+      this.loginOwners.delete(token);
+      this.local.endLogin(token, { ok: undefined });
+    }
     let n = 0;
     for (const [key, w] of this.owners) {
       if (w !== worker) continue;

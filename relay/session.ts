@@ -189,21 +189,29 @@ export class SessionPolicy {
     const ipKey = `ip:${state.ip}`;
     const userKey = userLockoutKey(username);
     const logUser = this.logins.has(username) ? username : '(unknown user)';
-    const lockedNow = this.limits.lockedFor([ipKey, userKey]);
-    const locked = lockedNow instanceof Promise ? await lockedNow : lockedNow;
-    if (locked > 0) {
+    // at most maxFailures checks may fail per key: a login waits while as many are running (relay/limits.ts)
+    const begun = this.limits.beginLogin([ipKey, userKey]);
+    const start = begun instanceof Promise ? await begun : begun;
+    if ('lockedMs' in start) {
+      const locked = start.lockedMs;
       this.metrics.authAttempts.inc({ mechanism, result: 'locked' });
       this.metrics.rejections.inc({ reason: 'locked_out' });
       this.logger.warn({ event: 'auth_locked', session: session.id, clientIp: state.ip, user: logUser, retryAfterSeconds: Math.ceil(locked / 1000) }, 'AUTH refused: locked out');
       throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
     }
     // XOAUTH2 carries the token as accessToken; PLAIN and LOGIN as the password
-    const login = await this.logins.check(username, auth.password ?? auth.accessToken ?? '');
+    let login: Awaited<ReturnType<Logins['check']>>;
+    try {
+      login = await this.logins.check(username, auth.password ?? auth.accessToken ?? '');
+    } catch (err) {
+      this.limits.endLogin(start.token, { ok: undefined });
+      throw err;
+    }
     const pod = login.pod ? { pod: login.pod } : {};
     if (login.ok) {
       // Only the username's failures are forgiven. Clearing the IP's as well would let a
       // client with one valid account reset the per-IP count between guesses at others.
-      this.limits.succeeded(userKey);
+      this.limits.endLogin(start.token, { ok: true, forgive: userKey });
       this.metrics.authAttempts.inc({ mechanism, result: 'success' });
       state.user = username;
       this.limits.authenticated(state.key);
@@ -211,7 +219,7 @@ export class SessionPolicy {
       return username;
     }
     this.metrics.authAttempts.inc({ mechanism, result: 'failure' });
-    const failedNow = this.limits.failed([ipKey, userKey]);
+    const failedNow = this.limits.endLogin(start.token, { ok: false });
     const [ipLocked, userLocked] = failedNow instanceof Promise ? await failedNow : failedNow;
     this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: logUser, mechanism, ...(login.reason ? { reason: login.reason } : {}) }, 'authentication failed');
     if (ipLocked || userLocked) {

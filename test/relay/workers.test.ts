@@ -20,6 +20,7 @@ import { RawSmtp, delay, message, sendPooled, startRelay, tempDir, usersYaml, ty
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com'] };
 const VICTIM = { name: 'victim', password: 'victim-password-0123456789', allowedSenders: ['victim@example.com'] };
+const SPRAYED = { name: 'sprayed', password: 'sprayed-password-0123456789', allowedSenders: ['sprayed@example.com'] };
 const LIMITED = { name: 'limited', password: 'limited-password-0123456789', allowedSenders: ['limited@example.com'], rateLimit: { messages: 3, per: '1h' } };
 
 let pki: Pki;
@@ -72,7 +73,7 @@ async function startTwoWorkers(extra: Partial<Parameters<typeof startRelay>[0]> 
   return startRelay({
     dir,
     cert: await pki.issue({ name: `relay${certs++}` }),
-    users: [APP, VICTIM, LIMITED],
+    users: [APP, VICTIM, LIMITED, SPRAYED],
     upstream: { host: sink.host, port: sink.port, caFile: sink.caFile },
     workers: 2,
     ...extra,
@@ -128,6 +129,29 @@ describe('two workers: shared limits', () => {
     c.close();
     assert.equal(code, 421, 'the address stays locked, even with a valid account');
     await bothWorkers(relay, (l) => l.event === 'auth_failure' && l.clientIp === '127.0.2.1');
+  });
+
+  test('six wrong passwords sent at the same moment over both workers: exactly maxFailures (4) are checked and fail, the other two wait and are refused as locked', async () => {
+    const fail0 = await relay.metric('smtp_relay_auth_attempts_total', { result: 'failure' });
+    const locked0 = await relay.metric('smtp_relay_auth_attempts_total', { result: 'locked' });
+    const conns: RawSmtp[] = [];
+    for (let i = 0; i < 6; i++) {
+      const c = await RawSmtp.connect(relay.ports.submission, { localAddress: `127.0.8.${i + 1}` });
+      await c.cmd('EHLO client.example');
+      await c.starttls();
+      await c.cmd('EHLO client.example');
+      conns.push(c);
+    }
+    const codes = await Promise.all(conns.map((c) => c.login(SPRAYED.name, 'a-guess').then((r) => r?.code ?? 0)));
+    for (const c of conns) c.close();
+    assert.deepEqual(
+      [...codes].sort(),
+      [421, 421, 421, 535, 535, 535],
+      `replies ${codes}: three plain failures, the fourth starts the lockout, two refused as locked`,
+    );
+    assert.equal((await relay.metric('smtp_relay_auth_attempts_total', { result: 'failure' })) - fail0, 4, 'exactly maxFailures password checks failed');
+    assert.equal((await relay.metric('smtp_relay_auth_attempts_total', { result: 'locked' })) - locked0, 2);
+    await bothWorkers(relay, (l) => l.event === 'auth_failure' && l.user === SPRAYED.name);
   });
 
   test('per-IP limit (3): three sessions from one address on both workers, the fourth refused, on either listener', async () => {
@@ -283,7 +307,7 @@ describe('two workers: rate limit, metrics, reload', () => {
 
   test('a users file change reaches every worker: the new user logs in on both', async () => {
     const NEW = { name: 'newcomer', password: 'newcomer-password-0123456789', allowedSenders: ['new@example.com'] };
-    await relay.usersDir.update({ 'users.yaml': await usersYaml([APP, VICTIM, LIMITED, NEW]) });
+    await relay.usersDir.update({ 'users.yaml': await usersYaml([APP, VICTIM, LIMITED, SPRAYED, NEW]) });
     await until('both workers to reload the users', () => workersOf(relay, (l) => l.event === 'reload' && l.kind === 'users').size === 2);
     const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: NEW, from: 'new@example.com', n: 6, tag: 'reload', maxConnections: 4 });
     assert.ok(replies.every((r) => r.startsWith('250')), replies.join('\n'));

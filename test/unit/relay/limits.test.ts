@@ -56,14 +56,59 @@ describe('LocalLimits', () => {
     assert.deepEqual(shed, [{ listener: 'submission', reason: 'unauthenticated_cap' }]);
   });
 
+  /** One login through begin and end: the start, and which keys it locked. */
+  function login(l: LocalLimits, keys: string[], ok: boolean) {
+    const start = l.beginLogin(keys);
+    assert.ok(!(start instanceof Promise), 'no check running: the login starts at once');
+    if ('lockedMs' in start) return { lockedMs: start.lockedMs, locked: [] as boolean[] };
+    return { lockedMs: 0, locked: l.endLogin(start.token, ok ? { ok: true, forgive: keys[1]! } : { ok: false }) };
+  }
+
   test('lockout: the maxFailures-th failure locks every key given; success clears only its key', () => {
     const { l } = local();
-    assert.deepEqual(l.failed(['ip:a', 'user:x']), [false, false]);
-    l.succeeded('user:x');
-    assert.deepEqual(l.failed(['ip:a', 'user:x']), [false, false]);
-    assert.deepEqual(l.failed(['ip:a', 'user:x']), [true, false], 'ip:a failed 3 times, user:x twice since its success');
+    assert.deepEqual(login(l, ['ip:a', 'user:x'], false).locked, [false, false]);
+    login(l, ['ip:a', 'user:x'], true);
+    assert.deepEqual(login(l, ['ip:a', 'user:x'], false).locked, [false, false]);
+    assert.deepEqual(login(l, ['ip:a', 'user:x'], false).locked, [true, false], 'ip:a failed 3 times, user:x twice since its success');
     assert.equal(l.lockedFor(['ip:a']), 120_000);
+    assert.equal(login(l, ['ip:a', 'user:y'], true).lockedMs, 120_000, 'a locked key refuses before any check');
     assert.equal(l.lockedFor(['ip:b', 'user:x']), 0);
+  });
+
+  test('logins arriving at once: no more than maxFailures (3) checks can fail per key; the others wait, then find the key locked', async () => {
+    const { l } = local();
+    const starts = Array.from({ length: 6 }, () => l.beginLogin([`ip:10.0.0.${Math.random()}`, 'user:victim']));
+    const now = starts.filter((s) => !(s instanceof Promise)) as { token: number }[];
+    assert.equal(now.length, 3, 'three checks run');
+    assert.equal(l.waitingLogins, 3);
+    const later = starts.filter((s) => s instanceof Promise) as Promise<{ lockedMs: number } | { token: number }>[];
+    const locked = now.map((s) => l.endLogin(s.token, { ok: false }));
+    assert.deepEqual(
+      locked.map((x) => x[1]),
+      [false, false, true],
+    );
+    const after = await Promise.all(later);
+    assert.ok(after.every((s) => 'lockedMs' in s && s.lockedMs > 0), 'the three that waited are refused as locked, never checked');
+  });
+
+  test('logins of one user that succeed let the waiting ones in; a wait is bounded by the sweep', async () => {
+    let t = 1_000_000;
+    const { l } = local(() => t);
+    const a = l.beginLogin(['ip:1', 'user:u']) as { token: number };
+    const b = l.beginLogin(['ip:2', 'user:u']) as { token: number };
+    const c = l.beginLogin(['ip:3', 'user:u']) as { token: number };
+    const d = l.beginLogin(['ip:4', 'user:u']);
+    assert.ok(d instanceof Promise);
+    l.endLogin(a.token, { ok: true, forgive: 'user:u' });
+    const dStart = await d;
+    assert.ok('token' in dStart, 'a check ended: the fourth runs');
+    const e = l.beginLogin(['ip:5', 'user:u']);
+    assert.ok(e instanceof Promise);
+    t += 31_000;
+    l.sweep();
+    assert.deepEqual(await e, { lockedMs: 1000 }, 'waited too long: refused for a second');
+    for (const s of [b, c, dStart as { token: number }]) l.endLogin(s.token, { ok: undefined });
+    assert.ok(!(l.beginLogin(['ip:6', 'user:u']) instanceof Promise), 'nothing running: at once');
   });
 
   test('rate: rateTake counts only when it admits; rateWait never counts', () => {
@@ -96,10 +141,15 @@ describe('IpcLimits and LimitServer', () => {
   test('two workers share one lockout, one connection table and one rate limit', async () => {
     const { l, workers } = cluster(2);
     const [a, b] = workers as [IpcLimits, IpcLimits];
-    assert.deepEqual(await a.failed(['user:v']), [false]);
-    assert.deepEqual(await b.failed(['user:v']), [false]);
-    assert.deepEqual(await a.failed(['user:v']), [true], 'the third failure, whichever worker saw the first two');
-    assert.ok((await b.lockedFor(['user:v'])) > 0);
+    const fail = async (w: IpcLimits, ip: string) => {
+      const s = await w.beginLogin([`ip:${ip}`, 'user:v']);
+      assert.ok('token' in s);
+      return (await w.endLogin(s.token, { ok: false }))[1];
+    };
+    assert.equal(await fail(a, '1'), false);
+    assert.equal(await fail(b, '2'), false);
+    assert.equal(await fail(a, '3'), true, 'the third failure, whichever worker saw the first two');
+    assert.ok('lockedMs' in (await b.beginLogin(['ip:4', 'user:v'])));
     assert.equal(await a.connect(conn(1, '10.1.0.1'), () => undefined), 'ok');
     assert.equal(await b.connect(conn(2, '10.1.0.1'), () => undefined), 'ok');
     assert.equal(await b.connect(conn(3, '10.1.0.1'), () => undefined), 'too_many_connections_per_ip');
@@ -120,13 +170,15 @@ describe('IpcLimits and LimitServer', () => {
     assert.equal(await shedOnA, 'unauthenticated_cap');
   });
 
-  test('a worker that dies gives its connections back', async () => {
+  test('a worker that dies gives its connections and its running checks back', async () => {
     const { l, server, workers } = cluster(2);
     await workers[0]!.connect(conn(1, '10.2.0.1'), () => undefined);
     await workers[1]!.connect(conn(2, '10.2.0.1'), () => undefined);
+    for (let i = 0; i < 3; i++) assert.ok('token' in (await workers[0]!.beginLogin([`ip:${i}`, 'user:w'])));
+    const waiting = workers[1]!.beginLogin(['ip:9', 'user:w']);
     assert.equal(server.releaseWorker(0), 1);
     assert.equal(l.count('10.2.0.1'), 1);
-    assert.equal(workers[0]!.pending, 0);
+    assert.ok('token' in (await waiting), 'the dead worker\'s checks ended without counting: the waiting login runs');
   });
 });
 
