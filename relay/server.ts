@@ -9,13 +9,14 @@ import { SMTPServer } from 'smtp-server';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
 import { keepRestartFields, type ListenerSettings, type RelaySettings } from './config.js';
 import { ConnectionTable, socketKey, type ShedReason } from './connections.js';
-import { LocalLimits, type Admission, type SharedLimits } from './limits.js';
+import { LocalLimits, type SharedLimits } from './limits.js';
 import {
   checkInternals,
   checkServerInternals,
   destroyPending,
   filterCommands,
   gateAcceptedSockets,
+  holdCommands,
   openConnections,
   setServerCertificate,
   setServerLimits,
@@ -50,6 +51,7 @@ interface Adopted {
   shed(reason: ShedReason): void;
   /** False once its socket closed (a shared-limits answer may come later). */
   alive(): boolean;
+  conn: ServerConnection;
 }
 
 /** smtp-server's maxClients: above maxConnections, which the connect phase enforces. */
@@ -176,8 +178,15 @@ export class Relay implements RelayState {
         const adopted = this.adopted.get(session.id);
         this.adopted.delete(session.id);
         const refused = phases.connect(listener, session, adopted ?? { countedAtAccept: false, key: session.id, shed: () => undefined, alive: () => true });
-        if (refused instanceof Promise) refused.then(cb, cb);
-        else cb(refused);
+        if (!(refused instanceof Promise)) return cb(refused);
+        // A worker waits for the primary's answer: what the client sent early (e.g. EHLO in
+        // the same packet as a PROXY header) is answered after the greeting, as in one process.
+        const release = adopted ? holdCommands(adopted.conn) : undefined;
+        const answer = (r: Error | null) => {
+          cb(r);
+          release?.();
+        };
+        refused.then(answer, answer);
       },
       onSecure: (socket, session, cb) => {
         phases.tls(listener, socket, session);
@@ -210,7 +219,7 @@ export class Relay implements RelayState {
     trustProxyHeaders(server, (socket) => this.proxied.has(socket));
     gateAcceptedSockets(server, (socket, proceed) => {
       if (this.trustedProxies.has(socket.remoteAddress)) return this.readProxyHeader(listener, socket, proceed);
-      return implicit ? this.admitBeforeHandshake(listener, server, socket, proceed) : 'accept';
+      return implicit ? this.admitBeforeHandshake(listener, server, socket) : 'accept';
     });
     // Every listener of the relay requires TLS and AUTH (there is no port-25/MX mode), so
     // none keeps smtp-server's early-talker pause (relay/internals.ts initWithoutPause).
@@ -238,6 +247,7 @@ export class Relay implements RelayState {
       ip: canonicalIp(conn.remoteAddress),
       shed: (reason) => conn.send(421, SHED_REPLIES[reason]),
       alive: () => !socket.destroyed,
+      conn,
     });
     // STARTTLS removes this listener (smtp-server's upgrade clears the plaintext socket's):
     // the session's close (relay/session.ts close) releases the limits then.
@@ -265,7 +275,7 @@ export class Relay implements RelayState {
    * per-IP limit applies here too, to connections still in their handshake: else one
    * allowed address could fill every pending-handshake slot (maxClients).
    */
-  private admitBeforeHandshake(listener: ListenerSettings, server: SMTPServer, socket: net.Socket, proceed: () => void): 'accept' | 'refuse' | 'later' {
+  private admitBeforeHandshake(listener: ListenerSettings, server: SMTPServer, socket: net.Socket): 'accept' | 'refuse' {
     const peer = socket.remoteAddress;
     const ip = canonicalIp(peer ?? '');
     const refuse = (reason: string, level: 'info' | 'warn', text: string) => {
@@ -279,21 +289,32 @@ export class Relay implements RelayState {
     const key = socketKey(socket);
     // no reply is possible before the handshake: shedding drops the connection
     const admitted = this.limits.accept({ key, ip, listener: listener.name }, () => destroyPending(server, socket));
-    const decide = (a: Admission): 'accept' | 'refuse' => {
-      if (a !== 'ok') return refuse('too_many_connections_per_ip', 'warn', 'per-IP connection limit reached (before the TLS handshake)');
+    socket.once('close', () => this.limits.closed(key));
+    if (!(admitted instanceof Promise)) {
+      if (admitted !== 'ok') return refuse('too_many_connections_per_ip', 'warn', 'per-IP connection limit reached (before the TLS handshake)');
       this.table.countSocket(socket, ip);
       return 'accept';
+    }
+    // A worker (the primary decides): smtp-server takes the socket now, as in one process,
+    // and a refusal closes it the way a shed does. Holding the socket back until the answer
+    // came let a client's half ClientHello and FIN be read into it first, and the TLS
+    // socket later built over that crashed Node 24 (SIGSEGV, test/relay/abuse.test.ts
+    // "clients dropping during the TLS handshake" with RELAY_TEST_WORKERS=2). The answer
+    // comes in about 0.05 ms, before any handshake can have ended.
+    this.table.countSocket(socket, ip);
+    const drop = (reason: string) => {
+      if (socket.destroyed) return;
+      destroyPending(server, socket);
+      this.session.refuseConnection(listener.name, reason, 421, '');
+      this.logger.warn({ event: 'connection_refused', listener: listener.name, clientIp: ip, reason }, 'per-IP connection limit reached (at the TLS handshake)');
     };
-    socket.once('close', () => this.limits.closed(key));
-    if (!(admitted instanceof Promise)) return decide(admitted);
     admitted.then(
       (a) => {
-        if (socket.destroyed) return;
-        if (decide(a) === 'accept') proceed();
+        if (a !== 'ok') drop('too_many_connections_per_ip');
       },
-      () => socket.destroy(),
+      () => drop('limits_unavailable'),
     );
-    return 'later';
+    return 'accept';
   }
 
   /**
