@@ -1,10 +1,11 @@
 // `make bench`: every scenario in order, one report on stdout (Markdown), progress on stderr.
 //
-//   node dist/bench/main.js [--quick] [--only=1,2,queue,3,4,upstream,flood] [--rows=aN,bN,bNc,cN] [--out=FILE]
+//   node dist/bench/main.js [--quick] [--only=1,2,queue,3,4,upstream,flood] [--rows=aN,bN,bNc,cN] [--workers=N|auto] [--out=FILE]
 //   (--rows: only these scenario-1 rows, keys in bench/throughput.ts; 'lat' = scenario 2)
 //
 // Bounded: each measurement is a fixed time window; the whole run takes about 10-13 minutes.
 import { writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { log, machine } from './common.js';
 import { connections } from './connections.js';
 import { floodScenario } from './flood.js';
@@ -18,9 +19,12 @@ const quick = args.includes('--quick');
 const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',') ?? ['1', '2', 'queue', '3', '4', 'upstream', 'flood'];
 const rows = args.find((a) => a.startsWith('--rows='))?.slice(7).split(',');
 const out = args.find((a) => a.startsWith('--out='))?.slice(6);
+// --workers=N|auto: the relay's `workers` setting in every scenario (bench/targets.ts startRelay)
+const workers = args.find((a) => a.startsWith('--workers='))?.slice(10);
+if (workers) process.env.BENCH_RELAY_WORKERS = workers;
 
 const started = Date.now();
-const parts: string[] = [`## Run of ${new Date().toISOString().slice(0, 16)} UTC\n\nMachine: ${machine()}\n\nCommand: \`make bench\` (= \`node dist/bench/main.js${args.length ? ' ' + args.join(' ') : ''}\`)\n`];
+const parts: string[] = [`## Run of ${new Date().toISOString().slice(0, 16)} UTC\n\nMachine: ${machine()}\n\nRelay workers: ${workers ?? '1 (default)'}; load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}\n\nCommand: \`make bench\` (= \`node dist/bench/main.js${args.length ? ' ' + args.join(' ') : ''}\`)\n`];
 const emit = (s: string) => {
   parts.push(s);
   process.stdout.write(s + '\n');

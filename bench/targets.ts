@@ -91,6 +91,17 @@ export interface RelayBenchOptions {
   logLevel?: string;
   /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`; default inline mode. */
   queue?: string;
+  /** The relay's `workers` setting; default BENCH_RELAY_WORKERS (bench/main.ts --workers=N), else the relay's default (1). */
+  workers?: number | 'auto';
+}
+
+/** The worker processes a multi-worker relay forked (the children of its primary). */
+function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 /** Our relay process, started like the image starts it (node FLAGS dist/entrypoint.js relay serve, the image's ENV), logging JSON lines to a file as in production. */
@@ -127,7 +138,8 @@ upstream:
   timeout: 30s
 metrics: {address: 127.0.0.1, port: ${metrics}}
 shutdownGracePeriod: 5s
-${o.queue ? `queue: ${o.queue}\n` : ''}`;
+${o.queue ? `queue: ${o.queue}\n` : ''}${(o.workers ?? process.env.BENCH_RELAY_WORKERS) ? `workers: ${o.workers ?? process.env.BENCH_RELAY_WORKERS}` : ''}
+`;
   const configFile = path.join(o.dir, `relay-${submission}.yaml`);
   writeFileSync(configFile, config);
   const logFile = path.join(o.dir, `relay-${submission}.log`);
@@ -158,7 +170,8 @@ ${o.queue ? `queue: ${o.queue}\n` : ''}`;
     metrics,
     child,
     logFile,
-    pids: () => [child.pid!],
+    // the primary and, with several workers, each worker (their CPU is the relay's)
+    pids: () => [child.pid!, ...childPids(child.pid!)],
     stop: () => stopProcess(child, 'SIGTERM', 15_000),
   };
 }

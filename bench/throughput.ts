@@ -86,6 +86,9 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
     stops.push(relay.stop);
     const relayCheap = await startRelay({ dir, cert, upstream, hashN: 1024 });
     stops.push(relayCheap.stop);
+    // one worker per core (workers: auto) next to the single process, unless --workers chose for all
+    const perCore = cores > 1 && !process.env.BENCH_RELAY_WORKERS ? await startRelay({ dir, cert, upstream, workers: 'auto' }) : undefined;
+    if (perCore) stops.push(perCore.stop);
     const pfTls = await startPostfix({ dir, cert, relayhost: { port: tlsSink.port, tls: true, caFile: cert.caFile } });
     stops.push(pfTls.stop);
     const pfPlain = await startPostfix({ dir, cert, relayhost: { port: sink.port, tls: false, caFile: cert.caFile } });
@@ -96,10 +99,14 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
       { key: 'a', label: 'a) smtp-sink, plain', target: sink, load: { host: h, port: sink.port, tls: 'plain', pooled: true } },
       { key: 'aT', label: "a') stunnel -> smtp-sink, implicit TLS", target: tlsSink, load: { host: h, port: tlsSink.port, tls: 'implicit', pooled: true } },
       { key: 'b', label: 'b) relay, STARTTLS + AUTH', target: relay, load: { host: h, port: relay.submission, tls: 'starttls', auth, pooled: true } },
+      ...(perCore ? [{ key: 'bW', label: `b) relay, ${cores} workers (one per core), STARTTLS + AUTH`, target: perCore, load: { host: h, port: perCore.submission, tls: 'starttls', auth, pooled: true } }] : []),
       { key: 'c', label: 'c) Postfix, STARTTLS + AUTH', target: pfTls, drain: pfTls, load: { host: h, port: pfTls.submission, tls: 'starttls', auth, pooled: true } },
       { key: 'cP', label: 'c) Postfix, plain (no TLS, no AUTH)', target: pfPlain, drain: pfPlain, load: { host: h, port: pfPlain.plain, tls: 'plain', pooled: true } },
       { key: 'aN', label: 'a) smtp-sink, plain, new conn/msg', target: sink, load: { host: h, port: sink.port, tls: 'plain', pooled: false } },
       { key: 'bN', label: 'b) relay, STARTTLS + AUTH, new conn/msg (scrypt N=32768)', target: relay, load: { host: h, port: relay.submission, tls: 'starttls', auth, pooled: false } },
+      ...(perCore
+        ? [{ key: 'bNW', label: `b) relay, ${cores} workers, STARTTLS + AUTH, new conn/msg (scrypt N=32768)`, target: perCore, load: { host: h, port: perCore.submission, tls: 'starttls', auth, pooled: false } }]
+        : []),
       { key: 'bNc', label: 'b) relay, STARTTLS + AUTH, new conn/msg (scrypt N=1024)', target: relayCheap, load: { host: h, port: relayCheap.submission, tls: 'starttls', auth, pooled: false } },
       { key: 'cN', label: 'c) Postfix, STARTTLS + AUTH, new conn/msg', target: pfTls, drain: pfTls, load: { host: h, port: pfTls.submission, tls: 'starttls', auth, pooled: false } },
       { key: 'cPN', label: 'c) Postfix, plain, new conn/msg', target: pfPlain, drain: pfPlain, load: { host: h, port: pfPlain.plain, tls: 'plain', pooled: false } },
@@ -157,8 +164,10 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
           ['b/a  relay STARTTLS+AUTH vs smtp-sink plain', ratio('b', 'a'), '(ceiling)'],
           ["b/a' relay vs smtp-sink behind stunnel TLS", ratio('b', 'aT'), '(ceiling)'],
           ['b/c  pooled, STARTTLS + AUTH', ratio('b', 'c'), '>= 2'],
+          ...(perCore ? [[`bW/c  pooled, ${cores} workers`, ratio('bW', 'c'), '>= 3']] : []),
           ['b/c  pooled, Postfix counted until its queue drained to the sink', ratio('b', 'c_e2e'), '(info)'],
           ['bN/cN  new connection per message, production hash', ratio('bN', 'cN'), '>= 2'],
+          ...(perCore ? [[`bNW/cN  new connection per message, ${cores} workers`, ratio('bNW', 'cN'), '>= 2']] : []),
           ['bNc/cN  new connection per message, cheap hash', ratio('bNc', 'cN'), '>= 2'],
           ['b/cP  relay (TLS+AUTH, its only mode) vs Postfix plain', ratio('b', 'cP'), '>= 2'],
         ],

@@ -18,6 +18,18 @@ export const SECURE_OPTIONS =
   crypto.constants.SSL_OP_NO_RENEGOTIATION |
   crypto.constants.SSL_OP_CIPHER_SERVER_PREFERENCE;
 
+/**
+ * Session-ticket keys every TLS context of this process uses; undefined = OpenSSL's own
+ * (random per context). The workers of one relay share the primary's (relay/workers.ts),
+ * so a client resumes its TLS session whichever worker its next connection reaches.
+ */
+let ticketKeys: Buffer | undefined;
+
+export function useTicketKeys(keys: Buffer): void {
+  if (keys.length !== 48) throw new Error(`TLS ticket keys must be 48 bytes, got ${keys.length}`);
+  ticketKeys = keys;
+}
+
 export function tlsServerOptions(policy: TlsPolicy): tls.SecureContextOptions {
   return {
     minVersion: policy.minVersion,
@@ -25,6 +37,7 @@ export function tlsServerOptions(policy: TlsPolicy): tls.SecureContextOptions {
     ciphers: policy.ciphers,
     honorCipherOrder: true,
     secureOptions: SECURE_OPTIONS,
+    ...(ticketKeys ? { ticketKeys } : {}),
   };
 }
 

@@ -174,6 +174,12 @@ export interface RelayConfig {
   /** Grace period for in-flight transactions on SIGTERM; default "25s". */
   shutdownGracePeriod?: Duration;
   /**
+   * Worker processes that serve SMTP (relay/workers.ts): a number (1 = a single process,
+   * as before), or "auto" = one per CPU the container may use (its cgroup CPU quota,
+   * else the host's cores). Default 1.
+   */
+  workers?: number | 'auto';
+  /**
    * Queue mode (relay/spool/settings.ts, docs/spool.md): present = a 250 once the message
    * is on stable storage in the spool, delivered later with retries. Absent = inline mode:
    * a 250 only once the upstream accepted.

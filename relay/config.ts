@@ -7,6 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, ServiceAccountTokensConfig, TlsVersion, UpstreamConfig } from './config-types.js';
 import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
+import { oauth2Files } from './upstream-oauth2.js';
 
 /** Strong AEAD-only suites with forward secrecy for TLS 1.2 (TLS 1.3 suites are all AEAD). */
 export const DEFAULT_CIPHERS = [
@@ -56,6 +57,8 @@ export interface RelaySettings {
   dkim: DkimKeyConfig[];
   metrics: { address: string; port: number };
   shutdownGracePeriodMs: number;
+  /** Worker processes: a count, or 'auto' (relay/workers.ts workerCount). */
+  workers: number | 'auto';
   /** Queue mode; undefined = inline mode. */
   queue?: SpoolSettings;
 }
@@ -77,7 +80,11 @@ export const DEFAULTS = {
   metricsAddress: '::',
   metricsPort: 9090,
   shutdownGracePeriod: '25s',
+  workers: 1 as number | 'auto',
 };
+
+/** More worker processes than this is a typo (a relay pod rarely has more than a few CPUs). */
+export const MAX_WORKERS = 64;
 
 const WILDCARDS = new Set(['::', '0.0.0.0', '::0', '0:0:0:0:0:0:0:0']);
 
@@ -111,6 +118,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     'metrics',
     'shutdownGracePeriod',
     'queue',
+    'workers',
   ]);
   if (!top) throw new ValidationError(file, c.problems);
   const cfg = top as Partial<Record<keyof RelayConfig, unknown>>;
@@ -338,8 +346,15 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
 
   const queue = cfg.queue === undefined ? undefined : checkQueueSection(c, 'queue', cfg.queue, baseDir);
 
+  let workers: number | 'auto' = DEFAULTS.workers;
+  if (cfg.workers !== undefined) {
+    if (cfg.workers === 'auto') workers = 'auto';
+    else if (typeof cfg.workers === 'number') workers = c.int('workers', cfg.workers, 1, MAX_WORKERS) ?? workers;
+    else c.fail('workers', `${show(cfg.workers)} must be a number from 1 to ${MAX_WORKERS}, or "auto" (one per CPU the container may use)`);
+  }
+
   if (c.problems.length) throw new ValidationError(file, c.problems);
-  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, ...(queue ? { queue } : {}) };
+  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, workers, ...(queue ? { queue } : {}) };
 }
 
 function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {
@@ -446,9 +461,18 @@ export const FIELD_EFFECTS = {
   shutdownGracePeriod: 'reload',
   // the spool is opened, recovered and its scheduler started once, at start
   queue: 'restart',
+  // processes are forked at start
+  workers: 'restart',
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';
+
+/** The upstream and DKIM files `s` names: watched with the config file, reloaded with it. */
+export function upstreamFiles(s: RelaySettings): string[] {
+  return [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
+    (f): f is string => !!f,
+  );
+}
 
 /** Dotted paths of the fields that need a restart, e.g. "auth.usersFile". */
 export const RESTART_FIELDS: readonly string[] = Object.entries(FIELD_EFFECTS).flatMap(([k, v]) =>

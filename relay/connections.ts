@@ -46,6 +46,8 @@ export class ConnectionTable {
   private readonly perIp = new Map<string, number>();
   /** Sockets counted at accept whose session has not started yet. */
   private readonly acceptedSockets = new Set<string>();
+  /** Connections counted at accept (key -> client address), until released. */
+  private readonly acceptedIp = new Map<string, string>();
   private readonly sessions = new Map<string, SessionState>();
   private inFlight = 0;
   private readonly idleWaiters: (() => void)[] = [];
@@ -155,13 +157,26 @@ export class ConnectionTable {
 
   /** Counts a TCP connection at accept; it is released when the socket closes. */
   countSocket(socket: net.Socket, ip: string): void {
-    this.add(ip);
     const key = socketKey(socket);
+    this.countKey(key, ip);
+    socket.once('close', () => this.releaseKey(key));
+  }
+
+  /** Counts the connection `key` at accept, until releaseKey(key). */
+  countKey(key: string, ip: string): void {
+    if (this.acceptedIp.has(key)) return;
+    this.add(ip);
+    this.acceptedIp.set(key, ip);
     this.acceptedSockets.add(key);
-    socket.once('close', () => {
-      this.acceptedSockets.delete(key);
-      this.remove(ip);
-    });
+  }
+
+  /** Releases what countKey counted (nothing when it was not, or already released). */
+  releaseKey(key: string): void {
+    this.acceptedSockets.delete(key);
+    const ip = this.acceptedIp.get(key);
+    if (ip === undefined) return;
+    this.acceptedIp.delete(key);
+    this.remove(ip);
   }
 
   /** Whether the connection on `socket` was counted at accept (asked once, when its session is created). */

@@ -128,6 +128,30 @@ export function filterCommands(conn: ServerConnection, allow: (conn: ServerConne
   conn._onCommand = (command: Buffer, callback: () => void) => (allow(conn) ? dispatch.call(conn, command, callback) : undefined);
 }
 
+/**
+ * Holds back the commands of `conn` until the returned release() runs, then dispatches
+ * them in order (smtp-server's parser waits for each command's callback before the next).
+ * For a connect phase that answers later (a worker asks its primary): commands the client
+ * sent early would otherwise reach smtp-server before the greeting ("421 You talk too
+ * soon"). Pausing the socket is not enough: smtp-server's PROXY reader removes its
+ * 'readable' listener, and Node then resumes a stream that has a 'data' listener (the
+ * pipe to the parser) on the next tick.
+ */
+export function holdCommands(conn: ServerConnection): () => void {
+  const dispatch = conn._onCommand;
+  let held: (() => void)[] | undefined = [];
+  conn._onCommand = (command: Buffer, callback: () => void) => {
+    if (!held) return dispatch.call(conn, command, callback);
+    held.push(() => dispatch.call(conn, command, callback));
+    return undefined;
+  };
+  return () => {
+    const queued = held ?? [];
+    held = undefined;
+    for (const run of queued) run();
+  };
+}
+
 /** PROXY protocol headers are read only from sockets `trusted` accepts (smtp-server's useProxy takes exact addresses only). */
 export function trustProxyHeaders(server: SMTPServer, trusted: (socket: net.Socket) => boolean): void {
   (server as unknown as ServerInternals)._expectsProxyHeader = trusted;

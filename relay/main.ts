@@ -4,11 +4,12 @@
 //   smtp-relay check-config --config FILE
 //   smtp-relay hash-password        (password on stdin)
 
+import cluster from 'node:cluster';
 import type http from 'node:http';
 import pino from 'pino';
 import prom from 'prom-client';
-import { loadCertificate } from './certificate.js';
-import { keepRestartFields, loadConfig, restartNeeded, type RelaySettings } from './config.js';
+import { loadCertificate, useTicketKeys } from './certificate.js';
+import { keepRestartFields, loadConfig, restartNeeded, upstreamFiles, type RelaySettings } from './config.js';
 import { queueCommand, startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import { hashPassword } from './password.js';
@@ -17,8 +18,10 @@ import { Upstream } from './upstream.js';
 import { loadUsers } from './users.js';
 import { TokenVerifier, loadJwks } from './sa-token.js';
 import { ValidationError } from './validate.js';
-import { oauth2Files } from './upstream-oauth2.js';
 import { watchFiles, type FileWatch } from './watch.js';
+import { IpcLimits } from './limits.js';
+import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
+import type { Queue } from './session.js';
 
 const USAGE = `usage:
   smtp-relay serve --config FILE          run the relay
@@ -81,14 +84,33 @@ async function serve(file: string): Promise<void> {
   // event loop, and lines written while one write is in flight go out together in the next
   // (a few lines per message otherwise cost a sync write each, ~7% of the relay's CPU with a
   // new connection per message). pino flushes synchronously on exit.
+  const worker = cluster.isWorker ? cluster.worker!.id : undefined;
   const logger = pino(
-    { base: { service: 'smtp-relay' }, timestamp: pino.stdTimeFunctions.isoTime, level: process.env.LOG_LEVEL ?? 'info' },
+    { base: { service: 'smtp-relay', ...(worker ? { worker } : {}) }, timestamp: pino.stdTimeFunctions.isoTime, level: process.env.LOG_LEVEL ?? 'info' },
     pino.destination({ dest: 1, sync: false }),
   );
+  if (worker === undefined) {
+    let first: RelaySettings;
+    try {
+      first = loadConfig(file);
+    } catch (err) {
+      logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start');
+      process.stderr.write(`${describe(err)}\n`);
+      process.exit(1);
+    }
+    const count = workerCount(first.workers);
+    if (count > 1) return runPrimary(file, first, count, logger);
+  }
+  // A worker: its limits and (queue mode) its spool are the primary's (relay/workers.ts),
+  // its TLS session-ticket keys those of every worker.
+  const channel = worker !== undefined ? workerChannel() : undefined;
+  const keys = worker !== undefined ? takeTicketKeys() : undefined;
+  if (keys) useTicketKeys(keys);
   let settings: RelaySettings;
   let relay: Relay;
   let upstream: Upstream;
   let queue: QueueMode | undefined;
+  let workerQueue: Queue | undefined;
   const registry = new prom.Registry();
   prom.collectDefaultMetrics({ register: registry });
   const metrics = createMetrics(registry);
@@ -98,12 +120,14 @@ async function serve(file: string): Promise<void> {
     const certificate = loadCertificate(settings.tls.certFile, settings.tls.keyFile, settings.tls);
     upstream = new Upstream(settings.upstream, { hostname: settings.hostname, dkim: settings.dkim, logger, registry });
     const up = upstream;
-    if (settings.queue) {
+    if (settings.queue && channel) {
+      workerQueue = new IpcQueue(channel);
+    } else if (settings.queue) {
       // the spool holds signed messages (Relay's data phase signs before it stores)
       queue = await startQueueMode(settings.queue, { deliver: (e, m) => up.deliver(e, m, { signed: true }), hostname: settings.hostname, logger, registry });
       logger.info({ event: 'queue_mode', directory: settings.queue.directory }, 'queue mode: a 250 once a message is in the spool');
     }
-    relay = new Relay(settings, users, certificate, upstream, logger, metrics, queue?.spool, loadTokenVerifier(settings));
+    relay = new Relay(settings, users, certificate, upstream, logger, metrics, queue?.spool ?? workerQueue, loadTokenVerifier(settings), channel && new IpcLimits(channel));
     logger.info({ event: 'certificate', subject: certificate.subject, notAfter: certificate.notAfter.toISOString(), users: users.size }, 'loaded');
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start');
@@ -111,11 +135,21 @@ async function serve(file: string): Promise<void> {
     process.exit(1);
   }
 
-  let metricsServer: http.Server;
+  let metricsServer: http.Server | undefined;
   try {
     const ports = await relay.listen();
-    metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
-    logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
+    if (channel) {
+      // the primary serves /metrics: it asks each worker for its series
+      channel.onMessage((m) => {
+        const order = m as PrimaryOrder;
+        if (order?.t === 'metrics') void registry.getMetricsAsJSON().then((json) => channel.send({ t: 'metrics', id: order.id, json }));
+      });
+      channel.send({ t: 'ready', ports });
+      logger.info({ event: 'worker_ready', ports }, 'worker ready');
+    } else {
+      metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
+      logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
+    }
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot listen');
     process.exit(1);
@@ -166,10 +200,6 @@ async function serve(file: string): Promise<void> {
       }),
     );
   }
-  const upstreamFiles = (s: RelaySettings) =>
-    [s.upstream.caFile, s.upstream.usernameFile, s.upstream.passwordFile, ...(s.upstream.oauth2 ? oauth2Files(s.upstream.oauth2) : []), ...s.dkim.map((d) => d.keyFile)].filter(
-      (f): f is string => !!f,
-    );
   let configWatch: FileWatch;
   const watchConfig = () =>
     watchFiles([file, ...upstreamFiles(settings)], () => {
@@ -215,14 +245,21 @@ async function serve(file: string): Promise<void> {
     // deliveries in progress get what is left of the grace period; the rest stays in the spool
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream.close().catch(() => undefined);
-    metricsServer.close();
-    metricsServer.closeAllConnections();
+    metricsServer?.close();
+    metricsServer?.closeAllConnections();
     logger.info({ event: 'stopped' }, 'stopped');
     logger.flush?.();
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+  if (channel) {
+    // the primary says when to drain; a primary gone (its channel closed) means the same
+    channel.onMessage((m) => {
+      if ((m as PrimaryOrder)?.t === 'stop') void stop('primary');
+    });
+    process.on('disconnect', () => void stop('primary_gone'));
+  }
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -47,6 +47,8 @@ export function createMetrics(registry: prom.Registry) {
     certificateExpiry: new prom.Gauge({
       name: 'smtp_relay_certificate_expiry_timestamp_seconds',
       help: 'Expiry (notAfter) of the certificate in use, Unix seconds.',
+      // several workers: each loads the same files (the primary none)
+      aggregator: 'max',
       registers: r,
     }),
     authAttempts: new prom.Counter({
@@ -88,6 +90,8 @@ export function createMetrics(registry: prom.Registry) {
     configReloads: new prom.Counter({
       name: 'smtp_relay_config_reloads_total',
       help: 'Reloads of watched files by kind (config, users, certificate) and result (success, failure).',
+      // several workers: each reloads the same change, counted once
+      aggregator: 'max',
       labelNames: ['kind', 'result'] as const,
       registers: r,
     }),
@@ -98,7 +102,7 @@ export type Metrics = ReturnType<typeof createMetrics>;
 
 /** Serves /metrics, /healthz (process alive) and /readyz (listeners up, not draining). */
 export function startMetricsServer(
-  registry: prom.Registry,
+  registry: { metrics(): Promise<string>; contentType: string },
   address: string,
   port: number,
   ready: () => boolean,

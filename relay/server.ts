@@ -9,12 +9,14 @@ import { SMTPServer } from 'smtp-server';
 import { loadCertificate, tlsServerOptions, type LoadedCertificate } from './certificate.js';
 import { keepRestartFields, type ListenerSettings, type RelaySettings } from './config.js';
 import { ConnectionTable, socketKey, type ShedReason } from './connections.js';
+import { LocalLimits, type SharedLimits } from './limits.js';
 import {
   checkInternals,
   checkServerInternals,
   destroyPending,
   filterCommands,
   gateAcceptedSockets,
+  holdCommands,
   openConnections,
   setServerCertificate,
   setServerLimits,
@@ -26,7 +28,6 @@ import { Logins } from './login.js';
 import { readProxyHeader } from './proxy-header.js';
 import type { Metrics } from './metrics.js';
 import { CidrSet, canonicalIp } from './policy/access.js';
-import { Lockout, RateLimiter } from './policy/lockout.js';
 import { SHUTTING_DOWN, SmtpError, oneLine } from './replies.js';
 import { POST_TLS_DISABLED, PRE_TLS_DISABLED, SessionPolicy, type Deliverer, type Queue, type RelayState } from './session.js';
 import type { UserTable } from './users.js';
@@ -48,6 +49,9 @@ interface Adopted {
   key: string;
   ip: string;
   shed(reason: ShedReason): void;
+  /** False once its socket closed (a shared-limits answer may come later). */
+  alive(): boolean;
+  conn: ServerConnection;
 }
 
 /** smtp-server's maxClients: above maxConnections, which the connect phase enforces. */
@@ -61,7 +65,10 @@ export class Relay implements RelayState {
   draining = false;
   listening = false;
   private trustedProxies: CidrSet;
-  private readonly lockout: Lockout;
+  /** Connection counts, lockout and rate limits: this process's own, or the primary's (relay/limits.ts). */
+  private readonly limits: SharedLimits;
+  /** Set when the limits are this process's own (a single-process relay): it sweeps and reloads them. */
+  private readonly localLimits?: LocalLimits;
   private readonly logins: Logins;
   private readonly table = new ConnectionTable();
   private readonly session: SessionPolicy;
@@ -85,15 +92,18 @@ export class Relay implements RelayState {
     private readonly metrics: Metrics,
     queue?: Queue,
     tokens?: TokenVerifier,
+    /** A worker's limits (relay/limits.ts IpcLimits); absent = this process's own. */
+    shared?: SharedLimits,
   ) {
     checkInternals();
     this.settings = settings;
     this.queueMode = queue !== undefined;
     this.allowed = new CidrSet(settings.access.allowedCidrs);
     this.trustedProxies = new CidrSet(settings.access.trustedProxyCidrs);
-    this.lockout = new Lockout(settings.auth.lockout);
+    if (shared) this.limits = shared;
+    else this.limits = this.localLimits = new LocalLimits({ limits: settings.limits, lockout: settings.auth.lockout }, (listener, reason) => this.countShed(listener, reason));
     this.logins = new Logins(users, metrics, tokens);
-    this.session = new SessionPolicy(this, this.table, this.logins, this.lockout, new RateLimiter(), upstream, logger, metrics, queue);
+    this.session = new SessionPolicy(this, this.table, this.logins, this.limits, upstream, logger, metrics, queue);
     this.metrics.certificateExpiry.set(Math.floor(certificate.notAfter.getTime() / 1000));
   }
 
@@ -125,11 +135,15 @@ export class Relay implements RelayState {
       ports[listener.name] = addr.port;
       this.logger.info({ event: 'listening', listener: listener.name, address: addr.address, port: addr.port, mode: listener.mode }, 'listening');
     }
-    // Connections that have not authenticated within preAuthTimeout are closed (checked each second).
-    this.sweep = setInterval(() => {
-      for (const listener of this.table.shedExpired(this.settings.limits.preAuthTimeoutMs)) this.countShed(listener, 'pre_auth_timeout');
-      this.metrics.unauthenticatedConnections.set(this.table.unauthenticatedCount);
-    }, 1000).unref();
+    // Connections that have not authenticated within preAuthTimeout are closed (checked each
+    // second), by whoever holds the limits (a worker's primary sweeps them for every worker).
+    const local = this.localLimits;
+    if (local) {
+      this.sweep = setInterval(() => {
+        local.sweep();
+        this.metrics.unauthenticatedConnections.set(local.unauthenticatedCount);
+      }, 1000).unref();
+    }
     this.listening = true;
     return ports;
   }
@@ -163,9 +177,16 @@ export class Relay implements RelayState {
       onConnect: (session, cb) => {
         const adopted = this.adopted.get(session.id);
         this.adopted.delete(session.id);
-        const refused = phases.connect(listener, session, adopted ?? { countedAtAccept: false, key: session.id });
-        if (!refused && adopted) this.trackUnauthenticated(listener, adopted);
-        cb(refused);
+        const refused = phases.connect(listener, session, adopted ?? { countedAtAccept: false, key: session.id, shed: () => undefined, alive: () => true });
+        if (!(refused instanceof Promise)) return cb(refused);
+        // A worker waits for the primary's answer: what the client sent early (e.g. EHLO in
+        // the same packet as a PROXY header) is answered after the greeting, as in one process.
+        const release = adopted ? holdCommands(adopted.conn) : undefined;
+        const answer = (r: Error | null) => {
+          cb(r);
+          release?.();
+        };
+        refused.then(answer, answer);
       },
       onSecure: (socket, session, cb) => {
         phases.tls(listener, socket, session);
@@ -219,38 +240,25 @@ export class Relay implements RelayState {
   private adopt(listener: ListenerSettings, conn: ServerConnection): void {
     const key = socketKey(conn._socket);
     const countedAtAccept = this.table.takeAccepted(conn._socket);
-    this.adopted.set(conn.id, { countedAtAccept, key, ip: canonicalIp(conn.remoteAddress), shed: (reason) => conn.send(421, SHED_REPLIES[reason]) });
-    conn._socket.once('close', () => {
+    const socket = conn._socket;
+    this.adopted.set(conn.id, {
+      countedAtAccept,
+      key,
+      ip: canonicalIp(conn.remoteAddress),
+      shed: (reason) => conn.send(421, SHED_REPLIES[reason]),
+      alive: () => !socket.destroyed,
+      conn,
+    });
+    // STARTTLS removes this listener (smtp-server's upgrade clears the plaintext socket's):
+    // the session's close (relay/session.ts close) releases the limits then.
+    socket.once('close', () => {
       this.adopted.delete(conn.id);
-      this.table.closed(key);
+      this.limits.closed(key);
     });
     if (listener.mode === 'starttls') {
       let count = 0;
       filterCommands(conn, (c) => this.session.plaintextCommand(c, ++count));
     }
-  }
-
-  /**
-   * An admitted session joins the unauthenticated connections until its AUTH succeeds
-   * (one counted at accept is there since its handshake began, and keeps its age).
-   */
-  private trackUnauthenticated(listener: ListenerSettings, a: Adopted): void {
-    if (!a.countedAtAccept) this.makeRoomForUnauthenticated(a.key);
-    this.table.trackUnauthenticated(a.key, listener.name, a.ip, a.shed);
-  }
-
-  /** At maxUnauthenticated, an unauthenticated connection goes to admit a new one (ConnectionTable.shedOldest). */
-  private makeRoomForUnauthenticated(newcomer?: string): void {
-    if (this.table.unauthenticatedCount < this.settings.limits.maxUnauthenticated) return;
-    const shed = this.table.shedOldest('unauthenticated_cap', newcomer);
-    if (shed) this.countShed(shed, 'unauthenticated_cap');
-  }
-
-  /** Sheds an unauthenticated connection for a newcomer when the relay is full; false when none is left. */
-  shedForNewcomer(newcomer: string): boolean {
-    const shed = this.table.shedOldest('relay_full', newcomer);
-    if (shed) this.countShed(shed, 'relay_full');
-    return shed !== undefined;
   }
 
   private countShed(listener: string, reason: ShedReason): void {
@@ -278,15 +286,34 @@ export class Relay implements RelayState {
       return 'refuse' as const;
     };
     if (!this.allowed.has(peer)) return refuse('ip_not_allowed', 'info', 'client address not allowed (dropped before the TLS handshake)');
-    if (this.table.count(ip) >= this.settings.limits.maxConnectionsPerIp) {
-      return refuse('too_many_connections_per_ip', 'warn', 'per-IP connection limit reached (before the TLS handshake)');
-    }
-    this.table.countSocket(socket, ip);
-    this.makeRoomForUnauthenticated();
     const key = socketKey(socket);
     // no reply is possible before the handshake: shedding drops the connection
-    this.table.trackUnauthenticated(key, listener.name, ip, () => destroyPending(server, socket));
-    socket.once('close', () => this.table.closed(key));
+    const admitted = this.limits.accept({ key, ip, listener: listener.name }, () => destroyPending(server, socket));
+    socket.once('close', () => this.limits.closed(key));
+    if (!(admitted instanceof Promise)) {
+      if (admitted !== 'ok') return refuse('too_many_connections_per_ip', 'warn', 'per-IP connection limit reached (before the TLS handshake)');
+      this.table.countSocket(socket, ip);
+      return 'accept';
+    }
+    // A worker (the primary decides): smtp-server takes the socket now, as in one process,
+    // and a refusal closes it the way a shed does. Holding the socket back until the answer
+    // came let a client's half ClientHello and FIN be read into it first, and the TLS
+    // socket later built over that crashed Node 24 (SIGSEGV, test/relay/abuse.test.ts
+    // "clients dropping during the TLS handshake" with RELAY_TEST_WORKERS=2). The answer
+    // comes in about 0.05 ms, before any handshake can have ended.
+    this.table.countSocket(socket, ip);
+    const drop = (reason: string) => {
+      if (socket.destroyed) return;
+      destroyPending(server, socket);
+      this.session.refuseConnection(listener.name, reason, 421, '');
+      this.logger.warn({ event: 'connection_refused', listener: listener.name, clientIp: ip, reason }, 'per-IP connection limit reached (at the TLS handshake)');
+    };
+    admitted.then(
+      (a) => {
+        if (a !== 'ok') drop('too_many_connections_per_ip');
+      },
+      () => drop('limits_unavailable'),
+    );
     return 'accept';
   }
 
@@ -334,7 +361,7 @@ export class Relay implements RelayState {
     this.settings = keepRestartFields(this.settings, next);
     this.allowed = new CidrSet(next.access.allowedCidrs);
     this.trustedProxies = new CidrSet(next.access.trustedProxyCidrs);
-    this.lockout.update(next.auth.lockout);
+    this.localLimits?.update({ limits: next.limits, lockout: next.auth.lockout });
     for (const { server } of this.servers) {
       setServerLimits(server, {
         size: next.limits.maxMessageSize,

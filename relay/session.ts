@@ -23,7 +23,9 @@ import type { Logins } from './login.js';
 import type { Metrics } from './metrics.js';
 import { canonicalIp, type CidrSet } from './policy/access.js';
 import { fromAddresses, otherOriginatorAddresses } from './policy/headers.js';
-import { type Lockout, type RateLimiter, userLockoutKey } from './policy/lockout.js';
+import { userLockoutKey } from './policy/lockout.js';
+import { after, type Admission, type Maybe, type SharedLimits } from './limits.js';
+import type { ShedReason } from './connections.js';
 import { MAIL_DSN_PARAMS, RCPT_DSN_PARAMS, dsnParamsIn, parseMailDsn, parseRcptDsn, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
 import { nullSenderAllowed, senderAllowed } from './policy/senders.js';
 import { LineEndingCheck } from './policy/smuggling.js';
@@ -61,8 +63,6 @@ export interface RelayState {
   readonly settings: RelaySettings;
   readonly allowed: CidrSet;
   readonly draining: boolean;
-  /** Closes the oldest unauthenticated connection to make room; false when there is none. */
-  shedForNewcomer(newcomer: string): boolean;
 }
 
 /** Commands never offered: information leaks, proxy overrides, sendmail jokes. */
@@ -85,8 +85,8 @@ export class SessionPolicy {
     private readonly relay: RelayState,
     private readonly table: ConnectionTable,
     private readonly logins: Logins,
-    private readonly lockout: Lockout,
-    private readonly rate: RateLimiter,
+    /** Connection counts, lockout and rate limits, exact for the whole relay (relay/limits.ts). */
+    private readonly limits: SharedLimits,
     private readonly upstream: Deliverer,
     private readonly logger: pino.Logger,
     private readonly metrics: Metrics,
@@ -107,31 +107,40 @@ export class SessionPolicy {
 
   // --- connect ---
 
-  connect(listener: ListenerSettings, session: SMTPServerSession, conn: { countedAtAccept: boolean; key: string }): SmtpError | null {
+  connect(
+    listener: ListenerSettings,
+    session: SMTPServerSession,
+    conn: { countedAtAccept: boolean; key: string; shed(reason: ShedReason): void; alive(): boolean },
+  ): Maybe<SmtpError | null> {
     const { countedAtAccept, key } = conn;
     const ip = canonicalIp(session.remoteAddress);
-    const { settings, allowed, draining } = this.relay;
+    const { allowed, draining } = this.relay;
     const log = { event: 'connection_refused', session: session.id, listener: listener.name, clientIp: ip };
     if (draining) return this.refuseConnection(listener.name, 'shutting_down', 421, SHUTTING_DOWN);
     if (!allowed.has(ip)) {
       this.logger.info({ ...log, reason: 'ip_not_allowed' }, 'client address not allowed');
       return this.refuseConnection(listener.name, 'ip_not_allowed', 554, '5.7.1 Access denied: your address is not allowed to use this relay');
     }
-    // Full: an unauthenticated session makes room (never an authenticated one).
-    if (this.table.sessionCount >= settings.limits.maxConnections && !this.relay.shedForNewcomer(key)) {
-      this.logger.warn({ ...log, reason: 'too_many_connections' }, 'connection limit reached');
-      return this.refuseConnection(listener.name, 'too_many_connections', 421, '4.7.0 Too many connections, try again later');
-    }
-    // A connection counted at accept is already in the count (accept refused it at the limit).
-    if (this.table.count(ip) - (countedAtAccept ? 1 : 0) >= settings.limits.maxConnectionsPerIp) {
-      this.logger.warn({ ...log, reason: 'too_many_connections_per_ip' }, 'per-IP connection limit reached');
-      return this.refuseConnection(listener.name, 'too_many_connections_per_ip', 421, '4.7.0 Too many connections from your address, try again later');
-    }
-    this.table.open(session.id, { listener: listener.name, ip, countedAtAccept, key });
-    this.metrics.connections.inc({ listener: listener.name, result: 'accepted', reason: '' });
-    this.metrics.activeConnections.inc({ listener: listener.name });
-    if (listener.mode === 'starttls') session.disabledCommands = PRE_TLS_DISABLED;
-    return null;
+    // The limits count the connection and track it as unauthenticated; when full, an
+    // unauthenticated connection makes room (never an authenticated one).
+    const admitted = this.limits.connect({ key, ip, listener: listener.name, countedAtAccept }, (reason) => conn.shed(reason));
+    return after(admitted, (a: Admission): SmtpError | null => {
+      if (a === 'too_many_connections') {
+        this.logger.warn({ ...log, reason: 'too_many_connections' }, 'connection limit reached');
+        return this.refuseConnection(listener.name, 'too_many_connections', 421, '4.7.0 Too many connections, try again later');
+      }
+      if (a === 'too_many_connections_per_ip') {
+        this.logger.warn({ ...log, reason: 'too_many_connections_per_ip' }, 'per-IP connection limit reached');
+        return this.refuseConnection(listener.name, 'too_many_connections_per_ip', 421, '4.7.0 Too many connections from your address, try again later');
+      }
+      // closed while the (shared) limits answered: its close already released it there
+      if (!conn.alive()) return new SmtpError(421, SHUTTING_DOWN);
+      this.table.open(session.id, { listener: listener.name, ip, countedAtAccept, key });
+      this.metrics.connections.inc({ listener: listener.name, result: 'accepted', reason: '' });
+      this.metrics.activeConnections.inc({ listener: listener.name });
+      if (listener.mode === 'starttls') session.disabledCommands = PRE_TLS_DISABLED;
+      return null;
+    });
   }
 
   // --- ehlo (the commands before TLS) ---
@@ -180,29 +189,38 @@ export class SessionPolicy {
     const ipKey = `ip:${state.ip}`;
     const userKey = userLockoutKey(username);
     const logUser = this.logins.has(username) ? username : '(unknown user)';
-    const locked = Math.max(this.lockout.lockedFor(ipKey), this.lockout.lockedFor(userKey));
-    if (locked > 0) {
+    // at most maxFailures checks may fail per key: a login waits while as many are running (relay/limits.ts)
+    const begun = this.limits.beginLogin([ipKey, userKey]);
+    const start = begun instanceof Promise ? await begun : begun;
+    if ('lockedMs' in start) {
+      const locked = start.lockedMs;
       this.metrics.authAttempts.inc({ mechanism, result: 'locked' });
       this.metrics.rejections.inc({ reason: 'locked_out' });
       this.logger.warn({ event: 'auth_locked', session: session.id, clientIp: state.ip, user: logUser, retryAfterSeconds: Math.ceil(locked / 1000) }, 'AUTH refused: locked out');
       throw new SmtpError(421, `4.7.0 Too many failed logins, try again in ${Math.ceil(locked / 1000)} seconds`);
     }
     // XOAUTH2 carries the token as accessToken; PLAIN and LOGIN as the password
-    const login = await this.logins.check(username, auth.password ?? auth.accessToken ?? '');
+    let login: Awaited<ReturnType<Logins['check']>>;
+    try {
+      login = await this.logins.check(username, auth.password ?? auth.accessToken ?? '');
+    } catch (err) {
+      this.limits.endLogin(start.token, { ok: undefined });
+      throw err;
+    }
     const pod = login.pod ? { pod: login.pod } : {};
     if (login.ok) {
       // Only the username's failures are forgiven. Clearing the IP's as well would let a
       // client with one valid account reset the per-IP count between guesses at others.
-      this.lockout.succeed(userKey);
+      this.limits.endLogin(start.token, { ok: true, forgive: userKey });
       this.metrics.authAttempts.inc({ mechanism, result: 'success' });
       state.user = username;
-      this.table.authenticated(state.key);
+      this.limits.authenticated(state.key);
       this.logger.info({ event: 'auth_success', session: session.id, clientIp: state.ip, user: username, mechanism, ...pod }, 'authenticated');
       return username;
     }
     this.metrics.authAttempts.inc({ mechanism, result: 'failure' });
-    const ipLocked = this.lockout.fail(ipKey);
-    const userLocked = this.lockout.fail(userKey);
+    const failedNow = this.limits.endLogin(start.token, { ok: false });
+    const [ipLocked, userLocked] = failedNow instanceof Promise ? await failedNow : failedNow;
     this.logger.info({ event: 'auth_failure', session: session.id, clientIp: state.ip, user: logUser, mechanism, ...(login.reason ? { reason: login.reason } : {}) }, 'authentication failed');
     if (ipLocked || userLocked) {
       if (ipLocked) this.metrics.lockouts.inc({ scope: 'ip' });
@@ -220,15 +238,16 @@ export class SessionPolicy {
 
   // --- mailFrom ---
 
-  mailFrom(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null | Promise<SmtpError | null> {
-    const refused = this.mailFromPolicy(address, session);
+  mailFrom(address: SMTPServerAddress, session: SMTPServerSession): Maybe<SmtpError | null> {
     const size = Number((address.args || {}).SIZE ?? 0);
-    if (refused || !this.queue || !(size > 0)) return refused;
-    // queue mode: a message the spool cannot take now is refused before its DATA is sent
-    return this.queue.checkSpace(size).then((full) => (full ? this.reject('queue_full', full.responseCode, full.message) : null));
+    return after(this.mailFromPolicy(address, session), (refused) => {
+      if (refused || !this.queue || !(size > 0)) return refused;
+      // queue mode: a message the spool cannot take now is refused before its DATA is sent
+      return this.queue.checkSpace(size).then((full) => (full ? this.reject('queue_full', full.responseCode, full.message) : null));
+    });
   }
 
-  private mailFromPolicy(address: SMTPServerAddress, session: SMTPServerSession): SmtpError | null {
+  private mailFromPolicy(address: SMTPServerAddress, session: SMTPServerSession): Maybe<SmtpError | null> {
     const state = this.table.get(session.id);
     if (!session.secure) return this.reject('tls_required', 530, TLS_REQUIRED);
     if (!session.user || !state?.user) return this.reject('auth_required', 530, AUTH_REQUIRED);
@@ -251,15 +270,13 @@ export class SessionPolicy {
       this.logger.info({ event: 'sender_refused', session: session.id, user: user.name, mailFrom: oneLine(address.address, 200) }, 'MAIL FROM not allowed');
       return this.reject('sender_not_allowed', 553, `5.7.1 Sender address not allowed for user ${user.name}`);
     }
-    if (user.rateLimit) {
-      const waitMs = this.rate.check(user.name, user.rateLimit);
-      if (waitMs > 0) {
-        const s = Math.ceil(waitMs / 1000);
-        this.logger.info({ event: 'rate_limited', session: session.id, user: user.name, retryAfterSeconds: s }, 'message rate limit reached');
-        return this.reject('rate_limited', 451, `4.7.1 Message rate limit reached for ${user.name}, try again in ${s} seconds`);
-      }
-    }
-    return null;
+    if (!user.rateLimit) return null;
+    return after(this.limits.rateWait(user.name, user.rateLimit), (waitMs) => {
+      if (waitMs <= 0) return null;
+      const s = Math.ceil(waitMs / 1000);
+      this.logger.info({ event: 'rate_limited', session: session.id, user: user.name, retryAfterSeconds: s }, 'message rate limit reached');
+      return this.reject('rate_limited', 451, `4.7.1 Message rate limit reached for ${user.name}, try again in ${s} seconds`);
+    });
   }
 
   // --- rcptTo ---
@@ -344,19 +361,25 @@ export class SessionPolicy {
     if (others.some((a) => !senderAllowed(a, user.allowedSenders))) {
       throw m.refuse('sender_not_allowed', 550, `5.7.1 Sender:/Resent-From:/Resent-Sender: address not allowed for user ${user.name}`);
     }
-    if (user.rateLimit) {
-      // mailFrom checked the limit, but parallel sessions all pass that check before any
-      // of them is recorded: check again now, and record in the same synchronous step.
-      const waitMs = this.rate.check(user.name, user.rateLimit);
+    return { state: m.state, body, user };
+  }
+
+  /**
+   * mailFrom checked the limit, but parallel sessions all pass that check before any of
+   * them is recorded: check again now, and record in the same step (rateTake).
+   */
+  private takeRate(m: Message, user: { name: string; rateLimit?: { messages: number; perMs: number } }): Maybe<void> {
+    if (!user.rateLimit) return;
+    return after(this.limits.rateTake(user.name, user.rateLimit), (waitMs) => {
       if (waitMs > 0) throw m.refuse('rate_limited', 451, `4.7.1 Message rate limit reached for ${user.name}, try again in ${Math.ceil(waitMs / 1000)} seconds`);
-      this.rate.record(user.name);
-    }
-    return { state: m.state, body };
+    });
   }
 
   /** Checks, adds the trace header and hands the message to the upstream; the 250 text, or throws the refusal. */
   private async relayMessage(m: Message): Promise<string> {
-    const { state, body } = this.checkMessage(m);
+    const { state, body, user } = this.checkMessage(m);
+    const rate = this.takeRate(m, user);
+    if (rate instanceof Promise) await rate;
     const session = m.session;
     const trace = receivedHeader({
       helo: session.hostNameAppearsAs || 'unknown',
@@ -425,6 +448,8 @@ export class SessionPolicy {
   close(session: SMTPServerSession): void {
     const state = this.table.close(session.id);
     if (!state) return;
+    // (also when its socket closes, unless STARTTLS took that socket's listeners away)
+    this.limits.closed(state.key);
     this.metrics.activeConnections.dec({ listener: state.listener });
     this.logger.info(
       {

@@ -520,11 +520,15 @@ export class Upstream {
     this.tokenExpiry = new Gauge({
       name: 'smtp_relay_upstream_token_expiry_timestamp_seconds',
       help: 'When the cached upstream OAuth2 access token stops being used (Unix time); 0 before the first token.',
+      // several workers: each holds its own token
+      aggregator: 'max',
       registers,
     });
     this.authRefused = new Gauge({
       name: 'smtp_relay_upstream_auth_refused',
       help: '1 while the upstream refused the latest AUTH (password or OAuth2 token), 0 after a successful one.',
+      // several workers: 1 while any of them is refused
+      aggregator: 'max',
       registers,
     });
     this.syncTokens(this.settings);

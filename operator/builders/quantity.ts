@@ -74,3 +74,12 @@ export function canonicalQuantity(input: string | number): string {
   const si = DECIMAL_BY_EXPONENT.get(exponent);
   return si === undefined ? String(input) : `${digits}${si}`;
 }
+
+/** A CPU quantity in cores ("2" → 2, "1500m" → 1.5, 3 → 3); undefined when it is not one. */
+export function cpuCores(input: string | number | undefined): number | undefined {
+  if (input === undefined) return undefined;
+  const m = /^(\d+(?:\.\d*)?|\.\d+)(m)?$/.exec(String(input).trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) / (m[2] ? 1000 : 1);
+  return Number.isFinite(n) ? n : undefined;
+}

@@ -32,6 +32,7 @@ import {
   type UpstreamOAuth2Spec,
 } from '../api/v1alpha1.js';
 import { childMetadata, childNames, type ChildMetadata } from './meta.js';
+import { cpuCores } from './quantity.js';
 
 export interface ConfigInputs {
   /**
@@ -62,6 +63,17 @@ export function relayListeners(relay: SmtpRelay): ListenerConfig[] {
   if (relay.spec.listeners.submission.enabled) out.push({ name: PORT_NAME_SUBMISSION, port: SUBMISSION_CONTAINER_PORT, mode: 'starttls' });
   if (relay.spec.listeners.submissions.enabled) out.push({ name: PORT_NAME_SUBMISSIONS, port: SUBMISSIONS_CONTAINER_PORT, mode: 'implicit' });
   return out;
+}
+
+/**
+ * The relay's worker processes for the pod's CPU: its CPU limit rounded up (the cgroup
+ * quota the relay's own `workers: auto` would read), else its CPU request rounded up
+ * (what the scheduler reserved), else 1. At most 64 (the relay's maximum).
+ */
+export function relayWorkers(resources: { requests?: Record<string, string | number>; limits?: Record<string, string | number> } | undefined): number {
+  const cores = cpuCores(resources?.limits?.cpu) ?? cpuCores(resources?.requests?.cpu);
+  if (cores === undefined || !(cores > 0)) return 1;
+  return Math.min(64, Math.max(1, Math.ceil(cores - 1e-9)));
 }
 
 /** The DKIM entries the relay signs with, in spec order. */
@@ -113,6 +125,10 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
     metrics: { port: METRICS_PORT },
     shutdownGracePeriod: `${RELAY_SHUTDOWN_GRACE_SECONDS}s`,
   };
+  // one worker per CPU the pod may use; 1 (the relay's default) is left out, so the
+  // config and restart hash of a one-CPU relay stay what they were
+  const workers = relayWorkers(s.resources);
+  if (workers > 1) config.workers = workers;
   const dkim: DkimKeyConfig[] = usableDkim(relay, inputs).map((d) => ({
     domain: d.domain.toLowerCase(),
     selector: d.selector,

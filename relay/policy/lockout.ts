@@ -43,6 +43,20 @@ export class Lockout {
     return left > 0 ? left : 0;
   }
 
+  /** Failures of `key` within the window now. */
+  failureCount(key: string): number {
+    const e = this.entries.get(key);
+    if (!e) return 0;
+    const t = this.now();
+    let n = 0;
+    for (const f of e.failures) if (t - f < this.settings.windowMs) n++;
+    return n;
+  }
+
+  get maxFailures(): number {
+    return this.settings.maxFailures;
+  }
+
   /** Records a failure; returns true when it started a lockout. */
   fail(key: string): boolean {
     const t = this.now();

@@ -101,6 +101,8 @@ export interface RelayOptions {
   dkim?: string;
   /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`. */
   queue?: string;
+  /** The `workers:` setting (absent: RELAY_TEST_WORKERS from the environment, else the default, one process). */
+  workers?: number | 'auto';
   env?: Record<string, string>;
   /** ServiceAccount-token logins: users naming a ServiceAccount, and the issuer the test plays (jwks.json beside users.yaml). */
   tokens?: { issuer: string; audience: string; jwks: object; users: { name: string; serviceAccount: { namespace: string; name: string }; allowedSenders: string[] }[] };
@@ -255,6 +257,7 @@ ${o.dkim ?? ''}
 metrics: {address: 127.0.0.1, port: ${ports.metrics}}
 shutdownGracePeriod: ${o.grace ?? '5s'}
 ${o.queue ? `queue: ${o.queue}` : ''}
+${(o.workers ?? process.env.RELAY_TEST_WORKERS) !== undefined ? `workers: ${o.workers ?? process.env.RELAY_TEST_WORKERS}` : ''}
 `;
   const configFile = path.join(o.dir, `relay-${Date.now()}-${Math.random().toString(36).slice(2, 6)}.yaml`);
   await fs.writeFile(configFile, config);

@@ -61,6 +61,7 @@ describe('relay config', () => {
     assert.equal(s.upstream.ehloName, 'relay.example.com');
     assert.deepEqual(s.metrics, { address: '::', port: 9090 });
     assert.equal(s.shutdownGracePeriodMs, 25_000);
+    assert.equal(s.workers, 1, 'one process unless told');
     assert.deepEqual(s.dkim, []);
   });
 
@@ -78,6 +79,7 @@ describe('relay config', () => {
 dkim: [{domain: Example.com, selector: s1, keyFile: dkim.key}]
 metrics: {address: 127.0.0.1, port: 9100}
 shutdownGracePeriod: 1m30s
+workers: auto
 `,
       ),
     );
@@ -88,6 +90,8 @@ shutdownGracePeriod: 1m30s
     assert.equal(s.limits.maxUnauthenticated, 20);
     assert.deepEqual(s.dkim, [{ domain: 'example.com', selector: 's1', keyFile: path.join(dir, 'dkim.key') }]);
     assert.equal(s.shutdownGracePeriodMs, 90_000);
+    assert.equal(s.workers, 'auto');
+    assert.equal(loadConfig(write(BASE + 'workers: 4\n')).workers, 4);
   });
 
   test('a missing config file', () => {
@@ -115,13 +119,15 @@ shutdownGracePeriod: 1m30s
     [
       'an unknown top-level field',
       (d) => (d.spool = {}),
-      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod, queue)'],
+      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod, queue, workers)'],
     ],
     [
       'more unauthenticated connections than connections',
       (d) => (d.limits = { maxConnections: 10, maxUnauthenticated: 11 }),
       ['limits.maxUnauthenticated: 11 is more than limits.maxConnections (10)'],
     ],
+    ['workers: 0', (d) => (d.workers = 0), ['workers: 0 is out of range 1..64']],
+    ['workers: a word', (d) => (d.workers = 'all'), ['workers: "all" must be a number from 1 to 64, or "auto" (one per CPU the container may use)']],
     ['a pre-auth timeout under a second', (d) => (d.limits = { preAuthTimeout: '500ms' }), ['limits.preAuthTimeout: "500ms" is too short (minimum 1000 ms)']],
     ['two listeners on one port', (d) => (d.listeners[1].port = 587), ['listeners[1].port: port 587 is already used by listeners[0] (submission)']],
     ['metrics on a listener port', (d) => (d.metrics = { port: 465 }), ['metrics.port: port 465 is already used by listeners[1] (submissions)']],
@@ -187,7 +193,7 @@ shutdownGracePeriod: 1m30s
   test('every field the loader accepts is either reloaded in place or on the restart list (a new field fails here until it is listed)', () => {
     assert.deepEqual(accepted('top'), Object.keys(FIELD_EFFECTS).sort());
     assert.deepEqual(accepted('auth'), Object.keys(FIELD_EFFECTS.auth).sort());
-    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile', 'auth.serviceAccountTokens', 'queue']);
+    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile', 'auth.serviceAccountTokens', 'queue', 'workers']);
   });
 
   test('a reload keeps every restart field at its running value and takes the rest; the warning names each one, auth.usersFile included', () => {
@@ -211,7 +217,7 @@ shutdownGracePeriod: 1m30s
 
   test('the operator\'s restart hash input holds exactly the restart fields, under the names pods were hashed with before', () => {
     const doc = parse(BASE) as RelayConfig;
-    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile', 'serviceAccountTokens', 'queue']);
+    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile', 'serviceAccountTokens', 'queue', 'workers']);
     assert.equal(restartRelevantConfig(doc).usersFile, 'users.yaml');
     // absent, so the canonical JSON (and the hash) of a relay without token logins is what it was
     assert.equal(restartRelevantConfig(doc).serviceAccountTokens, undefined);

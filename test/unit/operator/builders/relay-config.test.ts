@@ -124,3 +124,21 @@ test('the ConfigMap text is deterministic and says where it comes from', () => {
   assert.equal(a, buildConfigMap(full(), buildRelayConfig(full())).data[CONFIG_KEY]);
   assert.match(a!, /^# Rendered by smtp-relay-operator from SmtpRelay mail\/outbound;/);
 });
+
+test('workers follow the CPU the pod may use: its limit rounded up, else its request, and 1 (the default) is left out', () => {
+  const withResources = (resources: { requests?: Record<string, string | number>; limits?: Record<string, string | number> }) => {
+    const r = full();
+    r.spec.resources = resources;
+    return buildRelayConfig(r);
+  };
+  assert.equal(buildRelayConfig(full()).workers, undefined, 'the default limit (1 CPU): one process, config as before');
+  assert.equal(withResources({ limits: { cpu: '2', memory: '512Mi' }, requests: { cpu: '500m' } }).workers, 2);
+  assert.equal(withResources({ limits: { cpu: '2500m' } }).workers, 3);
+  assert.equal(withResources({ limits: { cpu: 4 } }).workers, 4);
+  assert.equal(withResources({ limits: { memory: '512Mi' }, requests: { cpu: '1500m' } }).workers, 2, 'no CPU limit: the request');
+  assert.equal(withResources({ limits: { cpu: '500m' } }).workers, undefined);
+  // the ConfigMap's YAML carries it at the top level, where the relay reads it (test/unit/relay/config.test.ts)
+  const r = full();
+  r.spec.resources = { limits: { cpu: '3' } };
+  assert.match(buildConfigMap(r, buildRelayConfig(r)).data[CONFIG_KEY]!, /^workers: 3$/m);
+});
