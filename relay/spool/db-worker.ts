@@ -11,7 +11,7 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { DbReply, DbRequest, LoadedRow, OpenResult } from './db-protocol.js';
+import type { DbReply, DbRequest, LoadedRow, OpenResult, SpaceInfo } from './db-protocol.js';
 
 const { directory } = workerData as { directory: string };
 const DB_FILE = 'spool.db';
@@ -103,6 +103,7 @@ function open(): OpenResult {
     const salvaged = salvage(moved);
     result.quarantined.push({ id: DB_FILE, reason: `database unreadable: ${(err as Error).message}; ${salvaged} intact message(s) copied back`, file: moved });
   }
+  sizeReserve();
   reserveGone = !makeReserve();
   st = {
     insert: db.prepare('INSERT INTO message (id, envelope, state, size, crc, body) VALUES (?, ?, ?, ?, ?, ?)'),
@@ -196,17 +197,32 @@ function errorOf(err: unknown): { code: string; message: string } {
 // space to record even a DELETE (the WAL grows first), so a disk filled to the last byte
 // by new mail could otherwise never be emptied by delivering it. On ENOSPC this file is
 // removed, the writes that free space are retried, and new mail is refused until the
-// reserve can be made again (after a delete).
+// reserve can be made again (after a delete). Its size: a checkpoint of the WAL may have
+// to grow spool.db by the WAL's size before the WAL's own space can be given back; with a
+// reserve smaller than the WAL, a disk filled to the last byte could never be emptied
+// (seen with 256 KiB and SQLite's default 4 MiB checkpoint: the spool refused forever).
+// So the reserve is an eighth of the volume (256 KiB to 5 MiB), and the WAL is
+// checkpointed before it outgrows four fifths of the reserve (SQLite's default of 1,000
+// pages from a 40 MiB volume up, so real volumes keep the default).
 const RESERVE_FILE = 'reserve';
-export const RESERVE_BYTES = 256 * 1024;
+const RESERVE_MIN = 256 * 1024;
+const RESERVE_MAX = 5 * 1024 * 1024;
+let reserveBytes = RESERVE_MIN;
+
+function sizeReserve(): void {
+  const st = fs.statfsSync(directory);
+  reserveBytes = Math.min(RESERVE_MAX, Math.max(RESERVE_MIN, Math.floor((st.blocks * st.bsize) / 8 / 4096) * 4096));
+  const pageSize = (db.prepare('PRAGMA page_size').get() as { page_size: number }).page_size;
+  db.exec(`PRAGMA wal_autocheckpoint=${Math.max(16, Math.min(1000, Math.floor((reserveBytes * 0.8) / pageSize)))}`);
+}
 let reserveGone = false;
 let reserveTried = 0;
 
 function makeReserve(): boolean {
   const file = path.join(directory, RESERVE_FILE);
   try {
-    if (fs.existsSync(file) && fs.statSync(file).size === RESERVE_BYTES) return true;
-    fs.writeFileSync(file, Buffer.alloc(RESERVE_BYTES));
+    if (fs.existsSync(file) && fs.statSync(file).size === reserveBytes) return true;
+    fs.writeFileSync(file, Buffer.alloc(reserveBytes));
     return true;
   } catch {
     fs.rmSync(file, { force: true });
@@ -245,6 +261,64 @@ function runGroup(group: DbRequest[]): DbReply[] {
     }
     throw err;
   }
+}
+
+/**
+ * The room inside the database: delivered messages leave free pages in spool.db (SQLite
+ * does not give them back to the file system, and new messages reuse them), and the WAL
+ * keeps its peak size until it is truncated. Near a full disk the store asks for a
+ * truncating checkpoint first, so that the file system sees the WAL's space again.
+ */
+function space(truncateWal: boolean): SpaceInfo {
+  const pageSize = (db.prepare('PRAGMA page_size').get() as { page_size: number }).page_size;
+  const freePages = () => (db.prepare('PRAGMA freelist_count').get() as { freelist_count: number }).freelist_count;
+  if (truncateWal) {
+    checkpointTruncate();
+    // Free pages are reused by new messages only through the WAL, which needs room on the
+    // file system first: with the disk full of a mostly empty database, give the pages
+    // back (VACUUM rewrites just the live rows) when that fits in what is free.
+    const pages = (db.prepare('PRAGMA page_count').get() as { page_count: number }).page_count;
+    const free = freePages();
+    const live = (pages - free) * pageSize;
+    if (free > 0 && free * 2 >= pages && Date.now() - lastVacuum > VACUUM_EVERY_MS) {
+      lastVacuum = Date.now();
+      fs.rmSync(path.join(directory, RESERVE_FILE), { force: true });
+      try {
+        if (live <= fsFree()) {
+          db.exec('VACUUM');
+          checkpointTruncate();
+        }
+      } catch {
+        /* no room after all: counted as before */
+      } finally {
+        reserveGone = !makeReserve();
+      }
+    }
+  }
+  let walBytes = 0;
+  try {
+    walBytes = fs.statSync(path.join(directory, `${DB_FILE}-wal`)).size;
+  } catch {
+    /* no WAL file */
+  }
+  return { freelistBytes: freePages() * pageSize, walBytes, reserveMissingBytes: reserveGone ? reserveBytes : 0 };
+}
+
+/** At most one VACUUM attempt this often (a failed one costs a read of every live row). */
+const VACUUM_EVERY_MS = 30_000;
+let lastVacuum = 0;
+
+function checkpointTruncate(): void {
+  try {
+    db.exec('PRAGMA wal_checkpoint(TRUNCATE)');
+  } catch {
+    /* busy (the queue tool reading): the next check tries again */
+  }
+}
+
+function fsFree(): number {
+  const st = fs.statfsSync(directory);
+  return st.bavail * st.bsize;
 }
 
 let batch: DbRequest[] = [];
@@ -291,6 +365,17 @@ parentPort!.on('message', (req: DbRequest) => {
     let reply: DbReply;
     try {
       reply = { seq: req.seq, ok: true, value: open() };
+    } catch (err) {
+      reply = { seq: req.seq, ok: false, error: errorOf(err) };
+    }
+    parentPort!.postMessage([reply]);
+    return;
+  }
+  if (req.op === 'space') {
+    // Between groups, never inside a transaction (a checkpoint cannot run in one).
+    let reply: DbReply;
+    try {
+      reply = { seq: req.seq, ok: true, value: space(req.truncateWal) };
     } catch (err) {
       reply = { seq: req.seq, ok: false, error: errorOf(err) };
     }

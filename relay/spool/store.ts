@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import type pino from 'pino';
-import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow } from './db-protocol.js';
+import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow, SpaceInfo } from './db-protocol.js';
 import type { SpoolMetrics } from './metrics.js';
 import type { MessageDsn, RecipientDsn } from '../policy/dsn-params.js';
 import { checkState, initialState, type EntryState, type StoredEnvelope } from './types.js';
@@ -87,6 +87,10 @@ export interface SpoolOptions {
 
 /** How long a free-space reading is trusted (bytes written since are subtracted). */
 const STATFS_TTL_MS = 1000;
+/** Below 2 × minFreeSpace + this much free on the file system, the database's own free pages are counted too. */
+const NEAR_FULL_MARGIN = 64 * 1024 ** 2;
+/** Removals that could not be written (disk full) are retried this often. */
+const DELETE_RETRY_MS = 1000;
 
 export class Spool {
   readonly directory: string;
@@ -99,7 +103,15 @@ export class Spool {
   private worker?: Worker;
   private seq = 0;
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private free?: { bytes: number; at: number; writtenSince: number };
+  private free?: { bytes: number; inside: number; at: number; writtenSince: number };
+  /**
+   * Messages delivered (or deleted) whose removal could not be written yet (a full disk:
+   * SQLite needs room even to delete). They are gone for this process at once, so they
+   * are never delivered twice; the delete is retried every second until it lands. A crash
+   * before that delivers them again after the restart, the one duplicate docs/spool.md allows.
+   */
+  private readonly pendingDeletes = new Map<string, Entry>();
+  private retryTimer?: ReturnType<typeof setTimeout>;
   private readonly log: pino.Logger;
   private readonly metrics: SpoolMetrics;
   limits: SpoolLimits;
@@ -176,14 +188,32 @@ export class Spool {
     return v;
   }
 
-  /** Free bytes on the spool's file system (cached for a second, minus what was written since). */
-  private async freeBytes(): Promise<number> {
+  /**
+   * Free bytes for new messages (cached for a second, minus what was written since): the
+   * file system's, and near its limit also the free pages inside spool.db, which new
+   * messages reuse before the file grows. Without them a spool that once filled its disk
+   * would stay "full" after delivering everything (SQLite keeps freed pages in the file).
+   */
+  private async freeBytes(): Promise<{ fs: number; total: number }> {
     const now = performance.now();
     if (!this.free || now - this.free.at > STATFS_TTL_MS) {
-      const s = await fsp.statfs(this.directory);
-      this.free = { bytes: s.bavail * s.bsize, at: now, writtenSince: 0 };
+      const statfs = async () => {
+        const s = await fsp.statfs(this.directory);
+        return s.bavail * s.bsize;
+      };
+      let fsFree = await statfs();
+      let inside = 0;
+      if (fsFree < 2 * this.limits.minFreeBytes + NEAR_FULL_MARGIN) {
+        const sp = (await this.request({ op: 'space', truncateWal: true })) as SpaceInfo;
+        // While the delivery reserve is given up, the database thread refuses new mail
+        // until it can make it again: that room is not free for messages.
+        fsFree = (await statfs()) - sp.reserveMissingBytes;
+        inside = sp.freelistBytes;
+      }
+      this.free = { bytes: fsFree, inside, at: now, writtenSince: 0 };
     }
-    return this.free.bytes - this.free.writtenSince;
+    const fsFree = this.free.bytes - this.free.writtenSince;
+    return { fs: fsFree, total: fsFree + Math.max(0, this.free.inside - this.free.writtenSince) };
   }
 
   /**
@@ -194,14 +224,15 @@ export class Spool {
     const l = this.limits;
     if (this.entries.size + this.reservedMessages + 1 > l.maxMessages) return new SpoolFullError('max_messages', `${l.maxMessages} messages`);
     if (this.bytes + this.reserved + size > l.maxBytes) return new SpoolFullError('max_bytes', `${l.maxBytes} bytes`);
-    let free: number;
+    let free: { fs: number; total: number };
     try {
       free = await this.freeBytes();
     } catch {
       return undefined; // no statfs: the write itself will tell (ENOSPC)
     }
-    // Room for the message twice over: the WAL holds it, then the checkpoint copies it.
-    if (free - 2 * size < l.minFreeBytes) return new SpoolFullError('disk_space', 'disk nearly full');
+    // Room for the message twice over: the WAL holds it (on the file system), then the
+    // checkpoint copies it into the database (into its free pages, else the file grows).
+    if (free.fs - size < l.minFreeBytes || free.total - 2 * size < l.minFreeBytes) return new SpoolFullError('disk_space', 'disk nearly full');
     return undefined;
   }
 
@@ -269,9 +300,38 @@ export class Spool {
   async remove(id: string): Promise<void> {
     const e = this.entries.get(id);
     if (!e) return;
-    await this.timed('delete', this.request({ op: 'delete', id }));
-    if (this.entries.delete(id)) this.bytes -= e.size;
+    this.entries.delete(id);
     this.updateGauges();
+    try {
+      await this.timed('delete', this.request({ op: 'delete', id }));
+      this.bytes -= e.size;
+    } catch (err) {
+      if (!this.worker) throw err; // closed: the entry is still in the database, as it must be
+      this.pendingDeletes.set(id, e);
+      this.log.warn({ id, err: (err as Error).message, pending: this.pendingDeletes.size }, 'could not record a removal in the spool yet; retrying every second');
+      this.retryDeletes();
+    }
+  }
+
+  private retryDeletes(): void {
+    if (this.retryTimer || this.pendingDeletes.size === 0 || !this.worker) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void Promise.all(
+        [...this.pendingDeletes].map(async ([id, e]) => {
+          try {
+            await this.request({ op: 'delete', id });
+            if (this.pendingDeletes.delete(id)) this.bytes -= e.size;
+          } catch {
+            /* still no room: next round */
+          }
+        }),
+      ).then(() => {
+        if (this.pendingDeletes.size === 0) this.log.info('pending spool removals recorded');
+        this.retryDeletes();
+      });
+    }, DELETE_RETRY_MS);
+    this.retryTimer.unref();
   }
 
   /** The message bytes, checked against their checksum. */
@@ -327,6 +387,13 @@ export class Spool {
   async close(): Promise<void> {
     const w = this.worker;
     if (!w) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    // One last try for removals the disk had no room for; what still fails is delivered again after the restart.
+    for (const id of [...this.pendingDeletes.keys()]) {
+      if (await this.request({ op: 'delete', id }).then(() => true, () => false)) this.pendingDeletes.delete(id);
+    }
+    if (this.pendingDeletes.size) this.log.warn({ pending: this.pendingDeletes.size }, 'spool closed with removals not recorded: those messages are delivered again after the restart');
     await this.request({ op: 'close' }).catch(() => undefined);
     this.worker = undefined;
     await w.terminate();
