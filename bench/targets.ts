@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { programs } from '../entrypoint.js';
 import { usersYaml, SecretDir } from '../test/relay/harness.js';
 import type { CertFiles } from '../test/harness/support/pki.js';
+import { POSTFIX_MASTER_CF_SERVICES } from '../test/harness/support/postfix.js';
 import { atExit, freePort, processTree, sleep, startProcess, stopProcess, waitForPort } from './common.js';
 
 export const USER = 'bench';
@@ -191,31 +192,6 @@ export interface PostfixTarget extends Target {
   configDir: string;
 }
 
-const MASTER_CF_SERVICES = `
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-tlsproxy  unix  -       -       n       -       0       tlsproxy
-`;
 
 /**
  * A Postfix instance of its own (config_directory, queue_directory and data_directory
@@ -302,7 +278,7 @@ ${submission} inet n - n - - smtpd
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o mynetworks=
-${MASTER_CF_SERVICES}`,
+${POSTFIX_MASTER_CF_SERVICES}`,
   );
   const sasldb = path.join(etc, 'sasldb2');
   writeFileSync(path.join(sasl, 'smtpd.conf'), `pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: ${sasldb}\n`);

@@ -39,8 +39,12 @@ export interface PostfixClient {
   stop(): Promise<void>;
 }
 
-/** Postfix's daemons as Debian's master.cf has them (chroot off: the instance's paths are not in a jail). */
-const MASTER_CF = `pickup    unix  n       -       n       60      1       pickup
+/**
+ * Postfix's daemons as Debian's master.cf has them (chroot off: an instance's paths are
+ * not in a jail), without smtpd: each instance adds its own listeners. Shared with the
+ * bench's Postfix (bench/targets.ts).
+ */
+export const POSTFIX_MASTER_CF_SERVICES = `pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
@@ -62,6 +66,7 @@ local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsproxy  unix  -       -       n       -       0       tlsproxy
 `;
 
 function need(bin: string): string {
@@ -135,7 +140,7 @@ smtp_sasl_tls_security_options = noanonymous
 `,
   );
   // no inet service at all: mail comes in through sendmail (postdrop) and pickup
-  await fs.writeFile(path.join(etc, 'master.cf'), MASTER_CF);
+  await fs.writeFile(path.join(etc, 'master.cf'), POSTFIX_MASTER_CF_SERVICES);
   const run = (...args: string[]) => execFileSync(postfix, ['-c', etc, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
   const readLog = () => fs.readFile(maillog, 'utf8').catch(() => '');
   try {
