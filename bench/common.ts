@@ -75,6 +75,22 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * CPU seconds of a process and of its children that have exited and been waited for
+ * (utime + stime + cutime + cstime). Summed over a process tree (processTree), a delta
+ * counts every process that ran in between, also the ones that came and went (Postfix's
+ * smtpd, cleanup and smtp are reaped by its master, whose cutime then holds their CPU).
+ */
+export function cpuSecondsWithReaped(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
 /** Resident set size in KiB (VmRSS) of a process; 0 if gone. */
 export function rssKiB(pid: number): number {
   try {

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createPki } from '../test/harness/support/pki.js';
-import { cpuSeconds, fmt, log, machineBusySeconds, median, percentile, sleep, table } from './common.js';
+import { cpuSecondsWithReaped, fmt, log, machineBusySeconds, median, percentile, sleep, table } from './common.js';
 import { runLoad, type LoadResult, type SendOptions } from './loadgen.js';
 import { PASS, USER, postfixQueueSize, startPostfix, startRelay, startSmtpSink, startStunnel, type PostfixTarget, type Target } from './targets.js';
 
@@ -38,6 +38,8 @@ interface Measured {
   load: LoadResult;
   /** Target CPU seconds per second (1.0 = one core). */
   targetCores: number;
+  /** Target CPU per acknowledged message (µs), from the start of the load until its queue drained (Postfix delivers after the window). */
+  cpuPerMsgUs: number;
   machineBusy: number;
   drainMs: number;
   /** Wall time of the load run (warm-up + window + ramp-down), s. */
@@ -51,14 +53,14 @@ export interface ThroughputOutput {
 }
 
 async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Partial<SendOptions> = {}): Promise<Measured> {
-  const pids = c.target.pids();
-  const cpu0 = pids.reduce((a, p) => a + cpuSeconds(p), 0);
+  // Every process of the target, also those that come and go (their CPU reaches their parent's cutime when reaped).
+  const targetCpu = () => c.target.pids().reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
+  const cpu0 = targetCpu();
   const busy0 = machineBusySeconds();
   const t0 = performance.now();
   const load = await runLoad({ mode: 'send', connections: cfg.connections, durationMs: cfg.durationMs, warmupMs: cfg.warmupMs, ...c.load, ...extra }, cfg.processes, cores);
   const secs = (performance.now() - t0) / 1000;
-  // Postfix's smtpd/cleanup/smtp processes come and go, so their CPU cannot be summed from /proc.
-  const targetCores = c.target.name === 'postfix' ? NaN : (c.target.pids().reduce((a, p) => a + cpuSeconds(p), 0) - cpu0) / secs;
+  const targetCores = (targetCpu() - cpu0) / secs;
   const machineBusy = (machineBusySeconds() - busy0) / secs / cores;
   let drainMs = 0;
   if (c.drain) {
@@ -66,8 +68,9 @@ async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Par
     while (postfixQueueSize(c.drain) > 0 && performance.now() - d0 < 30_000) await sleep(200);
     drainMs = performance.now() - d0;
   }
+  const cpuPerMsgUs = load.acked ? ((targetCpu() - cpu0) / load.acked) * 1e6 : NaN;
   if (load.failed) log(`${c.key}: ${load.failed} failed, e.g. ${load.errors.join(' | ')}`);
-  return { load, targetCores, machineBusy, drainMs, runS: secs };
+  return { load, targetCores, cpuPerMsgUs, machineBusy, drainMs, runS: secs };
 }
 
 export async function throughputAndLatency(cfg: ThroughputConfig): Promise<ThroughputOutput> {
@@ -132,11 +135,13 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
       log(`smtp-source -> smtp-sink: ${fmt(smtpSource)} msgs/s`);
     }
     const rates: Record<string, number> = {};
+    const cpuUs: Record<string, number> = {};
     const rows: (string | number)[][] = [];
     for (const c of cases) {
       const ms = results.get(c.key)!;
       const rate = median(ms.map((m) => m.load.msgsPerSec));
       rates[c.key] = rate;
+      cpuUs[c.key] = median(ms.map((m) => m.cpuPerMsgUs));
       if (c.drain) rates[`${c.key}_e2e`] = median(ms.map((m) => (m.load.msgsPerSec * m.runS) / (m.runS + m.drainMs / 1000)));
       const resumed = ms.reduce((a, m) => a + m.load.tlsResumed, 0);
       const hs = ms.reduce((a, m) => a + m.load.tlsHandshakes, 0);
@@ -145,7 +150,8 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
         fmt(rate),
         ms.map((m) => fmt(m.load.msgsPerSec)).join(' / '),
         `${fmt(median(ms.map((m) => m.load.cpuShare * 100)))}%`,
-        c.target.name === 'postfix' ? 'n/a (processes come and go)' : `${fmt(median(ms.map((m) => m.targetCores * 100)))}%`,
+        `${fmt(median(ms.map((m) => m.targetCores * 100)))}%`,
+        fmt(median(ms.map((m) => m.cpuPerMsgUs))),
         `${fmt(median(ms.map((m) => m.machineBusy * 100)))}%`,
         c.load.pooled ? '-' : hs ? `${fmt((resumed / hs) * 100)}%` : 'n/a',
         ms.reduce((a, m) => a + m.load.failed, 0),
@@ -154,9 +160,10 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
       ]);
     }
     const ratio = (x: string, y: string) => (rates[x] && rates[y] ? `${(rates[x]! / rates[y]!).toFixed(2)}` : 'n/a');
+    const cpuRatio = (x: string, y: string) => (cpuUs[x] && cpuUs[y] ? `${(cpuUs[x]! / cpuUs[y]!).toFixed(2)} (${fmt(cpuUs[x]!)} / ${fmt(cpuUs[y]!)} µs)` : 'n/a');
     let text =
       `### Scenario 1: throughput (10 KB messages, ${cfg.connections} connections, ${cfg.reps} runs of ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warmup, median)\n\n` +
-      table(['target', 'msgs/s (median)', 'runs', 'generator CPU (of all cores)', 'target CPU (of one core)', 'machine busy', 'TLS resumed', 'failed', 'Postfix queue drain after run (ms)', 'delivered to the sink, incl. drain (≈ msgs/s)'], rows) +
+      table(['target', 'msgs/s (median)', 'runs', 'generator CPU (of all cores)', 'target CPU (of one core)', 'target CPU per message (µs, incl. its queue drain)', 'machine busy', 'TLS resumed', 'failed', 'Postfix queue drain after run (ms)', 'delivered to the sink, incl. drain (≈ msgs/s)'], rows) +
       `\n\nReference: Postfix's smtp-source (${cfg.connections} sessions, 20,000 messages of 10,240 bytes, one run) -> the same smtp-sink: ${fmt(smtpSource)} msgs/s, against our generator's ${fmt(rates['a'] ?? NaN)} msgs/s in row a).\n\n` +
       table(
         ['ratio', 'value', 'goal'],
@@ -170,6 +177,9 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
           ...(perCore ? [[`bNW/cN  new connection per message, ${cores} workers`, ratio('bNW', 'cN'), '>= 2']] : []),
           ['bNc/cN  new connection per message, cheap hash', ratio('bNc', 'cN'), '>= 2'],
           ['b/cP  relay (TLS+AUTH, its only mode) vs Postfix plain', ratio('b', 'cP'), '>= 2'],
+          ['CPU per message, pooled: relay b / Postfix c (all its processes)', cpuRatio('b', 'c'), '<= 0.5'],
+          ...(perCore ? [[`CPU per message, pooled: relay bW (${cores} workers) / Postfix c`, cpuRatio('bW', 'c'), '<= 0.5']] : []),
+          ['CPU per message, new connection: relay bN / Postfix cN', cpuRatio('bN', 'cN'), '<= 0.5'],
         ],
       ) +
       '\n';
