@@ -3,7 +3,7 @@
 // gives tests a raw SMTP client for the adversarial cases.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -284,8 +284,23 @@ export function restartRelay(prev: RelayProcess): Promise<RelayProcess> {
   return spawnRelay(prev.configFile, prev.ports, prev.tlsDir, prev.usersDir);
 }
 
+/** Folders made by tempDir in this test process: removed when it exits (KEEP_TEST_DIRS=1 keeps them to look into). */
+const tempDirs: string[] = [];
+process.once('exit', () => {
+  if (process.env['KEEP_TEST_DIRS'] === '1') return;
+  for (const d of tempDirs) {
+    try {
+      rmSync(d, { recursive: true, force: true });
+    } catch {
+      /* a mount still inside it: left for the next look */
+    }
+  }
+});
+
 export async function tempDir(prefix: string): Promise<string> {
-  return fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  const d = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
 }
 
 // --- a raw SMTP client for adversarial tests ---
