@@ -9,47 +9,17 @@
 // The same checks at a smaller scale are a test (test/relay/flood.test.ts).
 
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
 import { createPki } from '../test/harness/support/pki.js';
 import { fmt, log, rssKiB, sleep, table } from './common.js';
 import { PASS, USER, startRelay, startSmtpSink, startStunnel } from './targets.js';
+import { startIdleFlood } from '../test/harness/support/flood.js';
 
 const PER_IP = 20;
 
-/** Idle connections from `addresses` × PER_IP, each reopened when the relay closes it, until stop(). */
-function flood(port: number, addresses: string[], maxOpens: number) {
-  let opens = 0;
-  let stopped = false;
-  const sockets = new Set<net.Socket>();
-  const open = (localAddress: string) => {
-    if (stopped || opens >= maxOpens) return;
-    opens++;
-    const s = net.connect({ host: '127.0.0.1', port, localAddress });
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('data', () => undefined);
-    s.on('close', () => {
-      sockets.delete(s);
-      setImmediate(() => open(localAddress));
-    });
-  };
-  for (const a of addresses) for (let i = 0; i < PER_IP; i++) open(a);
-  return {
-    get opens() {
-      return opens;
-    },
-    get open() {
-      return sockets.size;
-    },
-    stop() {
-      stopped = true;
-      for (const s of sockets) s.destroy();
-    },
-  };
-}
+const flood = (port: number, addresses: string[], maxOpens: number) => startIdleFlood(port, addresses, PER_IP, maxOpens);
 
 async function metric(port: number, name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();

@@ -6,12 +6,12 @@
 // Loopback only (127.0.0.0/8 source addresses), every loop bounded in count and time.
 
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import nodemailer from 'nodemailer';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { RawSmtp, delay, message, startRelay, tempDir, type RelayProcess, stopAll } from './harness.js';
+import { startIdleFlood } from '../harness/support/flood.js';
 
 let pki: Pki;
 let sink: Sink;
@@ -36,38 +36,7 @@ before(async () => {
 
 after(() => stopAll(relay, sink, pki));
 
-/** Idle connections from `addresses` × PER_IP, each reopened when the relay closes it, until stop(). */
-function flood(port: number, addresses: string[], maxOpens: number) {
-  let opens = 0;
-  let stopped = false;
-  const sockets = new Set<net.Socket>();
-  const open = (localAddress: string) => {
-    if (stopped || opens >= maxOpens) return;
-    opens++;
-    const s = net.connect({ host: '127.0.0.1', port, localAddress });
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('data', () => undefined); // read the greeting and the 421, say nothing
-    s.on('close', () => {
-      sockets.delete(s);
-      // reconnect at once: the attacker keeps the pressure on
-      setImmediate(() => open(localAddress));
-    });
-  };
-  for (const a of addresses) for (let i = 0; i < PER_IP; i++) open(a);
-  return {
-    get opens() {
-      return opens;
-    },
-    get open() {
-      return sockets.size;
-    },
-    stop() {
-      stopped = true;
-      for (const s of sockets) s.destroy();
-    },
-  };
-}
+const flood = (port: number, addresses: string[], maxOpens: number) => startIdleFlood(port, addresses, PER_IP, maxOpens);
 
 /** Sends `n` messages, each over a new connection (STARTTLS + AUTH), from 127.0.0.1; the number delivered. */
 async function legitimate(n: number): Promise<number> {
