@@ -463,6 +463,8 @@ export const FIELD_EFFECTS = {
   queue: 'restart',
   // processes are forked at start
   workers: 'restart',
+  // the peer listener binds at start; the sibling list is re-read (relay/peers.ts)
+  peers: { address: 'restart', port: 'restart', tokenFile: 'restart', service: 'reload', addresses: 'reload', refreshInterval: 'reload' },
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';
