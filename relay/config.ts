@@ -55,7 +55,8 @@ export interface RelaySettings {
   limits: LimitsSettings;
   upstream: UpstreamConfig;
   dkim: DkimKeyConfig[];
-  metrics: { address: string; port: number };
+  /** controlTokenFile: absolute; absent = the control endpoints answer 404 (relay/control.ts). */
+  metrics: { address: string; port: number; controlTokenFile?: string };
   shutdownGracePeriodMs: number;
   /** Worker processes: a count, or 'auto' (relay/workers.ts workerCount). */
   workers: number | 'auto';
@@ -329,12 +330,15 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
   }
 
   // metrics
-  const metrics = { address: DEFAULTS.metricsAddress, port: DEFAULTS.metricsPort };
+  const metrics: RelaySettings['metrics'] = { address: DEFAULTS.metricsAddress, port: DEFAULTS.metricsPort };
   if (cfg.metrics !== undefined) {
-    const o = c.object('metrics', cfg.metrics, [], ['address', 'port']);
+    const o = c.object('metrics', cfg.metrics, [], ['address', 'port', 'controlTokenFile']);
     if (o) {
       if (o.address !== undefined) metrics.address = c.ip('metrics.address', o.address) ?? metrics.address;
       if (o.port !== undefined) metrics.port = c.port('metrics.port', o.port) ?? metrics.port;
+      // must exist at start; its content is read per request (a rotated token applies at once)
+      const tokenFile = readable(c, 'metrics.controlTokenFile', o.controlTokenFile === undefined ? undefined : c.string('metrics.controlTokenFile', o.controlTokenFile), baseDir);
+      if (tokenFile) metrics.controlTokenFile = tokenFile;
     }
   }
   claimPort('metrics.port', metrics.port, metrics.address, 'metrics');

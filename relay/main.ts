@@ -20,7 +20,9 @@ import { TokenVerifier, loadJwks } from './sa-token.js';
 import { ValidationError } from './validate.js';
 import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
-import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
+import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, DRAINING_ENV, type PrimaryOrder } from './workers.js';
+import { startDrainControl } from './control.js';
+import type { PeerLink } from './handoff.js';
 import type { Queue } from './session.js';
 
 const USAGE = `usage:
@@ -135,6 +137,33 @@ async function serve(file: string): Promise<void> {
     process.exit(1);
   }
 
+  let stopping = false;
+  // The peer channel (relay/peers.ts): hand-off of queued messages between siblings.
+  const peers: PeerLink | undefined = undefined;
+  let control: Awaited<ReturnType<typeof startDrainControl>> | undefined;
+  if (channel) {
+    // a worker forked while the relay drains starts draining (the primary's later orders follow)
+    if (process.env[DRAINING_ENV] === '1') relay.setDrain(true);
+    delete process.env[DRAINING_ENV];
+  } else {
+    try {
+      const r = relay;
+      control = await startDrainControl({
+        ...(settings.metrics.controlTokenFile ? { tokenFile: settings.metrics.controlTokenFile } : {}),
+        ...(queue ? { queue } : {}),
+        ...(peers ? { peers } : {}),
+        maxMessageBytes: settings.limits.maxMessageSize,
+        setIntake: (d) => r.setDrain(d),
+        running: () => !stopping,
+        logger,
+        registry,
+      });
+    } catch (err) {
+      logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start the drain control');
+      process.exit(1);
+    }
+  }
+
   let metricsServer: http.Server | undefined;
   try {
     const ports = await relay.listen();
@@ -143,11 +172,12 @@ async function serve(file: string): Promise<void> {
       channel.onMessage((m) => {
         const order = m as PrimaryOrder;
         if (order?.t === 'metrics') void registry.getMetricsAsJSON().then((json) => channel.send({ t: 'metrics', id: order.id, json }));
+        else if (order?.t === 'drain') relay.setDrain(order.on);
       });
       channel.send({ t: 'ready', ports });
       logger.info({ event: 'worker_ready', ports }, 'worker ready');
     } else {
-      metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
+      metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready, control?.handler);
       logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
     }
   } catch (err) {
@@ -233,7 +263,6 @@ async function serve(file: string): Promise<void> {
     });
   configWatch = watchConfig();
 
-  let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;

@@ -23,6 +23,8 @@ import prom from 'prom-client';
 import { loadConfig, upstreamFiles, type RelaySettings } from './config.js';
 import { LimitServer, LocalLimits, type Channel, type LimitCall } from './limits.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
+import { startDrainControl } from './control.js';
+import type { PeerLink } from './handoff.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
@@ -167,7 +169,10 @@ export class IpcQueue implements Queue {
 }
 
 /** Messages from the primary to a worker besides the limits' and the queue's. */
-export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'stop' };
+export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'stop' } | { t: 'drain'; on: boolean };
+
+/** Set to "1" in the environment of a worker forked while the relay drains (relay/control.ts). */
+export const DRAINING_ENV = 'SMTP_RELAY_DRAINING';
 
 /** Messages from a worker besides the limits' and the queue's. */
 export type WorkerNotice = { t: 'ready'; ports: Record<string, number> } | { t: 'metrics'; id: number; json: prom.MetricObjectWithValues<prom.MetricValue<string>>[] };
@@ -244,10 +249,32 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     }
   };
 
+  // The drain (relay/control.ts): the primary owns the spool, so it serves the control
+  // endpoints and the hand-off, and orders its workers to refuse or take mail.
+  const peers: PeerLink | undefined = undefined;
+  let control: Awaited<ReturnType<typeof startDrainControl>>;
+  try {
+    control = await startDrainControl({
+      ...(settings.metrics.controlTokenFile ? { tokenFile: settings.metrics.controlTokenFile } : {}),
+      ...(queue ? { queue } : {}),
+      ...(peers ? { peers } : {}),
+      maxMessageBytes: settings.limits.maxMessageSize,
+      setIntake: (on) => {
+        for (const w of workers.values()) if (w.worker.isConnected()) w.worker.send({ t: 'drain', on } satisfies PrimaryOrder);
+      },
+      running: () => !stopping,
+      logger,
+      registry,
+    });
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the drain control');
+    process.exit(1);
+  }
+
   // one set of TLS session-ticket keys for every worker (relay/certificate.ts useTicketKeys)
   const ticketKeys = crypto.randomBytes(48).toString('base64');
   const fork = () => {
-    const worker = cluster.fork({ [TICKET_KEYS_ENV]: ticketKeys });
+    const worker = cluster.fork({ [TICKET_KEYS_ENV]: ticketKeys, [DRAINING_ENV]: control.drain.draining ? '1' : '0' });
     workers.set(worker.id, { worker, ready: false });
     worker.on('message', (m: LimitCall | QueueCall | WorkerNotice) => {
       if (m?.t === 'limits') limitServer.handle(worker.id, m);
@@ -255,6 +282,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
       else if (m?.t === 'metrics') metricWaits.get(m.id)?.(m);
       else if (m?.t === 'ready') {
         workers.get(worker.id)!.ready = true;
+        // an order sent while it was starting may have been missed: the current state again
+        worker.send({ t: 'drain', on: control.drain.draining } satisfies PrimaryOrder);
         ports = m.ports;
         if (!announced && [...workers.values()].every((w) => w.ready)) {
           announced = true;
@@ -313,7 +342,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
       { metrics: aggregated, contentType: registry.contentType },
       settings.metrics.address,
       settings.metrics.port,
-      () => announced && !stopping && workers.size > 0 && [...workers.values()].every((w) => w.ready),
+      () => announced && !stopping && !control.drain.draining && workers.size > 0 && [...workers.values()].every((w) => w.ready),
+      control.handler,
     );
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot listen');
