@@ -384,7 +384,7 @@ export class Scheduler {
       }
       // nobody took it: again soon (upstream first, unless it just failed)
       const again = spool.clock.now() + DRAIN_RETRY_MS;
-      for (const r of state.recipients) if (undone(r)) r.nextAttempt = Math.min(Math.max(r.nextAttempt, now), again);
+      for (const r of state.recipients) if (undone(r)) r.nextAttempt = again;
       if (state.held) this.notifyRetry.set(id, again);
       const cur = spool.get(id);
       if (cur) cur.state = state; // in memory: the saved (later) times apply after a restart

@@ -60,6 +60,8 @@ describe('relay config', () => {
     assert.equal(s.upstream.timeout, '60s');
     assert.equal(s.upstream.ehloName, 'relay.example.com');
     assert.deepEqual(s.metrics, { address: '::', port: 9090 });
+    const withToken = loadConfig(write(BASE + 'metrics: {controlTokenFile: user}\n'));
+    assert.equal(withToken.metrics.controlTokenFile, path.join(dir, 'user'), 'the control token file, resolved');
     assert.equal(s.shutdownGracePeriodMs, 25_000);
     assert.equal(s.workers, 1, 'one process unless told');
     assert.deepEqual(s.dkim, []);
@@ -131,6 +133,8 @@ workers: auto
     ['a pre-auth timeout under a second', (d) => (d.limits = { preAuthTimeout: '500ms' }), ['limits.preAuthTimeout: "500ms" is too short (minimum 1000 ms)']],
     ['two listeners on one port', (d) => (d.listeners[1].port = 587), ['listeners[1].port: port 587 is already used by listeners[0] (submission)']],
     ['metrics on a listener port', (d) => (d.metrics = { port: 465 }), ['metrics.port: port 465 is already used by listeners[1] (submissions)']],
+    ['a missing control token file', (d) => (d.metrics = { controlTokenFile: 'none.token' }), ['metrics.controlTokenFile: cannot read "none.token": ENOENT']],
+    ['a control token file that is not a string', (d) => (d.metrics = { controlTokenFile: 3 }), ['metrics.controlTokenFile: must be a string, got 3']],
     ['a missing certificate file', (d) => (d.tls.certFile = 'missing.crt'), ['tls.certFile: cannot read "missing.crt": ENOENT']],
     ['a missing users file', (d) => (d.auth.usersFile = '/nonexistent/users.yaml'), ['auth.usersFile: cannot read "/nonexistent/users.yaml": ENOENT']],
     ['a missing DKIM key', (d) => (d.dkim = [{ domain: 'example.com', selector: 's1', keyFile: 'none.key' }]), ['dkim[0].keyFile: cannot read "none.key": ENOENT']],
