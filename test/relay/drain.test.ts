@@ -12,40 +12,11 @@ import { createPki, type Pki } from '../harness/support/pki.js';
 import { waitFor } from '../harness/support/poll.js';
 import { closedPort, startSink, type Sink } from '../harness/support/sink.js';
 import { RawSmtp, SecretDir, restartRelay, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { control, greetingCode, readyz } from './control-client.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com'] };
 const TOKEN = 'ctl-token-5f1c0e9a7d3b4c2e8a6f';
 const TOKEN2 = 'ctl-token-rotated-0b9e1d2c3a4f';
-
-/** A control request to the relay's metrics port. */
-export async function control(relay: RelayProcess, method: string, path: string, token?: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const res = await fetch(`http://127.0.0.1:${relay.ports.metrics}${path}`, {
-    method,
-    headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    signal: AbortSignal.timeout(10_000),
-  });
-  const text = await res.text();
-  let json: Record<string, unknown> = {};
-  try {
-    json = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    json = { text };
-  }
-  return { status: res.status, json };
-}
-
-export async function readyz(relay: RelayProcess): Promise<number> {
-  return (await fetch(`http://127.0.0.1:${relay.ports.metrics}/readyz`, { signal: AbortSignal.timeout(5000) })).status;
-}
-
-/** The greeting a new SMTP connection gets (421 while draining). */
-export async function greetingCode(relay: RelayProcess): Promise<number> {
-  const c = await RawSmtp.connect(relay.ports.submission);
-  const code = c.greeting?.code ?? 0;
-  c.close();
-  return code;
-}
 
 let pki: Pki;
 let dir: string;
