@@ -128,8 +128,10 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | un
     req.on('data', (c: Buffer) => {
       n += c.length;
       if (n > limit) {
+        // answered (507) by the caller, then the connection is closed without reading the rest
+        req.pause();
+        req.removeAllListeners('data');
         resolve(undefined);
-        req.destroy();
         return;
       }
       chunks.push(c);
@@ -162,7 +164,11 @@ export function serveHandoff(channel: Pick<PeerLink, 'route'>, o: ReceiverOption
     } catch {
       return refuse(400, 'invalid', 'request not read');
     }
-    if (!data) return refuse(507, 'full', 'message larger than this relay takes');
+    if (!data) {
+      res.setHeader('Connection', 'close');
+      res.once('finish', () => req.destroy());
+      return refuse(507, 'full', 'message larger than this relay takes');
+    }
     let msg: ReturnType<typeof decodeHandoff>;
     try {
       msg = decodeHandoff(data);
