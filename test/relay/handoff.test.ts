@@ -6,11 +6,13 @@
 // once. A sibling that refuses (it is draining itself) is skipped for the other.
 
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { waitFor } from '../harness/support/poll.js';
 import { closedPort, startSink, type Sink } from '../harness/support/sink.js';
-import { SecretDir, freePort, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { MAIN, SecretDir, freePort, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
 import { control, greetingCode, readyz } from './control-client.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['app@example.com'] };
@@ -18,6 +20,9 @@ const TOKEN = 'ctl-token-77c1d2e3f4a5b6c7d8e9';
 const PEER_TOKEN = 'peer-token-0a1b2c3d4e5f60718293a4b5';
 /** Bounded: a few hundred messages, as the brief says. */
 const N = 300;
+
+/** The peer channel (relay/peers.ts, issue 16's branch) carries the hand-off; without it there is nothing to run. */
+const SKIP = existsSync(join(dirname(MAIN), 'peers.js')) ? false : 'relay/peers.ts (the peer channel) is not in this build';
 
 let pki: Pki;
 let upstreamPort: number;
@@ -29,6 +34,7 @@ const target = (name: 'a' | 'b' | 'c') => `127.0.0.1:${peerPorts[name]}`;
 const queued = async (r: RelayProcess) => (await control(r, 'GET', '/queue', TOKEN)).json;
 
 before(async () => {
+  if (SKIP) return;
   pki = await createPki();
   const dir = await tempDir('relay-handoff-');
   const cert = await pki.issue({ name: 'relay' });
@@ -58,7 +64,7 @@ after(async () => {
 
 const subjectsOf = (tag: string) => (sink?.messages ?? []).map((m) => new RegExp(`Subject: (${tag} \\d+)`).exec(m.raw.toString('latin1'))?.[1]).filter((s): s is string => !!s);
 
-describe('hand-off on drain', () => {
+describe('hand-off on drain', { skip: SKIP }, () => {
   test(`upstream down: every one of ${N} queued messages goes to the siblings, the drained spool empties, and each arrives exactly once when the upstream returns`, async () => {
     const replies = await sendPooled(relays.a, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: N, tag: 'handoff', maxConnections: 8 });
     assert.equal(replies.filter((x) => x.startsWith('250 ')).length, N, replies.filter((x) => !x.startsWith('250 ')).slice(0, 5).join(' | '));
