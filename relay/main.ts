@@ -22,6 +22,7 @@ import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
 import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
 import type { Queue } from './session.js';
+import { startPeers } from './peers.js';
 
 const USAGE = `usage:
   smtp-relay serve --config FILE          run the relay
@@ -136,6 +137,7 @@ async function serve(file: string): Promise<void> {
   }
 
   let metricsServer: http.Server | undefined;
+  let peers: Awaited<ReturnType<typeof startPeers>>;
   try {
     const ports = await relay.listen();
     if (channel) {
@@ -148,6 +150,8 @@ async function serve(file: string): Promise<void> {
       logger.info({ event: 'worker_ready', ports }, 'worker ready');
     } else {
       metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
+      // the sibling channel (a worker has none: its primary runs it)
+      peers = await startPeers(settings, logger, registry);
       logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
     }
   } catch (err) {
@@ -215,6 +219,7 @@ async function serve(file: string): Promise<void> {
       if (restart.length) logger.warn({ event: 'restart_needed', fields: restart }, 'config fields changed that only apply after a restart');
       const filesChanged = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
       relay.applySettings(next);
+      if (peers && next.peers) peers.channel.update(next.peers);
       upstream.reload(next.upstream, next.dkim).then(
         () => {
           reloadResult('config', true);
@@ -245,6 +250,8 @@ async function serve(file: string): Promise<void> {
     // deliveries in progress get what is left of the grace period; the rest stays in the spool
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream.close().catch(() => undefined);
+    peers?.identity.close();
+    await peers?.channel.close().catch(() => undefined);
     metricsServer?.close();
     metricsServer?.closeAllConnections();
     logger.info({ event: 'stopped' }, 'stopped');

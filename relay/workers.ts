@@ -26,6 +26,7 @@ import { createMetrics, startMetricsServer } from './metrics.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
+import { startPeers } from './peers.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 // --- how many ---------------------------------------------------------------------------
@@ -319,6 +320,15 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot listen');
     process.exit(1);
   }
+  // the sibling channel is the primary's: it owns the limits and the spool
+  let peers: Awaited<ReturnType<typeof startPeers>>;
+  try {
+    peers = await startPeers(settings, logger, registry);
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the peer channel');
+    for (const w of workers.values()) w.worker.process.kill('SIGKILL');
+    process.exit(1);
+  }
 
   // The primary's part of a config reload: the limits and lockout settings, and in queue
   // mode the upstream it delivers to. Each worker reloads its own (relay/main.ts).
@@ -332,6 +342,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
         return; // the workers log the refusal
       }
       local.update({ limits: next.limits, lockout: next.auth.lockout });
+      if (peers && next.peers) peers.channel.update(next.peers);
       upstream?.reload(next.upstream, next.dkim).catch((err: unknown) => logger.error({ event: 'reload_failed', kind: 'upstream', err: (err as Error).message }, 'upstream settings refused'));
       const changed = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
       settings = { ...settings, limits: next.limits, auth: { ...settings.auth, lockout: next.auth.lockout }, upstream: next.upstream, dkim: next.dkim, shutdownGracePeriodMs: next.shutdownGracePeriodMs };
@@ -357,6 +368,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     for (const w of workers.values()) if (!w.worker.isDead()) w.worker.process.kill('SIGKILL');
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream?.close().catch(() => undefined);
+    peers?.identity.close();
+    await peers?.channel.close().catch(() => undefined);
     clearInterval(sweep);
     metricsServer?.close();
     metricsServer?.closeAllConnections();
