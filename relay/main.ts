@@ -23,6 +23,7 @@ import { IpcLimits } from './limits.js';
 import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
 import type { Queue } from './session.js';
 import { startPeers } from './peers.js';
+import { LockoutGossip } from './limits-gossip.js';
 
 const USAGE = `usage:
   smtp-relay serve --config FILE          run the relay
@@ -138,6 +139,7 @@ async function serve(file: string): Promise<void> {
 
   let metricsServer: http.Server | undefined;
   let peers: Awaited<ReturnType<typeof startPeers>>;
+  let gossip: LockoutGossip | undefined;
   try {
     const ports = await relay.listen();
     if (channel) {
@@ -152,6 +154,7 @@ async function serve(file: string): Promise<void> {
       metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
       // the sibling channel (a worker has none: its primary runs it)
       peers = await startPeers(settings, logger, registry);
+      if (peers && relay.ownLimits) gossip = new LockoutGossip(peers.channel, relay.ownLimits, { logger, registry }).start();
       logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
     }
   } catch (err) {
@@ -250,6 +253,7 @@ async function serve(file: string): Promise<void> {
     // deliveries in progress get what is left of the grace period; the rest stays in the spool
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream.close().catch(() => undefined);
+    await gossip?.close();
     peers?.identity.close();
     await peers?.channel.close().catch(() => undefined);
     metricsServer?.close();

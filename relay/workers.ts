@@ -27,6 +27,7 @@ import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
 import { startPeers } from './peers.js';
+import { LockoutGossip } from './limits-gossip.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 // --- how many ---------------------------------------------------------------------------
@@ -322,8 +323,10 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
   }
   // the sibling channel is the primary's: it owns the limits and the spool
   let peers: Awaited<ReturnType<typeof startPeers>>;
+  let gossip: LockoutGossip | undefined;
   try {
     peers = await startPeers(settings, logger, registry);
+    if (peers) gossip = new LockoutGossip(peers.channel, local, { logger, registry }).start();
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the peer channel');
     for (const w of workers.values()) w.worker.process.kill('SIGKILL');
@@ -368,6 +371,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     for (const w of workers.values()) if (!w.worker.isDead()) w.worker.process.kill('SIGKILL');
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream?.close().catch(() => undefined);
+    await gossip?.close();
     peers?.identity.close();
     await peers?.channel.close().catch(() => undefined);
     clearInterval(sweep);
