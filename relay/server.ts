@@ -393,6 +393,11 @@ export class Relay implements RelayState {
     return next;
   }
 
+  /** This process's own limits (a single-process relay), for the lockout gossip; undefined in a worker. */
+  get ownLimits(): LocalLimits | undefined {
+    return this.localLimits;
+  }
+
   get ready(): boolean {
     return this.listening && !this.draining;
   }

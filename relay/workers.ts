@@ -24,10 +24,11 @@ import { loadConfig, upstreamFiles, type RelaySettings } from './config.js';
 import { LimitServer, LocalLimits, type Channel, type LimitCall } from './limits.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
 import { startDrainControl } from './control.js';
-import type { PeerLink } from './handoff.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
+import { startPeers } from './peers.js';
+import { LockoutGossip } from './limits-gossip.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 // --- how many ---------------------------------------------------------------------------
@@ -249,15 +250,25 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     }
   };
 
+  // the sibling channel is the primary's: it owns the limits and the spool
+  let peers: Awaited<ReturnType<typeof startPeers>>;
+  let gossip: LockoutGossip | undefined;
+  try {
+    peers = await startPeers(settings, logger, registry);
+    if (peers) gossip = new LockoutGossip(peers.channel, local, { logger, registry }).start();
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the peer channel');
+    process.exit(1);
+  }
+
   // The drain (relay/control.ts): the primary owns the spool, so it serves the control
-  // endpoints and the hand-off, and orders its workers to refuse or take mail.
-  const peers: PeerLink | undefined = undefined;
+  // endpoints and the hand-off (on the sibling channel), and orders its workers to refuse or take mail.
   let control: Awaited<ReturnType<typeof startDrainControl>>;
   try {
     control = await startDrainControl({
       ...(settings.metrics.controlTokenFile ? { tokenFile: settings.metrics.controlTokenFile } : {}),
       ...(queue ? { queue } : {}),
-      ...(peers ? { peers } : {}),
+      ...(peers ? { peers: peers.channel } : {}),
       maxMessageBytes: settings.limits.maxMessageSize,
       setIntake: (on) => {
         for (const w of workers.values()) if (w.worker.isConnected()) w.worker.send({ t: 'drain', on } satisfies PrimaryOrder);
@@ -362,6 +373,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
         return; // the workers log the refusal
       }
       local.update({ limits: next.limits, lockout: next.auth.lockout });
+      if (peers && next.peers) peers.channel.update(next.peers);
       upstream?.reload(next.upstream, next.dkim).catch((err: unknown) => logger.error({ event: 'reload_failed', kind: 'upstream', err: (err as Error).message }, 'upstream settings refused'));
       const changed = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
       settings = { ...settings, limits: next.limits, auth: { ...settings.auth, lockout: next.auth.lockout }, upstream: next.upstream, dkim: next.dkim, shutdownGracePeriodMs: next.shutdownGracePeriodMs };
@@ -387,6 +399,9 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     for (const w of workers.values()) if (!w.worker.isDead()) w.worker.process.kill('SIGKILL');
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream?.close().catch(() => undefined);
+    await gossip?.close();
+    peers?.identity.close();
+    await peers?.channel.close().catch(() => undefined);
     clearInterval(sweep);
     metricsServer?.close();
     metricsServer?.closeAllConnections();

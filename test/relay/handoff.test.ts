@@ -50,7 +50,7 @@ before(async () => {
       upstream: { host: '127.0.0.1', port: upstreamPort, caFile: pki.ca.certFile },
       queue: `{directory: ${dir}/spool-${n}, retry: {initialDelay: 2s, maxDelay: 4s}}`,
       metricsExtra: `controlTokenFile: ${secrets.file('control')}`,
-      extra: `peers: {address: 127.0.0.1, port: ${peerPorts[n]}, tokenFile: ${secrets.file('peer')}, addresses: ${JSON.stringify(others)}}`,
+      peers: `{address: 127.0.0.1, port: ${peerPorts[n]}, tokenFile: ${secrets.file('peer')}, addresses: ${JSON.stringify(others)}}`,
       workers: n === 'a' ? 2 : 1,
     });
   }

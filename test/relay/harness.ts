@@ -103,8 +103,8 @@ export interface RelayOptions {
   queue?: string;
   /** More fields of the `metrics:` map, e.g. `controlTokenFile: /x/token`. */
   metricsExtra?: string;
-  /** More top-level YAML at the end of the config (a `peers:` section ...). */
-  extra?: string;
+  /** The value of a `peers:` section (relay/peers.ts), e.g. `{port: 9091, tokenFile: /x/token, addresses: [...]}`. */
+  peers?: string;
   /** The `workers:` setting (absent: RELAY_TEST_WORKERS from the environment, else the default, one process). */
   workers?: number | 'auto';
   env?: Record<string, string>;
@@ -261,8 +261,8 @@ ${o.dkim ?? ''}
 metrics: {address: 127.0.0.1, port: ${ports.metrics}${o.metricsExtra ? `, ${o.metricsExtra}` : ''}}
 shutdownGracePeriod: ${o.grace ?? '5s'}
 ${o.queue ? `queue: ${o.queue}` : ''}
+${o.peers ? `peers: ${o.peers}` : ''}
 ${(o.workers ?? process.env.RELAY_TEST_WORKERS) !== undefined ? `workers: ${o.workers ?? process.env.RELAY_TEST_WORKERS}` : ''}
-${o.extra ?? ''}
 `;
   const configFile = path.join(o.dir, `relay-${Date.now()}-${Math.random().toString(36).slice(2, 6)}.yaml`);
   await fs.writeFile(configFile, config);
