@@ -417,7 +417,10 @@ export class Relay implements RelayState {
     this.drainOrdered = on;
     if (!on) return;
     // idle sessions are told now; a session in DATA hears it when its transaction ends
-    for (const c of this.connections()) if (!this.table.get(c.session?.id ?? c.id)?.inFlight) c.send(421, SHUTTING_DOWN);
+    for (const c of this.connections()) {
+      const s = this.table.get(c.session?.id ?? c.id);
+      if (!s?.inFlight && !s?.inData) c.send(421, SHUTTING_DOWN);
+    }
   }
 
   // --- drain and shutdown ---

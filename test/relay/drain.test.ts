@@ -163,6 +163,29 @@ for (const workers of [1, 2]) {
       assert.equal(sink.messages.length, 40, 'each exactly once');
     });
 
+    test('a session in DATA when the drain starts finishes: its message is stored (250), then the client hears 421', async () => {
+      assert.equal((await control(relay, 'DELETE', '/drain', TOKEN)).status, 200);
+      await waitFor('ready', async () => (await readyz(relay)) === 200, 10_000);
+      const c = await RawSmtp.connect(relay.ports.submission);
+      assert.equal((await c.cmd('EHLO client.example'))?.code, 250);
+      await c.starttls();
+      assert.equal((await c.cmd('EHLO client.example'))?.code, 250);
+      assert.equal((await c.login(APP.name, APP.password))?.code, 235);
+      assert.equal((await c.cmd('MAIL FROM:<app@example.com>'))?.code, 250);
+      assert.equal((await c.cmd('RCPT TO:<late@example.net>'))?.code, 250);
+      assert.equal((await c.cmd('DATA'))?.code, 354);
+      c.write(`From: app@example.com\r\nTo: late@example.net\r\nSubject: indata${workers}\r\n`);
+      assert.equal((await control(relay, 'POST', '/drain', TOKEN)).json.draining, true);
+      assert.equal(await greetingCode(relay), 421, 'new connections are refused meanwhile');
+      const before = sink!.messages.length;
+      const done = await c.cmd('\r\nbody\r\n.');
+      assert.equal(done?.code, 250, done?.text);
+      const bye = await c.read(5000);
+      assert.equal(bye?.code, 421, 'told after its transaction');
+      c.close();
+      await waitFor('the message delivered', () => sink!.messages.length > before && sink!.messages.some((m) => m.raw.includes(`Subject: indata${workers}`)), 20_000);
+    });
+
     test('a draining relay restarted comes back draining (not ready, refusing mail) until DELETE /drain', async () => {
       assert.equal(await relay.stop(), 0, relay.stderr);
       relay = await restartRelay(relay);
@@ -175,9 +198,10 @@ for (const workers of [1, 2]) {
       assert.equal(del.json.draining, false);
       assert.ok(!existsSync(join(spool, 'draining.json')), 'the marker is removed');
       await waitFor('ready again', async () => (await readyz(relay)) === 200, 10_000);
+      const delivered = sink!.messages.length;
       const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 3, tag: `after${workers}` });
       assert.equal(replies.filter((x) => x.startsWith('250 ')).length, 3, replies.join(' | '));
-      await sink!.waitForMessages(43, 20_000);
+      await sink!.waitForMessages(delivered + 3, 20_000);
       // and a restart now comes back taking mail
       assert.equal(await relay.stop(), 0, relay.stderr);
       relay = await restartRelay(relay);
