@@ -177,16 +177,20 @@ describe('two gossips over real peer channels', () => {
       assert.ok('token' in s);
       return l.endLogin(s.token, { ok: false });
     };
-    const waitFor = async (what: string, pred: () => boolean, ms = 8000) => {
+    const waitFor = async (what: string, pred: () => boolean, ms = 8000, every = 20) => {
       const end = Date.now() + ms;
       while (!pred()) {
         if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-        await new Promise((r) => setTimeout(r, 20));
+        await new Promise((r) => setTimeout(r, every));
       }
     };
     // 4 failures on A and the 5th on B: B locks
+    // (the first contact already made: the time measured is one batch's)
+    await waitFor('A and B to reach each other', () => (a.gossip as unknown as { siblings: Map<string, { away: boolean }> }).siblings.get(`127.0.0.1:${b.ch.port}`)?.away === false);
+    const t0 = process.hrtime.bigint();
     for (let i = 0; i < 4; i++) fail(a.limits, ['user:v']);
-    await waitFor('B to count A\'s failures', () => countOf(b.limits, 'user:v') === 4);
+    await waitFor('B to count A\'s failures', () => countOf(b.limits, 'user:v') === 4, 8000, 1);
+    process.stderr.write(`# propagation of 4 failures from A to B on loopback: ${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms\n`);
     assert.deepEqual(fail(b.limits, ['user:v']), [true], 'the 5th failure in total locks on B');
     await waitFor('A to learn the lockout', () => a.limits.lockedFor(['user:v']) > 0);
 
