@@ -58,8 +58,8 @@ interface Sibling {
   retryAt: number;
   /** The last request failed. */
   failing: boolean;
-  /** Sent the running lockouts since it last became reachable. */
-  synced: boolean;
+  /** Not reached since it was found, or out of reach for longer than UNREACHABLE_MS: it gets the running lockouts when it answers. */
+  away: boolean;
 }
 
 export interface GossipOptions {
@@ -156,7 +156,7 @@ export class LockoutGossip {
     const now = this.now();
     const current = new Set(this.channel.peers());
     for (const p of current) {
-      if (!this.siblings.has(p)) this.siblings.set(p, { queue: [], sending: false, lastOk: now, lastSent: 0, retryAt: 0, failing: false, synced: false });
+      if (!this.siblings.has(p)) this.siblings.set(p, { queue: [], sending: false, lastOk: now, lastSent: 0, retryAt: 0, failing: false, away: true });
     }
     for (const p of [...this.siblings.keys()]) if (!current.has(p)) this.siblings.delete(p);
   }
@@ -172,7 +172,7 @@ export class LockoutGossip {
     const now = this.now();
     for (const [peer, sib] of this.siblings) {
       if (sib.sending || now < sib.retryAt) continue;
-      if (sib.queue.length === 0 && sib.synced && now - sib.lastSent < HEARTBEAT_MS) continue;
+      if (sib.queue.length === 0 && now - sib.lastSent < HEARTBEAT_MS) continue;
       void this.send(peer, sib);
     }
   }
@@ -180,11 +180,6 @@ export class LockoutGossip {
   private async send(peer: string, sib: Sibling): Promise<void> {
     sib.sending = true;
     sib.lastSent = this.now();
-    if (!sib.synced) {
-      // the lockouts running now, first: the sibling may be new, or have restarted
-      const running = this.limits.activeLockouts().map(([key, until]) => ({ k: 'l' as const, key, t: until, s: ++this.seq }));
-      sib.queue = [...running, ...sib.queue].sort((a, b) => a.s - b.s);
-    }
     if (sib.queue.length > MAX_BATCH) this.prune(sib);
     const events = sib.queue.slice(0, MAX_BATCH);
     const body = Buffer.from(JSON.stringify({ origin: this.origin, events } satisfies Batch));
@@ -204,14 +199,18 @@ export class LockoutGossip {
       sib.queue = sib.queue.filter((e) => e.s > last);
       for (const e of events) this.m.events.inc({ direction: 'sent', kind: this.kind(e.k) });
       if (sib.failing) this.opts.logger.info({ event: 'lockout_gossip_resumed', peer, sent: events.length }, 'a sibling answers again');
+      if (sib.away) {
+        // the lockouts running now: the sibling is new, or may have restarted and forgotten them
+        for (const [key, until] of this.limits.activeLockouts()) sib.queue.push({ k: 'l', key, t: until, s: ++this.seq });
+        sib.away = false;
+      }
       sib.failing = false;
-      sib.synced = true;
       sib.lastOk = now;
       if (sib.queue.length) void this.send(peer, sib);
     } else {
       sib.failing = true;
       // once it answers again: the running lockouts once more
-      if (now - sib.lastOk > UNREACHABLE_MS) sib.synced = false;
+      if (now - sib.lastOk > UNREACHABLE_MS) sib.away = true;
       sib.retryAt = now + RETRY_MS;
     }
     this.decide();

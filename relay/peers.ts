@@ -131,7 +131,12 @@ export interface PeerChannelOptions {
   lookup?: Lookup;
   /** Tests: this host's addresses instead of os.networkInterfaces(). */
   own?: () => Set<string>;
+  /** The relay's TLS version floor and TLS 1.2 cipher list (tls.minVersion, tls.ciphers); default TLS 1.2 and Node's list. */
+  tls?: TlsPolicy;
 }
+
+/** Open connections the peer listener holds at most (siblings keep a few each). */
+export const MAX_PEER_CONNECTIONS = 256;
 
 function sameToken(expected: Buffer, given: string | undefined): boolean {
   const m = /^Bearer (.+)$/.exec(given ?? '');
@@ -267,10 +272,10 @@ export class PeerChannel {
     const server = https.createServer({
       cert: first.cert,
       key: first.key,
-      minVersion: 'TLSv1.2',
-      secureOptions: SECURE_OPTIONS,
+      ...serverTls(opts.tls),
       ALPNProtocols: ['http/1.1'],
     });
+    server.maxConnections = MAX_PEER_CONNECTIONS;
     server.headersTimeout = 5_000;
     server.requestTimeout = 30_000;
     server.keepAliveTimeout = 15_000;
@@ -280,12 +285,18 @@ export class PeerChannel {
     server.prependListener('connection', () => channel.refreshServedCertificate());
     server.on('request', (req, res) => channel.serve(req, res));
     server.on('tlsClientError', () => undefined);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(settings.port, settings.address, () => {
-        server.off('error', reject);
-        resolve();
+    const bind = (address: string) =>
+      new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(settings.port, address, () => {
+          server.off('error', reject);
+          resolve();
+        });
       });
+    // "::" on a host without IPv6: all IPv4 addresses (as the metrics server does)
+    await bind(settings.address).catch((err: NodeJS.ErrnoException) => {
+      if (settings.address === '::' && (err.code === 'EAFNOSUPPORT' || err.code === 'EADDRNOTAVAIL')) return bind('0.0.0.0');
+      throw err;
     });
     channel.tokenWatch = watchFiles([settings.tokenFile], () => {
       try {
@@ -311,7 +322,7 @@ export class PeerChannel {
     const c = this.opts.certificate();
     if (c === this.servedCert) return;
     try {
-      this.server.setSecureContext({ cert: c.cert, key: c.key, minVersion: 'TLSv1.2', secureOptions: SECURE_OPTIONS });
+      this.server.setSecureContext({ cert: c.cert, key: c.key, ...serverTls(this.opts.tls) });
       this.servedCert = c;
     } catch (err) {
       this.opts.logger.error({ event: 'peer_certificate_failed', err: (err as Error).message }, 'peer channel keeps its previous certificate');
@@ -490,6 +501,14 @@ export class PeerChannel {
   }
 }
 
+function serverTls(policy?: TlsPolicy): tls.SecureContextOptions {
+  return {
+    minVersion: policy?.minVersion ?? 'TLSv1.2',
+    ...(policy ? { ciphers: policy.ciphers, honorCipherOrder: true } : {}),
+    secureOptions: SECURE_OPTIONS,
+  };
+}
+
 /** A metric of this name in `registry`, made once (a relay may start a channel again in tests). */
 function registered<T extends prom.Metric>(registry: prom.Registry, name: string, make: () => T): T {
   return (registry.getSingleMetric(name) as T | undefined) ?? make();
@@ -506,6 +525,6 @@ export async function startPeers(
 ): Promise<{ channel: PeerChannel; identity: PeerIdentity } | undefined> {
   if (!settings.peers) return undefined;
   const identity = new PeerIdentity(settings.tls.certFile, settings.tls.keyFile, settings.tls, logger).watchFiles();
-  const channel = await PeerChannel.start(settings.peers, { certificate: () => identity.get(), logger, registry });
+  const channel = await PeerChannel.start(settings.peers, { certificate: () => identity.get(), logger, registry, tls: settings.tls });
   return { channel, identity };
 }

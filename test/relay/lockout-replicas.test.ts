@@ -25,9 +25,10 @@ let sink: Sink;
 let dir: string;
 let cert: CertFiles;
 const relays: RelayProcess[] = [];
+const peerPorts: number[] = [];
 
 /** Until `pred` holds (bounded: `tries` tries, 100 ms apart). */
-async function until(what: string, pred: () => boolean | Promise<boolean>, tries = 100): Promise<void> {
+async function until(what: string, pred: () => boolean | Promise<boolean>, tries = 200): Promise<void> {
   for (let i = 0; i < tries; i++) {
     if (await pred()) return;
     await delay(100);
@@ -73,6 +74,7 @@ before(async () => {
   const tokenFile = path.join(dir, 'peer-token');
   await fs.writeFile(tokenFile, 'replica-peer-token-0123456789abcdef\n', { mode: 0o600 });
   const ports = [await freePort(), await freePort(), await freePort()];
+  peerPorts.push(...ports);
   const addresses = JSON.stringify(ports.map((p) => `127.0.0.1:${p}`));
   for (let i = 0; i < 3; i++) {
     relays.push(
@@ -144,12 +146,16 @@ describe('lockout across three replicas', () => {
 
   test('one replica killed: the other two lock at ceil(5/3) = 2; back, it gets the running lockouts and the gossip resumes', async () => {
     const [a, b, c] = relays as [RelayProcess, RelayProcess, RelayProcess];
+    // log lines from now on (the first relays also logged a fallback at start, before their siblings listened)
+    const mark = new Map([a, c].map((r) => [r, r.logs.length]));
+    const since = (r: RelayProcess, event: string) => r.logs.slice(mark.get(r)).find((l) => l.event === event);
     b.child.kill('SIGKILL');
     await b.exited;
     for (const r of [a, c]) {
       await until('the fallback threshold', () => settled(r, 2));
-      const line = await r.waitForLog((l) => l.event === 'lockout_fallback');
-      assert.equal(line.threshold, 2);
+      await until('the fallback logged', () => since(r, 'lockout_fallback') !== undefined);
+      assert.equal(since(r, 'lockout_fallback')!.threshold, 2);
+      assert.deepEqual(since(r, 'lockout_fallback')!.unreachable, [`127.0.0.1:${peerPorts[1]}`]);
     }
     const codes = [await failAndSpread(0, '127.0.8.1', FALLBACK.name), await failAndSpread(2, '127.0.8.2', FALLBACK.name)];
     assert.deepEqual(codes, [535, 421], 'two failures in total lock while a sibling is out of reach');
@@ -159,7 +165,7 @@ describe('lockout across three replicas', () => {
     relays[1] = back;
     await back.waitForLog((l) => l.event === 'peers_listening', 20_000);
     for (const r of [a, c, back]) await until('every sibling to answer again', () => settled(r, MAX));
-    for (const r of [a, c]) await r.waitForLog((l) => l.event === 'lockout_fallback_ended');
+    for (const r of [a, c]) await until('the end of the fallback logged', () => since(r, 'lockout_fallback_ended') !== undefined);
     await until('the running lockouts to reach the replica that was away', async () => (await back.metric('smtp_relay_lockout_gossip_events_total', { direction: 'received', kind: 'lockout' })) > 0);
     const { code, text } = await attempt(back, '127.0.8.4', FALLBACK.name, FALLBACK.password);
     assert.equal(code, 421, 'the lockout started while it was away holds on the returning replica');
