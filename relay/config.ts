@@ -2,6 +2,7 @@
 // docs/relay-config.md). Unknown fields are errors; every error names the field.
 
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, ServiceAccountTokensConfig, TlsVersion, UpstreamConfig } from './config-types.js';
@@ -55,12 +56,28 @@ export interface RelaySettings {
   limits: LimitsSettings;
   upstream: UpstreamConfig;
   dkim: DkimKeyConfig[];
-  metrics: { address: string; port: number };
+  /** controlTokenFile: absolute; absent = the control endpoints answer 404 (relay/control.ts). */
+  metrics: { address: string; port: number; controlTokenFile?: string };
   shutdownGracePeriodMs: number;
   /** Worker processes: a count, or 'auto' (relay/workers.ts workerCount). */
   workers: number | 'auto';
   /** Queue mode; undefined = inline mode. */
   queue?: SpoolSettings;
+  /** Sibling replicas (relay/peers.ts); undefined = none. */
+  peers?: PeersSettings;
+}
+
+/** `peers` with defaults applied: the sibling channel (relay/peers.ts). */
+export interface PeersSettings {
+  address: string;
+  port: number;
+  /** Absolute path of the shared bearer token. */
+  tokenFile: string;
+  /** DNS name resolved (A and AAAA) for siblings; port = `port`. */
+  service?: string;
+  /** Static siblings, "host:port" (IPv6 as "[addr]:port"). */
+  addresses: string[];
+  refreshIntervalMs: number;
 }
 
 export const DEFAULTS = {
@@ -81,6 +98,7 @@ export const DEFAULTS = {
   metricsPort: 9090,
   shutdownGracePeriod: '25s',
   workers: 1 as number | 'auto',
+  peersAddress: '::',
 };
 
 /** More worker processes than this is a typo (a relay pod rarely has more than a few CPUs). */
@@ -119,6 +137,7 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     'shutdownGracePeriod',
     'queue',
     'workers',
+    'peers',
   ]);
   if (!top) throw new ValidationError(file, c.problems);
   const cfg = top as Partial<Record<keyof RelayConfig, unknown>>;
@@ -329,12 +348,15 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
   }
 
   // metrics
-  const metrics = { address: DEFAULTS.metricsAddress, port: DEFAULTS.metricsPort };
+  const metrics: RelaySettings['metrics'] = { address: DEFAULTS.metricsAddress, port: DEFAULTS.metricsPort };
   if (cfg.metrics !== undefined) {
-    const o = c.object('metrics', cfg.metrics, [], ['address', 'port']);
+    const o = c.object('metrics', cfg.metrics, [], ['address', 'port', 'controlTokenFile']);
     if (o) {
       if (o.address !== undefined) metrics.address = c.ip('metrics.address', o.address) ?? metrics.address;
       if (o.port !== undefined) metrics.port = c.port('metrics.port', o.port) ?? metrics.port;
+      // must exist at start; its content is read per request (a rotated token applies at once)
+      const tokenFile = readable(c, 'metrics.controlTokenFile', o.controlTokenFile === undefined ? undefined : c.string('metrics.controlTokenFile', o.controlTokenFile), baseDir);
+      if (tokenFile) metrics.controlTokenFile = tokenFile;
     }
   }
   claimPort('metrics.port', metrics.port, metrics.address, 'metrics');
@@ -353,8 +375,65 @@ export function validateConfig(doc: unknown, file: string, baseDir: string): Rel
     else c.fail('workers', `${show(cfg.workers)} must be a number from 1 to ${MAX_WORKERS}, or "auto" (one per CPU the container may use)`);
   }
 
+  const peers = cfg.peers === undefined ? undefined : checkPeers(c, cfg.peers, baseDir);
+  if (peers) claimPort('peers.port', peers.port, peers.address, 'peers');
+
   if (c.problems.length) throw new ValidationError(file, c.problems);
-  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, workers, ...(queue ? { queue } : {}) };
+  return { file, hostname, listeners, tls, auth, access, limits, upstream, dkim, metrics, shutdownGracePeriodMs, workers, ...(queue ? { queue } : {}), ...(peers ? { peers } : {}) };
+}
+
+/** A sibling "host:port": a host name, an IPv4 address, or "[IPv6]"; split, or undefined when malformed. */
+export function splitHostPort(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535 || /^0[0-9]/.test(m[3]!)) return undefined;
+  if (m[1] !== undefined) return net.isIPv6(m[1]) ? { host: m[1], port } : undefined;
+  const host = m[2]!;
+  if (!net.isIPv4(host) && !/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/.test(host)) return undefined;
+  return { host, port };
+}
+
+/** "host:port" of an address and port, IPv6 in brackets. */
+export function joinHostPort(host: string, port: number): string {
+  return net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** peers: the sibling channel (relay/peers.ts, docs/relay-config.md "Across replicas"). */
+function checkPeers(c: Checker, v: unknown, baseDir: string): PeersSettings | undefined {
+  const P = 'peers';
+  const o = c.object(P, v, ['port', 'tokenFile'], ['address', 'service', 'addresses', 'refreshInterval']);
+  if (!o) return undefined;
+  const address = o.address === undefined ? DEFAULTS.peersAddress : c.ip(`${P}.address`, o.address);
+  const port = o.port === undefined ? undefined : c.port(`${P}.port`, o.port);
+  const tokenFile = readable(c, `${P}.tokenFile`, o.tokenFile === undefined ? undefined : c.string(`${P}.tokenFile`, o.tokenFile), baseDir);
+  if (tokenFile) {
+    const token = fs.readFileSync(tokenFile, 'utf8').trim();
+    if (token.length < 16) c.fail(`${P}.tokenFile`, `the token in ${show(o.tokenFile)} is ${token.length} characters long; at least 16 are needed (the operator writes 32 random bytes)`);
+    else if (/[^\x21-\x7e]/.test(token)) c.fail(`${P}.tokenFile`, `the token in ${show(o.tokenFile)} must be printable ASCII without spaces (it is sent in an HTTP header)`);
+  }
+  let service: string | undefined;
+  if (o.service !== undefined) {
+    service = c.string(`${P}.service`, o.service);
+    if (service !== undefined && !/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/.test(service)) {
+      service = c.fail(`${P}.service`, `${show(service)} is not a DNS name (e.g. "smtp-relay-peers.mail.svc.cluster.local")`);
+    }
+  }
+  const addresses: string[] = [];
+  if (o.addresses !== undefined) {
+    const list = c.list(`${P}.addresses`, o.addresses);
+    list?.forEach((item, i) => {
+      const p = join(`${P}.addresses`, i);
+      const s = c.string(p, item);
+      if (s === undefined) return;
+      if (!splitHostPort(s)) c.fail(p, `${show(s)} is not "host:port" (an IPv6 address in brackets: "[fd00::7]:9091")`);
+      else addresses.push(s);
+    });
+  }
+  let refreshIntervalMs = 10_000;
+  if (o.refreshInterval !== undefined) refreshIntervalMs = c.duration(`${P}.refreshInterval`, o.refreshInterval, 1000) ?? refreshIntervalMs;
+  if (address === undefined || port === undefined || !tokenFile) return undefined;
+  return { address, port, tokenFile, ...(service ? { service } : {}), addresses, refreshIntervalMs };
 }
 
 function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {

@@ -21,6 +21,8 @@ export interface SessionState {
   lastResult?: string;
   /** DATA received, the upstream's answer pending: a drain waits for it. */
   inFlight: boolean;
+  /** The DATA command accepted, the message still arriving: the operator's drain lets it finish (relay/server.ts setDrain). */
+  inData: boolean;
   /** Counted at TCP accept (released with the socket), not by the session. */
   countedAtAccept: boolean;
   /** The connection's key in the table's list of unauthenticated connections. */
@@ -185,9 +187,9 @@ export class ConnectionTable {
   }
 
   /** Starts a session; counts its connection unless that happened at accept. */
-  open(id: string, state: Omit<SessionState, 'messages' | 'inFlight'>): SessionState {
+  open(id: string, state: Omit<SessionState, 'messages' | 'inFlight' | 'inData'>): SessionState {
     if (!state.countedAtAccept) this.add(state.ip);
-    const s: SessionState = { ...state, messages: 0, inFlight: false };
+    const s: SessionState = { ...state, messages: 0, inFlight: false, inData: false };
     this.sessions.set(id, s);
     return s;
   }

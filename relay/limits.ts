@@ -32,6 +32,17 @@ export interface ConnectionInfo {
 export type LoginStart = { lockedMs: number } | { token: number };
 export type LoginOutcome = { ok: true; forgive: string } | { ok: false } | { ok: undefined };
 
+/**
+ * What the lockout of this relay saw, for its siblings (relay/limits-gossip.ts): a failed
+ * check of `key` at `t` ('f'), a lockout of `key` until `t` ('l'), a successful login
+ * forgiving the failures of `key` up to `t` ('s').
+ */
+export interface LockoutEvent {
+  k: 'f' | 'l' | 's';
+  key: string;
+  t: number;
+}
+
 /** A login that waits longer than this for a check of the same key to end is refused as locked for a second. */
 export const LOGIN_WAIT_MS = 30_000;
 
@@ -105,9 +116,47 @@ export class LocalLimits implements SharedLimits {
     this.rate = new RateLimiter(now);
   }
 
+  /** Told of each lockout event of this relay's own logins (the gossip sends them to the siblings). */
+  onLockoutEvent?: (e: LockoutEvent) => void;
+
   update(settings: LimitSettings): void {
     this.settings = settings;
     this.lockout.update(settings.lockout);
+  }
+
+  /** The fallback threshold while a sibling is unreachable (undefined: maxFailures). */
+  setLockoutCap(cap: number | undefined): void {
+    this.lockout.setCap(cap);
+    this.admitWaiting();
+  }
+
+  /** The failures that lock a key now. */
+  get lockoutThreshold(): number {
+    return this.lockout.maxFailures;
+  }
+
+  get lockoutSettings(): LockoutSettings {
+    return this.settings.lockout;
+  }
+
+  /** The lockouts running now (sent to a sibling that was out of reach). */
+  activeLockouts(): [string, number][] {
+    return this.lockout.activeLockouts();
+  }
+
+  /** Events from a sibling: counted, never passed on. Returns the lockouts they started here. */
+  applyRemote(events: LockoutEvent[]): string[] {
+    const started: string[] = [];
+    for (const e of events) {
+      if (e.k === 'f') {
+        if (this.lockout.failRemote(e.key, e.t)) started.push(e.key);
+      } else if (e.k === 'l') {
+        if (this.lockout.lockRemote(e.key, e.t)) started.push(e.key);
+      } else if (e.k === 's') this.lockout.succeedRemote(e.key, e.t);
+    }
+    // a login waiting for a check of a key that is now locked is refused at once
+    this.admitWaiting();
+    return started;
   }
 
   get unauthenticatedCount(): number {
@@ -217,9 +266,23 @@ export class LocalLimits implements SharedLimits {
       else this.checking.set(k, n);
     }
     let locked: boolean[] = [];
-    if (outcome.ok === true) this.lockout.succeed(outcome.forgive);
-    else if (outcome.ok === false) locked = keys.map((k) => this.lockout.fail(k));
-    // waiting logins, oldest first, go in as far as the keys allow now
+    const t = this.now();
+    if (outcome.ok === true) {
+      this.lockout.succeed(outcome.forgive);
+      this.onLockoutEvent?.({ k: 's', key: outcome.forgive, t });
+    } else if (outcome.ok === false) {
+      locked = keys.map((k) => this.lockout.fail(k));
+      if (this.onLockoutEvent) {
+        for (const k of keys) this.onLockoutEvent({ k: 'f', key: k, t });
+        keys.forEach((k, i) => locked[i] && this.onLockoutEvent!({ k: 'l', key: k, t: this.lockout.lockedUntil(k) }));
+      }
+    }
+    this.admitWaiting();
+    return locked;
+  }
+
+  /** Waiting logins, oldest first, go in as far as the keys allow now. */
+  private admitWaiting(): void {
     if (this.waiting.length) {
       const still: typeof this.waiting = [];
       const ready: { resolve: (s: LoginStart) => void; start: LoginStart }[] = [];
@@ -231,7 +294,6 @@ export class LocalLimits implements SharedLimits {
       this.waiting = still;
       for (const r of ready) r.resolve(r.start);
     }
-    return locked;
   }
 
   rateWait(user: string, limit: RateLimit): number {

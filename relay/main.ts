@@ -20,8 +20,11 @@ import { TokenVerifier, loadJwks } from './sa-token.js';
 import { ValidationError } from './validate.js';
 import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
-import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, type PrimaryOrder } from './workers.js';
+import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, DRAINING_ENV, type PrimaryOrder } from './workers.js';
+import { startDrainControl } from './control.js';
 import type { Queue } from './session.js';
+import { startPeers } from './peers.js';
+import { LockoutGossip } from './limits-gossip.js';
 
 const USAGE = `usage:
   smtp-relay serve --config FILE          run the relay
@@ -135,6 +138,42 @@ async function serve(file: string): Promise<void> {
     process.exit(1);
   }
 
+  let stopping = false;
+  // The sibling channel (relay/peers.ts; a worker has none: its primary runs it): lockout
+  // gossip and the hand-off of queued messages during a drain.
+  let peers: Awaited<ReturnType<typeof startPeers>>;
+  let gossip: LockoutGossip | undefined;
+  let control: Awaited<ReturnType<typeof startDrainControl>> | undefined;
+  if (channel) {
+    // a worker forked while the relay drains starts draining (the primary's later orders follow)
+    if (process.env[DRAINING_ENV] === '1') relay.setDrain(true);
+    delete process.env[DRAINING_ENV];
+  } else {
+    try {
+      peers = await startPeers(settings, logger, registry);
+      if (peers && relay.ownLimits) gossip = new LockoutGossip(peers.channel, relay.ownLimits, { logger, registry }).start();
+    } catch (err) {
+      logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start the peer channel');
+      process.exit(1);
+    }
+    try {
+      const r = relay;
+      control = await startDrainControl({
+        ...(settings.metrics.controlTokenFile ? { tokenFile: settings.metrics.controlTokenFile } : {}),
+        ...(queue ? { queue } : {}),
+        ...(peers ? { peers: peers.channel } : {}),
+        maxMessageBytes: settings.limits.maxMessageSize,
+        setIntake: (d) => r.setDrain(d),
+        running: () => !stopping,
+        logger,
+        registry,
+      });
+    } catch (err) {
+      logger.fatal({ event: 'startup_failed', err: describe(err) }, 'cannot start the drain control');
+      process.exit(1);
+    }
+  }
+
   let metricsServer: http.Server | undefined;
   try {
     const ports = await relay.listen();
@@ -143,11 +182,12 @@ async function serve(file: string): Promise<void> {
       channel.onMessage((m) => {
         const order = m as PrimaryOrder;
         if (order?.t === 'metrics') void registry.getMetricsAsJSON().then((json) => channel.send({ t: 'metrics', id: order.id, json }));
+        else if (order?.t === 'drain') relay.setDrain(order.on);
       });
       channel.send({ t: 'ready', ports });
       logger.info({ event: 'worker_ready', ports }, 'worker ready');
     } else {
-      metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready);
+      metricsServer = await startMetricsServer(registry, settings.metrics.address, settings.metrics.port, () => relay.ready, control?.handler);
       logger.info({ event: 'ready', ports, metricsPort: settings.metrics.port }, 'relay ready');
     }
   } catch (err) {
@@ -215,6 +255,7 @@ async function serve(file: string): Promise<void> {
       if (restart.length) logger.warn({ event: 'restart_needed', fields: restart }, 'config fields changed that only apply after a restart');
       const filesChanged = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
       relay.applySettings(next);
+      if (peers && next.peers) peers.channel.update(next.peers);
       upstream.reload(next.upstream, next.dkim).then(
         () => {
           reloadResult('config', true);
@@ -233,7 +274,6 @@ async function serve(file: string): Promise<void> {
     });
   configWatch = watchConfig();
 
-  let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
@@ -245,6 +285,9 @@ async function serve(file: string): Promise<void> {
     // deliveries in progress get what is left of the grace period; the rest stays in the spool
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream.close().catch(() => undefined);
+    await gossip?.close();
+    peers?.identity.close();
+    await peers?.channel.close().catch(() => undefined);
     metricsServer?.close();
     metricsServer?.closeAllConnections();
     logger.info({ event: 'stopped' }, 'stopped');

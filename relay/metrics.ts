@@ -100,14 +100,19 @@ export function createMetrics(registry: prom.Registry) {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-/** Serves /metrics, /healthz (process alive) and /readyz (listeners up, not draining). */
+/**
+ * Serves /metrics, /healthz (process alive) and /readyz (listeners up, not draining);
+ * `control` (relay/control.ts) answers the operator's /queue and /drain first.
+ */
 export function startMetricsServer(
   registry: { metrics(): Promise<string>; contentType: string },
   address: string,
   port: number,
   ready: () => boolean,
+  control?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean,
 ): Promise<http.Server> {
   const server = http.createServer((req, res) => {
+    if (control?.(req, res)) return;
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { Allow: 'GET, HEAD' }).end();

@@ -62,8 +62,11 @@ function backstop(maxConnections: number): number {
 export class Relay implements RelayState {
   settings: RelaySettings;
   allowed: CidrSet;
-  draining = false;
   listening = false;
+  /** SIGTERM: the listeners are closing. */
+  private stopping = false;
+  /** The operator's drain (relay/control.ts): listeners stay open, every new connection and MAIL gets 421. */
+  private drainOrdered = false;
   private trustedProxies: CidrSet;
   /** Connection counts, lockout and rate limits: this process's own, or the primary's (relay/limits.ts). */
   private readonly limits: SharedLimits;
@@ -390,8 +393,34 @@ export class Relay implements RelayState {
     return next;
   }
 
+  /** This process's own limits (a single-process relay), for the lockout gossip; undefined in a worker. */
+  get ownLimits(): LocalLimits | undefined {
+    return this.localLimits;
+  }
+
   get ready(): boolean {
     return this.listening && !this.draining;
+  }
+
+  /** Refusing new mail: shutting down (SIGTERM) or drained by the operator. */
+  get draining(): boolean {
+    return this.stopping || this.drainOrdered;
+  }
+
+  /**
+   * The operator's drain (POST/DELETE /drain, relay/control.ts): on = not ready, new
+   * connections and new MAIL commands get 421 4.3.2, sessions in a transaction finish
+   * (and are told 421 after it); off = ready and taking mail again.
+   */
+  setDrain(on: boolean): void {
+    if (this.drainOrdered === on) return;
+    this.drainOrdered = on;
+    if (!on) return;
+    // idle sessions are told now; a session in DATA hears it when its transaction ends
+    for (const c of this.connections()) {
+      const s = this.table.get(c.session?.id ?? c.id);
+      if (!s?.inFlight && !s?.inData) c.send(421, SHUTTING_DOWN);
+    }
   }
 
   // --- drain and shutdown ---
@@ -409,8 +438,8 @@ export class Relay implements RelayState {
    * up to the grace period, and says 421 to every other session.
    */
   async shutdown(): Promise<void> {
-    if (this.draining) return;
-    this.draining = true;
+    if (this.stopping) return;
+    this.stopping = true;
     this.listening = false;
     clearInterval(this.sweep);
     for (const socket of this.readingHeader) socket.destroy();

@@ -319,6 +319,7 @@ export class SessionPolicy {
     const lineEndings = new LineEndingCheck();
     const chunks: Buffer[] = [];
     let size = 0;
+    if (state) state.inData = true;
     stream.on('data', (chunk: Buffer) => {
       lineEndings.push(chunk);
       size += chunk.length;
@@ -328,6 +329,7 @@ export class SessionPolicy {
       this.table.beginMessage(state);
       const message = new Message({ session, state, chunks, size, bare: lineEndings.end(), oversized: stream.sizeExceeded }, this.metrics, this.logger);
       const finish = (send: () => void) => {
+        if (state) state.inData = false;
         this.table.endMessage(state);
         send();
         done();

@@ -23,9 +23,12 @@ import prom from 'prom-client';
 import { loadConfig, upstreamFiles, type RelaySettings } from './config.js';
 import { LimitServer, LocalLimits, type Channel, type LimitCall } from './limits.js';
 import { createMetrics, startMetricsServer } from './metrics.js';
+import { startDrainControl } from './control.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
+import { startPeers } from './peers.js';
+import { LockoutGossip } from './limits-gossip.js';
 import { watchFiles, type FileWatch } from './watch.js';
 
 // --- how many ---------------------------------------------------------------------------
@@ -167,7 +170,10 @@ export class IpcQueue implements Queue {
 }
 
 /** Messages from the primary to a worker besides the limits' and the queue's. */
-export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'stop' };
+export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'stop' } | { t: 'drain'; on: boolean };
+
+/** Set to "1" in the environment of a worker forked while the relay drains (relay/control.ts). */
+export const DRAINING_ENV = 'SMTP_RELAY_DRAINING';
 
 /** Messages from a worker besides the limits' and the queue's. */
 export type WorkerNotice = { t: 'ready'; ports: Record<string, number> } | { t: 'metrics'; id: number; json: prom.MetricObjectWithValues<prom.MetricValue<string>>[] };
@@ -244,10 +250,42 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     }
   };
 
+  // the sibling channel is the primary's: it owns the limits and the spool
+  let peers: Awaited<ReturnType<typeof startPeers>>;
+  let gossip: LockoutGossip | undefined;
+  try {
+    peers = await startPeers(settings, logger, registry);
+    if (peers) gossip = new LockoutGossip(peers.channel, local, { logger, registry }).start();
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the peer channel');
+    process.exit(1);
+  }
+
+  // The drain (relay/control.ts): the primary owns the spool, so it serves the control
+  // endpoints and the hand-off (on the sibling channel), and orders its workers to refuse or take mail.
+  let control: Awaited<ReturnType<typeof startDrainControl>>;
+  try {
+    control = await startDrainControl({
+      ...(settings.metrics.controlTokenFile ? { tokenFile: settings.metrics.controlTokenFile } : {}),
+      ...(queue ? { queue } : {}),
+      ...(peers ? { peers: peers.channel } : {}),
+      maxMessageBytes: settings.limits.maxMessageSize,
+      setIntake: (on) => {
+        for (const w of workers.values()) if (w.worker.isConnected()) w.worker.send({ t: 'drain', on } satisfies PrimaryOrder);
+      },
+      running: () => !stopping,
+      logger,
+      registry,
+    });
+  } catch (err) {
+    logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot start the drain control');
+    process.exit(1);
+  }
+
   // one set of TLS session-ticket keys for every worker (relay/certificate.ts useTicketKeys)
   const ticketKeys = crypto.randomBytes(48).toString('base64');
   const fork = () => {
-    const worker = cluster.fork({ [TICKET_KEYS_ENV]: ticketKeys });
+    const worker = cluster.fork({ [TICKET_KEYS_ENV]: ticketKeys, [DRAINING_ENV]: control.drain.draining ? '1' : '0' });
     workers.set(worker.id, { worker, ready: false });
     worker.on('message', (m: LimitCall | QueueCall | WorkerNotice) => {
       if (m?.t === 'limits') limitServer.handle(worker.id, m);
@@ -255,6 +293,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
       else if (m?.t === 'metrics') metricWaits.get(m.id)?.(m);
       else if (m?.t === 'ready') {
         workers.get(worker.id)!.ready = true;
+        // an order sent while it was starting may have been missed: the current state again
+        worker.send({ t: 'drain', on: control.drain.draining } satisfies PrimaryOrder);
         ports = m.ports;
         if (!announced && [...workers.values()].every((w) => w.ready)) {
           announced = true;
@@ -313,7 +353,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
       { metrics: aggregated, contentType: registry.contentType },
       settings.metrics.address,
       settings.metrics.port,
-      () => announced && !stopping && workers.size > 0 && [...workers.values()].every((w) => w.ready),
+      () => announced && !stopping && !control.drain.draining && workers.size > 0 && [...workers.values()].every((w) => w.ready),
+      control.handler,
     );
   } catch (err) {
     logger.fatal({ event: 'startup_failed', err: (err as Error).message }, 'cannot listen');
@@ -332,6 +373,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
         return; // the workers log the refusal
       }
       local.update({ limits: next.limits, lockout: next.auth.lockout });
+      if (peers && next.peers) peers.channel.update(next.peers);
       upstream?.reload(next.upstream, next.dkim).catch((err: unknown) => logger.error({ event: 'reload_failed', kind: 'upstream', err: (err as Error).message }, 'upstream settings refused'));
       const changed = upstreamFiles(settings).join('\0') !== upstreamFiles(next).join('\0');
       settings = { ...settings, limits: next.limits, auth: { ...settings.auth, lockout: next.auth.lockout }, upstream: next.upstream, dkim: next.dkim, shutdownGracePeriodMs: next.shutdownGracePeriodMs };
@@ -357,6 +399,9 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     for (const w of workers.values()) if (!w.worker.isDead()) w.worker.process.kill('SIGKILL');
     if (queue) await stopQueueMode(queue, Math.max(1000, deadline - Date.now())).catch(() => undefined);
     await upstream?.close().catch(() => undefined);
+    await gossip?.close();
+    peers?.identity.close();
+    await peers?.channel.close().catch(() => undefined);
     clearInterval(sweep);
     metricsServer?.close();
     metricsServer?.closeAllConnections();

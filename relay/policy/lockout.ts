@@ -25,6 +25,8 @@ export function userLockoutKey(username: string): string {
 
 export class Lockout {
   private readonly entries = new Map<string, Entry>();
+  /** A lower threshold while a sibling replica is unreachable (relay/limits-gossip.ts); undefined = maxFailures. */
+  private cap?: number;
 
   constructor(
     private settings: LockoutSettings,
@@ -53,27 +55,95 @@ export class Lockout {
     return n;
   }
 
+  /** The failures that start a lockout now: maxFailures, or the fallback cap while it is lower. */
   get maxFailures(): number {
-    return this.settings.maxFailures;
+    return this.cap === undefined ? this.settings.maxFailures : Math.min(this.cap, this.settings.maxFailures);
   }
 
-  /** Records a failure; returns true when it started a lockout. */
-  fail(key: string): boolean {
-    const t = this.now();
+  get durationMs(): number {
+    return this.settings.durationMs;
+  }
+
+  /** Sets (or with undefined, lifts) the fallback threshold. */
+  setCap(cap: number | undefined): void {
+    this.cap = cap === undefined ? undefined : Math.max(1, cap);
+  }
+
+  private entry(key: string, t: number): Entry {
     let e = this.entries.get(key);
     if (!e) {
       if (this.entries.size >= MAX_KEYS) this.prune(t);
       e = { failures: [], lockedUntil: 0 };
       this.entries.set(key, e);
     }
+    return e;
+  }
+
+  /** Records a failure; returns true when it started a lockout. */
+  fail(key: string): boolean {
+    const t = this.now();
+    const e = this.entry(key, t);
     e.failures = e.failures.filter((f) => t - f < this.settings.windowMs);
     e.failures.push(t);
-    if (e.failures.length >= this.settings.maxFailures && e.lockedUntil <= t) {
+    if (e.failures.length >= this.maxFailures && e.lockedUntil <= t) {
       e.lockedUntil = t + this.settings.durationMs;
       e.failures = [];
       return true;
     }
     return false;
+  }
+
+  /** When the lockout of `key` ends (0: none). */
+  lockedUntil(key: string): number {
+    return this.entries.get(key)?.lockedUntil ?? 0;
+  }
+
+  /**
+   * A failure a sibling replica saw at `at` (its clock, never later than ours): counted in
+   * the window like a local one; it may start the lockout here (ending `at` + duration).
+   * Ignored while the key is locked here (a local attempt would not have been checked).
+   */
+  failRemote(key: string, at: number): boolean {
+    const t = this.now();
+    const when = Math.min(at, t);
+    if (t - when >= this.settings.windowMs || this.lockedFor(key) > 0) return false;
+    const e = this.entry(key, t);
+    e.failures = e.failures.filter((f) => t - f < this.settings.windowMs);
+    e.failures.push(when);
+    if (e.failures.length >= this.maxFailures) {
+      e.lockedUntil = when + this.settings.durationMs;
+      e.failures = [];
+      return e.lockedUntil > t;
+    }
+    return false;
+  }
+
+  /** A lockout a sibling started, until `until` (at most one duration from now); returns true when it locks a key not locked here. */
+  lockRemote(key: string, until: number): boolean {
+    const t = this.now();
+    const end = Math.min(until, t + this.settings.durationMs);
+    if (end <= t) return false;
+    const e = this.entry(key, t);
+    const was = e.lockedUntil > t;
+    if (end > e.lockedUntil) e.lockedUntil = end;
+    e.failures = [];
+    return !was;
+  }
+
+  /** A successful login on a sibling at `at`: forgives the failures of `key` counted up to then, unless it is locked. */
+  succeedRemote(key: string, at: number): void {
+    const e = this.entries.get(key);
+    if (!e || e.lockedUntil > this.now()) return;
+    e.failures = e.failures.filter((f) => f > at);
+    if (e.failures.length === 0) this.entries.delete(key);
+  }
+
+  /** The lockouts running now: key and end. */
+  activeLockouts(): [string, number][] {
+    const t = this.now();
+    const out: [string, number][] = [];
+    for (const [k, e] of this.entries) if (e.lockedUntil > t) out.push([k, e.lockedUntil]);
+    return out;
   }
 
   /** A successful login clears the failures of its key (the relay passes the username's only). */

@@ -51,6 +51,18 @@ export interface SchedulerOptions {
   controlPollMs?: number;
 }
 
+/**
+ * During a drain (relay/control.ts): hands one message (only its recipients still to be
+ * delivered, with their state) to a sibling; true once the sibling has it on stable
+ * storage (then this spool removes it), false when no sibling took it.
+ */
+export type HandOffFn = (envelope: StoredEnvelope, state: EntryState, body: Buffer) => Promise<boolean>;
+
+/** While draining: a message no sibling took, or that the upstream deferred, is tried again this soon. */
+export const DRAIN_RETRY_MS = 3000;
+/** While draining: after the upstream failed as a whole, messages go straight to a sibling for this long. */
+const DRAIN_UPSTREAM_SKIP_MS = 5000;
+
 /** File whose mtime shows a running scheduler to `smtp-relay queue` (cli.ts). */
 export const ALIVE_FILE = 'scheduler.alive';
 
@@ -115,6 +127,10 @@ export class Scheduler {
   private controlTimer?: NodeJS.Timeout;
   private stopped = true;
   private readonly random: () => number;
+  /** The drain's hand-off (setDrain); undefined = not draining. */
+  private drain?: { handoff?: HandOffFn };
+  /** When the upstream last failed as a whole (a temporary failure naming no recipient); 0 after it accepted. */
+  private upstreamFailedAt = 0;
 
   constructor(opts: SchedulerOptions) {
     this.o = opts;
@@ -150,6 +166,32 @@ export class Scheduler {
     clearTimeout(t);
   }
 
+  /**
+   * Starts (or updates) a drain: every message still to be delivered is tried now, held
+   * ones included; one whose delivery fails temporarily goes to a sibling through
+   * `handoff` instead of waiting, and when none takes it, it is tried again within
+   * DRAIN_RETRY_MS. `undefined` ends the drain (the retry times stay as they are).
+   */
+  setDrain(drain: { handoff?: HandOffFn } | undefined): void {
+    const starting = !this.drain && drain;
+    this.drain = drain;
+    if (!starting) return;
+    const now = this.o.spool.clock.now();
+    for (const id of [...this.o.spool.ids()]) {
+      const e = this.o.spool.get(id);
+      if (!e) continue;
+      // in memory only: a restart before the drain ends keeps the saved times (it comes back draining)
+      for (const r of e.state.recipients) if (undone(r) && r.nextAttempt > now) r.nextAttempt = now;
+      this.scheduled.delete(id);
+      this.schedule(id, false);
+    }
+    this.pump();
+  }
+
+  get draining(): boolean {
+    return this.drain !== undefined;
+  }
+
   /** Deliveries in progress. */
   get active(): number {
     return this.inFlight.size;
@@ -159,7 +201,8 @@ export class Scheduler {
   private dueOf(id: string): number | undefined {
     const e = this.o.spool.get(id);
     if (!e) return undefined;
-    if (e.state.held) return undefined;
+    // a held message is not delivered; during a drain it goes to a sibling (still held)
+    if (e.state.held) return this.drain?.handoff ? (this.notifyRetry.get(id) ?? 0) : undefined;
     let due = Infinity;
     for (const r of e.state.recipients) if (undone(r) && r.nextAttempt < due) due = r.nextAttempt;
     const needsReport = e.state.recipients.some(owesReport);
@@ -259,7 +302,9 @@ export class Scheduler {
     const loadBody = async (): Promise<Buffer> => (body ??= await spool.body(id));
     let changed = false;
 
-    const due = state.recipients.filter((r) => undone(r) && r.nextAttempt <= now);
+    // While draining with the upstream down (it failed as a whole a moment ago), straight to a sibling.
+    const skipUpstream = this.drain?.handoff !== undefined && this.upstreamFailedAt > 0 && now - this.upstreamFailedAt < DRAIN_UPSTREAM_SKIP_MS;
+    const due = state.held || skipUpstream ? [] : state.recipients.filter((r) => undone(r) && r.nextAttempt <= now);
     if (due.length) {
       try {
         await loadBody();
@@ -313,6 +358,36 @@ export class Scheduler {
       this.upstreamDeferred.delete(id);
       this.notifyRetry.delete(id);
       await spool.remove(id);
+      return;
+    }
+    const handoff = this.drain?.handoff;
+    if (handoff && state.recipients.some(undone) && !state.recipients.some(owesReport) && !this.deleteAfter.has(id)) {
+      // Draining: what is still to be delivered goes to a sibling; removed here only once it
+      // is on the sibling's disk (at least once; docs/spool.md "Drain and hand-off").
+      if (changed) await spool.saveState(id, state);
+      changed = false;
+      let taken = false;
+      try {
+        taken = await handoff(env, state, await loadBody());
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EDAMAGED') {
+          await spool.quarantine(id, (err as Error).message);
+          return;
+        }
+        this.o.logger.warn({ id, err: (err as Error).message }, 'hand-off failed');
+      }
+      if (taken) {
+        this.upstreamDeferred.delete(id);
+        this.notifyRetry.delete(id);
+        if (spool.get(id)) await spool.remove(id);
+        return;
+      }
+      // nobody took it: again soon (upstream first, unless it just failed)
+      const again = spool.clock.now() + DRAIN_RETRY_MS;
+      for (const r of state.recipients) if (undone(r)) r.nextAttempt = again;
+      if (state.held) this.notifyRetry.set(id, again);
+      const cur = spool.get(id);
+      if (cur) cur.state = state; // in memory: the saved (later) times apply after a restart
       return;
     }
     if (changed) await spool.saveState(id, state);
@@ -382,7 +457,10 @@ export class Scheduler {
         }
       }
       if (!named.length) {
-        if (outcome.kind === 'temporary') this.upstreamDeferred.add(id);
+        if (outcome.kind === 'temporary') {
+          this.upstreamDeferred.add(id);
+          this.upstreamFailedAt = this.o.spool.clock.now();
+        }
         return;
       }
       left = left.filter((r) => !refused.has(r.address.toLowerCase()));
@@ -391,6 +469,7 @@ export class Scheduler {
 
   /** The upstream accepted a message: those deferred only because it failed are tried now. */
   private upstreamWorks(id: string): void {
+    this.upstreamFailedAt = 0;
     this.upstreamDeferred.delete(id);
     if (!this.upstreamDeferred.size) return;
     const now = this.o.spool.clock.now();

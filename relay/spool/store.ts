@@ -282,6 +282,51 @@ export class Spool {
     return id;
   }
 
+  /**
+   * Stores a message handed over by a draining sibling (relay/handoff.ts) with its own
+   * envelope and delivery state (arrival time, attempts), so its lifetime keeps counting.
+   * Resolves only once it is on stable storage, as enqueue does, and rejects as enqueue
+   * does. A message this spool already holds under the same id (the sibling sent it again
+   * after losing the answer) is not stored twice: `duplicate` is true then.
+   */
+  async adopt(envelope: StoredEnvelope, state: EntryState, body: Buffer): Promise<{ id: string; duplicate: boolean }> {
+    const held = this.entries.get(envelope.id);
+    if (held && held.envelope.created === envelope.created && held.envelope.mailFrom === envelope.mailFrom && held.size === body.length) {
+      return { id: envelope.id, duplicate: true };
+    }
+    const full = await this.checkSpace(body.length);
+    if (full) {
+      this.metrics.refused.inc({ reason: full.reason });
+      throw full;
+    }
+    const env: StoredEnvelope = { ...envelope, rcptTo: [...envelope.rcptTo] };
+    // an id taken here by another message (or one whose removal is pending): a new one
+    if (held || this.pendingDeletes.has(env.id) || !/^[0-9a-z]{9,}[0-9a-f]{10}$/.test(env.id)) env.id = this.clock.now().toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+    const checked = checkState(state, env) ?? initialState(env);
+    this.reserved += body.length;
+    this.reservedMessages++;
+    try {
+      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(checked), body }));
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ENOSPC') {
+        this.metrics.refused.inc({ reason: 'disk_full' });
+        this.free = undefined;
+        throw new SpoolFullError('disk_full', 'disk full');
+      }
+      this.log.error({ err: (err as Error).message }, 'could not store a handed-over message in the spool');
+      throw new SpoolWriteError(err as Error);
+    } finally {
+      this.reserved -= body.length;
+      this.reservedMessages--;
+    }
+    if (this.free) this.free.writtenSince += body.length;
+    this.entries.set(env.id, { envelope: env, state: checked, size: body.length });
+    this.bytes += body.length;
+    this.updateGauges();
+    this.onEnqueue?.(env.id);
+    return { id: env.id, duplicate: false };
+  }
+
   /** Called after each durable enqueue (the scheduler listens). */
   onEnqueue?: (id: string) => void;
 

@@ -101,6 +101,10 @@ export interface RelayOptions {
   dkim?: string;
   /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`. */
   queue?: string;
+  /** More fields of the `metrics:` map, e.g. `controlTokenFile: /x/token`. */
+  metricsExtra?: string;
+  /** The value of a `peers:` section (relay/peers.ts), e.g. `{port: 9091, tokenFile: /x/token, addresses: [...]}`. */
+  peers?: string;
   /** The `workers:` setting (absent: RELAY_TEST_WORKERS from the environment, else the default, one process). */
   workers?: number | 'auto';
   env?: Record<string, string>;
@@ -254,9 +258,10 @@ upstream:
   timeout: 10s
 ${o.upstreamExtra ?? ''}
 ${o.dkim ?? ''}
-metrics: {address: 127.0.0.1, port: ${ports.metrics}}
+metrics: {address: 127.0.0.1, port: ${ports.metrics}${o.metricsExtra ? `, ${o.metricsExtra}` : ''}}
 shutdownGracePeriod: ${o.grace ?? '5s'}
 ${o.queue ? `queue: ${o.queue}` : ''}
+${o.peers ? `peers: ${o.peers}` : ''}
 ${(o.workers ?? process.env.RELAY_TEST_WORKERS) !== undefined ? `workers: ${o.workers ?? process.env.RELAY_TEST_WORKERS}` : ''}
 `;
   const configFile = path.join(o.dir, `relay-${Date.now()}-${Math.random().toString(36).slice(2, 6)}.yaml`);

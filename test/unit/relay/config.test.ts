@@ -60,6 +60,8 @@ describe('relay config', () => {
     assert.equal(s.upstream.timeout, '60s');
     assert.equal(s.upstream.ehloName, 'relay.example.com');
     assert.deepEqual(s.metrics, { address: '::', port: 9090 });
+    const withToken = loadConfig(write(BASE + 'metrics: {controlTokenFile: user}\n'));
+    assert.equal(withToken.metrics.controlTokenFile, path.join(dir, 'user'), 'the control token file, resolved');
     assert.equal(s.shutdownGracePeriodMs, 25_000);
     assert.equal(s.workers, 1, 'one process unless told');
     assert.deepEqual(s.dkim, []);
@@ -119,7 +121,7 @@ workers: auto
     [
       'an unknown top-level field',
       (d) => (d.spool = {}),
-      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod, queue, workers)'],
+      ['spool: unknown field (allowed: version, hostname, listeners, tls, auth, access, upstream, limits, dkim, metrics, shutdownGracePeriod, queue, workers, peers)'],
     ],
     [
       'more unauthenticated connections than connections',
@@ -131,6 +133,8 @@ workers: auto
     ['a pre-auth timeout under a second', (d) => (d.limits = { preAuthTimeout: '500ms' }), ['limits.preAuthTimeout: "500ms" is too short (minimum 1000 ms)']],
     ['two listeners on one port', (d) => (d.listeners[1].port = 587), ['listeners[1].port: port 587 is already used by listeners[0] (submission)']],
     ['metrics on a listener port', (d) => (d.metrics = { port: 465 }), ['metrics.port: port 465 is already used by listeners[1] (submissions)']],
+    ['a missing control token file', (d) => (d.metrics = { controlTokenFile: 'none.token' }), ['metrics.controlTokenFile: cannot read "none.token": ENOENT']],
+    ['a control token file that is not a string', (d) => (d.metrics = { controlTokenFile: 3 }), ['metrics.controlTokenFile: must be a string, got 3']],
     ['a missing certificate file', (d) => (d.tls.certFile = 'missing.crt'), ['tls.certFile: cannot read "missing.crt": ENOENT']],
     ['a missing users file', (d) => (d.auth.usersFile = '/nonexistent/users.yaml'), ['auth.usersFile: cannot read "/nonexistent/users.yaml": ENOENT']],
     ['a missing DKIM key', (d) => (d.dkim = [{ domain: 'example.com', selector: 's1', keyFile: 'none.key' }]), ['dkim[0].keyFile: cannot read "none.key": ENOENT']],
@@ -221,6 +225,49 @@ workers: auto
     assert.equal(restartRelevantConfig(doc).usersFile, 'users.yaml');
     // absent, so the canonical JSON (and the hash) of a relay without token logins is what it was
     assert.equal(restartRelevantConfig(doc).serviceAccountTokens, undefined);
+  });
+});
+
+describe('relay config: peers', () => {
+  fs.writeFileSync(path.join(dir, 'peer-token'), 'c2VjcmV0LXBlZXItdG9rZW4tMzItYnl0ZXM=\n');
+  fs.writeFileSync(path.join(dir, 'short-token'), 'abc\n');
+  fs.writeFileSync(path.join(dir, 'spaced-token'), 'a token with spaces in it\n');
+
+  test('peers: defaults and every field', () => {
+    const s = loadConfig(write(BASE + 'peers: {port: 9091, tokenFile: peer-token}\n'));
+    assert.deepEqual(s.peers, { address: '::', port: 9091, tokenFile: path.join(dir, 'peer-token'), addresses: [], refreshIntervalMs: 10_000 });
+    const t = loadConfig(
+      write(BASE + 'peers: {address: 10.0.0.5, port: 9091, tokenFile: peer-token, service: relay-peers.mail.svc.cluster.local, addresses: ["10.0.0.6:9091", "[fd00::7]:9091", "relay-1.example:9091"], refreshInterval: 30s}\n'),
+    );
+    assert.deepEqual(t.peers, {
+      address: '10.0.0.5',
+      port: 9091,
+      tokenFile: path.join(dir, 'peer-token'),
+      service: 'relay-peers.mail.svc.cluster.local',
+      addresses: ['10.0.0.6:9091', '[fd00::7]:9091', 'relay-1.example:9091'],
+      refreshIntervalMs: 30_000,
+    });
+    assert.equal(loadConfig(write(BASE)).peers, undefined);
+  });
+
+  test('peers: bad values are named', () => {
+    const bad = (peers: unknown) => problems((d) => (d.peers = peers));
+    assert.deepEqual(bad({ tokenFile: 'peer-token' }), ['peers.port: required field is missing']);
+    assert.deepEqual(bad({ port: 9091 }), ['peers.tokenFile: required field is missing']);
+    assert.deepEqual(bad({ port: 70000, tokenFile: 'peer-token' }), ['peers.port: 70000 is not a valid port (1..65535)']);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'missing-token' }), ['peers.tokenFile: cannot read "missing-token": ENOENT']);
+    assert.match(bad({ port: 9091, tokenFile: 'short-token' })[0]!, /^peers\.tokenFile: the token in "short-token" is 3 characters long; at least 16/);
+    assert.match(bad({ port: 9091, tokenFile: 'spaced-token' })[0]!, /printable ASCII without spaces/);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'peer-token', address: 'all' }), ['peers.address: "all" is not a valid IP address']);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'peer-token', service: 'not a name' }), ['peers.service: "not a name" is not a DNS name (e.g. "smtp-relay-peers.mail.svc.cluster.local")']);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'peer-token', addresses: ['10.0.0.6', 'fd00::7:9091', '10.0.0.6:0', 'ok.example:9091'] }), [
+      'peers.addresses[0]: "10.0.0.6" is not "host:port" (an IPv6 address in brackets: "[fd00::7]:9091")',
+      'peers.addresses[1]: "fd00::7:9091" is not "host:port" (an IPv6 address in brackets: "[fd00::7]:9091")',
+      'peers.addresses[2]: "10.0.0.6:0" is not "host:port" (an IPv6 address in brackets: "[fd00::7]:9091")',
+    ]);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'peer-token', refreshInterval: '10ms' }), ['peers.refreshInterval: "10ms" is too short (minimum 1000 ms)']);
+    assert.deepEqual(bad({ port: 9091, tokenFile: 'peer-token', token: 'x' }), ['peers.token: unknown field (allowed: port, tokenFile, address, service, addresses, refreshInterval)']);
+    assert.deepEqual(bad({ port: 9090, tokenFile: 'peer-token' }), ['peers.port: port 9090 is already used by metrics']);
   });
 });
 
