@@ -25,6 +25,8 @@ class PlayedRelay {
   draining = false;
   messages = 0;
   handedOff = 0;
+  /** Answer 401 to everything (a pod the operator cannot use). */
+  refuse = false;
   readonly requests: Array<{ method: string; path: string; auth: string | undefined; body: unknown }> = [];
   private constructor(
     readonly pod: string,
@@ -60,7 +62,7 @@ class PlayedRelay {
       res.end(JSON.stringify(v));
     };
     const token = this.token();
-    if (!token || auth !== `Bearer ${token}`) return json(401, { error: 'unauthorized' });
+    if (this.refuse || !token || auth !== `Bearer ${token}`) return json(401, { error: 'unauthorized' });
     if (method === 'GET' && path === '/queue') {
       return json(200, { draining: this.draining, messages: this.messages, bytes: this.messages * 1000, oldestSeconds: this.messages > 0 ? 60 : 0, handedOff: this.handedOff });
     }
@@ -225,6 +227,25 @@ test('scale back up while draining: the pods that stay again are taken out of dr
   assert.deepEqual(await claimNames('undo'), ['spool-undo-0', 'spool-undo-1', 'spool-undo-2']);
 });
 
+test('a pod the operator cannot ask is waited for, named in the condition and status.queue.unreachable; once it answers the drain goes on (relay control endpoint played by the test)', async () => {
+  await startRelay('far', 2);
+  played.get('far-1')!.refuse = true;
+  await patchRelay('far', { spec: { replicas: 1 } });
+  const r = await eventually('QueueDrained=False DrainUnreachable', async () => {
+    const r = await getRelay(kube, ns, 'far');
+    return condition(r, 'QueueDrained')?.reason === 'DrainUnreachable' ? r : undefined;
+  });
+  assert.match(condition(r, 'QueueDrained')!.message, /cannot reach far-1 \(GET \/queue: HTTP 401\)/);
+  assert.deepEqual(r.status.queue.unreachable, ['far-1']);
+  assert.equal(r.status.queue.summary, 'draining 1 pod', 'no count while a pod cannot be asked');
+  await sleep(1000);
+  assert.equal((await sts('far')).spec.replicas, 2, 'held while the pod cannot be asked');
+  assert.equal((await claim('spool-far-1')).metadata.annotations?.['smtprelay.dev/queue-confirmed-empty'], undefined);
+  played.get('far-1')!.refuse = false;
+  await eventually('StatefulSet lowered once the pod answers empty', async () => (await sts('far')).spec.replicas === 1);
+  assert.ok(played.get('far-1')!.draining);
+});
+
 test('a pod that never empties: past spec.queue.drainTimeout the pods go anyway and its claim is kept, labelled and annotated with the count, with a Warning Event (relay control endpoint played by the test)', async () => {
   await startRelay('stuck', 2, { drainTimeout: '4s' });
   played.get('stuck-1')!.messages = 9;
@@ -247,6 +268,7 @@ test('a pod that never empties: past spec.queue.drainTimeout the pods go anyway 
   await sleep(1500);
   const still = await claim('spool-stuck-1');
   assert.ok(still && !still.metadata.deletionTimestamp, 'a claim that may hold mail is never deleted');
+  assert.equal((await sts('stuck')).spec.replicas, 1, 'never raised again: the kept claim needs no more drain');
 });
 
 test('deletion with the finalizer: every pod drains with no hand-off target; once all report empty the claims go and the deletion finishes (relay control endpoint played by the test)', async () => {

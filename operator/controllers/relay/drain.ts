@@ -210,13 +210,16 @@ async function markClaims(ctx: SyncContext, relay: SmtpRelay, asked: Asked[], no
  * Claims: a claim whose ordinal is served again (below spec.replicas) loses any
  * confirmed-empty mark or kept label (its pod may take mail); a claim marked confirmed
  * empty whose ordinal is above the StatefulSet (read fresh) and whose pod is gone is
- * deleted. Returns whether some marked claim still waits for its pod to go.
+ * deleted. Returns whether some marked claim still waits for its pod to go, and the
+ * ordinals at or above spec.replicas that need no (more) drain: their claim is marked
+ * (confirmed empty, or kept at the bound) or absent (no pod ever wrote there).
  */
-async function tidyClaims(ctx: SyncContext, scope: ReconcileScope): Promise<boolean> {
+async function tidyClaims(ctx: SyncContext, scope: ReconcileScope): Promise<{ waiting: boolean; unsettled: Set<number> }> {
   const relay = scope.relay;
   const ns = relay.metadata.namespace;
   const sts = childNames(relay).deployment;
   const claims = await listClaims(ctx, relay);
+  const unsettled = new Set<number>();
   let waiting = false;
   let fresh: { spec?: { replicas?: number } } | undefined;
   for (const c of claims) {
@@ -229,7 +232,10 @@ async function tidyClaims(ctx: SyncContext, scope: ReconcileScope): Promise<bool
       }
       continue;
     }
-    if (!marked) continue;
+    if (!marked) {
+      if (c.metadata.labels?.[LABEL_QUEUE_KEPT] === undefined && !c.metadata.deletionTimestamp) unsettled.add(ordinal);
+      continue;
+    }
     fresh ??= await ctx.kube.getOrUndefined<{ spec?: { replicas?: number } }>(resourcePath(StatefulSets, ns, sts));
     if (fresh && ordinal < (fresh.spec?.replicas ?? 1)) {
       waiting = true;
@@ -252,7 +258,7 @@ async function tidyClaims(ctx: SyncContext, scope: ReconcileScope): Promise<bool
       if (!isNotFound(err)) throw err;
     }
   }
-  return waiting;
+  return { waiting, unsettled };
 }
 
 /**
@@ -292,8 +298,15 @@ export async function syncDrain(ctx: SyncContext, scope: ReconcileScope): Promis
     }
   }
 
-  const waitingClaims = await tidyClaims(ctx, scope);
-  const again = waitingClaims || requeue ? { requeueAfterMs: pollMs(ctx) } : {};
+  const claims = await tidyClaims(ctx, scope);
+  const again = claims.waiting || requeue ? { requeueAfterMs: pollMs(ctx) } : {};
+
+  // Only pods whose claim is neither marked nor absent drain: after the StatefulSet was
+  // lowered (drained, or the bound passed) a reconcile that still sees the old count in
+  // its cache must not raise it again, and neither must an operator restart.
+  const leaving: number[] = [];
+  for (let i = want; i < current; i++) if (claims.unsettled.has(i)) leaving.push(i);
+  if (want < current && leaving.length === 0) return { ...again, workloadReplicas: want };
 
   if (want >= current) {
     if (!prev) return again;
@@ -301,8 +314,6 @@ export async function syncDrain(ctx: SyncContext, scope: ReconcileScope): Promis
     return { ...again, condition: { type: ConditionType.QueueDrained, status: 'True', reason: Reason.Drained, message: `No pod is draining (the scale-down to ${want} was undone)` } };
   }
 
-  const leaving: number[] = [];
-  for (let i = want; i < current; i++) leaving.push(i);
   const staying: string[] = [];
   for (let i = 0; i < want; i++) {
     const pod = await getPod(ctx, ns, podName(names.deployment, i));
