@@ -29,7 +29,7 @@ import { childNames } from '../../builders/meta.js';
 import { SPOOL_CLAIM_TEMPLATE } from '../../builders/deployment.js';
 import { controlToken } from '../../builders/internal.js';
 import { parseDuration } from '../../../relay/units.js';
-import { isNotFound, MEDIA_MERGE_PATCH, resourcePath, type KubeObject } from '../../runtime/kube.js';
+import { isConflict, isNotFound, KubeError, MEDIA_MERGE_PATCH, resourcePath, type KubeObject } from '../../runtime/kube.js';
 import { SmtpRelays, StatefulSets } from '../../runtime/resources.js';
 import { setCondition, type ConditionInput } from '../../status/conditions.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
@@ -359,16 +359,35 @@ export async function syncFinalizer(ctx: SyncContext, scope: ReconcileScope): Pr
   const wanted = persistentQueue(relay.spec);
   if (has === wanted) return false;
   const next = wanted ? [...finalizers, FINALIZER_DRAIN] : finalizers.filter((f) => f !== FINALIZER_DRAIN);
-  await patchFinalizers(ctx, relay, next);
+  try {
+    await patchFinalizers(ctx, relay, next);
+  } catch (err) {
+    // The cache is behind our own earlier patch (or someone else's): the watch brings the
+    // new version, and that reconcile decides again. Nothing to retry here.
+    if (isConflict(err) || (err instanceof KubeError && err.code === 422)) {
+      scope.log.debug('finalizer patch conflicted with a newer relay version; the next reconcile decides');
+      return false;
+    }
+    throw err;
+  }
   scope.log.info({ finalizer: FINALIZER_DRAIN, added: wanted }, 'finalizer updated');
   return true;
 }
 
 async function patchFinalizers(ctx: SyncContext, relay: SmtpRelay, finalizers: string[]): Promise<void> {
-  // resourceVersion makes it a compare-and-swap: a concurrent change to the list fails with 409 and is retried.
+  // A JSON patch whose "test" makes it a compare-and-swap on the list alone (not the whole
+  // object's resourceVersion, which our own status write has just moved): a list someone
+  // else changed meanwhile fails with 422 and the reconcile is retried.
+  const current = relay.metadata.finalizers;
+  const ops = current
+    ? [
+        { op: 'test', path: '/metadata/finalizers', value: current },
+        { op: 'replace', path: '/metadata/finalizers', value: finalizers },
+      ]
+    : [{ op: 'add', path: '/metadata/finalizers', value: finalizers }];
   await ctx.kube.request('PATCH', resourcePath(SmtpRelays, relay.metadata.namespace, relay.metadata.name), {
-    contentType: MEDIA_MERGE_PATCH,
-    body: { metadata: { finalizers, resourceVersion: relay.metadata.resourceVersion } },
+    contentType: 'application/json-patch+json',
+    body: ops,
     discardResponse: true,
   });
 }
