@@ -60,6 +60,10 @@ export interface DrainResult {
   requeueAfterMs?: number;
 }
 
+/** The relay accepts at most this many hand-off targets. */
+const MAX_HANDOFF_TARGETS = 256;
+/** The hand-off list last sent to each draining pod (namespace/name), so a changed list is sent again; dropped when its drain ends. */
+const handoffSent = new Map<string, string>();
 /** When messagesLeft was last written, per relay uid (in memory: a restart costs one extra write). */
 const messagesWrittenAt = new Map<string, number>();
 
@@ -130,9 +134,14 @@ async function askPods(ctx: SyncContext, scope: ReconcileScope, token: string | 
       if (!address) return { pod: name, ordinal, why: pod ? 'no pod IP' : 'pod not found' };
       try {
         let state = await getQueue(address, token);
-        if (!state.draining) {
-          await startDrain(address, token, handoff);
-          scope.log.info({ pod: name, handoff }, 'told the pod to drain');
+        // Told again when the hand-off targets changed (a staying pod restarted with a new
+        // IP), or once after an operator restart: POST /drain updates a drain in progress.
+        const key = `${ns}/${name}`;
+        const targets = handoff.slice(0, MAX_HANDOFF_TARGETS);
+        if (!state.draining || handoffSent.get(key) !== targets.join(',')) {
+          await startDrain(address, token, targets);
+          handoffSent.set(key, targets.join(','));
+          scope.log.info({ pod: name, handoff: targets }, state.draining ? 'updated the pod\'s hand-off targets' : 'told the pod to drain');
           state = await getQueue(address, token);
         }
         return { pod: name, ordinal, state };
@@ -187,6 +196,7 @@ function drainingCondition(asked: Asked[], what: string): ConditionInput {
  */
 async function markClaims(ctx: SyncContext, relay: SmtpRelay, asked: Asked[], nowIso: string): Promise<{ kept: string[]; keptMessages: number; unknown: number }> {
   const ns = relay.metadata.namespace;
+  for (const a of asked) handoffSent.delete(`${ns}/${a.pod}`);
   const sts = childNames(relay).deployment;
   const kept: string[] = [];
   let keptMessages = 0;
@@ -290,6 +300,7 @@ export async function syncDrain(ctx: SyncContext, scope: ReconcileScope): Promis
       const address = pod && podAddress(ctx, pod);
       try {
         if (address) await stopDrain(address, token);
+        handoffSent.delete(`${ns}/${p}`);
         scope.log.info({ pod: p }, 'scale-down undone: the pod is back in service');
       } catch (err) {
         scope.log.warn({ pod: p, err: (err as Error).message }, 'could not take the pod out of drain; retrying');
