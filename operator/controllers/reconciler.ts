@@ -15,7 +15,7 @@ import type { ConditionInput } from '../status/conditions.js';
 import { relayStatus, type ObservedReadiness } from '../status/relay-status.js';
 import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
-import { isNotFound, splitKey } from '../runtime/kube.js';
+import { isNotFound, resourcePath, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
 import { RESULT_ERROR, RESULT_SUCCESS } from '../metrics.js';
 import type { ReconcileScope, SyncContext } from './context.js';
@@ -44,8 +44,15 @@ export class RelayReconciler {
 
   async reconcile(key: string): Promise<SyncResult> {
     const { namespace, name } = splitKey(key);
-    const relay = this.ctx.caches.relays.get(namespace, name) as Relay | undefined;
+    let relay = this.ctx.caches.relays.get(namespace, name) as Relay | undefined;
     const log = this.log.child({ key });
+    if (relay?.status?.queue) {
+      // A drain in progress is looked at every few seconds, sooner than the cache may have
+      // seen our own last status write; a status computed from an older copy would put
+      // back what that write changed (a finished drain shown as draining again). One read
+      // per poll, only while pods drain.
+      relay = await this.ctx.kube.getOrUndefined<Relay>(resourcePath(SmtpRelays, namespace, name));
+    }
     if (relay?.metadata.deletionTimestamp && relay.metadata.finalizers?.includes(FINALIZER_DRAIN)) {
       // A persistent queue: drain every pod (drain.ts) before the deletion goes on.
       return this.timed(RELAY, () => finalizeDrain(this.ctx, { relay, log, reads: new Set() }));

@@ -320,7 +320,9 @@ export async function syncDrain(ctx: SyncContext, scope: ReconcileScope): Promis
   if (want < current && leaving.length === 0) return { ...again, workloadReplicas: want };
 
   if (want >= current) {
-    if (!prev) return again;
+    // A drain that ended (its pods gone) whose status.queue this reconcile's copy of the
+    // relay still shows (the cache is behind our status write): clear it, keep the condition.
+    if (back.length === 0) return again;
     // A drain ended by a scale back up: say so once, and clear status.queue.
     return { ...again, condition: { type: ConditionType.QueueDrained, status: 'True', reason: Reason.Drained, message: `No pod is draining (the scale-down to ${want} was undone)` } };
   }
