@@ -147,10 +147,18 @@ async function askPods(ctx: SyncContext, scope: ReconcileScope, token: string | 
         return { pod: name, ordinal, state };
       } catch (err) {
         scope.log.info({ pod: name, err: (err as Error).message }, 'could not reach the pod\'s control endpoint');
-        return { pod: name, ordinal, why: (err as Error).message };
+        return { pod: name, ordinal, why: unreachableReason(err) };
       }
     }),
   );
+}
+
+/** A stable reason for the condition (a message that varied with each poll's error text would rewrite status). */
+function unreachableReason(err: unknown): string {
+  const e = err as Error;
+  if (e.name === 'TimeoutError' || e.name === 'AbortError') return 'no answer within 3 s';
+  if (/^(GET|POST|DELETE) \/\w+: /.test(e.message)) return e.message;
+  return 'connection failed';
 }
 
 function summary(draining: number, messages: number | undefined): string {
