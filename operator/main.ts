@@ -103,6 +103,7 @@ export async function runOperator(argv: string[]): Promise<number> {
       kube: await Kube.fromKubeconfig(args.kubeconfig),
       namespaces: args.namespaces,
       relayImage: args.relayImage,
+      ...operatorPodsFromEnv(process.env),
       ...(args.imagePullPolicy ? { imagePullPolicy: args.imagePullPolicy } : {}),
       workers: args.workers,
       metricsPort: args.metricsPort,
@@ -154,4 +155,22 @@ function isMain(): boolean {
 
 if (isMain()) {
   runOperator(process.argv.slice(2)).then((code) => process.exit(code));
+}
+
+/**
+ * The operator's own pods, from $POD_NAMESPACE and $OPERATOR_POD_LABELS ("k=v,k=v", set by
+ * the chart): each relay's NetworkPolicy admits them to the metrics port, where the relay's
+ * control endpoints are (drain). Absent either: no such rule (the monitoring rule still applies).
+ */
+export function operatorPodsFromEnv(env: NodeJS.ProcessEnv): { operatorPods?: { namespace: string; matchLabels: Record<string, string> } } {
+  const namespace = env['POD_NAMESPACE'];
+  const text = env['OPERATOR_POD_LABELS'];
+  if (!namespace || !text) return {};
+  const matchLabels: Record<string, string> = {};
+  for (const pair of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const at = pair.indexOf('=');
+    if (at <= 0) throw new Error(`OPERATOR_POD_LABELS: "${pair}" is not key=value`);
+    matchLabels[pair.slice(0, at)] = pair.slice(at + 1);
+  }
+  return Object.keys(matchLabels).length > 0 ? { operatorPods: { namespace, matchLabels } } : {};
 }

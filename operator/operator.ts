@@ -15,6 +15,7 @@ import { OperatorMetrics, serveMetrics } from './metrics.js';
 import { ControllerRun } from './run.js';
 import { realClock, type Clock } from './runtime/clock.js';
 import type { Kube } from './runtime/kube.js';
+import type { OperatorOptions } from './controllers/context.js';
 import { LeaderElector } from './runtime/leader.js';
 
 export interface OperatorConfig {
@@ -23,6 +24,12 @@ export interface OperatorConfig {
   namespaces?: string[];
   relayImage: string;
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  /** The operator's own pods, admitted to the relays' metrics port (their control endpoints). */
+  operatorPods?: OperatorOptions['operatorPods'];
+  /** Drain poll interval (tests). */
+  drainPollMs?: number;
+  /** TEST ONLY: map a relay pod to the address of its control endpoints (see OperatorOptions.podAddress). */
+  podAddress?: OperatorOptions['podAddress'];
   workers?: number;
   /** 0 picks a free port; undefined = no metrics server. */
   metricsPort?: number;
@@ -76,7 +83,13 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
     log,
     clock,
     metrics,
-    options: { relayImage: cfg.relayImage, ...(cfg.imagePullPolicy ? { imagePullPolicy: cfg.imagePullPolicy } : {}) },
+    options: {
+      relayImage: cfg.relayImage,
+      ...(cfg.imagePullPolicy ? { imagePullPolicy: cfg.imagePullPolicy } : {}),
+      ...(cfg.operatorPods ? { operatorPods: cfg.operatorPods } : {}),
+      ...(cfg.drainPollMs !== undefined ? { drainPollMs: cfg.drainPollMs } : {}),
+      ...(cfg.podAddress ? { podAddress: cfg.podAddress } : {}),
+    },
     hasher: cfg.hasher,
     workers: cfg.workers,
     watchdogMs: cfg.watchdogMs,

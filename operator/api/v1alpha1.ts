@@ -55,6 +55,21 @@ export const ANNOTATION_DKIM_RECORD = 'smtprelay.dev/dkim-record';
 export const ANNOTATION_RESTART_HASH = 'smtprelay.dev/restart-hash';
 /** On every child: hash of the desired object, so the sync can skip no-op applies. */
 export const ANNOTATION_SPEC_HASH = 'smtprelay.dev/spec-hash';
+/**
+ * Finalizer on an SmtpRelay with a persistent queue: on deletion the operator drains
+ * every pod (within spec.queue.drainTimeout) before the pods and the relay go.
+ */
+export const FINALIZER_DRAIN = 'smtprelay.dev/drain';
+/**
+ * On a queue claim (spool-<relay>-<ordinal>): the pod that used it reported an empty
+ * queue while draining, at this time (RFC 3339). Only a claim carrying it is ever deleted
+ * by the operator, and only while no pod uses it.
+ */
+export const ANNOTATION_QUEUE_EMPTY = 'smtprelay.dev/queue-confirmed-empty';
+/** On a queue claim kept because it may still hold mail (drain bound passed): "true". */
+export const LABEL_QUEUE_KEPT = 'smtprelay.dev/queue-kept';
+/** On a kept queue claim: the messages its pod last reported ("unknown" when it could not be asked). */
+export const ANNOTATION_QUEUE_MESSAGES = 'smtprelay.dev/queue-messages';
 
 // ---------------------------------------------------------------------------
 // The relay pod's contract: where files are mounted and which ports it opens.
@@ -98,6 +113,12 @@ export const UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE = `${UPSTREAM_OAUTH2_DIR}/serv
 export const UPSTREAM_CA_DIR = `${MOUNT_ROOT}/upstream/ca`;
 export const UPSTREAM_CA_FILE = `${UPSTREAM_CA_DIR}/ca.crt`;
 export const DKIM_DIR = `${MOUNT_ROOT}/dkim`;
+/** The operator-generated internal Secret (<relay>-internal): the control and peer tokens. */
+export const INTERNAL_DIR = `${MOUNT_ROOT}/internal`;
+export const CONTROL_TOKEN_KEY = 'control-token';
+export const PEER_TOKEN_KEY = 'peer-token';
+export const CONTROL_TOKEN_FILE = `${INTERNAL_DIR}/${CONTROL_TOKEN_KEY}`;
+export const PEER_TOKEN_FILE = `${INTERNAL_DIR}/${PEER_TOKEN_KEY}`;
 /** The spool (spec.queue): a PersistentVolumeClaim per pod, or an emptyDir. */
 export const SPOOL_DIR = '/var/spool/smtp-relay';
 /** The share of spec.queue.storage.size the relay fills before it answers 452 (the rest is SQLite's WAL and headroom). */
@@ -112,6 +133,9 @@ export const SUBMISSION_CONTAINER_PORT = 2587;
 export const SUBMISSIONS_CONTAINER_PORT = 2465;
 /** /metrics, /healthz, /readyz. Also the Service's metrics port. */
 export const METRICS_PORT = 9090;
+/** The sibling channel (hand-off, lockout gossip): HTTPS with the relay's certificate and the peer token. */
+export const PEER_PORT = 9091;
+export const PORT_NAME_PEERS = 'peers';
 export const PORT_NAME_SUBMISSION = 'submission';
 export const PORT_NAME_SUBMISSIONS = 'submissions';
 export const PORT_NAME_METRICS = 'metrics';
@@ -160,6 +184,13 @@ export const ConditionType = {
   DkimReady: 'DkimReady',
   /** The relay's workload (Deployment, or StatefulSet with a persistent queue) has its minimum of available replicas. */
   Available: 'Available',
+  /**
+   * Set once a drain happened (scale-down of a persistent queue, or deletion): False while
+   * pods drain (the message says which, how many messages are left, which pods cannot be
+   * reached) or after the bound passed with mail left (which claims were kept); True once
+   * the leaving pods reported an empty queue. Not part of Ready: the relay serves meanwhile.
+   */
+  QueueDrained: 'QueueDrained',
 } as const;
 export type ConditionType = (typeof ConditionType)[keyof typeof ConditionType];
 
@@ -214,6 +245,11 @@ export const Reason = {
   MinimumReplicasAvailable: 'MinimumReplicasAvailable',
   MinimumReplicasUnavailable: 'MinimumReplicasUnavailable',
   DeploymentNotFound: 'DeploymentNotFound',
+  // QueueDrained
+  Draining: 'Draining',
+  Drained: 'Drained',
+  DrainUnreachable: 'DrainUnreachable',
+  DrainTimedOut: 'DrainTimedOut',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
@@ -455,6 +491,8 @@ export interface QueueSpec {
   concurrency: number;
   /** Duration; absent no delay warnings. */
   delayWarning?: string;
+  /** Duration, default 1h: how long a scale-down or deletion drain may take before the claims are kept. */
+  drainTimeout: string;
 }
 
 export interface QueueStorageSpec {
@@ -521,6 +559,21 @@ export interface SmtpRelayStatus {
   dnsRecords?: DnsRecord[];
   /** Each user's binding Secret (servicebinding.io), in spec order. */
   bindings?: BindingStatus[];
+  /** Only while pods drain (scale-down or deletion); absent at rest. */
+  queue?: QueueStatus;
+}
+
+export interface QueueStatus {
+  /** The pods draining, by name. */
+  draining: string[];
+  /** When this drain began (RFC 3339); spec.queue.drainTimeout counts from here. */
+  since: string;
+  /** Messages the draining pods last reported, summed (refreshed at most every 30 s). */
+  messagesLeft?: number;
+  /** Draining pods the operator could not ask. */
+  unreachable?: string[];
+  /** For the Queue printer column, e.g. "draining 2 pods, 340 left". */
+  summary: string;
 }
 
 export interface BindingStatus {
@@ -538,6 +591,7 @@ export interface ObjectMeta {
   annotations?: Record<string, string>;
   creationTimestamp?: string;
   deletionTimestamp?: string;
+  finalizers?: string[];
 }
 
 export interface SmtpRelay {

@@ -31,6 +31,11 @@ import {
   USERS_KEY,
   JWKS_KEY,
   CONFIG_KEY,
+  CONTROL_TOKEN_KEY,
+  INTERNAL_DIR,
+  PEER_PORT,
+  PEER_TOKEN_KEY,
+  PORT_NAME_PEERS,
   dkimKeyFile,
   persistentQueue,
   type SmtpRelay,
@@ -43,6 +48,11 @@ export interface DeploymentInputs {
   /** The relay image (operator flag); the same image runs `operator` and `relay`. */
   image: string;
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  /**
+   * The StatefulSet's replicas when a scale-down drain holds them above spec.replicas
+   * (controllers/relay/drain.ts); absent = spec.replicas.
+   */
+  replicas?: number;
 }
 
 export interface Deployment {
@@ -80,6 +90,7 @@ export const Volume = {
   dkim: 'dkim',
   tmp: 'tmp',
   spool: 'spool',
+  internal: 'internal',
 } as const;
 
 /** Readable by the relay through fsGroup, by nobody else. */
@@ -122,10 +133,23 @@ function volumes(relay: SmtpRelay, config: RelayConfig): { volumes: V1Volume[]; 
       },
     },
   ];
+  // The control and peer tokens the operator generated (builders/internal.ts).
+  volumes.push({
+    name: Volume.internal,
+    secret: {
+      secretName: names.internalSecret,
+      defaultMode: SECRET_MODE,
+      items: [
+        { key: CONTROL_TOKEN_KEY, path: CONTROL_TOKEN_KEY },
+        { key: PEER_TOKEN_KEY, path: PEER_TOKEN_KEY },
+      ],
+    },
+  });
   const mounts: V1VolumeMount[] = [
     { name: Volume.config, mountPath: CONFIG_DIR, readOnly: true },
     { name: Volume.users, mountPath: USERS_DIR, readOnly: true },
     { name: Volume.tls, mountPath: TLS_DIR, readOnly: true },
+    { name: Volume.internal, mountPath: INTERNAL_DIR, readOnly: true },
   ];
   if (s.upstream.credentialsSecretRef) {
     volumes.push({
@@ -185,6 +209,7 @@ function containerPorts(config: RelayConfig): V1ContainerPort[] {
   return [
     ...config.listeners.map((l) => ({ name: l.name, containerPort: l.port, protocol: 'TCP' })),
     { name: PORT_NAME_METRICS, containerPort: METRICS_PORT, protocol: 'TCP' },
+    ...(config.peers ? [{ name: PORT_NAME_PEERS, containerPort: config.peers.port ?? PEER_PORT, protocol: 'TCP' }] : []),
   ];
 }
 
@@ -225,9 +250,10 @@ export function buildStatefulSet(relay: SmtpRelay, config: RelayConfig, inputs: 
   const names = childNames(relay);
   const claimLabels = standardLabels(relay, { [LABEL_COMPONENT]: 'relay' });
   const spec: V1StatefulSetSpec = {
-    replicas: relay.spec.replicas,
+    replicas: inputs.replicas ?? relay.spec.replicas,
     revisionHistoryLimit: 5,
-    serviceName: names.service,
+    // The headless Service: pod DNS names, and the siblings' addresses for the peer channel.
+    serviceName: names.peersService,
     podManagementPolicy: 'Parallel',
     selector: { matchLabels: selectorLabels(relay) },
     updateStrategy: { type: 'RollingUpdate', rollingUpdate: { partition: 0 } },

@@ -45,6 +45,10 @@ export interface ChildNames {
   networkPolicy: string;
   podDisruptionBudget: string;
   serviceMonitor: string;
+  /** The operator-generated Secret with the control and peer tokens. */
+  internalSecret: string;
+  /** Headless Service of the relay pods (the sibling channel; the StatefulSet's serviceName). */
+  peersService: string;
 }
 
 export function childNames(relay: SmtpRelay): ChildNames {
@@ -61,6 +65,8 @@ export function childNames(relay: SmtpRelay): ChildNames {
     networkPolicy: n,
     podDisruptionBudget: n,
     serviceMonitor: n,
+    internalSecret: `${n}-internal`,
+    peersService: `${n}-peers`,
   };
 }
 

@@ -3,7 +3,7 @@
 // from the monitoring namespaces; egress only to DNS and the upstream port.
 
 import type { V1NetworkPolicyPeer, V1NetworkPolicyPort } from '@kubernetes/client-node';
-import { METRICS_PORT, type LabelSelector, type SmtpRelay } from '../api/v1alpha1.js';
+import { METRICS_PORT, PEER_PORT, type LabelSelector, type SmtpRelay } from '../api/v1alpha1.js';
 import { relayListeners } from './relay-config.js';
 import { childMetadata, childNames, selectorLabels, sortedRecord, type ChildMetadata } from './meta.js';
 
@@ -39,7 +39,13 @@ function selector(sel: LabelSelector): LabelSelector {
   return out;
 }
 
-export function buildNetworkPolicy(relay: SmtpRelay): NetworkPolicy {
+/** The operator's own pods, admitted to the metrics port for the control endpoints (drain, queue state). */
+export interface OperatorPods {
+  namespace: string;
+  matchLabels: Record<string, string>;
+}
+
+export function buildNetworkPolicy(relay: SmtpRelay, opts: { operatorPods?: OperatorPods } = {}): NetworkPolicy {
   const s = relay.spec;
   const smtpPeers: V1NetworkPolicyPeer[] = [];
   // PROXY-protocol peers are load balancers: they connect on behalf of clients.
@@ -51,6 +57,20 @@ export function buildNetworkPolicy(relay: SmtpRelay): NetworkPolicy {
   // An empty `from` would admit everyone: with no peers, the SMTP rule is left out (nobody may connect).
   if (smtpPeers.length > 0 && smtpPorts.length > 0) ingress.push({ from: smtpPeers, ports: smtpPorts });
   ingress.push({ from: [{ namespaceSelector: selector(s.metrics.monitoringNamespaceSelector) }], ports: [{ protocol: 'TCP', port: METRICS_PORT }] });
+  if (opts.operatorPods && Object.keys(opts.operatorPods.matchLabels).length > 0) {
+    ingress.push({
+      from: [
+        {
+          namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': opts.operatorPods.namespace } },
+          podSelector: { matchLabels: sortedRecord(opts.operatorPods.matchLabels) },
+        },
+      ],
+      ports: [{ protocol: 'TCP', port: METRICS_PORT }],
+    });
+  }
+  // The sibling channel: only this relay's own pods, both ways.
+  const siblings: V1NetworkPolicyPeer[] = [{ podSelector: { matchLabels: selectorLabels(relay) } }];
+  ingress.push({ from: siblings, ports: [{ protocol: 'TCP', port: PEER_PORT }] });
 
   const upstream: NetworkPolicyEgressRule = { ports: [{ protocol: 'TCP', port: s.upstream.port }] };
   // A DNS name cannot be expressed in a NetworkPolicy: then any destination on the upstream port.
@@ -73,6 +93,7 @@ export function buildNetworkPolicy(relay: SmtpRelay): NetworkPolicy {
           ],
         },
         upstream,
+        { to: siblings, ports: [{ protocol: 'TCP', port: PEER_PORT }] },
       ],
     },
   };

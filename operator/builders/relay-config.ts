@@ -7,7 +7,10 @@ import type { DkimKeyConfig, ListenerConfig, OAuth2Config, RelayConfig } from '.
 import { validateQueueConfig, type QueueConfig } from '../../relay/spool/settings.js';
 import {
   CONFIG_KEY,
+  CONTROL_TOKEN_FILE,
   JWKS_FILE,
+  PEER_PORT,
+  PEER_TOKEN_FILE,
   METRICS_PORT,
   PORT_NAME_SUBMISSION,
   PORT_NAME_SUBMISSIONS,
@@ -43,6 +46,8 @@ export interface ConfigInputs {
   skipDkim?: ReadonlySet<string>;
   /** The cluster's ServiceAccount token issuer (its `iss`), once the operator has fetched the keys. */
   serviceAccountIssuer?: string;
+  /** Cluster DNS domain, for the peers Service's name; default cluster.local. */
+  clusterDomain?: string;
 }
 
 export interface ConfigMap {
@@ -122,7 +127,8 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
       ...(s.limits.maxUnauthenticated !== undefined ? { maxUnauthenticated: s.limits.maxUnauthenticated } : {}),
     },
     upstream,
-    metrics: { port: METRICS_PORT },
+    // The operator's control endpoints (drain, queue state) on the metrics port.
+    metrics: { port: METRICS_PORT, controlTokenFile: CONTROL_TOKEN_FILE },
     shutdownGracePeriod: `${RELAY_SHUTDOWN_GRACE_SECONDS}s`,
   };
   // one worker per CPU the pod may use; 1 (the relay's default) is left out, so the
@@ -136,6 +142,14 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
   }));
   if (dkim.length > 0) config.dkim = dkim;
   if (s.queue) config.queue = queueConfig(s.queue);
+  // Always, whatever the replica count: the sibling channel carries lockout gossip and
+  // queue hand-off, and a config that depended on spec.replicas would roll every pod
+  // (peers.port is a restart field) on each scale, in the middle of a drain.
+  config.peers = {
+    port: PEER_PORT,
+    tokenFile: PEER_TOKEN_FILE,
+    service: `${childNames(relay).peersService}.${relay.metadata.namespace}.svc.${inputs.clusterDomain ?? 'cluster.local'}`,
+  };
   return config;
 }
 

@@ -8,6 +8,8 @@ import {
   LABEL_COMPONENT,
   METRICS_PORT,
   PORT_NAME_METRICS,
+  PORT_NAME_PEERS,
+  PEER_PORT,
   PORT_NAME_SUBMISSION,
   PORT_NAME_SUBMISSIONS,
   type SmtpRelay,
@@ -23,6 +25,7 @@ export interface Service {
 
 export const COMPONENT_SMTP = 'smtp';
 export const COMPONENT_METRICS = 'metrics';
+export const COMPONENT_PEERS = 'peers';
 
 /** Service ports of the enabled listeners, each mapped by name onto its container port. */
 export function smtpServicePorts(relay: SmtpRelay): V1ServicePort[] {
@@ -61,6 +64,27 @@ export function buildMetricsService(relay: SmtpRelay): Service {
       type: 'ClusterIP',
       selector: selectorLabels(relay),
       ports: [{ name: PORT_NAME_METRICS, port: METRICS_PORT, targetPort: PORT_NAME_METRICS, protocol: 'TCP' }],
+    },
+  };
+}
+
+/**
+ * The headless Service of the relay pods: its DNS name resolves to every pod's address,
+ * ready or not (a draining pod is not ready, and still hands its queue to its siblings and
+ * gossips lockouts), so the relays find their siblings (config peers.service). Also the
+ * StatefulSet's serviceName.
+ */
+export function buildPeersService(relay: SmtpRelay): Service {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: childMetadata(relay, childNames(relay).peersService, { labels: { [LABEL_COMPONENT]: COMPONENT_PEERS } }),
+    spec: {
+      type: 'ClusterIP',
+      clusterIP: 'None',
+      publishNotReadyAddresses: true,
+      selector: selectorLabels(relay),
+      ports: [{ name: PORT_NAME_PEERS, port: PEER_PORT, targetPort: PORT_NAME_PEERS, protocol: 'TCP' }],
     },
   };
 }

@@ -14,6 +14,7 @@ import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
 import type { IssuerKeys } from '../issuer-keys.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { SecretDerivations } from './secrets.js';
+import type { OperatorPods } from '../builders/networkpolicy.js';
 
 export interface Caches {
   relays: InformerGroup<SmtpRelay & KubeObject>;
@@ -26,6 +27,15 @@ export interface Caches {
 export interface OperatorOptions {
   relayImage: string;
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  /** The operator's own pods (namespace, labels), admitted by each relay's NetworkPolicy to the metrics port. */
+  operatorPods?: OperatorPods;
+  /** How often a drain in progress is looked at again; default controllers/relay/drain.ts DRAIN_POLL_MS. */
+  drainPollMs?: number;
+  /**
+   * TEST ONLY: where to reach a pod's control endpoints instead of <podIP>:<metrics port>
+   * (the operator tests play the relay pods with loopback HTTP servers). Undefined = the pod IP.
+   */
+  podAddress?: (pod: { metadata: { name: string; namespace: string }; status?: { podIP?: string } }) => string | undefined;
 }
 
 export interface Features {

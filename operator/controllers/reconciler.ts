@@ -10,12 +10,12 @@
 // Each returns its conditions; operator/status/relay-status.ts turns them into status.
 
 import type { Logger } from 'pino';
-import { ConditionType, type SmtpRelay } from '../api/v1alpha1.js';
+import { ConditionType, FINALIZER_DRAIN, type SmtpRelay } from '../api/v1alpha1.js';
 import type { ConditionInput } from '../status/conditions.js';
 import { relayStatus, type ObservedReadiness } from '../status/relay-status.js';
 import type { SyncResult } from '../runtime/queue.js';
 import type { KubeObject } from '../runtime/kube.js';
-import { isNotFound, splitKey } from '../runtime/kube.js';
+import { isNotFound, resourcePath, splitKey } from '../runtime/kube.js';
 import { SmtpRelays } from '../runtime/resources.js';
 import { RESULT_ERROR, RESULT_SUCCESS } from '../metrics.js';
 import type { ReconcileScope, SyncContext } from './context.js';
@@ -23,6 +23,7 @@ import { syncDkim } from './credentials/dkim.js';
 import { syncUpstream, syncUsers, CONTROLLER as CREDENTIALS } from './credentials/sync.js';
 import { syncReadiness, CONTROLLER as READINESS, type ReadinessResult } from './readiness/sync.js';
 import { syncChildren, CONTROLLER as RELAY } from './relay/sync.js';
+import { finalizeDrain, syncDrain, syncFinalizer, type DrainResult } from './relay/drain.js';
 
 type Relay = SmtpRelay & KubeObject;
 
@@ -43,8 +44,19 @@ export class RelayReconciler {
 
   async reconcile(key: string): Promise<SyncResult> {
     const { namespace, name } = splitKey(key);
-    const relay = this.ctx.caches.relays.get(namespace, name) as Relay | undefined;
+    let relay = this.ctx.caches.relays.get(namespace, name) as Relay | undefined;
     const log = this.log.child({ key });
+    if (relay?.status?.queue) {
+      // A drain in progress is looked at every few seconds, sooner than the cache may have
+      // seen our own last status write; a status computed from an older copy would put
+      // back what that write changed (a finished drain shown as draining again). One read
+      // per poll, only while pods drain.
+      relay = await this.ctx.kube.getOrUndefined<Relay>(resourcePath(SmtpRelays, namespace, name));
+    }
+    if (relay?.metadata.deletionTimestamp && relay.metadata.finalizers?.includes(FINALIZER_DRAIN)) {
+      // A persistent queue: drain every pod (drain.ts) before the deletion goes on.
+      return this.timed(RELAY, () => finalizeDrain(this.ctx, { relay, log, reads: new Set() }));
+    }
     if (!relay || relay.metadata.deletionTimestamp) {
       // Children go with it (ownerReferences, garbage collector).
       this.readiness.delete(key);
@@ -59,6 +71,7 @@ export class RelayReconciler {
     const errors: unknown[] = [];
     let observed: ObservedReadiness | undefined;
     let requeueAfterMs: number | undefined;
+    let drain: DrainResult | undefined;
     try {
       const credentials = await this.timed(CREDENTIALS, async () => {
         const users = await syncUsers(this.ctx, scope);
@@ -69,8 +82,14 @@ export class RelayReconciler {
         return { users, dkim };
       });
       const { users, dkim } = credentials;
+      drain = await this.timed(RELAY, async () => {
+        await syncFinalizer(this.ctx, scope);
+        return syncDrain(this.ctx, scope);
+      });
+      if (drain.condition) decided.push(drain.condition);
       const children = await this.timed(RELAY, () =>
         syncChildren(this.ctx, scope, {
+          ...(drain?.workloadReplicas !== undefined ? { workloadReplicas: drain.workloadReplicas } : {}),
           usersSecret: users.usersSecret,
           bindingSecrets: users.bindingSecrets,
           skipDkim: dkim.skipDkim,
@@ -83,6 +102,7 @@ export class RelayReconciler {
       decided.push(readiness.certificateReady, readiness.available);
       observed = { ...readinessFields(readiness), dnsRecords: dkim.dnsRecords, bindings: users.bindings };
       requeueAfterMs = readiness.requeueAfterMs;
+      if (drain.requeueAfterMs !== undefined) requeueAfterMs = Math.min(requeueAfterMs ?? Infinity, drain.requeueAfterMs);
     } catch (err) {
       errors.push(err);
     } finally {
@@ -90,6 +110,11 @@ export class RelayReconciler {
     }
 
     const status = relayStatus(relay, decided, observed, () => new Date(this.ctx.clock.now()));
+    // status.queue only while pods drain; a reconcile that did not reach the drain phase keeps it.
+    if (drain) {
+      if (drain.queue) status.queue = drain.queue;
+      else delete status.queue;
+    }
     let written: boolean;
     try {
       written = await this.ctx.applier.patchStatus(SmtpRelays, namespace, name, relay.status as Record<string, unknown> | undefined, status as Record<string, unknown>);

@@ -25,6 +25,7 @@ import { buildRelayConfig } from '../../operator/builders/relay-config.js';
 import { buildGeneratedUserSecret, generatePassword } from '../../operator/builders/credentials.js';
 import { buildGeneratedDkimSecret, generateDkimPrivateKey } from '../../operator/builders/dkim-key.js';
 import { buildUsersSecret } from '../../operator/builders/users.js';
+import { buildInternalSecret } from '../../operator/builders/internal.js';
 import { QUANTITY_CASES } from '../harness/smtprelay/testkit.js';
 
 interface Obj {
@@ -86,7 +87,15 @@ describe('built children on a real API server', () => {
   for (const relay of exampleRelays()) {
     test(`every child of ${relay.metadata.name} is accepted by strict validation and stored without changing what we set`, async () => {
       const objects: Obj[] = [
-        ...buildChildren(relay, buildRelayConfig(relay), { image: 'registry.example.com/smtp-relay:0.1.0', serviceMonitorCrd: false }),
+        ...buildChildren(relay, buildRelayConfig(relay), {
+          image: 'registry.example.com/smtp-relay:0.1.0',
+          serviceMonitorCrd: false,
+          // the NetworkPolicy rule for the operator's pods (metrics port, drain control) too
+          operatorPods: { namespace: 'smtp-relay-system', matchLabels: { 'app.kubernetes.io/name': 'smtp-relay-operator', 'app.kubernetes.io/instance': 'ops' } },
+          // a StatefulSet held above spec.replicas by a scale-down drain
+          replicas: relay.spec.replicas + 1,
+        }),
+        buildInternalSecret(relay),
         buildUsersSecret(relay, { users: [] }),
         ...relay.spec.auth.users.map((u) => buildGeneratedUserSecret(relay, u, generatePassword(32))),
         ...relay.spec.dkim.filter((d) => !d.secretRef).map((d) => buildGeneratedDkimSecret(relay, d, dkimKey)),

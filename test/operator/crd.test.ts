@@ -181,7 +181,7 @@ describe('SmtpRelay CRD on a real API server', () => {
     assert.deepEqual(missing, []);
   });
 
-  test('the printer columns show Ready, Endpoint, Replicas and certificate expiry from the status', async () => {
+  test('the printer columns show Ready, Endpoint, Replicas, the queue while it drains and certificate expiry from the status', async () => {
     const base = '/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/outbound';
     await kube.request('PATCH', `${base}/status`, {
       contentType: MEDIA_MERGE_PATCH,
@@ -196,6 +196,7 @@ describe('SmtpRelay CRD on a real API server', () => {
           replicasSummary: '1/2',
           certificate: { notAfter: '2026-04-01T00:00:00Z', secretName: 'outbound-tls' },
           dnsRecords: [{ type: 'TXT', name: 'relay1._domainkey.example.com', value: 'v=DKIM1; k=rsa; p=AAAA' }],
+          queue: { draining: ['outbound-1', 'outbound-2'], since: '2026-01-01T00:00:00Z', messagesLeft: 340, summary: 'draining 2 pods, 340 left' },
         },
       },
     });
@@ -203,9 +204,9 @@ describe('SmtpRelay CRD on a real API server', () => {
       accept: 'application/json;as=Table;v=v1;g=meta.k8s.io',
     });
     const names = table.columnDefinitions.map((c) => c.name);
-    assert.deepEqual(names, ['Name', 'Ready', 'Reason', 'Endpoint', 'Replicas', 'Cert Expiry', 'Age']);
+    assert.deepEqual(names, ['Name', 'Ready', 'Reason', 'Endpoint', 'Replicas', 'Queue', 'Cert Expiry', 'Age']);
     const cells = table.rows[0]!.cells;
-    assert.deepEqual(cells.slice(0, 6), ['outbound', 'True', 'Ready', 'outbound.mail.svc:587', '1/2', '2026-04-01T00:00:00Z']);
+    assert.deepEqual(cells.slice(0, 7), ['outbound', 'True', 'Ready', 'outbound.mail.svc:587', '1/2', 'draining 2 pods, 340 left', '2026-04-01T00:00:00Z']);
   });
 
   test('a status with a malformed condition is refused (status schema is enforced)', async () => {

@@ -179,11 +179,13 @@ test('reference: a relay reconciled in calm conditions', async () => {
     'networkpolicies/%',
     'poddisruptionbudgets/%',
     'secrets/%-binding-app',
+    'secrets/%-internal',
     'secrets/%-user-app',
     'secrets/%-users',
     'serviceaccounts/%',
     'services/%',
     'services/%-metrics',
+    'services/%-peers',
     'certificates/%-tls',
   ].sort());
   assert.equal(s.deployment.generation, 1);
@@ -282,6 +284,8 @@ test('(e) children deleted or edited by hand are put back, the pod template only
     `/api/v1/namespaces/${ns}/services/r0`,
     `/api/v1/namespaces/${ns}/secrets/r0-users`,
     `/api/v1/namespaces/${ns}/secrets/r0-binding-app`,
+    `/api/v1/namespaces/${ns}/secrets/r0-internal`,
+    `/api/v1/namespaces/${ns}/services/r0-peers`,
     `/api/v1/namespaces/${ns}/configmaps/r0-config`,
     `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/r0`,
     `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/r0`,

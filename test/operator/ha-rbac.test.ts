@@ -6,6 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import YAML from 'yaml';
 import { Kube, resourcePath } from '../../operator/runtime/kube.js';
 import { Leases } from '../../operator/runtime/resources.js';
@@ -222,4 +224,73 @@ test('a leader whose Lease is taken over stops reconciling at once, even when th
   assert.equal(await reconciles(op), n, 'no reconcile after leadership was lost');
   assert.equal((await getRelay(kube, ns, 'after')).status, undefined, 'no status written');
   assert.equal(await get(kube, `/apis/apps/v1/namespaces/${ns}/deployments/after`), undefined, 'no child written');
+});
+
+test('under exactly operator/rbac/*.yaml the queue drain works: the finalizer, pods looked up by name, claims marked and deleted (relay control endpoint played by the test)', async () => {
+  const system = 'smtp-relay-system';
+  await createNamespace(kube, system).catch(() => {});
+  const saKube = await bindOperatorRbac(system, 'drain-operator', '-drain');
+  const ns = 'rbac-drain';
+  await createNamespace(kube, ns);
+  await createIssuer(kube, ns);
+  // Each pod's control endpoint, played: empty queue, draining once told.
+  const draining = new Set<string>();
+  const servers = new Map<string, Server>();
+  for (const pod of ['lq-0', 'lq-1']) {
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        if (req.method === 'POST' && req.url === '/drain') draining.add(pod);
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ draining: draining.has(pod), messages: 0, bytes: 0, oldestSeconds: 0, handedOff: 0 }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    servers.set(pod, server);
+  }
+  const op = await runOperator(cp, 'op-rbac-drain', {
+    kube: saKube,
+    namespaces: [ns],
+    drainPollMs: 300,
+    podAddress: (p) => {
+      const s = servers.get(p.metadata.name);
+      return s ? `127.0.0.1:${(s.address() as AddressInfo).port}` : undefined;
+    },
+  });
+  running.push(op);
+  try {
+    await op.whenRunning();
+    await createRelay(kube, relayManifest(ns, 'lq', { replicas: 2, queue: { storage: { size: '1Gi' } } }));
+    await eventually('the StatefulSet', () => get(kube, `/apis/apps/v1/namespaces/${ns}/statefulsets/lq`));
+    await eventually('the drain finalizer', async () => (await getRelay(kube, ns, 'lq')).metadata.finalizers?.includes('smtprelay.dev/drain'));
+    // No StatefulSet controller on this control plane: the pods and claims are made here.
+    const labels = { 'app.kubernetes.io/instance': 'lq', 'app.kubernetes.io/name': 'smtp-relay', 'app.kubernetes.io/managed-by': 'smtp-relay-operator' };
+    for (const i of [0, 1]) {
+      await kube.request('POST', `/api/v1/namespaces/${ns}/persistentvolumeclaims`, {
+        body: { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: `spool-lq-${i}`, labels }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } } },
+      });
+      await kube.request('POST', `/api/v1/namespaces/${ns}/pods`, { body: { apiVersion: 'v1', kind: 'Pod', metadata: { name: `lq-${i}`, labels }, spec: { containers: [{ name: 'relay', image: 'x' }] } } });
+      await kube.request('PATCH', `/api/v1/namespaces/${ns}/pods/lq-${i}/status`, { contentType: 'application/merge-patch+json', body: { status: { podIP: `10.9.0.${i + 1}` } } });
+    }
+    await kube.request('PATCH', `/apis/smtprelay.dev/v1alpha1/namespaces/${ns}/smtprelays/lq`, { contentType: 'application/merge-patch+json', body: { spec: { replicas: 1 } } });
+    await eventually('the StatefulSet lowered after lq-1 drained', async () => (await get(kube, `/apis/apps/v1/namespaces/${ns}/statefulsets/lq`)).spec.replicas === 1);
+    assert.ok(draining.has('lq-1') && !draining.has('lq-0'));
+    const marked = await get(kube, `/api/v1/namespaces/${ns}/persistentvolumeclaims/spool-lq-1`);
+    assert.ok(marked.metadata.annotations['smtprelay.dev/queue-confirmed-empty'], 'marked through the operator\'s own patch verb');
+    await kube.request('DELETE', `/api/v1/namespaces/${ns}/pods/lq-1`, { query: { gracePeriodSeconds: 0 } });
+    const gone = async (name: string) => {
+      const c = await get(kube, `/api/v1/namespaces/${ns}/persistentvolumeclaims/${name}`);
+      return c === undefined || c.metadata.deletionTimestamp !== undefined; // pvc-protection may hold it a moment
+    };
+    await eventually('spool-lq-1 deleted by the operator', () => gone('spool-lq-1'));
+    assert.equal(await gone('spool-lq-0'), false, 'the claim that stays is untouched');
+    await kube.request('DELETE', `/apis/smtprelay.dev/v1alpha1/namespaces/${ns}/smtprelays/lq`);
+    await eventually('the relay deleted once lq-0 drained (finalizer removed by the operator)', async () => (await get(kube, `/apis/smtprelay.dev/v1alpha1/namespaces/${ns}/smtprelays/lq`)) === undefined);
+    assert.ok(draining.has('lq-0'));
+    await eventually('spool-lq-0 deleted', () => gone('spool-lq-0'));
+    const errors = (await op.metrics.reconcileErrors.get()).values.reduce((n, v) => n + v.value, 0);
+    assert.equal(errors, 0, 'no reconcile failed for lack of permission');
+  } finally {
+    for (const s of servers.values()) await new Promise<void>((r) => (s.closeAllConnections(), s.close(() => r())));
+  }
 });

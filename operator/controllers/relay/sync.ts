@@ -15,7 +15,9 @@ import { isNotFound, resourcePath } from '../../runtime/kube.js';
 import { resourceForKind } from '../../runtime/resources.js';
 import type { ConditionInput } from '../../status/conditions.js';
 import { invalidSpecCondition, reconciledCondition, SERVICE_MONITOR_UNAVAILABLE } from '../../status/decisions.js';
-import { applyChild, cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
+import { applyChild, cachedChild, notOurs, type ReconcileScope, type SyncContext } from '../context.js';
+import { createSecretIfAbsent } from '../secrets.js';
+import { buildInternalSecret } from '../../builders/internal.js';
 
 export const CONTROLLER = 'relay';
 
@@ -29,6 +31,8 @@ export interface ChildrenInputs {
   serviceAccountIssuer?: string;
   /** DKIM entries whose key is unusable, left out of the config (credentials/dkim.ts syncDkim). */
   skipDkim: ReadonlySet<string>;
+  /** The StatefulSet's replicas while a scale-down drain holds them (drain.ts syncDrain); absent = spec.replicas. */
+  workloadReplicas?: number;
 }
 
 export interface ChildrenResult {
@@ -50,6 +54,8 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
     });
     children = buildChildren(relay, config, {
       image: ctx.options.relayImage,
+      ...(inputs.workloadReplicas !== undefined ? { replicas: inputs.workloadReplicas } : {}),
+      ...(ctx.options.operatorPods ? { operatorPods: ctx.options.operatorPods } : {}),
       ...(ctx.options.imagePullPolicy ? { imagePullPolicy: ctx.options.imagePullPolicy } : {}),
       serviceMonitorCrd: ctx.features.serviceMonitor,
     });
@@ -62,6 +68,12 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
   const errors: Error[] = [];
   const failed: string[] = [];
   let applied = 0;
+  try {
+    await ensureInternalSecret(ctx, scope);
+  } catch (err) {
+    errors.push(err instanceof Error ? err : new Error(String(err)));
+    failed.push(`Secret ${names.internalSecret}: ${err instanceof Error ? err.message : String(err)}`);
+  }
   // Without cert-manager there is no Certificate kind to write; CertificateReady says so.
   const all = [inputs.usersSecret, ...(inputs.bindingSecrets ?? []), ...children].filter((c) => c.kind !== 'Certificate' || ctx.features.certManager);
   // Two phases, each in parallel (a new relay's children are ~10 round trips to the
@@ -121,6 +133,28 @@ export async function syncChildren(ctx: SyncContext, scope: ReconcileScope, inpu
     await ctx.events.warning(relay, 'ServiceMonitorUnavailable', SERVICE_MONITOR_UNAVAILABLE);
   }
   return { reconciled, errors };
+}
+
+/**
+ * The internal Secret (control and peer tokens) is generated once, when absent: applying
+ * it like the other children would replace the tokens on every reconcile.
+ */
+async function ensureInternalSecret(ctx: SyncContext, scope: ReconcileScope): Promise<void> {
+  const relay = scope.relay;
+  const name = childNames(relay).internalSecret;
+  const cached = cachedChild(ctx, 'Secret', relay.metadata.namespace, name);
+  if (cached) {
+    const foreign = notOurs(ctx, relay, cached);
+    if (foreign) throw new Error(`Secret ${name} exists and is not managed by this SmtpRelay (${foreign})`);
+    return;
+  }
+  const { secret, created } = await createSecretIfAbsent(ctx, buildInternalSecret(relay));
+  const foreign = notOurs(ctx, relay, secret);
+  if (foreign) throw new Error(`Secret ${name} exists and is not managed by this SmtpRelay (${foreign}); delete or rename it`);
+  if (created) {
+    ctx.metrics.applyTotal.inc({ kind: 'Secret', outcome: 'created' });
+    scope.log.info({ secret: name }, 'generated the internal Secret (control and peer tokens)');
+  }
 }
 
 /**

@@ -139,6 +139,7 @@ export function withDefaults(input: SmtpRelaySpecInput): SmtpRelaySpec {
       lifetime: q.lifetime ?? '5d',
       retry: { initialDelay: q.retry?.initialDelay ?? '1m', maxDelay: q.retry?.maxDelay ?? '1h' },
       concurrency: q.concurrency ?? 20,
+      drainTimeout: q.drainTimeout ?? '1h',
     };
     if (q.storage?.storageClassName) queue.storage.storageClassName = q.storage.storageClassName;
     if (q.delayWarning) queue.delayWarning = q.delayWarning;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseOperatorArgs } from '../../../operator/main.js';
+import { operatorPodsFromEnv, parseOperatorArgs } from '../../../operator/main.js';
 
 test('CLI flags: defaults, lists, seconds to milliseconds, and refusals', () => {
   const a = parseOperatorArgs(['--relay-image', 'img:1', '--namespaces', 'mail, other,', '--leader-elect', '--lease-duration', '20', '--workers', '4']);
@@ -18,3 +18,12 @@ test('CLI flags: defaults, lists, seconds to milliseconds, and refusals', () => 
   assert.throws(() => parseOperatorArgs(['--no-such-flag']), /Unknown option/);
 });
 
+
+test('the operator\'s own pods come from $POD_NAMESPACE and $OPERATOR_POD_LABELS (set by the chart); either missing = none', () => {
+  assert.deepEqual(operatorPodsFromEnv({ POD_NAMESPACE: 'ops', OPERATOR_POD_LABELS: 'app.kubernetes.io/name=smtp-relay-operator, app.kubernetes.io/instance=x' }), {
+    operatorPods: { namespace: 'ops', matchLabels: { 'app.kubernetes.io/name': 'smtp-relay-operator', 'app.kubernetes.io/instance': 'x' } },
+  });
+  assert.deepEqual(operatorPodsFromEnv({ POD_NAMESPACE: 'ops' }), {});
+  assert.deepEqual(operatorPodsFromEnv({ OPERATOR_POD_LABELS: 'a=b' }), {});
+  assert.throws(() => operatorPodsFromEnv({ POD_NAMESPACE: 'ops', OPERATOR_POD_LABELS: 'novalue' }), /OPERATOR_POD_LABELS: "novalue" is not key=value/);
+});

@@ -32,7 +32,7 @@ test('the relay pod is hardened: non-root, read-only root, no privilege escalati
 
 test('the container listens on unprivileged ports only', () => {
   const ports = buildDeployment(relayFixture(), INPUTS).spec.template.spec!.containers[0]!.ports!.map((p) => p.containerPort);
-  assert.deepEqual(ports, [2587, 2465, 9090]);
+  assert.deepEqual(ports, [2587, 2465, 9090, 9091]);
   assert.ok(ports.every((p) => p >= 1024));
 });
 
@@ -51,6 +51,7 @@ test('volumes are mounted whole (no subPath), read-only, so kubelet updates reac
       ['/etc/smtp-relay/config', true],
       ['/etc/smtp-relay/users', true],
       ['/etc/smtp-relay/tls', true],
+      ['/etc/smtp-relay/internal', true],
       ['/etc/smtp-relay/upstream/credentials', true],
       ['/etc/smtp-relay/upstream/ca', true],
       ['/etc/smtp-relay/dkim', true],

@@ -16,6 +16,8 @@ test('child names derive from the relay name; the TLS Secret is the given one wh
     networkPolicy: 'outbound',
     podDisruptionBudget: 'outbound',
     serviceMonitor: 'outbound',
+    internalSecret: 'outbound-internal',
+    peersService: 'outbound-peers',
   });
   const given = relayFixture({ hostname: 'r.example.com', tls: { secretName: 'mine' }, upstream: { host: 'u.example.com' } });
   assert.equal(childNames(given).tlsSecret, 'mine');

@@ -56,16 +56,19 @@ test('the NetworkPolicy admits SMTP only from the allowed CIDRs, namespaces and 
 
 test('with no allowed peers at all the SMTP ingress rule is left out (an empty "from" would admit everyone)', () => {
   const np = buildNetworkPolicy(relayFixture(undefined, (r) => (r.spec.access.allowedCidrs = [])));
-  assert.equal(np.spec.ingress.length, 1);
+  // metrics from the monitoring namespaces, and the peer port from the relay's own pods
+  assert.equal(np.spec.ingress.length, 2);
   assert.deepEqual(np.spec.ingress[0]!.ports, [{ protocol: 'TCP', port: 9090 }]);
+  assert.deepEqual(np.spec.ingress[1]!.ports, [{ protocol: 'TCP', port: 9091 }]);
   for (const rule of np.spec.ingress) assert.ok(rule.from.length > 0);
 });
 
-test('egress is DNS and the upstream port only; an IP upstream is pinned to that address', () => {
+test('egress is DNS, the upstream port and the sibling relay pods\' peer port only; an IP upstream is pinned to that address', () => {
   const byName = buildNetworkPolicy(relayFixture()).spec.egress;
   assert.deepEqual(byName, [
     { ports: [{ protocol: 'UDP', port: 53 }, { protocol: 'TCP', port: 53 }] },
     { ports: [{ protocol: 'TCP', port: 587 }] },
+    { to: [{ podSelector: { matchLabels: { 'app.kubernetes.io/instance': 'outbound', 'app.kubernetes.io/name': 'smtp-relay' } } }], ports: [{ protocol: 'TCP', port: 9091 }] },
   ]);
   const byIp = buildNetworkPolicy(relayFixture(undefined, (r) => ((r.spec.upstream.host = '192.0.2.25'), (r.spec.upstream.port = 465)))).spec.egress;
   assert.deepEqual(byIp[1], { ports: [{ protocol: 'TCP', port: 465 }], to: [{ ipBlock: { cidr: '192.0.2.25/32' } }] });
@@ -91,4 +94,25 @@ test('the ServiceMonitor selects the metrics Service in the relay namespace and 
   assert.equal(sm.spec.selector.matchLabels['app.kubernetes.io/component'], 'metrics');
   assert.equal(buildMetricsService(relayFixture()).metadata.labels['app.kubernetes.io/component'], 'metrics');
   assert.deepEqual(sm.spec.namespaceSelector, { matchNames: ['mail'] });
+});
+
+test('the peer port admits only the relay\'s own pods; the metrics port also the operator\'s pods when the operator knows them', () => {
+  const own = { podSelector: { matchLabels: { 'app.kubernetes.io/instance': 'outbound', 'app.kubernetes.io/name': 'smtp-relay' } } };
+  const without = buildNetworkPolicy(relayFixture());
+  const peerRules = without.spec.ingress.filter((r) => r.ports.some((p) => p.port === 9091));
+  assert.deepEqual(peerRules, [{ from: [own], ports: [{ protocol: 'TCP', port: 9091 }] }]);
+  assert.equal(without.spec.ingress.filter((r) => r.ports.some((p) => p.port === 9090)).length, 1, 'only the monitoring rule');
+  const withOperator = buildNetworkPolicy(relayFixture(), { operatorPods: { namespace: 'ops', matchLabels: { 'app.kubernetes.io/name': 'smtp-relay-operator', 'app.kubernetes.io/instance': 'x' } } });
+  const metricsRules = withOperator.spec.ingress.filter((r) => r.ports.some((p) => p.port === 9090));
+  assert.deepEqual(metricsRules[1], {
+    from: [
+      {
+        namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'ops' } },
+        podSelector: { matchLabels: { 'app.kubernetes.io/instance': 'x', 'app.kubernetes.io/name': 'smtp-relay-operator' } },
+      },
+    ],
+    ports: [{ protocol: 'TCP', port: 9090 }],
+  });
+  // an empty label set would select every pod of the namespace: no rule then
+  assert.equal(buildNetworkPolicy(relayFixture(), { operatorPods: { namespace: 'ops', matchLabels: {} } }).spec.ingress.length, without.spec.ingress.length);
 });

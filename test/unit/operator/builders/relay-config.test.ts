@@ -55,13 +55,19 @@ test('the config maps the spec onto the fixed mount paths and unprivileged conta
       usernameFile: '/etc/smtp-relay/upstream/credentials/username',
       passwordFile: '/etc/smtp-relay/upstream/credentials/password',
     },
-    metrics: { port: 9090 },
+    metrics: { port: 9090, controlTokenFile: '/etc/smtp-relay/internal/control-token' },
     shutdownGracePeriod: '25s',
     dkim: [
       { domain: 'example.com', selector: 'relay1', keyFile: '/etc/smtp-relay/dkim/example.com/relay1.key' },
       { domain: 'billing.example.com', selector: 's2', keyFile: '/etc/smtp-relay/dkim/billing.example.com/s2.key' },
     ],
+    // always, whatever spec.replicas: scaling never changes the config (peers.port is a restart field)
+    peers: { port: 9091, tokenFile: '/etc/smtp-relay/internal/peer-token', service: 'outbound-peers.mail.svc.cluster.local' },
   });
+  assert.deepEqual(buildRelayConfig(full(), { clusterDomain: 'corp.internal' }).peers?.service, 'outbound-peers.mail.svc.corp.internal');
+  const one = full();
+  one.spec.replicas = 1;
+  assert.deepEqual(buildRelayConfig(one).peers, buildRelayConfig(full()).peers);
 });
 
 test('a disabled listener is not opened; without upstream credentials no credential files are named', () => {
