@@ -61,7 +61,7 @@ describe('relay config', () => {
     assert.equal(s.upstream.ehloName, 'relay.example.com');
     assert.deepEqual(s.metrics, { address: '::', port: 9090 });
     assert.equal(s.shutdownGracePeriodMs, 25_000);
-    assert.equal(s.workers, 1, 'one process unless told');
+    assert.equal(s.workers, 'auto', 'a worker per CPU the container may use unless told');
     assert.deepEqual(s.dkim, []);
   });
 
