@@ -464,8 +464,8 @@ export const FIELD_EFFECTS = {
   queue: 'restart',
   // processes are forked at start
   workers: 'restart',
-  // the peer listener binds at start; the sibling list is re-read (relay/peers.ts)
-  peers: { address: 'restart', port: 'restart', tokenFile: 'restart', service: 'reload', addresses: 'reload', refreshInterval: 'reload' },
+  // the peer listener binds at start (the DNS name's addresses are re-resolved while running, relay/peers.ts)
+  peers: 'restart',
 } as const satisfies { [K in keyof Required<RelayConfig>]: FieldEffect | { [S in keyof Required<RelayConfig[K] & object>]: FieldEffect } };
 
 type FieldEffect = 'restart' | 'reload';

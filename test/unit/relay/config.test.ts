@@ -193,7 +193,7 @@ workers: auto
   test('every field the loader accepts is either reloaded in place or on the restart list (a new field fails here until it is listed)', () => {
     assert.deepEqual(accepted('top'), Object.keys(FIELD_EFFECTS).sort());
     assert.deepEqual(accepted('auth'), Object.keys(FIELD_EFFECTS.auth).sort());
-    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile', 'auth.serviceAccountTokens', 'queue', 'workers']);
+    assert.deepEqual([...RESTART_FIELDS], ['version', 'hostname', 'listeners', 'tls', 'metrics', 'auth.usersFile', 'auth.serviceAccountTokens', 'queue', 'workers', 'peers']);
   });
 
   test('a reload keeps every restart field at its running value and takes the rest; the warning names each one, auth.usersFile included', () => {
@@ -217,7 +217,7 @@ workers: auto
 
   test('the operator\'s restart hash input holds exactly the restart fields, under the names pods were hashed with before', () => {
     const doc = parse(BASE) as RelayConfig;
-    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile', 'serviceAccountTokens', 'queue', 'workers']);
+    assert.deepEqual(Object.keys(restartRelevantConfig(doc)), ['version', 'hostname', 'listeners', 'tls', 'metrics', 'usersFile', 'serviceAccountTokens', 'queue', 'workers', 'peers']);
     assert.equal(restartRelevantConfig(doc).usersFile, 'users.yaml');
     // absent, so the canonical JSON (and the hash) of a relay without token logins is what it was
     assert.equal(restartRelevantConfig(doc).serviceAccountTokens, undefined);
