@@ -57,6 +57,7 @@ test('the config maps the spec onto the fixed mount paths and unprivileged conta
     },
     metrics: { port: 9090 },
     shutdownGracePeriod: '25s',
+    workers: 1,
     dkim: [
       { domain: 'example.com', selector: 'relay1', keyFile: '/etc/smtp-relay/dkim/example.com/relay1.key' },
       { domain: 'billing.example.com', selector: 's2', keyFile: '/etc/smtp-relay/dkim/billing.example.com/s2.key' },
