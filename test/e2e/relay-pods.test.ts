@@ -237,7 +237,8 @@ describe('end to end: operator + relay containers on the local control plane', {
     const config = await env.kube.request<{ data: Record<string, string> }>('GET', `/api/v1/namespaces/${RELAY_NAMESPACE}/configmaps/cores-config`);
     assert.match(Object.values(config.data).join('\n'), /^workers: 2$/m, 'the operator wrote workers: 2');
     const pod = (await env.relayPods('cores'))[0]!;
-    const workersReady = () =>
+    /** The workers (their `worker` field) that logged `event`. */
+    const workersThatLogged = (event: string) =>
       new Set(
         env.kubelet
           .logs(RELAY_NAMESPACE, pod.name)
@@ -245,13 +246,13 @@ describe('end to end: operator + relay containers on the local control plane', {
           .flatMap((l) => {
             try {
               const j = JSON.parse(l) as { event?: string; worker?: number };
-              return j.event === 'worker_ready' && j.worker !== undefined ? [j.worker] : [];
+              return j.event === event && j.worker !== undefined ? [j.worker] : [];
             } catch {
               return [];
             }
           }),
       );
-    await waitFor('two workers ready in the pod', async () => workersReady().size === 2, 30_000);
+    await waitFor('two workers ready in the pod', async () => workersThatLogged('worker_ready').size === 2, 30_000);
     const coresPassword = await env.userPassword('cores', 'app');
     const base = env.sink.messages.length;
     const count = 8;
@@ -260,6 +261,8 @@ describe('end to end: operator + relay containers on the local control plane', {
       assert.match(r.response, /^250 /);
     }
     const got = (await env.sink.waitForMessages(base + count, 30_000)).slice(base);
+    // the primary hands connections to its workers in turn (node:cluster round robin)
+    assert.equal(workersThatLogged('auth_success').size, 2, 'both workers served logins');
     assert.deepEqual(got.map((m) => m.rcptTo[0]).sort(), Array.from({ length: count }, (_, i) => `core${i}@example.net`).sort());
     // the primary's /metrics sums the workers' series: every message counted once
     const metrics = await env.metrics(ep!.ip);
