@@ -92,7 +92,7 @@ export interface RelayBenchOptions {
   logLevel?: string;
   /** A `queue:` section (queue mode), e.g. `{directory: /tmp/x/spool}`; default inline mode. */
   queue?: string;
-  /** The relay's `workers` setting; default BENCH_RELAY_WORKERS (bench/main.ts --workers=N), else the relay's default (1). */
+  /** The relay's `workers` setting; default BENCH_RELAY_WORKERS (bench/main.ts --workers=N), else 1 (one process; the relay's own default is `auto`). */
   workers?: number | 'auto';
 }
 
@@ -139,7 +139,7 @@ upstream:
   timeout: 30s
 metrics: {address: 127.0.0.1, port: ${metrics}}
 shutdownGracePeriod: 5s
-${o.queue ? `queue: ${o.queue}\n` : ''}${(o.workers ?? process.env.BENCH_RELAY_WORKERS) ? `workers: ${o.workers ?? process.env.BENCH_RELAY_WORKERS}` : ''}
+${o.queue ? `queue: ${o.queue}\n` : ''}workers: ${o.workers ?? (process.env.BENCH_RELAY_WORKERS || 1)}
 `;
   const configFile = path.join(o.dir, `relay-${submission}.yaml`);
   writeFileSync(configFile, config);

@@ -97,7 +97,8 @@ export const DEFAULTS = {
   metricsAddress: '::',
   metricsPort: 9090,
   shutdownGracePeriod: '25s',
-  workers: 1 as number | 'auto',
+  // one worker per CPU the container may use, as nginx's `worker_processes auto` (issue 17)
+  workers: 'auto' as number | 'auto',
   peersAddress: '::',
 };
 

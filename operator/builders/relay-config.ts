@@ -131,10 +131,9 @@ export function buildRelayConfig(relay: SmtpRelay, inputs: ConfigInputs = {}): R
     metrics: { port: METRICS_PORT, controlTokenFile: CONTROL_TOKEN_FILE },
     shutdownGracePeriod: `${RELAY_SHUTDOWN_GRACE_SECONDS}s`,
   };
-  // one worker per CPU the pod may use; 1 (the relay's default) is left out, so the
-  // config and restart hash of a one-CPU relay stay what they were
-  const workers = relayWorkers(s.resources);
-  if (workers > 1) config.workers = workers;
+  // one worker per CPU the pod may use, always written: the relay's own default (`auto`)
+  // would take every core of the node when the pod has no CPU limit
+  config.workers = relayWorkers(s.resources);
   const dkim: DkimKeyConfig[] = usableDkim(relay, inputs).map((d) => ({
     domain: d.domain.toLowerCase(),
     selector: d.selector,

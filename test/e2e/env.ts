@@ -44,6 +44,8 @@ export interface RelayOptions {
   dkim?: boolean;
   /** spec.queue as written (absent: inline mode). */
   queue?: Record<string, unknown>;
+  /** spec.resources as written (absent: the CRD's defaults, 1 CPU: one relay process). */
+  resources?: Record<string, unknown>;
 }
 
 export interface Endpoint { ip: string; port: number; pod?: string }
@@ -135,6 +137,7 @@ export class Environment {
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),
           ...(o.queue ? { queue: o.queue } : {}),
+          ...(o.resources ? { resources: o.resources } : {}),
         },
       },
     });

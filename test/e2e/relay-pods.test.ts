@@ -14,7 +14,9 @@
  *   sees no failure;
  * - a user's password changed in its Secret: the new one works, the old one fails, no restart;
  * - a relay pod's process killed: the kubelet restarts it, and mail sent with retries during
- *   the crash is all delivered.
+ *   the crash is all delivered;
+ * - a relay given 2 CPUs runs a primary and 2 worker processes in its pod (the operator writes
+ *   `workers: 2`), and mail on new connections goes through both workers.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -226,5 +228,45 @@ describe('end to end: operator + relay containers on the local control plane', {
     const [m] = (await env.sink.waitForMessages(base + 1, 30_000)).slice(base);
     assert.deepEqual(m!.rcptTo, ['queued@example.net']);
     await waitFor('the delivery counted by the pod', async () => /^smtp_relay_queue_deliveries_total\{result="delivered"\} 1$/m.test(await env.metrics(ep!.ip)), 15_000);
+  });
+
+  it('a relay with a 2-CPU limit runs 2 worker processes in its pod, and mail goes through both', async () => {
+    await env.applyRelay({ name: 'cores', replicas: 1, dkim: false, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { cpu: '2', memory: '512Mi' } } });
+    await env.waitRelayReady('cores');
+    const [ep] = await env.waitEndpoints('cores', 1);
+    const config = await env.kube.request<{ data: Record<string, string> }>('GET', `/api/v1/namespaces/${RELAY_NAMESPACE}/configmaps/cores-config`);
+    assert.match(Object.values(config.data).join('\n'), /^workers: 2$/m, 'the operator wrote workers: 2');
+    const pod = (await env.relayPods('cores'))[0]!;
+    /** The workers (their `worker` field) that logged `event`. */
+    const workersThatLogged = (event: string) =>
+      new Set(
+        env.kubelet
+          .logs(RELAY_NAMESPACE, pod.name)
+          .split('\n')
+          .flatMap((l) => {
+            try {
+              const j = JSON.parse(l) as { event?: string; worker?: number };
+              return j.event === event && j.worker !== undefined ? [j.worker] : [];
+            } catch {
+              return [];
+            }
+          }),
+      );
+    await waitFor('two workers ready in the pod', async () => workersThatLogged('worker_ready').size === 2, 30_000);
+    const coresPassword = await env.userPassword('cores', 'app');
+    const base = env.sink.messages.length;
+    const count = 8;
+    for (let i = 0; i < count; i++) {
+      const r = await env.send({ relay: 'cores', user: 'app', password: coresPassword, from: 'app@example.com', to: `core${i}@example.net`, subject: `core ${i}`, endpoint: ep! });
+      assert.match(r.response, /^250 /);
+    }
+    const got = (await env.sink.waitForMessages(base + count, 30_000)).slice(base);
+    // the primary hands connections to its workers in turn (node:cluster round robin)
+    assert.equal(workersThatLogged('auth_success').size, 2, 'both workers served logins');
+    assert.deepEqual(got.map((m) => m.rcptTo[0]).sort(), Array.from({ length: count }, (_, i) => `core${i}@example.net`).sort());
+    // the primary's /metrics sums the workers' series: every message counted once
+    const metrics = await env.metrics(ep!.ip);
+    const accepted = [...metrics.matchAll(/^smtp_relay_messages_total\{[^}]*result="accepted"[^}]*\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    assert.equal(accepted, count, metrics.split('\n').filter((l) => l.startsWith('smtp_relay_messages_total')).join('\n'));
   });
 });

@@ -105,7 +105,7 @@ export interface RelayOptions {
   metricsExtra?: string;
   /** The value of a `peers:` section (relay/peers.ts), e.g. `{port: 9091, tokenFile: /x/token, addresses: [...]}`. */
   peers?: string;
-  /** The `workers:` setting (absent: RELAY_TEST_WORKERS from the environment, else the default, one process). */
+  /** The `workers:` setting (absent: RELAY_TEST_WORKERS from the environment, else 1: one process, so that a test sees the same relay on any machine; the relay's own default is `auto`). */
   workers?: number | 'auto';
   env?: Record<string, string>;
   /** ServiceAccount-token logins: users naming a ServiceAccount, and the issuer the test plays (jwks.json beside users.yaml). */
@@ -262,7 +262,7 @@ metrics: {address: 127.0.0.1, port: ${ports.metrics}${o.metricsExtra ? `, ${o.me
 shutdownGracePeriod: ${o.grace ?? '5s'}
 ${o.queue ? `queue: ${o.queue}` : ''}
 ${o.peers ? `peers: ${o.peers}` : ''}
-${(o.workers ?? process.env.RELAY_TEST_WORKERS) !== undefined ? `workers: ${o.workers ?? process.env.RELAY_TEST_WORKERS}` : ''}
+workers: ${o.workers ?? process.env.RELAY_TEST_WORKERS ?? 1}
 `;
   const configFile = path.join(o.dir, `relay-${Date.now()}-${Math.random().toString(36).slice(2, 6)}.yaml`);
   await fs.writeFile(configFile, config);

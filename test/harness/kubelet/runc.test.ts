@@ -399,6 +399,7 @@ describe('runc runner: containers from the project image under runc', { timeout:
       `access: {allowedCidrs: ["${net.hostIP}/32"]}`,
       `upstream: {host: ${net.hostIP}, port: 2525, tls: starttls}`,
       'metrics: {port: 9090}',
+      'workers: 1',
     ].join('\n') + '\n';
     const volumes = {
       config: { hostPath: vol('config', { 'relay.yaml': config }) },

@@ -63,7 +63,7 @@ describe('relay config', () => {
     const withToken = loadConfig(write(BASE + 'metrics: {controlTokenFile: user}\n'));
     assert.equal(withToken.metrics.controlTokenFile, path.join(dir, 'user'), 'the control token file, resolved');
     assert.equal(s.shutdownGracePeriodMs, 25_000);
-    assert.equal(s.workers, 1, 'one process unless told');
+    assert.equal(s.workers, 'auto', 'a worker per CPU the container may use unless told');
     assert.deepEqual(s.dkim, []);
   });
 

@@ -57,6 +57,7 @@ test('the config maps the spec onto the fixed mount paths and unprivileged conta
     },
     metrics: { port: 9090, controlTokenFile: '/etc/smtp-relay/internal/control-token' },
     shutdownGracePeriod: '25s',
+    workers: 1,
     dkim: [
       { domain: 'example.com', selector: 'relay1', keyFile: '/etc/smtp-relay/dkim/example.com/relay1.key' },
       { domain: 'billing.example.com', selector: 's2', keyFile: '/etc/smtp-relay/dkim/billing.example.com/s2.key' },
@@ -131,18 +132,19 @@ test('the ConfigMap text is deterministic and says where it comes from', () => {
   assert.match(a!, /^# Rendered by smtp-relay-operator from SmtpRelay mail\/outbound;/);
 });
 
-test('workers follow the CPU the pod may use: its limit rounded up, else its request, and 1 (the default) is left out', () => {
+test('workers follow the CPU the pod may use: its limit rounded up, else its request, else 1, always written (the relay alone would take every core)', () => {
   const withResources = (resources: { requests?: Record<string, string | number>; limits?: Record<string, string | number> }) => {
     const r = full();
     r.spec.resources = resources;
     return buildRelayConfig(r);
   };
-  assert.equal(buildRelayConfig(full()).workers, undefined, 'the default limit (1 CPU): one process, config as before');
+  assert.equal(buildRelayConfig(full()).workers, 1, 'the default limit (1 CPU): one process');
   assert.equal(withResources({ limits: { cpu: '2', memory: '512Mi' }, requests: { cpu: '500m' } }).workers, 2);
   assert.equal(withResources({ limits: { cpu: '2500m' } }).workers, 3);
   assert.equal(withResources({ limits: { cpu: 4 } }).workers, 4);
   assert.equal(withResources({ limits: { memory: '512Mi' }, requests: { cpu: '1500m' } }).workers, 2, 'no CPU limit: the request');
-  assert.equal(withResources({ limits: { cpu: '500m' } }).workers, undefined);
+  assert.equal(withResources({ limits: { cpu: '500m' } }).workers, 1);
+  assert.equal(withResources({}).workers, 1, 'no CPU limit or request: one process, not every core of the node');
   // the ConfigMap's YAML carries it at the top level, where the relay reads it (test/unit/relay/config.test.ts)
   const r = full();
   r.spec.resources = { limits: { cpu: '3' } };
