@@ -93,6 +93,8 @@ export interface ClusterOptions {
   crdFiles?: string[];
   /** Start cert-manager's controllers (default true). */
   certManager?: boolean;
+  /** Enforce NetworkPolicy with kube-router's policy controller (default true). */
+  networkPolicy?: boolean;
 }
 
 export interface Cluster {
@@ -403,6 +405,22 @@ async function cleanupIptables(problems: string[]): Promise<void> {
   }
 }
 
+/** kube-router's ipsets: per-policy KUBE-SRC-... and KUBE-DST-..., and kube-router-local-pods (IPv6 ones prefixed inet6:). */
+const OUR_IPSET = /^(inet6:)?(KUBE-SRC-|KUBE-DST-|kube-router-)/;
+
+/** The names of the ipsets kube-router made (none if the ipset tool is absent). */
+export async function clusterIpsets(): Promise<string[]> {
+  const out = await sh('ipset', ['list', '-n'], { timeoutMs: 30_000 }).catch(() => '');
+  return out.split('\n').filter((n) => OUR_IPSET.test(n));
+}
+
+async function cleanupIpsets(problems: string[]): Promise<void> {
+  for (const n of await clusterIpsets()) {
+    const err = await tryRun('ipset', ['destroy', n]);
+    if (err) problems.push(err);
+  }
+}
+
 /** Splits an iptables-save rule into argv (handles "quoted strings"). */
 function splitRule(s: string): string[] {
   const out: string[] = [];
@@ -469,8 +487,9 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   } catch (e) {
     problems.push((e as Error).message);
   }
-  // 4. iptables chains and rules.
+  // 4. iptables chains and rules, then kube-router's ipsets (no rule refers to them any more).
   await cleanupIptables(problems);
+  await cleanupIpsets(problems);
   // 5. cgroups, the node interface, kernel settings.
   problems.push(...removeCgroups());
   await tryRun('ip', ['addr', 'del', `${NODE_IP}/32`, 'dev', NODE_IFACE]);
@@ -558,13 +577,14 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     kubelet: binary('kubelet'), proxy: binary('kube-proxy'), scheduler: binary('kube-scheduler'), coredns: binary('coredns'),
     certManager: opts.certManager === false ? '' : binary('cert-manager-controller'), pauseImage: binary('pause-image.tar'),
     crds: opts.certManager === false ? '' : binary('crds'),
+    kubeRouter: opts.networkPolicy === false ? '' : binary('kube-router'),
     cni: join(clusterCache(), 'cni'),
   };
   for (const p of ['ptp', 'host-local', 'loopback', 'portmap']) binary(p, 'cni');
   binary('containerd-shim-runc-v2');
-  for (const tool of ['iptables', 'ip6tables', 'ip', 'openssl', 'mount']) {
+  for (const tool of ['iptables', 'ip6tables', 'ip', 'openssl', 'mount', ...(bins.kubeRouter ? ['ipset'] : [])]) {
     await sh('sh', ['-c', `command -v ${tool}`]).catch(() => {
-      throw new Error(`cluster: '${tool}' not found (apt-get install iptables iproute2 openssl; listed in .ci/run)`);
+      throw new Error(`cluster: '${tool}' not found (apt-get install iptables ipset iproute2 openssl; listed in .ci/run)`);
     });
   }
 
@@ -603,7 +623,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       }
     }
     // 2. Add-ons and the kubelet, then every container and sandbox through containerd, then containerd.
-    for (const n of ['cert-manager', 'coredns', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
+    for (const n of ['cert-manager', 'coredns', 'kube-router', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
     const containerd = byName('containerd');
     if (containerd && !containerd.exitInfo) {
       try {
@@ -887,6 +907,30 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     const proxy = startProc('kube-proxy', bins.proxy, [`--config=${join(dir, 'kube-proxy.yaml')}`, '--v=2'], logDir);
     procs.push(proxy);
 
+    // --- NetworkPolicy: kube-router's policy controller alone (no routing, no service proxy,
+    //     no health or metrics listener). It programs KUBE-ROUTER-{INPUT,FORWARD,OUTPUT} and a
+    //     KUBE-POD-FW-* chain per pod of this node (status.hostIP = the node's InternalIP, found
+    //     on lo), KUBE-NWPLCY-* chains per policy, and KUBE-SRC-*/KUBE-DST-* and
+    //     kube-router-local-pods ipsets.
+    let kubeRouter: Proc | undefined;
+    if (bins.kubeRouter) {
+      kubeRouter = startProc('kube-router', bins.kubeRouter, [
+        `--kubeconfig=${cp.kubeconfigPath}`,
+        '--run-firewall=true',
+        '--run-router=false',
+        '--run-service-proxy=false',
+        '--run-loadbalancer=false',
+        '--health-port=0',
+        '--metrics-port=0',
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
+        `--hostname-override=${NODE_NAME}`,
+        '--enable-ipv4=true',
+        '--enable-ipv6=false',
+        '--v=1',
+      ], logDir);
+      procs.push(kubeRouter);
+    }
+
     // --- scheduler
     const schedPort = await freePort();
     const scheduler = startProc('kube-scheduler', bins.scheduler, [
@@ -945,7 +989,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       return out.includes(`-d ${DNS_IP}/32`);
     }, 60_000);
     await waitFor('kube-scheduler /healthz', all, async () => (await insecureGet(`https://127.0.0.1:${schedPort}/healthz`)) === 200, 60_000);
-    log(`cluster: kube-proxy, scheduler, CoreDNS and cert-manager up (${since()})`);
+    if (kubeRouter) {
+      all.push(kubeRouter);
+      await waitFor('kube-router\'s policy chains (KUBE-ROUTER-FORWARD in FORWARD, KUBE-NWPLCY-COMMON)', all, async () => {
+        const out = await sh('iptables-save', ['-t', 'filter']);
+        return /^-A FORWARD .*-j KUBE-ROUTER-FORWARD$/m.test(out) && /^-A INPUT .*-j KUBE-ROUTER-INPUT$/m.test(out) && out.includes(':KUBE-NWPLCY-COMMON ');
+      }, 60_000);
+    }
+    log(`cluster: kube-proxy, scheduler, CoreDNS, cert-manager${kubeRouter ? ' and kube-router (NetworkPolicy)' : ''} up (${since()})`);
 
     const cluster: Cluster = {
       cp,
