@@ -996,7 +996,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         return /^-A FORWARD .*-j KUBE-ROUTER-FORWARD$/m.test(out) && /^-A INPUT .*-j KUBE-ROUTER-INPUT$/m.test(out) && out.includes(':KUBE-NWPLCY-COMMON ');
       }, 60_000);
     }
-    log(`cluster: kube-proxy, scheduler, CoreDNS, cert-manager${kubeRouter ? ' and kube-router (NetworkPolicy)' : ''} up (${since()})`);
+    log(`cluster: kube-proxy, scheduler, CoreDNS${bins.certManager ? ', cert-manager' : ''}${kubeRouter ? ', kube-router (NetworkPolicy)' : ''} up (${since()})`);
 
     const cluster: Cluster = {
       cp,

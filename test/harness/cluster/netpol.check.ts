@@ -8,8 +8,9 @@
  * ports (SMTP 2587 and 2465, metrics 9090) that greets with "220 stand-in <port>" and logs
  * every accepted peer. The policy itself is the operator's: buildNetworkPolicy() for an
  * SmtpRelay made from crds/examples/minimal.yaml (allowed namespaces by label, no client
- * CIDRs, upstream an IP literal: another pod's address), applied by the operator's own
- * Applier (server-side apply, field manager smtp-relay-operator).
+ * CIDRs, upstream an IP literal: another pod's address), created in the API server (which
+ * defaults it), and the policy applied by the operator's own Applier (server-side apply,
+ * field manager smtp-relay-operator); no operator runs.
  *
  * Each path is first shown open without the policy (the same pods, the same ports), then
  * shown shut with it: a blocked connection never reaches the listener and is counted by the
@@ -20,21 +21,20 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import YAML from 'yaml';
-import { METRICS_PORT, type SmtpRelay } from '../../../operator/api/v1alpha1.js';
+import { API_VERSION, FIELD_MANAGER, GROUP, KIND, METRICS_PORT, PLURAL, VERSION, type SmtpRelay } from '../../../operator/api/v1alpha1.js';
 import { selectorLabels } from '../../../operator/builders/meta.js';
 import { buildNetworkPolicy } from '../../../operator/builders/networkpolicy.js';
 import { relayListeners } from '../../../operator/builders/relay-config.js';
 import { Applier } from '../../../operator/runtime/apply.js';
 import { Kube } from '../../../operator/runtime/kube.js';
 import { NetworkPolicies } from '../../../operator/runtime/resources.js';
-import { FIELD_MANAGER } from '../../../operator/api/v1alpha1.js';
 import { repoRoot } from '../controlplane/harness.js';
-import { withDefaults, type SmtpRelaySpecInput } from '../smtprelay/defaults.js';
+import type { SmtpRelaySpecInput } from '../smtprelay/defaults.js';
 import { NODE_IP, clusterIpsets, clusterLog, projectImageLayout, startCluster, type Cluster } from './cluster.js';
 import { nodePod, until } from './testpods.js';
 
@@ -72,6 +72,9 @@ const LOOKUP = (name: string): string => `
 require('dns').promises.lookup(${JSON.stringify(name)}, 4).then((a) => console.log(JSON.stringify({ address: a.address })), (e) => console.log(JSON.stringify({ error: e.code })));
 `;
 
+/** A jump to a policy's own chain (not kube-router's KUBE-NWPLCY-DEFAULT, -COMMON or -TAIL, which every pod chain has). */
+const POLICY_CHAIN = 'KUBE-NWPLCY-(?!DEFAULT|COMMON|TAIL)';
+
 interface ProbeResult {
   connected: boolean;
   banner?: string;
@@ -106,10 +109,17 @@ describe('NetworkPolicy of the operator, enforced by kube-router, pod to pod (re
 
   const probe = (from: string, to: string, port: number, timeoutMs = 5000): Promise<ProbeResult> => inPod<ProbeResult>(from, PROBE(ips[to] ?? to, port, timeoutMs));
 
-  /** The lines {"accepted":port,"from":ip} the listener pod logged for this peer and port. */
+  /**
+   * The lines {"accepted":port,"from":ip} the listener pod logged for this peer and port, read
+   * from the kubelet's log file (<dir>/pod-logs/<ns>_<pod>_<uid>/main/*.log: the API server
+   * cannot reach the kubelet by the node's name here).
+   */
   async function accepted(pod: string, port: number, fromPod: string): Promise<number> {
     const [ns, name] = pod.split('/') as [string, string];
-    const text = await core.readNamespacedPodLog({ name, namespace: ns });
+    const logs = join(c.dir, 'pod-logs');
+    const podDir = readdirSync(logs).find((d) => d.startsWith(`${ns}_${name}_`));
+    assert.ok(podDir, `no log folder for ${pod} in ${logs}`);
+    const text = readdirSync(join(logs, podDir, 'main')).map((f) => readFileSync(join(logs, podDir, 'main', f), 'utf8')).join('\n');
     return text.split('\n').filter((l) => l.includes(`"accepted":${port},`) && l.includes(`"from":"${ips[fromPod]}"`)).length;
   }
 
@@ -137,7 +147,7 @@ describe('NetworkPolicy of the operator, enforced by kube-router, pod to pod (re
     await until(`kube-router's policy chain for ${pod}`, 60_000, async () => {
       const filter = execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' });
       const chain = podChain(filter, pod);
-      return chain && new RegExp(`^-A ${chain} .*-j KUBE-NWPLCY-`, 'm').test(filter) ? true : undefined;
+      return chain && new RegExp(`^-A ${chain} .*-j ${POLICY_CHAIN}`, 'm').test(filter) ? true : undefined;
     }, async () => `kube-router:\n${await clusterLog('kube-router', 40)}`);
   }
 
@@ -186,12 +196,19 @@ describe('NetworkPolicy of the operator, enforced by kube-router, pod to pod (re
     });
     ips['upstream/smtp'] = upPod.status!.podIP!;
 
-    const spec = withDefaults(structuredClone(example.spec));
-    spec.access.allowedCidrs = [];
-    spec.access.allowedNamespaces = { matchLabels: { 'smtp-relay/client': 'true' } };
-    spec.upstream.host = ips['upstream/smtp'];
-    spec.upstream.port = UPSTREAM_PORT;
-    relay = { apiVersion: 'smtprelay.dev/v1alpha1', kind: 'SmtpRelay', metadata: { name: example.metadata.name, namespace: ns, uid: '00000000-0000-4000-8000-000000000013', generation: 1 }, spec } as SmtpRelay;
+    // The SmtpRelay exists in the API (no operator runs): the policy's owner reference must
+    // name a live object, or the garbage collector deletes the policy at once. The builder
+    // gets the object as the API server stored and defaulted it.
+    const spec: SmtpRelaySpecInput = {
+      ...structuredClone(example.spec),
+      access: { allowedCidrs: [], allowedNamespaces: { matchLabels: { 'smtp-relay/client': 'true' } } },
+      upstream: { ...example.spec.upstream, host: ips['upstream/smtp'], port: UPSTREAM_PORT },
+    };
+    relay = (await c.kubeconfig.makeApiClient(k8s.CustomObjectsApi).createNamespacedCustomObject({
+      group: GROUP, version: VERSION, namespace: ns, plural: PLURAL,
+      body: { apiVersion: API_VERSION, kind: KIND, metadata: { name: example.metadata.name, namespace: ns }, spec },
+    })) as SmtpRelay;
+    assert.deepEqual(relay.spec.access.allowedCidrs, []);
     smtpPorts = relayListeners(relay).map((l) => l.port);
     assert.ok(smtpPorts.length > 0);
 
@@ -245,7 +262,7 @@ describe('NetworkPolicy of the operator, enforced by kube-router, pod to pod (re
     // The pod without the relay's labels is selected by no policy: no policy chain for it.
     const filter = execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' });
     const plain = podChain(filter, `${NS()}/plain-probe`);
-    assert.ok(!plain || !new RegExp(`^-A ${plain} .*-j KUBE-NWPLCY-`, 'm').test(filter), 'the unlabelled pod runs through a policy chain');
+    assert.ok(!plain || !new RegExp(`^-A ${plain} .*-j ${POLICY_CHAIN}`, 'm').test(filter), 'the unlabelled pod runs through a policy chain');
   });
 
   it('a client pod in an allowed namespace connects to the relay pod\'s SMTP ports', async () => {
@@ -313,7 +330,7 @@ describe('NetworkPolicy of the operator, enforced by kube-router, pod to pod (re
   });
 
   it('stop() removes kube-router\'s chains, the jumps to them and its ipsets', async () => {
-    assert.ok((await clusterIpsets()).length > 0, 'kube-router made no ipset (nothing to prove)');
+    assert.ok((await clusterIpsets()).length > 0, `kube-router made no ipset (nothing to prove): ipset list -n: ${execFileSync('ipset', ['list', '-n'], { encoding: 'utf8' })}`);
     stopped = true;
     await c.stop();
     for (const cmd of ['iptables-save', 'ip6tables-save']) {
