@@ -2,7 +2,8 @@
  * A real one-node Kubernetes cluster on this machine, for the end-to-end tests and the demo,
  * on top of the control plane harness (test/harness/controlplane/harness.ts): kubelet,
  * containerd + runc, CNI (ptp + host-local + loopback, portmap), kube-proxy (iptables mode),
- * kube-scheduler, CoreDNS and cert-manager's controllers, every one built from its own Go
+ * kube-scheduler, CoreDNS, cert-manager's controllers and kube-router's NetworkPolicy
+ * controller, every one built from its own Go
  * module by `make cluster` (test/harness/cluster/build.sh) into
  *   ${CLUSTER_CACHE:-~/.cache/smtp-relay-operator/cluster}/bin (and .../cni).
  * Needs root (network, mounts, cgroups). A missing binary throws an Error that says to run
@@ -32,9 +33,17 @@
  *   kube-proxy      iptables mode, clusterCIDR = pod range, no localhost NodePorts, conntrack
  *                   sysctls left alone
  *   cert-manager    our controller main (certmanager/main.go) with the v1.21.2 CRDs
+ *   NetworkPolicy   kube-router v2.10.0 policy-only (--run-firewall, no router, no service
+ *                   proxy, no health/metrics port), admin kubeconfig, --hostname-override =
+ *                   the node, --service-cluster-ip-range = the API server's: KUBE-ROUTER-*
+ *                   jumps first in INPUT/FORWARD/OUTPUT, a KUBE-POD-FW-* chain per pod of the
+ *                   node, KUBE-NWPLCY-* per policy, KUBE-SRC-/KUBE-DST-* ipsets. A blocked
+ *                   connection is REJECTed (ICMP port unreachable: ECONNREFUSED at once, not a
+ *                   timeout). Host-to-pod traffic is always allowed (prove policies pod to pod).
+ *                   startCluster({ networkPolicy: false }) leaves it out
  *   storage         StorageClass `local` (default, no provisioner, WaitForFirstConsumer);
  *                   c.localVolume(name) makes a folder-backed local PersistentVolume
- *   add-ons         CoreDNS, kube-proxy, the scheduler and cert-manager run as host processes
+ *   add-ons         CoreDNS, kube-proxy, the scheduler, cert-manager and kube-router run as host processes
  *                   (not as pods), each with its own log in <dir>/logs/
  *
  *   const c = await startCluster({ log?, crdFiles? });
@@ -50,7 +59,8 @@
  *                          the add-ons, kubelet and containerd, kills what is left in the
  *                          cluster's cgroups and any shim, unmounts everything under the
  *                          folder, removes the pods' CNI network namespaces, the KUBE-* /
- *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6), the cgroups, the node
+ *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6; kube-router's too) and
+ *                          the jumps to them, kube-router's ipsets, the cgroups, the node
  *                          address and the Service route, restores ip_forward and the kernel
  *                          settings the kubelet changes, removes the folder (kept if CLUSTER_KEEP=1) and the lock.
  *                          Idempotent. A cluster left by a killed test process is cleaned the
