@@ -917,30 +917,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     const proxy = startProc('kube-proxy', bins.proxy, [`--config=${join(dir, 'kube-proxy.yaml')}`, '--v=2'], logDir);
     procs.push(proxy);
 
-    // --- NetworkPolicy: kube-router's policy controller alone (no routing, no service proxy,
-    //     no health or metrics listener). It programs KUBE-ROUTER-{INPUT,FORWARD,OUTPUT} and a
-    //     KUBE-POD-FW-* chain per pod of this node (status.hostIP = the node's InternalIP, found
-    //     on lo), KUBE-NWPLCY-* chains per policy, and KUBE-SRC-*/KUBE-DST-* and
-    //     kube-router-local-pods ipsets.
-    let kubeRouter: Proc | undefined;
-    if (bins.kubeRouter) {
-      kubeRouter = startProc('kube-router', bins.kubeRouter, [
-        `--kubeconfig=${cp.kubeconfigPath}`,
-        '--run-firewall=true',
-        '--run-router=false',
-        '--run-service-proxy=false',
-        '--run-loadbalancer=false',
-        '--health-port=0',
-        '--metrics-port=0',
-        `--service-cluster-ip-range=${SERVICE_CIDR}`,
-        `--hostname-override=${NODE_NAME}`,
-        '--enable-ipv4=true',
-        '--enable-ipv6=false',
-        '--v=1',
-      ], logDir);
-      procs.push(kubeRouter);
-    }
-
     // --- scheduler
     const schedPort = await freePort();
     const scheduler = startProc('kube-scheduler', bins.scheduler, [
@@ -998,6 +974,33 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       const out = await sh('iptables-save', ['-t', 'nat']);
       return out.includes(`-d ${DNS_IP}/32`);
     }, 60_000);
+    // --- NetworkPolicy: kube-router's policy controller alone (no routing, no service proxy,
+    //     no health or metrics listener), started once kube-proxy has written its chains: each
+    //     kube-router sync saves the whole filter table and restores it without --noflush, so a
+    //     chain kube-proxy creates in between is lost (seen at start-up: kube-proxy's first sync
+    //     failed with "Chain 'KUBE-PROXY-FIREWALL' does not exist" and its DNS rules never came). It programs KUBE-ROUTER-{INPUT,FORWARD,OUTPUT} and a
+    //     KUBE-POD-FW-* chain per pod of this node (status.hostIP = the node's InternalIP, found
+    //     on lo), KUBE-NWPLCY-* chains per policy, and KUBE-SRC-*/KUBE-DST-* and
+    //     kube-router-local-pods ipsets.
+    let kubeRouter: Proc | undefined;
+    if (bins.kubeRouter) {
+      kubeRouter = startProc('kube-router', bins.kubeRouter, [
+        `--kubeconfig=${cp.kubeconfigPath}`,
+        '--run-firewall=true',
+        '--run-router=false',
+        '--run-service-proxy=false',
+        '--run-loadbalancer=false',
+        '--health-port=0',
+        '--metrics-port=0',
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
+        `--hostname-override=${NODE_NAME}`,
+        '--enable-ipv4=true',
+        '--enable-ipv6=false',
+        '--v=1',
+      ], logDir);
+      procs.push(kubeRouter);
+    }
+
     await waitFor('kube-scheduler /healthz', all, async () => (await insecureGet(`https://127.0.0.1:${schedPort}/healthz`)) === 200, 60_000);
     if (kubeRouter) {
       all.push(kubeRouter);
