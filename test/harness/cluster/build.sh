@@ -19,6 +19,9 @@
 #                                                                     with only the plugins we use
 #   certmanager   github.com/cert-manager/cert-manager v1.21.2        certmanager/ here: our own main
 #                 (controller: certificates, CA/SelfSigned issuers)   over the module's public API
+#   kuberouter    github.com/cloudnativelabs/kube-router/v2 v2.10.0   kuberouter/ here: cmd/kube-router,
+#                 (NetworkPolicy enforcement only, see cluster.ts)    its own k8s.io/* pins; netlink
+#                                                                     replaced by v1.3.1 (see go.mod)
 #   pause         our own pause (pause/ here) in an OCI archive       go build + a hand-made layout
 #
 # Go builds run under `nice -n 19` with -p ${CLUSTER_GO_PARALLEL:-2}. Each part's wall-clock
@@ -41,8 +44,9 @@ ngo() { nice -n 19 go "$@"; }
 
 K8S_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "k8s.io/kubernetes") { print $(i+1); exit } }' k8s/go.mod)"
 CERTMANAGER_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/cert-manager/cert-manager") { print $(i+1); exit } }' certmanager/go.mod)"
+KUBEROUTER_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/cloudnativelabs/kube-router/v2") { print $(i+1); exit } }' kuberouter/go.mod)"
 COREDNS_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/coredns/coredns") { print $(i+1); exit } }' coredns/go.mod)"
-[ -n "$K8S_VERSION" ] && [ -n "$CERTMANAGER_VERSION" ] && [ -n "$COREDNS_VERSION" ] || { echo "cluster: cannot read versions from k8s/go.mod, certmanager/go.mod" >&2; exit 1; }
+[ -n "$K8S_VERSION" ] && [ -n "$CERTMANAGER_VERSION" ] && [ -n "$COREDNS_VERSION" ] && [ -n "$KUBEROUTER_VERSION" ] || { echo "cluster: cannot read versions from k8s/go.mod, certmanager/go.mod, coredns/go.mod, kuberouter/go.mod" >&2; exit 1; }
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.3
 CNI_VERSION=v1.10.0
@@ -127,13 +131,19 @@ build_certmanager() {
   mkdir -p "$1/crds" && cp "$src"/deploy/crds/*.yaml "$1/crds/" && chmod -R u+w "$1/crds"
 }
 
+build_kuberouter() {
+  local m=github.com/cloudnativelabs/kube-router/v2
+  (cd kuberouter && GOFLAGS="$GOFLAGS -mod=readonly" CGO_ENABLED=0 ngo build -trimpath -p "$par" \
+    -ldflags="-s -w -X $m/pkg/version.Version=$KUBEROUTER_VERSION" -o "$1/kube-router" "$m/cmd/kube-router")
+}
+
 build_pause() {
   (cd pause && CGO_ENABLED=0 ngo build -trimpath -ldflags="-s -w" -o "$1/pause" .)
   python3 pause/oci-archive.py "$1/pause" "localhost/smtp-relay-operator/pause:$PAUSE_VERSION" "$1/pause-image.tar"
 }
 
 want_parts=("$@")
-[ ${#want_parts[@]} -gt 0 ] || want_parts=(pause containerd runc cni coredns k8s certmanager)
+[ ${#want_parts[@]} -gt 0 ] || want_parts=(pause containerd runc cni coredns k8s certmanager kuberouter)
 total_start=$SECONDS
 for p in "${want_parts[@]}"; do
   case "$p" in
@@ -143,6 +153,7 @@ for p in "${want_parts[@]}"; do
     cni)         part cni "$CNI_VERSION" "ptp host-local loopback portmap" ;;
     coredns)     part coredns "$COREDNS_VERSION" "coredns" coredns/go.mod coredns/go.sum coredns/main.go ;;
     certmanager) part certmanager "$CERTMANAGER_VERSION" "cert-manager-controller crds" certmanager/go.mod certmanager/go.sum certmanager/main.go ;;
+    kuberouter)  part kuberouter "$KUBEROUTER_VERSION" "kube-router" kuberouter/go.mod kuberouter/go.sum kuberouter/tools.go ;;
     pause)       part pause "$PAUSE_VERSION" "pause pause-image.tar" pause/main.go pause/go.mod pause/oci-archive.py ;;
     *) echo "cluster: unknown part '$p'" >&2; exit 2 ;;
   esac

@@ -2,7 +2,8 @@
  * A real one-node Kubernetes cluster on this machine, for the end-to-end tests and the demo,
  * on top of the control plane harness (test/harness/controlplane/harness.ts): kubelet,
  * containerd + runc, CNI (ptp + host-local + loopback, portmap), kube-proxy (iptables mode),
- * kube-scheduler, CoreDNS and cert-manager's controllers, every one built from its own Go
+ * kube-scheduler, CoreDNS, cert-manager's controllers and kube-router's NetworkPolicy
+ * controller, every one built from its own Go
  * module by `make cluster` (test/harness/cluster/build.sh) into
  *   ${CLUSTER_CACHE:-~/.cache/smtp-relay-operator/cluster}/bin (and .../cni).
  * Needs root (network, mounts, cgroups). A missing binary throws an Error that says to run
@@ -32,9 +33,17 @@
  *   kube-proxy      iptables mode, clusterCIDR = pod range, no localhost NodePorts, conntrack
  *                   sysctls left alone
  *   cert-manager    our controller main (certmanager/main.go) with the v1.21.2 CRDs
+ *   NetworkPolicy   kube-router v2.10.0 policy-only (--run-firewall, no router, no service
+ *                   proxy, no health/metrics port), admin kubeconfig, --hostname-override =
+ *                   the node, --service-cluster-ip-range = the API server's: KUBE-ROUTER-*
+ *                   jumps first in INPUT/FORWARD/OUTPUT, a KUBE-POD-FW-* chain per pod of the
+ *                   node, KUBE-NWPLCY-* per policy, KUBE-SRC-/KUBE-DST-* ipsets. A blocked
+ *                   connection is REJECTed (ICMP port unreachable: ECONNREFUSED at once, not a
+ *                   timeout). Host-to-pod traffic is always allowed (prove policies pod to pod).
+ *                   startCluster({ networkPolicy: false }) leaves it out
  *   storage         StorageClass `local` (default, no provisioner, WaitForFirstConsumer);
  *                   c.localVolume(name) makes a folder-backed local PersistentVolume
- *   add-ons         CoreDNS, kube-proxy, the scheduler and cert-manager run as host processes
+ *   add-ons         CoreDNS, kube-proxy, the scheduler, cert-manager and kube-router run as host processes
  *                   (not as pods), each with its own log in <dir>/logs/
  *
  *   const c = await startCluster({ log?, crdFiles? });
@@ -50,7 +59,8 @@
  *                          the add-ons, kubelet and containerd, kills what is left in the
  *                          cluster's cgroups and any shim, unmounts everything under the
  *                          folder, removes the pods' CNI network namespaces, the KUBE-* /
- *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6), the cgroups, the node
+ *                          SROP-CLUSTER* iptables chains (IPv4 and IPv6; kube-router's too) and
+ *                          the jumps to them, kube-router's ipsets, the cgroups, the node
  *                          address and the Service route, restores ip_forward and the kernel
  *                          settings the kubelet changes, removes the folder (kept if CLUSTER_KEEP=1) and the lock.
  *                          Idempotent. A cluster left by a killed test process is cleaned the
@@ -93,6 +103,8 @@ export interface ClusterOptions {
   crdFiles?: string[];
   /** Start cert-manager's controllers (default true). */
   certManager?: boolean;
+  /** Enforce NetworkPolicy with kube-router's policy controller (default true). */
+  networkPolicy?: boolean;
 }
 
 export interface Cluster {
@@ -403,6 +415,22 @@ async function cleanupIptables(problems: string[]): Promise<void> {
   }
 }
 
+/** kube-router's ipsets: per-policy KUBE-SRC-... and KUBE-DST-..., and kube-router-local-pods (IPv6 ones prefixed inet6:). */
+const OUR_IPSET = /^(inet6:)?(KUBE-SRC-|KUBE-DST-|kube-router-)/;
+
+/** The names of the ipsets kube-router made (none if the ipset tool is absent). */
+export async function clusterIpsets(): Promise<string[]> {
+  const out = await sh('ipset', ['list', '-n'], { timeoutMs: 30_000 }).catch(() => '');
+  return out.split('\n').filter((n) => OUR_IPSET.test(n));
+}
+
+async function cleanupIpsets(problems: string[]): Promise<void> {
+  for (const n of await clusterIpsets()) {
+    const err = await tryRun('ipset', ['destroy', n]);
+    if (err) problems.push(err);
+  }
+}
+
 /** Splits an iptables-save rule into argv (handles "quoted strings"). */
 function splitRule(s: string): string[] {
   const out: string[] = [];
@@ -469,8 +497,9 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   } catch (e) {
     problems.push((e as Error).message);
   }
-  // 4. iptables chains and rules.
+  // 4. iptables chains and rules, then kube-router's ipsets (no rule refers to them any more).
   await cleanupIptables(problems);
+  await cleanupIpsets(problems);
   // 5. cgroups, the node interface, kernel settings.
   problems.push(...removeCgroups());
   await tryRun('ip', ['addr', 'del', `${NODE_IP}/32`, 'dev', NODE_IFACE]);
@@ -558,13 +587,14 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     kubelet: binary('kubelet'), proxy: binary('kube-proxy'), scheduler: binary('kube-scheduler'), coredns: binary('coredns'),
     certManager: opts.certManager === false ? '' : binary('cert-manager-controller'), pauseImage: binary('pause-image.tar'),
     crds: opts.certManager === false ? '' : binary('crds'),
+    kubeRouter: opts.networkPolicy === false ? '' : binary('kube-router'),
     cni: join(clusterCache(), 'cni'),
   };
   for (const p of ['ptp', 'host-local', 'loopback', 'portmap']) binary(p, 'cni');
   binary('containerd-shim-runc-v2');
-  for (const tool of ['iptables', 'ip6tables', 'ip', 'openssl', 'mount']) {
+  for (const tool of ['iptables', 'ip6tables', 'ip', 'openssl', 'mount', ...(bins.kubeRouter ? ['ipset'] : [])]) {
     await sh('sh', ['-c', `command -v ${tool}`]).catch(() => {
-      throw new Error(`cluster: '${tool}' not found (apt-get install iptables iproute2 openssl; listed in .ci/run)`);
+      throw new Error(`cluster: '${tool}' not found (apt-get install iptables ipset iproute2 openssl; listed in .ci/run)`);
     });
   }
 
@@ -603,7 +633,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       }
     }
     // 2. Add-ons and the kubelet, then every container and sandbox through containerd, then containerd.
-    for (const n of ['cert-manager', 'coredns', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
+    for (const n of ['cert-manager', 'coredns', 'kube-router', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
     const containerd = byName('containerd');
     if (containerd && !containerd.exitInfo) {
       try {
@@ -944,8 +974,42 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
       const out = await sh('iptables-save', ['-t', 'nat']);
       return out.includes(`-d ${DNS_IP}/32`);
     }, 60_000);
+    // --- NetworkPolicy: kube-router's policy controller alone (no routing, no service proxy,
+    //     no health or metrics listener), started once kube-proxy has written its chains: each
+    //     kube-router sync saves the whole filter table and restores it without --noflush, so a
+    //     chain kube-proxy creates in between is lost (seen at start-up: kube-proxy's first sync
+    //     failed with "Chain 'KUBE-PROXY-FIREWALL' does not exist" and its DNS rules never came). It programs KUBE-ROUTER-{INPUT,FORWARD,OUTPUT} and a
+    //     KUBE-POD-FW-* chain per pod of this node (status.hostIP = the node's InternalIP, found
+    //     on lo), KUBE-NWPLCY-* chains per policy, and KUBE-SRC-*/KUBE-DST-* and
+    //     kube-router-local-pods ipsets.
+    let kubeRouter: Proc | undefined;
+    if (bins.kubeRouter) {
+      kubeRouter = startProc('kube-router', bins.kubeRouter, [
+        `--kubeconfig=${cp.kubeconfigPath}`,
+        '--run-firewall=true',
+        '--run-router=false',
+        '--run-service-proxy=false',
+        '--run-loadbalancer=false',
+        '--health-port=0',
+        '--metrics-port=0',
+        `--service-cluster-ip-range=${SERVICE_CIDR}`,
+        `--hostname-override=${NODE_NAME}`,
+        '--enable-ipv4=true',
+        '--enable-ipv6=false',
+        '--v=1',
+      ], logDir);
+      procs.push(kubeRouter);
+    }
+
     await waitFor('kube-scheduler /healthz', all, async () => (await insecureGet(`https://127.0.0.1:${schedPort}/healthz`)) === 200, 60_000);
-    log(`cluster: kube-proxy, scheduler, CoreDNS and cert-manager up (${since()})`);
+    if (kubeRouter) {
+      all.push(kubeRouter);
+      await waitFor('kube-router\'s policy chains (KUBE-ROUTER-FORWARD in FORWARD, KUBE-NWPLCY-COMMON)', all, async () => {
+        const out = await sh('iptables-save', ['-t', 'filter']);
+        return /^-A FORWARD .*-j KUBE-ROUTER-FORWARD$/m.test(out) && /^-A INPUT .*-j KUBE-ROUTER-INPUT$/m.test(out) && out.includes(':KUBE-NWPLCY-COMMON ');
+      }, 60_000);
+    }
+    log(`cluster: kube-proxy, scheduler, CoreDNS${bins.certManager ? ', cert-manager' : ''}${kubeRouter ? ', kube-router (NetworkPolicy)' : ''} up (${since()})`);
 
     const cluster: Cluster = {
       cp,
