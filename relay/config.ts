@@ -453,17 +453,18 @@ function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {
 /** upstream.oauth2: the mailbox to send as and exactly one provider (relay/upstream-oauth2.ts). */
 function checkOAuth2(c: Checker, v: unknown, baseDir: string): OAuth2Config | undefined {
   const P = 'upstream.oauth2';
-  const o = c.object(P, v, ['user'], ['microsoft', 'google', 'generic']);
+  const o = c.object(P, v, ['user'], ['mechanism', 'microsoft', 'google', 'generic']);
   if (!o) return undefined;
   const user = o.user === undefined ? undefined : c.string(`${P}.user`, o.user);
   if (user !== undefined && /[\s\x00-\x1f\x7f]/.test(user)) c.fail(`${P}.user`, `${show(user)} must not contain spaces or control characters`);
+  const mechanism = o.mechanism === undefined ? undefined : c.oneOf(`${P}.mechanism`, o.mechanism, ['auto', 'XOAUTH2', 'OAUTHBEARER'] as const);
   const given = (['microsoft', 'google', 'generic'] as const).filter((k) => o[k] !== undefined);
   if (given.length !== 1) {
     c.fail(P, `give exactly one of microsoft, google, generic${given.length ? ` (found ${given.join(', ')})` : ''}`);
     return undefined;
   }
   const file = (p: string, x: unknown) => readable(c, p, x === undefined ? undefined : c.string(p, x), baseDir);
-  const out: OAuth2Config = { user: user ?? '' };
+  const out: OAuth2Config = { user: user ?? '', ...(mechanism ? { mechanism } : {}) };
   if (o.microsoft !== undefined) {
     const m = c.object(`${P}.microsoft`, o.microsoft, ['tenantId', 'clientId', 'clientSecretFile'], ['tokenUrl']);
     if (!m) return undefined;
