@@ -423,8 +423,26 @@ export interface BearerLogin {
   renew(): Promise<string | undefined>;
 }
 
+/**
+ * The inputs of an OAUTHBEARER login with a token from `tokens`: after a refusal the
+ * source is asked to renew it (it replaces only a token older than MIN_RENEW_AGE_MS, the
+ * same as nodemailer's XOAUTH2 retry gets).
+ */
+export function bearerLogin(tokens: TokenSource, to: { host: string; port: number }, token: string): BearerLogin {
+  return {
+    user: tokens.grant.user,
+    host: to.host,
+    port: to.port,
+    token,
+    renew: () => tokens.get({ renew: true }).catch(() => undefined),
+  };
+}
+
 /** A refusal of OAUTHBEARER: nodemailer turns it into its EAUTH error with the upstream's last reply. */
 export class BearerRefused extends Error {
+  /** Set by nodemailer: EAUTH, and the upstream's last reply. */
+  declare code?: string;
+  declare response?: string;
   constructor(readonly challenge?: BearerChallenge) {
     super('Invalid login');
   }

@@ -41,7 +41,7 @@ import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-pa
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
-import { BearerRefused, buildGrant, oauth2Files, oauthBearerHandler, TokenSource, type BearerLogin, type Grant, type TokenError } from './upstream-oauth2.js';
+import { BearerRefused, bearerLogin, buildGrant, oauth2Files, oauthBearerHandler, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
 
 const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
 
@@ -743,14 +743,7 @@ export class Upstream {
         const token = await tokens.get();
         const mechanism = this.oauth2Mechanism(s.oauth2.mechanism, conn);
         if (mechanism === 'OAUTHBEARER') {
-          const login: BearerLogin = {
-            user: s.oauth2.grant.user,
-            host: s.host,
-            port: s.port,
-            token,
-            // the same renewal as nodemailer's XOAUTH2 retry below
-            renew: () => tokens.get({ renew: true }).catch(() => undefined),
-          };
+          const login = bearerLogin(tokens, s, token);
           await this.login(s, mechanism, () => step<void>(conn, (cb) => conn.login({ method: 'OAUTHBEARER', user: login.user, options: login }, (err) => cb(err))));
         } else {
           // nodemailer's own XOAUTH2 client (AUTH XOAUTH2 user=...^Aauth=Bearer ...). After a
