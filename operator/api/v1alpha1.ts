@@ -395,7 +395,7 @@ export interface UpstreamSpec {
   caSecretRef?: SecretKeyReference;
   /** kubernetes.io/basic-auth Secret with `username` and `password`. */
   credentialsSecretRef?: LocalObjectReference;
-  /** Log in with XOAUTH2 and a token from an OAuth2 provider; excludes credentialsSecretRef. */
+  /** Log in with OAUTHBEARER or XOAUTH2 and a token from an OAuth2 provider; excludes credentialsSecretRef. */
   oauth2?: UpstreamOAuth2Spec;
   maxConnections: number;
   timeout: string;
@@ -403,8 +403,10 @@ export interface UpstreamSpec {
 
 /** Exactly one of microsoft, google, generic (the CRD's CEL rule says so). */
 export interface UpstreamOAuth2Spec {
-  /** The mailbox the relay logs in as and sends as (XOAUTH2 user). */
+  /** The mailbox the relay logs in as and sends as (XOAUTH2 user, OAUTHBEARER a=). */
   user: string;
+  /** SASL mechanism; absent or auto: OAUTHBEARER when the upstream offers it, else XOAUTH2. */
+  mechanism?: 'auto' | 'XOAUTH2' | 'OAUTHBEARER';
   microsoft?: MicrosoftOAuth2Spec;
   google?: GoogleOAuth2Spec;
   generic?: GenericOAuth2Spec;

@@ -42,6 +42,25 @@ test('spec.upstream.oauth2 becomes the relay config upstream.oauth2 with the sec
   assert.equal(buildRelayConfig(withOAuth2(microsoft)).upstream.usernameFile, undefined);
 });
 
+test('spec.upstream.oauth2.mechanism reaches the relay config only when given, and the relay takes each value', () => {
+  assert.equal('mechanism' in buildRelayConfig(withOAuth2(microsoft)).upstream.oauth2!, false, 'absent: the relay decides (auto)');
+  for (const mechanism of ['auto', 'XOAUTH2', 'OAUTHBEARER'] as const) {
+    const relay = withOAuth2({ ...google, mechanism });
+    assert.equal(buildRelayConfig(relay).upstream.oauth2?.mechanism, mechanism);
+    const dir = mkdtempSync(join(tmpdir(), 'relay-oauth2-mechanism-'));
+    try {
+      const doc = YAML.parse(buildConfigMap(relay, buildRelayConfig(relay)).data[CONFIG_KEY]!.replaceAll(MOUNT_ROOT, dir)) as Record<string, unknown>;
+      for (const f of JSON.stringify(doc).match(new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^"]+`, 'g')) ?? []) {
+        mkdirSync(dirname(f), { recursive: true });
+        writeFileSync(f, f.endsWith('-token') ? generateToken() : 'x');
+      }
+      assert.equal(validateConfig(doc, join(dir, 'config/config.yaml'), join(dir, 'config')).upstream.oauth2?.mechanism, mechanism);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+});
+
 test('the Deployment mounts exactly the referenced Secret key, whole-directory and read-only; oauth2 changes do not roll the pods', () => {
   for (const [o, file] of [
     [microsoft, 'client-secret'],
