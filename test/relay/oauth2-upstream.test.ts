@@ -255,6 +255,13 @@ describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, 
     cert = await pki.issue({ name: 'sasl-upstream' });
   });
 
+  /** Nor any SASL message the relay sent (the token base64-encoded inside it). */
+  function assertNoSaslLogged(relay: RelayProcess, up: SaslUpstream): void {
+    const text = JSON.stringify(relay.logs) + relay.stderr;
+    assert.ok(up.auths.length > 0);
+    for (const a of up.auths) assert.ok(!text.includes(a.initial.toString('base64')), `the ${a.mechanism} message was logged`);
+  }
+
   function saslUpstream(mechanisms: string[], audience: string, user: string): Promise<SaslUpstream> {
     return startSaslUpstream({
       cert,
@@ -299,6 +306,7 @@ describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, 
       assert.deepEqual(chosen.offered, GMAIL);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0);
       assertNoSecretsLogged(relay);
+      assertNoSaslLogged(relay, up);
     } finally {
       await relay.stop();
       await up.stop();
@@ -382,6 +390,7 @@ describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, 
       assert.deepEqual((await send(relay, 1, 'fixed', GOOGLE_USER)).map((r) => r.slice(0, 3)), ['250']);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0, 'cleared by the next successful login');
       assertNoSecretsLogged(relay);
+      assertNoSaslLogged(relay, up);
     } finally {
       refusal = undefined;
       await relay.stop();
