@@ -125,7 +125,9 @@ export interface OAuth2Config {
   generic?: GenericOAuth2Config;
 }
 
-export type OAuth2Mechanism = 'auto' | 'XOAUTH2' | 'OAUTHBEARER';
+/** upstream.oauth2.mechanism (the CRD's enum of spec.upstream.oauth2.mechanism says the same). */
+export const OAUTH2_MECHANISMS = ['auto', 'XOAUTH2', 'OAUTHBEARER'] as const;
+export type OAuth2Mechanism = (typeof OAUTH2_MECHANISMS)[number];
 
 /** Client credentials grant against Microsoft Entra ID, scope https://outlook.office365.com/.default. */
 export interface MicrosoftOAuth2Config {

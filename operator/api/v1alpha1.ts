@@ -4,6 +4,8 @@
 // it after the API server has applied its defaults (so defaulted fields are
 // required here, and optional fields are the ones without a default).
 
+import type { OAuth2Mechanism } from '../../relay/config-types.js';
+
 export const GROUP = 'smtprelay.dev';
 export const VERSION = 'v1alpha1';
 export const API_VERSION = `${GROUP}/${VERSION}`;
@@ -406,7 +408,7 @@ export interface UpstreamOAuth2Spec {
   /** The mailbox the relay logs in as and sends as (XOAUTH2 user, OAUTHBEARER a=). */
   user: string;
   /** SASL mechanism; absent or auto: OAUTHBEARER when the upstream offers it, else XOAUTH2. */
-  mechanism?: 'auto' | 'XOAUTH2' | 'OAUTHBEARER';
+  mechanism?: OAuth2Mechanism;
   microsoft?: MicrosoftOAuth2Spec;
   google?: GoogleOAuth2Spec;
   generic?: GenericOAuth2Spec;

@@ -1,12 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { generateToken } from '../../../../operator/builders/internal.js';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import YAML from 'yaml';
 import { validateConfig } from '../../../../relay/config.js';
+import { OAUTH2_MECHANISMS } from '../../../../relay/config-types.js';
+import { repoRoot } from '../../../harness/smtprelay/testkit.js';
 import { CONFIG_KEY, MOUNT_ROOT, Reason, oauth2SecretSource, type SmtpRelay, type UpstreamOAuth2Spec } from '../../../../operator/api/v1alpha1.js';
 import { buildDeployment as buildWithConfig, restartHash } from '../../../../operator/builders/deployment.js';
 import { buildConfigMap, buildRelayConfig } from '../../../../operator/builders/relay-config.js';
@@ -40,6 +42,14 @@ test('spec.upstream.oauth2 becomes the relay config upstream.oauth2 with the sec
   const sovereign = { ...microsoft, microsoft: { ...microsoft.microsoft!, tokenUrl: 'https://login.microsoftonline.us/t/oauth2/v2.0/token' } };
   assert.equal(buildRelayConfig(withOAuth2(sovereign)).upstream.oauth2?.microsoft?.tokenUrl, 'https://login.microsoftonline.us/t/oauth2/v2.0/token');
   assert.equal(buildRelayConfig(withOAuth2(microsoft)).upstream.usernameFile, undefined);
+});
+
+test("the CRD's enum of spec.upstream.oauth2.mechanism is the relay's list", () => {
+  const crd: unknown = YAML.parse(readFileSync(join(repoRoot(), 'crds', 'smtprelay.yaml'), 'utf8'));
+  const path = ['spec', 'versions', 0, 'schema', 'openAPIV3Schema', 'properties', 'spec', 'properties', 'upstream', 'properties', 'oauth2', 'properties', 'mechanism'];
+  const mechanism = path.reduce<unknown>((x, k) => (x as Record<string | number, unknown> | undefined)?.[k], crd) as { enum?: string[]; default?: unknown };
+  assert.deepEqual(mechanism.enum, [...OAUTH2_MECHANISMS]);
+  assert.equal(mechanism.default, undefined, 'no default: absent means auto, and objects without it render as before');
 });
 
 test('spec.upstream.oauth2.mechanism reaches the relay config only when given, and the relay takes each value', () => {
