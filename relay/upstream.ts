@@ -333,6 +333,9 @@ export function authRefusalHint(reply: string, oauth2: boolean): string | undefi
   }
   if (/5\.7\.30/.test(reply)) return 'basic authentication is turned off at the upstream: use upstream.oauth2';
   if (!oauth2) return undefined;
+  if (/^504\b|5\.7\.4\b|unrecognized authentication/i.test(reply)) {
+    return 'the upstream does not take this SASL mechanism: leave upstream.oauth2.mechanism at auto (OAUTHBEARER where advertised, else XOAUTH2)';
+  }
   if (/5\.7\.3\b|5\.7\.8\b|535/.test(reply)) {
     return 'the token was refused: check the app permission (SMTP.SendAsApp, admin consent), the Exchange service principal and its mailbox permission, or the Google domain-wide delegation for https://mail.google.com/';
   }

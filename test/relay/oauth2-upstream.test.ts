@@ -354,6 +354,7 @@ describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, 
       const line = await forcedB.waitForLog((l) => l.event === 'upstream_auth_refused');
       assert.equal(line.method, 'OAUTHBEARER');
       assert.equal(line.upstreamReply, '504 5.7.4 Unrecognized authentication type');
+      assert.match(String(line.hint), /mechanism at auto/);
       assert.equal(await forcedB.metric('smtp_relay_upstream_auth_refused'), 1);
       assert.deepEqual(exchange.auths, [], 'the upstream never took an OAUTHBEARER message');
       assertNoSecretsLogged(forcedB);

@@ -279,6 +279,7 @@ describe('upstream settings and outcomes with OAuth2', () => {
     assert.match(authRefusalHint('535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.', true) ?? '', /Set-CASMailbox/);
     assert.match(authRefusalHint('535 5.7.3 Authentication unsuccessful', true) ?? '', /SMTP.SendAsApp/);
     assert.equal(authRefusalHint('535 5.7.8 bad password', false), undefined);
+    assert.match(authRefusalHint('504 5.7.4 Unrecognized authentication type', true) ?? '', /mechanism at auto/);
   });
 });
 
