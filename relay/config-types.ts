@@ -99,7 +99,7 @@ export interface UpstreamConfig {
   /** Files holding the upstream AUTH username and password (basic-auth Secret keys). */
   usernameFile?: string;
   passwordFile?: string;
-  /** Log in upstream with XOAUTH2 and a token from an OAuth2 provider (excludes usernameFile/passwordFile). */
+  /** Log in upstream with OAUTHBEARER or XOAUTH2 and a token from an OAuth2 provider (excludes usernameFile/passwordFile). */
   oauth2?: OAuth2Config;
   /** Pooled connections to the smarthost; default 5. */
   maxConnections?: number;
@@ -110,15 +110,24 @@ export interface UpstreamConfig {
 }
 
 /**
- * Upstream OAuth2: `user` is the mailbox the relay logs in as (XOAUTH2 `user=`), and
- * exactly one provider says how its access token is obtained (relay/upstream-oauth2.ts).
+ * Upstream OAuth2: `user` is the mailbox the relay logs in as (XOAUTH2 `user=`, OAUTHBEARER
+ * `a=`), and exactly one provider says how its access token is obtained (relay/upstream-oauth2.ts).
  */
 export interface OAuth2Config {
   user: string;
+  /**
+   * The SASL mechanism: `auto` (default) uses OAUTHBEARER (RFC 7628) when the upstream's
+   * EHLO advertises it, else XOAUTH2; the other two force one.
+   */
+  mechanism?: OAuth2Mechanism;
   microsoft?: MicrosoftOAuth2Config;
   google?: GoogleOAuth2Config;
   generic?: GenericOAuth2Config;
 }
+
+/** upstream.oauth2.mechanism (the CRD's enum of spec.upstream.oauth2.mechanism says the same). */
+export const OAUTH2_MECHANISMS = ['auto', 'XOAUTH2', 'OAUTHBEARER'] as const;
+export type OAuth2Mechanism = (typeof OAUTH2_MECHANISMS)[number];
 
 /** Client credentials grant against Microsoft Entra ID, scope https://outlook.office365.com/.default. */
 export interface MicrosoftOAuth2Config {

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { DkimKeyConfig, ListenerMode, OAuth2Config, RelayConfig, ServiceAccountTokensConfig, TlsVersion, UpstreamConfig } from './config-types.js';
+import { OAUTH2_MECHANISMS, type DkimKeyConfig, type ListenerMode, type OAuth2Config, type RelayConfig, type ServiceAccountTokensConfig, type TlsVersion, type UpstreamConfig } from './config-types.js';
 import { checkQueueSection, type SpoolSettings } from './spool/settings.js';
 import { Checker, ValidationError, join, show, type Obj } from './validate.js';
 import { oauth2Files } from './upstream-oauth2.js';
@@ -453,17 +453,18 @@ function httpsUrl(c: Checker, p: string, v: unknown): string | undefined {
 /** upstream.oauth2: the mailbox to send as and exactly one provider (relay/upstream-oauth2.ts). */
 function checkOAuth2(c: Checker, v: unknown, baseDir: string): OAuth2Config | undefined {
   const P = 'upstream.oauth2';
-  const o = c.object(P, v, ['user'], ['microsoft', 'google', 'generic']);
+  const o = c.object(P, v, ['user'], ['mechanism', 'microsoft', 'google', 'generic']);
   if (!o) return undefined;
   const user = o.user === undefined ? undefined : c.string(`${P}.user`, o.user);
   if (user !== undefined && /[\s\x00-\x1f\x7f]/.test(user)) c.fail(`${P}.user`, `${show(user)} must not contain spaces or control characters`);
+  const mechanism = o.mechanism === undefined ? undefined : c.oneOf(`${P}.mechanism`, o.mechanism, OAUTH2_MECHANISMS);
   const given = (['microsoft', 'google', 'generic'] as const).filter((k) => o[k] !== undefined);
   if (given.length !== 1) {
     c.fail(P, `give exactly one of microsoft, google, generic${given.length ? ` (found ${given.join(', ')})` : ''}`);
     return undefined;
   }
   const file = (p: string, x: unknown) => readable(c, p, x === undefined ? undefined : c.string(p, x), baseDir);
-  const out: OAuth2Config = { user: user ?? '' };
+  const out: OAuth2Config = { user: user ?? '', ...(mechanism ? { mechanism } : {}) };
   if (o.microsoft !== undefined) {
     const m = c.object(`${P}.microsoft`, o.microsoft, ['tenantId', 'clientId', 'clientSecretFile'], ['tokenUrl']);
     if (!m) return undefined;

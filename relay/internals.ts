@@ -9,7 +9,8 @@
 // both listener kinds), test/relay/reload.test.ts (certificate and limit swaps),
 // test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload),
 // test/relay/upstream-delivery.test.ts and dsn.test.ts (per-recipient DSN parameters, DSN
-// read from the upstream's EHLO).
+// read from the upstream's EHLO), test/relay/oauth2-upstream.test.ts (OAUTHBEARER read from
+// the upstream's EHLO).
 
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -239,6 +240,8 @@ interface ClientInternals {
   _getDsnRcptToArgs(): string;
   /** The extensions of the server's EHLO reply that nodemailer knows, e.g. 'DSN', 'PIPELINING' (an instance field). */
   _supportedExtensions: string[];
+  /** The lines of the server's (last) EHLO reply without the code and the greeting line, e.g. 'AUTH LOGIN XOAUTH2' (an instance field). */
+  _ehloLines?: string[];
 }
 
 const clientProto = SMTPClientConnection.prototype as unknown as Partial<ClientInternals>;
@@ -297,6 +300,23 @@ export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: n
 export function upstreamOffersDsn(conn: SMTPClientConnection): boolean {
   const extensions = (conn as unknown as Partial<ClientInternals>)._supportedExtensions;
   return Array.isArray(extensions) && extensions.includes('DSN');
+}
+
+/**
+ * The SASL mechanisms the server `conn` is connected to advertised in its EHLO reply (the
+ * one after STARTTLS), upper-case, e.g. ['LOGIN', 'XOAUTH2'] from Exchange Online or
+ * [..., 'XOAUTH2', 'OAUTHBEARER'] from Gmail. nodemailer keeps only the four mechanisms it
+ * implements itself (PLAIN, LOGIN, CRAM-MD5, XOAUTH2) in its list, and OAUTHBEARER is
+ * not one of them; so the EHLO lines are read here, split as nodemailer splits them.
+ */
+export function upstreamAuthMechanisms(conn: SMTPClientConnection): string[] {
+  const lines = (conn as unknown as Partial<ClientInternals>)._ehloLines;
+  const out = new Set<string>();
+  for (const line of Array.isArray(lines) ? lines : []) {
+    const m = /^AUTH[\s=](.*)/i.exec(String(line));
+    if (m) for (const mech of m[1]!.split(/[\s=]+/)) if (mech) out.add(mech.toUpperCase());
+  }
+  return [...out];
 }
 
 /**
@@ -366,6 +386,8 @@ function problems(): string[] {
   );
   const ehlo = String((clientProto as { _parseEhloExtensions?: unknown })._parseEhloExtensions ?? '');
   need(/_supportedExtensions\.push\('DSN'\)/.test(ehlo) && Array.isArray((new SMTPClientConnection({ name: 'localhost' }) as unknown as Partial<ClientInternals>)._supportedExtensions), 'nodemailer SMTPConnection no longer records DSN in _supportedExtensions');
+  // upstreamAuthMechanisms: the EHLO reply's lines are kept in _ehloLines.
+  need(/this\._ehloLines\s*=/.test(ehlo), 'nodemailer SMTPConnection no longer keeps the EHLO lines in _ehloLines (OAUTHBEARER detection)');
   need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');
   return out;
 }

@@ -1,4 +1,4 @@
-// Upstream OAuth2: where the relay's access token for XOAUTH2 comes from.
+// Upstream OAuth2: where the relay's access token comes from, and the OAUTHBEARER login.
 //
 //   grant        pure: config + secret file contents → how to ask the token endpoint
 //                (client credentials for Microsoft and generic providers; the service
@@ -8,6 +8,8 @@
 //                at 80% of its lifetime, one request at a time however many connections
 //                ask (single flight), with backoff after a failure so that an outage of
 //                the token endpoint is not hammered by every delivery.
+//   OAUTHBEARER  the SASL mechanism of RFC 7628, run as a nodemailer customAuth handler
+//                (XOAUTH2 is nodemailer's own XOAuth2 client, relay/upstream.ts).
 //
 // Access tokens, client secrets and assertions never reach a log line or an error
 // message: errors carry the endpoint's status and its `error`/`error_description` only.
@@ -15,6 +17,7 @@ import { createPrivateKey, type KeyObject } from 'node:crypto';
 import https from 'node:https';
 import type tls from 'node:tls';
 import { SignJWT } from 'jose';
+import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { OAuth2Config } from './config-types.js';
 
 export const MICROSOFT_SCOPE = 'https://outlook.office365.com/.default';
@@ -207,6 +210,9 @@ export function readTokenAnswer(status: number, body: string): TokenAnswer {
     throw new TokenError(`token endpoint answered HTTP ${status}: ${said}`, 'refused');
   }
   if (!doc || typeof doc.access_token !== 'string' || !doc.access_token) throw new TokenError('token endpoint answered 200 without an access_token', 'invalid_response');
+  // RFC 6749 A.12: an access token is printable ASCII. Anything else (a ^A above all) would
+  // break the framing of the SASL message it is sent in (XOAUTH2, OAUTHBEARER).
+  if (!/^[\x20-\x7e]+$/.test(doc.access_token)) throw new TokenError('token endpoint answered an access_token with characters outside printable ASCII', 'invalid_response');
   if (typeof doc.token_type === 'string' && doc.token_type.toLowerCase() !== 'bearer') {
     throw new TokenError(`token endpoint issued a ${clean(doc.token_type, 40)} token, not a Bearer token`, 'invalid_response');
   }
@@ -356,4 +362,120 @@ export class TokenSource {
       throw e;
     }
   }
+}
+
+// --- OAUTHBEARER (RFC 7628) ----------------------------------------------------------
+
+/** SASL OAUTHBEARER's key/value separator, ^A. */
+const KVSEP = '\x01';
+
+/** RFC 5801 saslname: ',' and '=' of the authorization identity escaped. */
+function saslname(user: string): string {
+  return user.replace(/=/g, '=3D').replace(/,/g, '=2C');
+}
+
+/**
+ * The client's initial response of RFC 7628 section 3.1 (before base64):
+ * `n,a=<user>,^Ahost=<host>^Aport=<port>^Aauth=Bearer <token>^A^A`. `n`: no channel
+ * binding; `a=`: the mailbox to act as. Host and port are the upstream's as configured.
+ */
+export function oauthBearerMessage(user: string, host: string, port: number, token: string): string {
+  if (/[\x00-\x1f\x7f]/.test(user + host + token)) throw new Error('OAUTHBEARER: control characters in the user, host or token');
+  return `n,a=${saslname(user)},${KVSEP}host=${host}${KVSEP}port=${port}${KVSEP}auth=Bearer ${token}${KVSEP}${KVSEP}`;
+}
+
+/** The client's answer to the server's error challenge: a lone ^A (RFC 7628 section 3.2.3), base64. */
+export const OAUTHBEARER_ERROR_ACK = Buffer.from(KVSEP).toString('base64');
+
+/** What the server's error challenge said (RFC 7628 section 3.2.2), safe to log: its `status`, `scope` and `schemes`. */
+export interface BearerChallenge {
+  status?: string;
+  scope?: string;
+  schemes?: string;
+}
+
+/** Pure: the base64 text of a 334 error challenge → its JSON fields, or undefined when it is not one. */
+export function readBearerChallenge(text: string): BearerChallenge | undefined {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(text.trim(), 'base64').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (!doc || typeof doc !== 'object') return undefined;
+  const d = doc as Record<string, unknown>;
+  const out: BearerChallenge = {};
+  for (const k of ['status', 'scope', 'schemes'] as const) if (d[k] !== undefined) out[k] = clean(d[k], 120);
+  return out;
+}
+
+/** The inputs of one OAUTHBEARER login; handed to nodemailer's login() in the auth object's `options`. */
+export interface BearerLogin {
+  user: string;
+  host: string;
+  port: number;
+  /** The token to try first. */
+  token: string;
+  /**
+   * After a refusal: a renewed token to try once more, or undefined for none (the token
+   * source did not replace it, or could not). Never throws.
+   */
+  renew(): Promise<string | undefined>;
+}
+
+/**
+ * The inputs of an OAUTHBEARER login with a token from `tokens`: after a refusal the
+ * source is asked to renew it (it replaces only a token older than MIN_RENEW_AGE_MS, the
+ * same as nodemailer's XOAUTH2 retry gets).
+ */
+export function bearerLogin(tokens: TokenSource, to: { host: string; port: number }, token: string): BearerLogin {
+  return {
+    user: tokens.grant.user,
+    host: to.host,
+    port: to.port,
+    token,
+    renew: () => tokens.get({ renew: true }).catch(() => undefined),
+  };
+}
+
+/** A refusal of OAUTHBEARER: nodemailer turns it into its EAUTH error with the upstream's last reply. */
+export class BearerRefused extends Error {
+  /** Set by nodemailer: EAUTH, and the upstream's last reply. */
+  declare code?: string;
+  declare response?: string;
+  constructor(readonly challenge?: BearerChallenge) {
+    super('Invalid login');
+  }
+}
+
+/**
+ * nodemailer's customAuth handler for OAUTHBEARER. `AUTH OAUTHBEARER <initial response>`;
+ * 235 is success. A refused token gets the server's error challenge (334 with base64 JSON,
+ * e.g. {"status":"invalid_token"}), which the client answers with a lone ^A, and the server
+ * then sends its failure reply (535 ...). After a challenge the login is tried once more
+ * when the token source hands out a different (renewed) token, as nodemailer does for
+ * XOAUTH2; a reply other than 235 or 334 (e.g. Exchange's 5.7.139) ends it at once.
+ */
+export async function oauthBearerHandler(ctx: SMTPConnection.CustomAuthenticationContext): Promise<void> {
+  const login = ctx.auth.options as BearerLogin | undefined;
+  if (!login || typeof login.renew !== 'function') throw new Error('OAUTHBEARER: no token given');
+  let token = login.token;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const message = Buffer.from(oauthBearerMessage(login.user, login.host, login.port, token), 'utf8').toString('base64');
+    const first = await ctx.sendCommand(`AUTH OAUTHBEARER ${message}`);
+    if (first.status === 235) return;
+    if (first.status !== 334) throw new BearerRefused();
+    const challenge = readBearerChallenge(first.text);
+    const final = await ctx.sendCommand(OAUTHBEARER_ERROR_ACK);
+    if (final.status === 334) {
+      // Not RFC 7628: the exchange is cancelled (RFC 4954 "*"), its reply is the refusal.
+      await ctx.sendCommand('*');
+      throw new BearerRefused(challenge);
+    }
+    if (final.status === 235) return;
+    const renewed = attempt === 0 ? await login.renew() : undefined;
+    if (!renewed || renewed === token) throw new BearerRefused(challenge);
+    token = renewed;
+  }
+  throw new BearerRefused();
 }

@@ -34,14 +34,14 @@ import type * as prom from 'prom-client';
 import { Counter, Gauge, Histogram } from 'prom-client';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import XOAuth2 from 'nodemailer/lib/xoauth2';
-import type { DkimKeyConfig, UpstreamConfig } from './config-types.js';
+import type { DkimKeyConfig, OAuth2Mechanism, UpstreamConfig } from './config-types.js';
 import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
-import { checkInternals, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamOffersDsn } from './internals.js';
+import { checkInternals, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamAuthMechanisms, upstreamOffersDsn } from './internals.js';
 import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
-import { buildGrant, oauth2Files, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
+import { BearerRefused, bearerLogin, buildGrant, oauth2Files, oauthBearerHandler, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
 
 const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
 
@@ -106,8 +106,11 @@ interface Settings {
   implicitTls: boolean;
   tls: tls.ConnectionOptions;
   auth?: { user: string; pass: string };
-  /** XOAUTH2 with a token from `grant`; `key` identifies the grant's inputs (a changed one drops the cached token). */
-  oauth2?: { grant: Grant; key: string };
+  /**
+   * OAUTHBEARER or XOAUTH2 (`mechanism`) with a token from `grant`; `key` identifies the
+   * grant's inputs (a changed one drops the cached token; the mechanism is not one).
+   */
+  oauth2?: { grant: Grant; key: string; mechanism: OAuth2Mechanism };
   maxConnections: number;
   timeoutMs: number;
   ehloName: string;
@@ -240,8 +243,9 @@ export function buildSettings(cfg: UpstreamConfig, dkim: DkimKeyConfig[], files:
   if (cfg.oauth2) {
     if (auth) throw new Error('upstream: oauth2 and usernameFile/passwordFile exclude each other');
     // The CA and timeout are part of how the token endpoint is reached.
-    const inputs = JSON.stringify([cfg.oauth2, oauth2Files(cfg.oauth2).map((f) => files[f]), cfg.caFile && files[cfg.caFile], timeoutMs]);
-    oauth2 = { grant: buildGrant(cfg.oauth2, files), key: createHash('sha256').update(inputs).digest('hex') };
+    const { mechanism = 'auto', ...grantCfg } = cfg.oauth2;
+    const inputs = JSON.stringify([grantCfg, oauth2Files(cfg.oauth2).map((f) => files[f]), cfg.caFile && files[cfg.caFile], timeoutMs]);
+    oauth2 = { grant: buildGrant(cfg.oauth2, files), key: createHash('sha256').update(inputs).digest('hex'), mechanism };
   }
   const dkimKeys = dkim.map((k) => parseDkimKey(k, files[k.keyFile]!));
   return {
@@ -329,6 +333,9 @@ export function authRefusalHint(reply: string, oauth2: boolean): string | undefi
   }
   if (/5\.7\.30/.test(reply)) return 'basic authentication is turned off at the upstream: use upstream.oauth2';
   if (!oauth2) return undefined;
+  if (/^504\b|5\.7\.4\b|unrecognized authentication/i.test(reply)) {
+    return 'the upstream does not take this SASL mechanism: leave upstream.oauth2.mechanism at auto (OAUTHBEARER where advertised, else XOAUTH2)';
+  }
   if (/5\.7\.3\b|5\.7\.8\b|535/.test(reply)) {
     return 'the token was refused: check the app permission (SMTP.SendAsApp, admin consent), the Exchange service principal and its mailbox permission, or the Google domain-wide delegation for https://mail.google.com/';
   }
@@ -479,6 +486,8 @@ export class Upstream {
   private readonly authRefused: Gauge;
   /** The OAuth2 token cache, kept across reloads while the grant's inputs stay the same. */
   private tokens?: { source: TokenSource; key: string };
+  /** The SASL mechanism of the latest OAuth2 login (logged when it changes). */
+  private lastMechanism?: string;
 
   constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
     checkInternals();
@@ -711,6 +720,8 @@ export class Upstream {
       allowInternalNetworkInterfaces: true,
       logger: false,
       debug: false,
+      // RFC 7628 through nodemailer's own hook for mechanisms it does not implement.
+      ...(s.oauth2 ? { customAuth: { OAUTHBEARER: oauthBearerHandler } } : {}),
     });
     const pooled: Pooled = { conn, generation: s.generation, messages: 0, dead: false };
     // Without a listener an 'error' event would crash the process.
@@ -729,28 +740,34 @@ export class Upstream {
       }
       if (s.auth) {
         const auth = s.auth;
-        await this.login(s, () => step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err))));
+        await this.login(s, 'password', () => step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err))));
       } else if (s.oauth2 && this.tokens) {
         const tokens = this.tokens.source;
         const token = await tokens.get();
-        // nodemailer's own XOAUTH2 client (AUTH XOAUTH2 user=...^Aauth=Bearer ...). After a
-        // refusal it asks once more with renew=true (after the 334 error challenge Google sends).
-        const xoauth2 = new XOAuth2(
-          {
-            user: s.oauth2.grant.user,
-            provisionCallback: (_user, renew, cb) => {
-              if (!renew) return cb(null, token, 0);
-              tokens.get({ renew: true }).then(
-                (t) => cb(null, t, 0),
-                (err: Error) => cb(err, '', 0),
-              );
+        const mechanism = this.oauth2Mechanism(s.oauth2.mechanism, conn);
+        if (mechanism === 'OAUTHBEARER') {
+          const login = bearerLogin(tokens, s, token);
+          await this.login(s, mechanism, () => step<void>(conn, (cb) => conn.login({ method: 'OAUTHBEARER', user: login.user, options: login }, (err) => cb(err))));
+        } else {
+          // nodemailer's own XOAUTH2 client (AUTH XOAUTH2 user=...^Aauth=Bearer ...). After a
+          // refusal it asks once more with renew=true (after the 334 error challenge Google sends).
+          const xoauth2 = new XOAuth2(
+            {
+              user: s.oauth2.grant.user,
+              provisionCallback: (_user, renew, cb) => {
+                if (!renew) return cb(null, token, 0);
+                tokens.get({ renew: true }).then(
+                  (t) => cb(null, t, 0),
+                  (err: Error) => cb(err, '', 0),
+                );
+              },
             },
-          },
-        );
-        // What nodemailer's own transports hand to login(); @types/nodemailer types `oauth2`
-        // as the XOAuth2 options rather than the instance.
-        const auth = { oauth2: xoauth2 } as unknown as SMTPConnection.AuthenticationOAuth2;
-        await this.login(s, () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
+          );
+          // What nodemailer's own transports hand to login(); @types/nodemailer types `oauth2`
+          // as the XOAuth2 options rather than the instance.
+          const auth = { oauth2: xoauth2 } as unknown as SMTPConnection.AuthenticationOAuth2;
+          await this.login(s, mechanism, () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
+        }
       }
     } catch (err) {
       this.discard(pooled);
@@ -759,8 +776,22 @@ export class Upstream {
     return pooled;
   }
 
+  /**
+   * The SASL mechanism for an OAuth2 login on `conn`: the configured one, or for `auto`
+   * OAUTHBEARER when the upstream's EHLO advertised it, else XOAUTH2. Logged when it changes.
+   */
+  private oauth2Mechanism(configured: OAuth2Mechanism, conn: SMTPConnection): 'XOAUTH2' | 'OAUTHBEARER' {
+    const offered = upstreamAuthMechanisms(conn);
+    const chosen = configured !== 'auto' ? configured : offered.includes('OAUTHBEARER') ? 'OAUTHBEARER' : 'XOAUTH2';
+    if (chosen !== this.lastMechanism) {
+      this.lastMechanism = chosen;
+      this.log.info({ event: 'upstream_auth_mechanism', method: chosen, configured, offered }, 'upstream OAuth2 login mechanism');
+    }
+    return chosen;
+  }
+
   /** Runs an AUTH; a refusal is logged at error level with the upstream's words and shown by smtp_relay_upstream_auth_refused. */
-  private async login(s: Settings, run: () => Promise<void>): Promise<void> {
+  private async login(s: Settings, method: 'password' | 'XOAUTH2' | 'OAUTHBEARER', run: () => Promise<void>): Promise<void> {
     try {
       await run();
       this.authRefused.set(0);
@@ -768,12 +799,15 @@ export class Upstream {
       const e = err as NodemailerError;
       if (e.code === 'EAUTH' && e.response) {
         this.authRefused.set(1);
+        const challenge = err instanceof BearerRefused ? err.challenge : undefined;
         this.log.error(
           {
             event: 'upstream_auth_refused',
-            method: s.oauth2 ? 'XOAUTH2' : 'password',
+            method,
             ...(s.oauth2 ? { provider: s.oauth2.grant.provider, user: s.oauth2.grant.user } : {}),
             upstreamReply: sanitizeReply(e.response),
+            // OAUTHBEARER: the JSON error the upstream sent before its refusal, e.g. {"status":"invalid_token"}
+            ...(challenge ? { upstreamChallenge: challenge } : {}),
             hint: authRefusalHint(e.response, Boolean(s.oauth2)),
           },
           'upstream refused the relay\'s login',

@@ -4,6 +4,8 @@
 // it after the API server has applied its defaults (so defaulted fields are
 // required here, and optional fields are the ones without a default).
 
+import type { OAuth2Mechanism } from '../../relay/config-types.js';
+
 export const GROUP = 'smtprelay.dev';
 export const VERSION = 'v1alpha1';
 export const API_VERSION = `${GROUP}/${VERSION}`;
@@ -395,7 +397,7 @@ export interface UpstreamSpec {
   caSecretRef?: SecretKeyReference;
   /** kubernetes.io/basic-auth Secret with `username` and `password`. */
   credentialsSecretRef?: LocalObjectReference;
-  /** Log in with XOAUTH2 and a token from an OAuth2 provider; excludes credentialsSecretRef. */
+  /** Log in with OAUTHBEARER or XOAUTH2 and a token from an OAuth2 provider; excludes credentialsSecretRef. */
   oauth2?: UpstreamOAuth2Spec;
   maxConnections: number;
   timeout: string;
@@ -403,8 +405,10 @@ export interface UpstreamSpec {
 
 /** Exactly one of microsoft, google, generic (the CRD's CEL rule says so). */
 export interface UpstreamOAuth2Spec {
-  /** The mailbox the relay logs in as and sends as (XOAUTH2 user). */
+  /** The mailbox the relay logs in as and sends as (XOAUTH2 user, OAUTHBEARER a=). */
   user: string;
+  /** SASL mechanism; absent or auto: OAUTHBEARER when the upstream offers it, else XOAUTH2. */
+  mechanism?: OAuth2Mechanism;
   microsoft?: MicrosoftOAuth2Spec;
   google?: GoogleOAuth2Spec;
   generic?: GenericOAuth2Spec;

@@ -185,14 +185,15 @@ function parseStorageSize(size: string): number {
 
 /** spec.upstream.oauth2 → the relay's upstream.oauth2, its secret at the fixed mount path. */
 export function oauth2Config(o: UpstreamOAuth2Spec): OAuth2Config {
+  const head = { user: o.user, ...(o.mechanism ? { mechanism: o.mechanism } : {}) };
   if (o.microsoft) {
     const m = o.microsoft;
-    return { user: o.user, microsoft: { tenantId: m.tenantId, clientId: m.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(m.tokenUrl ? { tokenUrl: m.tokenUrl } : {}) } };
+    return { ...head, microsoft: { tenantId: m.tenantId, clientId: m.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(m.tokenUrl ? { tokenUrl: m.tokenUrl } : {}) } };
   }
-  if (o.google) return { user: o.user, google: { serviceAccountFile: UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE } };
+  if (o.google) return { ...head, google: { serviceAccountFile: UPSTREAM_OAUTH2_SERVICE_ACCOUNT_FILE } };
   if (o.generic) {
     const g = o.generic;
-    return { user: o.user, generic: { tokenUrl: g.tokenUrl, clientId: g.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(g.scope ? { scope: g.scope } : {}) } };
+    return { ...head, generic: { tokenUrl: g.tokenUrl, clientId: g.clientId, clientSecretFile: UPSTREAM_OAUTH2_CLIENT_SECRET_FILE, ...(g.scope ? { scope: g.scope } : {}) } };
   }
   throw new Error('spec.upstream.oauth2 names no provider (microsoft, google or generic)');
 }

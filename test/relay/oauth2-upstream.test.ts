@@ -1,14 +1,16 @@
 // Upstream OAuth2 end to end: the real relay process logs in to an upstream SMTP server
-// (test/harness/support/sink.ts, XOAUTH2 only) with access tokens from a token endpoint
-// played by the test (test/harness/support/token-endpoint.ts). The upstream verifies each
-// token's signature, audience, expiry and subject, as Exchange Online and Gmail do.
+// (test/harness/support/sink.ts, XOAUTH2 only; test/harness/support/sasl-upstream.ts,
+// OAUTHBEARER and XOAUTH2 on the wire) with access tokens from a token endpoint played by
+// the test (test/harness/support/token-endpoint.ts). The upstream verifies each token's
+// signature, audience, expiry and subject, as Exchange Online and Gmail do.
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import nodemailer from 'nodemailer';
-import { createPki, type Pki } from '../harness/support/pki.js';
+import { createPki, type CertFiles, type Pki } from '../harness/support/pki.js';
+import { startSaslUpstream, type SaslRefusal, type SaslUpstream } from '../harness/support/sasl-upstream.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { GOOGLE_AUDIENCE, MICROSOFT_AUDIENCE, startTokenEndpoint, type TokenEndpoint } from '../harness/support/token-endpoint.js';
 import { delay, message, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
@@ -69,7 +71,7 @@ after(async () => {
   await pki?.cleanup();
 });
 
-async function relayFor(sink: Sink, oauth2: string, queue?: string): Promise<RelayProcess> {
+async function relayFor(sink: { port: number }, oauth2: string, queue?: string): Promise<RelayProcess> {
   return startRelay({
     dir,
     cert: await pki.issue({ name: `relay-${Date.now()}` }),
@@ -235,6 +237,165 @@ describe('upstream OAuth2', () => {
       upstreamRefusal = undefined;
       await relay.stop();
       await sink.stop();
+    }
+  });
+});
+
+describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, else XOAUTH2', () => {
+  const GMAIL = ['LOGIN', 'PLAIN', 'XOAUTH2', 'PLAIN-CLIENTTOKEN', 'OAUTHBEARER', 'XOAUTH'];
+  const EXCHANGE = ['LOGIN', 'XOAUTH2'];
+  const GOOGLE_USER = 'billing@example.com';
+  const google = (extra = '') => `    user: ${GOOGLE_USER}\n${extra}    google: {serviceAccountFile: ${join(dir, 'service-account.json')}}\n`;
+  let cert: CertFiles;
+  /** What the upstream does with a token it verified: accept (undefined) or refuse. */
+  let refusal: SaslRefusal | undefined;
+  const verified: { mechanism: string; ok: boolean; why?: string }[] = [];
+
+  before(async () => {
+    cert = await pki.issue({ name: 'sasl-upstream' });
+  });
+
+  /** Nor any SASL message the relay sent (the token base64-encoded inside it). */
+  function assertNoSaslLogged(relay: RelayProcess, up: SaslUpstream): void {
+    const text = JSON.stringify(relay.logs) + relay.stderr;
+    assert.ok(up.auths.length > 0);
+    for (const a of up.auths) assert.ok(!text.includes(a.initial.toString('base64')), `the ${a.mechanism} message was logged`);
+  }
+
+  function saslUpstream(mechanisms: string[], audience: string, user: string): Promise<SaslUpstream> {
+    return startSaslUpstream({
+      cert,
+      mechanisms,
+      async check(mechanism, u, token) {
+        try {
+          if (u !== user) throw new Error(`user ${u} is not ${user}`);
+          const claims = await endpoint.verifyAccessToken(token ?? '', audience);
+          if (audience === GOOGLE_AUDIENCE && claims.sub !== user) throw new Error(`token for ${claims.sub}, not ${user}`);
+        } catch (err) {
+          verified.push({ mechanism, ok: false, why: (err as Error).message });
+          return { challenge: { status: 'invalid_token', schemes: 'bearer', scope: audience } };
+        }
+        verified.push({ mechanism, ok: true });
+        return refusal;
+      },
+    });
+  }
+
+  test('an upstream that offers OAUTHBEARER (Gmail) gets it: the initial response is byte for byte n,a=<user>,^Ahost=<host>^Aport=<port>^Aauth=Bearer <token>^A^A; one token serves every connection', async () => {
+    verified.length = 0;
+    const up = await saslUpstream(GMAIL, GOOGLE_AUDIENCE, GOOGLE_USER);
+    const before = endpoint.requests.google;
+    const relay = await relayFor(up, google());
+    try {
+      const replies = await send(relay, 8, 'bearer', GOOGLE_USER);
+      assert.deepEqual(replies.filter((r) => !r.startsWith('250')), [], 'every message accepted');
+      await up.waitForMessages(8);
+      assert.equal(endpoint.requests.google - before, 1, 'one token for every connection');
+      const token = endpoint.issued.at(-1)!;
+      assert.ok(up.auths.length >= 1 && up.auths.length <= 5, `one AUTH per upstream connection (${up.auths.length})`);
+      for (const a of up.auths) {
+        assert.equal(a.mechanism, 'OAUTHBEARER');
+        assert.deepEqual(a.initial, Buffer.from(`n,a=${GOOGLE_USER},\x01host=127.0.0.1\x01port=${up.port}\x01auth=Bearer ${token}\x01\x01`, 'utf8'));
+        assert.equal(a.reply, '235 2.7.0 Accepted');
+      }
+      assert.deepEqual(up.protocolErrors, []);
+      assert.ok(verified.length > 0 && verified.every((v) => v.ok), JSON.stringify(verified));
+      const chosen = await relay.waitForLog((l) => l.event === 'upstream_auth_mechanism');
+      assert.equal(chosen.method, 'OAUTHBEARER');
+      assert.equal(chosen.configured, 'auto');
+      assert.deepEqual(chosen.offered, GMAIL);
+      assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0);
+      assertNoSecretsLogged(relay);
+      assertNoSaslLogged(relay, up);
+    } finally {
+      await relay.stop();
+      await up.stop();
+    }
+  });
+
+  test('an upstream that offers only XOAUTH2 (Exchange Online) gets XOAUTH2: user=<user>^Aauth=Bearer <token>^A^A', async () => {
+    verified.length = 0;
+    const up = await saslUpstream(EXCHANGE, MICROSOFT_AUDIENCE, MAILBOX);
+    const relay = await relayFor(up, microsoft());
+    try {
+      const replies = await send(relay, 3, 'exchange');
+      assert.deepEqual(replies.filter((r) => !r.startsWith('250')), [], 'every message accepted');
+      await up.waitForMessages(3);
+      const token = endpoint.issued.at(-1)!;
+      assert.ok(up.auths.length >= 1);
+      for (const a of up.auths) {
+        assert.equal(a.mechanism, 'XOAUTH2');
+        assert.deepEqual(a.initial, Buffer.from(`user=${MAILBOX}\x01auth=Bearer ${token}\x01\x01`, 'utf8'));
+      }
+      assert.equal((await relay.waitForLog((l) => l.event === 'upstream_auth_mechanism')).method, 'XOAUTH2');
+      assertNoSecretsLogged(relay);
+    } finally {
+      await relay.stop();
+      await up.stop();
+    }
+  });
+
+  test('mechanism: XOAUTH2 is used though OAUTHBEARER is offered; mechanism: OAUTHBEARER is sent to an upstream that does not offer it, whose refusal shows with its words', async () => {
+    const gmail = await saslUpstream(GMAIL, GOOGLE_AUDIENCE, GOOGLE_USER);
+    const forcedX = await relayFor(gmail, google('    mechanism: XOAUTH2\n'));
+    try {
+      assert.deepEqual((await send(forcedX, 1, 'forced xoauth2', GOOGLE_USER)).map((r) => r.slice(0, 3)), ['250']);
+      assert.deepEqual(gmail.auths.map((a) => a.mechanism), ['XOAUTH2']);
+      assertNoSecretsLogged(forcedX);
+    } finally {
+      await forcedX.stop();
+      await gmail.stop();
+    }
+    const exchange = await saslUpstream(EXCHANGE, MICROSOFT_AUDIENCE, MAILBOX);
+    const forcedB = await relayFor(exchange, `    mechanism: OAUTHBEARER\n${microsoft()}`);
+    try {
+      const [reply] = await send(forcedB, 1, 'forced oauthbearer');
+      assert.match(reply!, /^451 4\.7\.0 .*Upstream authentication failed, try again later \(upstream said: 504 5\.7\.4 Unrecognized authentication type\)/);
+      const line = await forcedB.waitForLog((l) => l.event === 'upstream_auth_refused');
+      assert.equal(line.method, 'OAUTHBEARER');
+      assert.equal(line.upstreamReply, '504 5.7.4 Unrecognized authentication type');
+      assert.match(String(line.hint), /mechanism at auto/);
+      assert.equal(await forcedB.metric('smtp_relay_upstream_auth_refused'), 1);
+      assert.deepEqual(exchange.auths, [], 'the upstream never took an OAUTHBEARER message');
+      assertNoSecretsLogged(forcedB);
+    } finally {
+      await forcedB.stop();
+      await exchange.stop();
+    }
+  });
+
+  test('a refused token: the 334 JSON error challenge is answered with a lone ^A, then 535; the client gets 451 with the upstream\'s words, the log names the challenge, the gauge shows it; a token younger than a minute is neither fetched again nor retried', async () => {
+    const up = await saslUpstream(GMAIL, GOOGLE_AUDIENCE, GOOGLE_USER);
+    refusal = { challenge: { status: 'invalid_token', schemes: 'bearer', scope: GOOGLE_AUDIENCE }, code: 535, message: '5.7.8 Username and Password not accepted. For more information, go to https://support.google.com/mail/?p=BadCredentials' };
+    const before = endpoint.requests.google;
+    const relay = await relayFor(up, google());
+    try {
+      const [reply] = await send(relay, 1, 'refused', GOOGLE_USER);
+      assert.match(reply!, /^451 4\.7\.0 .*Upstream authentication failed, try again later \(upstream said: 535 5\.7\.8 Username and Password not accepted/);
+      assert.equal(up.auths.length, 1, 'no second AUTH with the same token');
+      const [a] = up.auths;
+      assert.equal(a!.mechanism, 'OAUTHBEARER');
+      assert.deepEqual(a!.followUp, ['AQ=='], 'the client answered the error challenge with a lone ^A');
+      assert.match(a!.reply, /^535 5\.7\.8 /);
+      assert.deepEqual(up.protocolErrors, []);
+      assert.equal(endpoint.requests.google - before, 1, 'a token younger than a minute is not fetched again');
+      const line = await relay.waitForLog((l) => l.event === 'upstream_auth_refused');
+      assert.equal(line.method, 'OAUTHBEARER');
+      assert.equal(line.provider, 'google');
+      assert.match(String(line.upstreamReply), /^535 5\.7\.8 Username and Password not accepted/);
+      assert.deepEqual(line.upstreamChallenge, { status: 'invalid_token', scope: GOOGLE_AUDIENCE, schemes: 'bearer' });
+      assert.match(String(line.hint), /domain-wide delegation/);
+      assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 1);
+      assert.ok((await relay.metric('smtp_relay_upstream_errors_total', { kind: 'auth' })) >= 1);
+      refusal = undefined;
+      assert.deepEqual((await send(relay, 1, 'fixed', GOOGLE_USER)).map((r) => r.slice(0, 3)), ['250']);
+      assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0, 'cleared by the next successful login');
+      assertNoSecretsLogged(relay);
+      assertNoSaslLogged(relay, up);
+    } finally {
+      refusal = undefined;
+      await relay.stop();
+      await up.stop();
     }
   });
 });

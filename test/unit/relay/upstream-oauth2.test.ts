@@ -15,9 +15,12 @@ import {
   GOOGLE_TOKEN_URI,
   JWT_BEARER_GRANT,
   MICROSOFT_SCOPE,
+  OAUTHBEARER_ERROR_ACK,
   TokenError,
   TokenSource,
   buildGrant,
+  oauthBearerMessage,
+  readBearerChallenge,
   readTokenAnswer,
   type Grant,
   type TokenAnswer,
@@ -160,6 +163,45 @@ describe('token endpoint answers', () => {
     assert.throws(() => readTokenAnswer(200, JSON.stringify({ access_token: 'a', token_type: 'mac' })), /not a Bearer/);
     assert.throws(() => readTokenAnswer(200, JSON.stringify({ access_token: 'a', expires_in: -5 })), /expires_in/);
   });
+  test('a token with characters outside printable ASCII is refused (it would break the SASL framing), and the error does not quote it', () => {
+    for (const token of ['abc\x01auth=Bearer x', 'abc\r\nQUIT', 'tökén']) {
+      assert.throws(
+        () => readTokenAnswer(200, JSON.stringify({ access_token: token, expires_in: 60 })),
+        (e: TokenError) => e.result === 'invalid_response' && /printable ASCII/.test(e.message) && !e.message.includes('abc') && !e.message.includes('t\u00f6'),
+      );
+    }
+  });
+});
+
+describe('OAUTHBEARER (RFC 7628)', () => {
+  test('the initial client response is byte for byte the form of RFC 7628 section 4.1', () => {
+    // RFC 7628 4.1 (IMAP example): n,a=user@example.com,^Ahost=server.example.com^Aport=143^Aauth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==^A^A
+    const msg = oauthBearerMessage('user@example.com', 'server.example.com', 143, 'vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==');
+    assert.equal(msg, 'n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01');
+    // the RFC's base64 of the same message (section 4.1, "C: ... AUTHENTICATE OAUTHBEARER ...")
+    assert.equal(
+      Buffer.from(msg).toString('base64'),
+      'bixhPXVzZXJAZXhhbXBsZS5jb20sAWhvc3Q9c2VydmVyLmV4YW1wbGUuY29tAXBvcnQ9MTQzAWF1dGg9QmVhcmVyIHZGOWRmdDRxbVRjMk52YjNSbGNrQmhiSFJoZG1semRHRXVZMjl0Q2c9PQEB',
+    );
+  });
+  test("the authorization identity is a saslname: ',' and '=' escaped (RFC 5801)", () => {
+    assert.ok(oauthBearerMessage('a,b=c@example.com', 'h', 25, 't').startsWith('n,a=a=2Cb=3Dc@example.com,\x01'));
+  });
+  test('control characters in the user, host or token are refused before anything is sent', () => {
+    assert.throws(() => oauthBearerMessage('a@b', 'h', 25, 'secr\x01et'), (e: Error) => /control characters/.test(e.message) && !e.message.includes('secr'));
+    assert.throws(() => oauthBearerMessage('a\r\n@b', 'h', 25, 't'), /control characters/);
+  });
+  test("the server's error challenge is read for the log (status, scope, schemes only); anything else is no challenge", () => {
+    const json = { status: 'invalid_token', scope: 'https://mail.google.com/', schemes: 'Bearer', 'openid-configuration': 'https://accounts.google.com/.well-known/openid-configuration' };
+    assert.deepEqual(readBearerChallenge(Buffer.from(JSON.stringify(json)).toString('base64')), { status: 'invalid_token', scope: 'https://mail.google.com/', schemes: 'Bearer' });
+    assert.equal(readBearerChallenge('not base64 json'), undefined);
+    assert.equal(readBearerChallenge(''), undefined);
+    assert.deepEqual(readBearerChallenge(Buffer.from('{"status":"a\\nb"}').toString('base64')), { status: 'a b' });
+  });
+  test('the answer to the error challenge is a lone ^A', () => {
+    assert.equal(OAUTHBEARER_ERROR_ACK, 'AQ==');
+    assert.deepEqual([...Buffer.from(OAUTHBEARER_ERROR_ACK, 'base64')], [1]);
+  });
 });
 
 describe('grants', () => {
@@ -219,6 +261,15 @@ describe('upstream settings and outcomes with OAuth2', () => {
       /exclude each other/,
     );
   });
+  test('the mechanism is carried (default auto) and is not part of the token cache key', () => {
+    const oauth2 = { user: 'a@b', generic: { tokenUrl: 'https://i/t', clientId: 'c', clientSecretFile: '/s' } };
+    const build = (o: typeof oauth2 & { mechanism?: 'auto' | 'XOAUTH2' | 'OAUTHBEARER' }) => buildSettings({ ...base, oauth2: o }, [], { '/s': 's' }, 'relay', 1).oauth2!;
+    const auto = build(oauth2);
+    assert.equal(auto.mechanism, 'auto');
+    assert.equal(build({ ...oauth2, mechanism: 'OAUTHBEARER' }).mechanism, 'OAUTHBEARER');
+    assert.equal(build({ ...oauth2, mechanism: 'XOAUTH2' }).key, auto.key, 'switching the mechanism keeps the cached token');
+    assert.notEqual(build({ ...oauth2, user: 'c@d' }).key, auto.key);
+  });
   test('a token failure is a temporary outcome of kind token that names no secret', () => {
     const { kind, outcome } = classifyError(new TokenError('token endpoint answered HTTP 503: temporarily_unavailable', 'refused'), ['a@b']);
     assert.equal(kind, 'token');
@@ -228,6 +279,7 @@ describe('upstream settings and outcomes with OAuth2', () => {
     assert.match(authRefusalHint('535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.', true) ?? '', /Set-CASMailbox/);
     assert.match(authRefusalHint('535 5.7.3 Authentication unsuccessful', true) ?? '', /SMTP.SendAsApp/);
     assert.equal(authRefusalHint('535 5.7.8 bad password', false), undefined);
+    assert.match(authRefusalHint('504 5.7.4 Unrecognized authentication type', true) ?? '', /mechanism at auto/);
   });
 });
 
@@ -291,6 +343,16 @@ describe('relay config: upstream.oauth2', () => {
       'upstream.oauth2: oauth2 and usernameFile/passwordFile exclude each other: the relay logs in one way',
     ]);
     assert.deepEqual(problems({ microsoft: { tenantId: 't', clientId: 'c', clientSecretFile: 'secret' } }), ['upstream.oauth2.user: required field is missing']);
+    assert.deepEqual(problems({ user: 'a@b', mechanism: 'xoauth', google: { serviceAccountFile: 'sa.json' } }), [
+      'upstream.oauth2.mechanism: "xoauth" is not one of auto, XOAUTH2, OAUTHBEARER',
+    ]);
+  });
+
+  test('mechanism: absent (auto), or one of auto, XOAUTH2, OAUTHBEARER', () => {
+    assert.equal(load({ user: 'a@b', google: { serviceAccountFile: 'sa.json' } }).upstream.oauth2?.mechanism, undefined);
+    for (const mechanism of ['auto', 'XOAUTH2', 'OAUTHBEARER']) {
+      assert.equal(load({ user: 'a@b', mechanism, google: { serviceAccountFile: 'sa.json' } }).upstream.oauth2?.mechanism, mechanism);
+    }
   });
 
   test('the document round-trips through YAML unchanged (operator-rendered form)', () => {

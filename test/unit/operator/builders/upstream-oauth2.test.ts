@@ -1,12 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { generateToken } from '../../../../operator/builders/internal.js';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import YAML from 'yaml';
 import { validateConfig } from '../../../../relay/config.js';
+import { OAUTH2_MECHANISMS } from '../../../../relay/config-types.js';
+import { repoRoot } from '../../../harness/smtprelay/testkit.js';
 import { CONFIG_KEY, MOUNT_ROOT, Reason, oauth2SecretSource, type SmtpRelay, type UpstreamOAuth2Spec } from '../../../../operator/api/v1alpha1.js';
 import { buildDeployment as buildWithConfig, restartHash } from '../../../../operator/builders/deployment.js';
 import { buildConfigMap, buildRelayConfig } from '../../../../operator/builders/relay-config.js';
@@ -40,6 +42,33 @@ test('spec.upstream.oauth2 becomes the relay config upstream.oauth2 with the sec
   const sovereign = { ...microsoft, microsoft: { ...microsoft.microsoft!, tokenUrl: 'https://login.microsoftonline.us/t/oauth2/v2.0/token' } };
   assert.equal(buildRelayConfig(withOAuth2(sovereign)).upstream.oauth2?.microsoft?.tokenUrl, 'https://login.microsoftonline.us/t/oauth2/v2.0/token');
   assert.equal(buildRelayConfig(withOAuth2(microsoft)).upstream.usernameFile, undefined);
+});
+
+test("the CRD's enum of spec.upstream.oauth2.mechanism is the relay's list", () => {
+  const crd: unknown = YAML.parse(readFileSync(join(repoRoot(), 'crds', 'smtprelay.yaml'), 'utf8'));
+  const path = ['spec', 'versions', 0, 'schema', 'openAPIV3Schema', 'properties', 'spec', 'properties', 'upstream', 'properties', 'oauth2', 'properties', 'mechanism'];
+  const mechanism = path.reduce<unknown>((x, k) => (x as Record<string | number, unknown> | undefined)?.[k], crd) as { enum?: string[]; default?: unknown };
+  assert.deepEqual(mechanism.enum, [...OAUTH2_MECHANISMS]);
+  assert.equal(mechanism.default, undefined, 'no default: absent means auto, and objects without it render as before');
+});
+
+test('spec.upstream.oauth2.mechanism reaches the relay config only when given, and the relay takes each value', () => {
+  assert.equal('mechanism' in buildRelayConfig(withOAuth2(microsoft)).upstream.oauth2!, false, 'absent: the relay decides (auto)');
+  for (const mechanism of ['auto', 'XOAUTH2', 'OAUTHBEARER'] as const) {
+    const relay = withOAuth2({ ...google, mechanism });
+    assert.equal(buildRelayConfig(relay).upstream.oauth2?.mechanism, mechanism);
+    const dir = mkdtempSync(join(tmpdir(), 'relay-oauth2-mechanism-'));
+    try {
+      const doc = YAML.parse(buildConfigMap(relay, buildRelayConfig(relay)).data[CONFIG_KEY]!.replaceAll(MOUNT_ROOT, dir)) as Record<string, unknown>;
+      for (const f of JSON.stringify(doc).match(new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}[^"]+`, 'g')) ?? []) {
+        mkdirSync(dirname(f), { recursive: true });
+        writeFileSync(f, f.endsWith('-token') ? generateToken() : 'x');
+      }
+      assert.equal(validateConfig(doc, join(dir, 'config/config.yaml'), join(dir, 'config')).upstream.oauth2?.mechanism, mechanism);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
 });
 
 test('the Deployment mounts exactly the referenced Secret key, whole-directory and read-only; oauth2 changes do not roll the pods', () => {
