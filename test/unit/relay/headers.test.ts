@@ -4,7 +4,7 @@
 // disagreed.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodedReading, fromAddresses, fromDomains } from '../../../relay/policy/headers.js';
+import { decodedReading, fromAddresses, fromDomains, valueAddresses } from '../../../relay/policy/headers.js';
 import { decodeEncodedWords } from '../../../relay/internals.js';
 import { selectDkimKey } from '../../../relay/dkim.js';
 
@@ -80,5 +80,23 @@ describe('decodedReading: a value libmime cannot change is not run through it', 
   it('From: with and without encoded-words gives the addresses of both readings', () => {
     assert.deepEqual(fromAddresses(crlf('From: Alice <alice@a.example>\n\nbody\n')), ['alice@a.example']);
     assert.deepEqual(fromAddresses(crlf('From: "=?utf-8?q?x=22_=3Cceo=40bank=2Eexample=3E?=" <alice@a.example>\n\nbody\n')), ['alice@a.example', 'ceo@bank.example']);
+  });
+});
+
+describe('valueAddresses: a parsed value is remembered', () => {
+  it('gives the same answer remembered as parsed afresh, frozen so no caller can change it', () => {
+    const values = ['Bench <bench@example.com>', '"ceo@bank.example" <alice@a.example>', 'not an address', `Long ${'x'.repeat(600)} <a@b.example>`, ''];
+    for (const v of values) {
+      const first = valueAddresses(v);
+      const again = valueAddresses(v);
+      assert.deepEqual(again, first, v);
+      if (first) assert.ok(Object.isFrozen(first));
+    }
+    // the mailbox, then whatever looks like an address (repeats are dropped by the caller)
+    assert.deepEqual(valueAddresses('"ceo@bank.example" <alice@a.example>'), ['alice@a.example', 'ceo@bank.example', 'alice@a.example']);
+    assert.equal(valueAddresses('not an address'), null);
+    // more distinct values than it keeps: still right for every one
+    for (let i = 0; i < 1500; i++) assert.deepEqual(valueAddresses(`U${i} <u${i}@a.example>`), [`u${i}@a.example`, `u${i}@a.example`]);
+    assert.deepEqual(fromAddresses(crlf('From: Bench <bench@example.com>\n\nbody\n')), ['bench@example.com']);
   });
 });
