@@ -9,7 +9,8 @@
 // both listener kinds), test/relay/reload.test.ts (certificate and limit swaps),
 // test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload),
 // test/relay/upstream-delivery.test.ts and dsn.test.ts (per-recipient DSN parameters, DSN
-// read from the upstream's EHLO).
+// read from the upstream's EHLO), test/unit/relay/data-scan.test.ts (the DATA scan's copy
+// acts exactly like smtp-server's own).
 
 import type net from 'node:net';
 import type tls from 'node:tls';
