@@ -94,6 +94,19 @@ export interface RelayBenchOptions {
   queue?: string;
   /** The relay's `workers` setting; default BENCH_RELAY_WORKERS (bench/main.ts --workers=N), else 1 (one process; the relay's own default is `auto`). */
   workers?: number | 'auto';
+  /** Another build's dist/entrypoint.js (bench/ab.ts: A/B runs of two builds); default this build's. */
+  entrypoint?: string;
+}
+
+/**
+ * Extra node flags for every relay the bench starts, from BENCH_RELAY_NODE_OPTIONS
+ * (space-separated), e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`: a profile of the relay
+ * under any scenario (written when the relay exits at the scenario's end). They go on
+ * node's command line before the entrypoint, which keeps them when it adds the image's
+ * runtime flags (entrypoint.ts).
+ */
+export function relayNodeOptions(env: NodeJS.ProcessEnv = process.env): string[] {
+  return (env['BENCH_RELAY_NODE_OPTIONS'] ?? '').split(/\s+/).filter(Boolean);
 }
 
 /** The worker processes a multi-worker relay forked (the children of its primary). */
@@ -145,7 +158,7 @@ ${o.queue ? `queue: ${o.queue}\n` : ''}workers: ${o.workers ?? (process.env.BENC
   writeFileSync(configFile, config);
   const logFile = path.join(o.dir, `relay-${submission}.log`);
   const out = openSync(logFile, 'w');
-  const child = startProcess(process.execPath, [...(o.nodeArgs ?? []), ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
+  const child = startProcess(process.execPath, [...relayNodeOptions(), ...(o.nodeArgs ?? []), o.entrypoint ?? ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
     stdio: ['ignore', out, out],
     env: { ...process.env, LOG_LEVEL: o.logLevel ?? 'info' },
     cwd: o.dir,

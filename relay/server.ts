@@ -17,6 +17,7 @@ import {
   filterCommands,
   gateAcceptedSockets,
   holdCommands,
+  installDataScan,
   openConnections,
   setServerCertificate,
   setServerLimits,
@@ -99,6 +100,8 @@ export class Relay implements RelayState {
     shared?: SharedLimits,
   ) {
     checkInternals();
+    // DATA is scanned for its end with Buffer.indexOf, not a loop over every byte (relay/internals.ts)
+    installDataScan();
     this.settings = settings;
     this.queueMode = queue !== undefined;
     this.allowed = new CidrSet(settings.access.allowedCidrs);

@@ -50,29 +50,77 @@ function fieldValues(block: Buffer, names: ReadonlySet<string>): string[] {
  */
 function addressesIn(raw: string[]): string[] | null {
   if (raw.reduce((n, v) => n + v.length, 0) > MAX_FIELDS_LENGTH) return null;
-  const decoded = raw.map((v) => {
-    try {
-      return decodeEncodedWords(v);
-    } catch {
-      return v;
-    }
-  });
+  // A reading identical to the one as sent gives the same addresses and the same verdict:
+  // it is parsed once (the common case, a From: without encoded-words, costs half).
+  const decoded = raw.map(decodedReading).filter((d, i) => d !== raw[i]);
   const out = new Set<string>();
   for (const value of [...raw, ...decoded]) {
-    const parsed = addressparser(value, { flatten: true });
-    const list = Array.isArray(parsed) ? parsed : [parsed];
-    if (list.length === 0) return null;
-    for (const a of list) {
-      const addr = (a.address ?? '').trim();
-      if (!addr || !addr.includes('@')) return null;
-      out.add(addr.toLowerCase());
-    }
-    // Anything else in the field that looks like an address (a display name or comment
-    // such as "ceo@bank.example" <alice@...>, or text that another parser reads as a
-    // second mailbox: <alice@...> ceo@bank.example) is checked too: readers show it.
-    for (const m of value.matchAll(ADDRESS_LIKE)) out.add(m[0].replace(/\.+$/, '').toLowerCase());
+    const addresses = valueAddresses(value);
+    if (!addresses) return null;
+    for (const a of addresses) out.add(a);
   }
   return [...out];
+}
+
+/**
+ * One reading of a field value: its mailboxes (lower-cased, in order), then anything
+ * else in it that looks like an address; null when it holds no usable mailbox.
+ */
+function parseValue(value: string): readonly string[] | null {
+  const parsed = addressparser(value, { flatten: true });
+  const list = Array.isArray(parsed) ? parsed : [parsed];
+  if (list.length === 0) return null;
+  const out: string[] = [];
+  for (const a of list) {
+    const addr = (a.address ?? '').trim();
+    if (!addr || !addr.includes('@')) return null;
+    out.push(addr.toLowerCase());
+  }
+  // Anything else in the field that looks like an address (a display name or comment
+  // such as "ceo@bank.example" <alice@...>, or text that another parser reads as a
+  // second mailbox: <alice@...> ceo@bank.example) is checked too: readers show it.
+  for (const m of value.matchAll(ADDRESS_LIKE)) out.push(m[0].replace(/\.+$/, '').toLowerCase());
+  return Object.freeze(out);
+}
+
+/** Values parsed lately, by their exact text (parseValue is a pure function of it). */
+const parsedValues = new Map<string, readonly string[] | null>();
+/** Values up to this long are remembered ... */
+const PARSED_VALUE_MAX = 512;
+/** ... this many at most (then the map starts afresh): at most ~0.5 MiB. */
+const PARSED_VALUES_MAX = 512;
+
+/**
+ * parseValue, remembered: an application's mail mostly carries the same few From:
+ * values, and nodemailer's address parser costs ~9 µs for "Name <a@b.example>"
+ * (docs/benchmarks.md, "CPU per message"). The result depends on the value alone, so a
+ * remembered one is exactly what parsing again would give; the caller checks it
+ * against the user's allowed senders each time.
+ */
+export function valueAddresses(value: string): readonly string[] | null {
+  const known = parsedValues.get(value);
+  if (known !== undefined) return known;
+  const parsed = parseValue(value);
+  if (value.length <= PARSED_VALUE_MAX) {
+    if (parsedValues.size >= PARSED_VALUES_MAX) parsedValues.clear();
+    parsedValues.set(value, parsed);
+  }
+  return parsed;
+}
+
+/**
+ * The value with its RFC 2047 encoded-words decoded (as sent when one is malformed).
+ * Without "=?" no encoded-word can match, and without a NUL libmime's join marker
+ * ("__\0JOIN\0__") cannot occur, so such a value decodes to itself: it is not run
+ * through libmime's six regular expressions (test/unit/relay/headers.test.ts).
+ */
+export function decodedReading(value: string): string {
+  if (!value.includes('=?') && !value.includes('\0')) return value;
+  try {
+    return decodeEncodedWords(value);
+  } catch {
+    return value;
+  }
 }
 
 const FROM = new Set(['from']);

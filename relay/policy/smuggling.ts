@@ -6,6 +6,9 @@
 
 export type BareLineEnding = 'bare_lf' | 'bare_cr' | 'nul_byte';
 
+/** A NUL, a CR not followed by LF (or last), an LF not preceded by CR (or first); on the latin1 string of a chunk. */
+const SUSPECT = /\r(?!\n)|(?<!\r)\n|\0/;
+
 export class LineEndingCheck {
   private lastWasCr = false;
   /** The first offence found, if any. */
@@ -13,6 +16,12 @@ export class LineEndingCheck {
 
   push(chunk: Buffer): void {
     if (this.found || chunk.length === 0) return;
+    // The common case, a chunk of clean CRLF text: one native regular-expression scan
+    // (~3x cheaper than the loops below on a 10 KB message, docs/benchmarks.md). Only
+    // when it finds nothing (no NUL, no CR without LF after it, none at the end, no LF
+    // without CR before it, none at the start) and no CR ended the previous chunk is the
+    // chunk clean; anything else (also a CRLF split over two chunks) is examined below.
+    if (!this.lastWasCr && !SUSPECT.test(chunk.toString('latin1'))) return;
     if (chunk.indexOf(0) !== -1) {
       this.found = 'nul_byte';
       return;

@@ -206,6 +206,43 @@ describe('bare LF / CR detector', () => {
     assert.equal(check('x\r.\r'), 'bare_cr');
     assert.equal(check('a\r\n', 'b\0c\r\n'), 'nul_byte');
   });
+  test('the same verdict as the byte-by-byte rule, for random data cut into random chunks', () => {
+    // The rule itself, one byte at a time (what the detector's fast scan and its loops
+    // must both agree with): NUL first within a chunk, then bare LF, then bare CR.
+    const reference = (chunks: Buffer[]) => {
+      let lastWasCr = false;
+      for (const chunk of chunks) {
+        if (chunk.length === 0) continue;
+        if (chunk.includes(0)) return 'nul_byte';
+        for (let i = 0; i < chunk.length; i++) if (chunk[i] === 0x0a && !(i === 0 ? lastWasCr : chunk[i - 1] === 0x0d)) return 'bare_lf';
+        if (lastWasCr && chunk[0] !== 0x0a) return 'bare_cr';
+        for (let i = 0; i + 1 < chunk.length; i++) if (chunk[i] === 0x0d && chunk[i + 1] !== 0x0a) return 'bare_cr';
+        lastWasCr = chunk[chunk.length - 1] === 0x0d;
+      }
+      return lastWasCr ? 'bare_cr' : undefined;
+    };
+    let seed = 7;
+    const rnd = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n);
+    const pieces = ['\r\n', '\r\n', '\r\n', 'ab', '.', '\r\n.', '\xff', '\r', '\n', '\0'];
+    const verdicts = new Map<string, number>();
+    for (let n = 0; n < 20_000; n++) {
+      // mostly clean text; now and then one bad byte
+      const parts = Array.from({ length: 1 + rnd(12) }, () => pieces[rnd(n % 4 === 0 ? pieces.length : 7)]!);
+      const data = Buffer.from(parts.join(''), 'latin1');
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < data.length; ) {
+        const len = rnd(data.length - at + 1);
+        chunks.push(data.subarray(at, at + len));
+        at += len;
+      }
+      const c = new LineEndingCheck();
+      for (const ch of chunks) c.push(ch);
+      const got = c.end();
+      assert.equal(got, reference(chunks), JSON.stringify(chunks.map((ch) => ch.toString('latin1'))));
+      verdicts.set(String(got), (verdicts.get(String(got)) ?? 0) + 1);
+    }
+    for (const v of ['undefined', 'bare_lf', 'bare_cr', 'nul_byte']) assert.ok((verdicts.get(v) ?? 0) > 100, `${v}: ${verdicts.get(v)}`);
+  });
 });
 
 describe('message headers', () => {
