@@ -31,6 +31,10 @@
  *  (f) pod loss under load (upstream up): one pod deleted and another pod's relay process
  *      SIGKILLed while senders send to all 3: every acknowledged message arrives (duplicates
  *      and delivered-but-unacknowledged messages are counted and printed).
+ *  (g) issue 14: a relay of the previous version (inline mode, a Deployment) given a
+ *      persistent queue moves to a StatefulSet under load: a Ready pod at every poll, every
+ *      acknowledged message arrives once. (An ephemeral queue cannot be made persistent: the
+ *      CRD refuses any change of queue.storage, so that move is not reachable.)
  *  (c) issue 14: the SmtpRelay (3 replicas) deleted with mail queued on each pod, the upstream
  *      down and a short drainTimeout: the deletion completes, the claims are kept (label,
  *      annotation, Warning Event naming them), and an SmtpRelay of the same name started on
@@ -292,8 +296,8 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     await core.createNamespacedSecret({ namespace: NS, body: { metadata: { name: 'upstream-ca' }, stringData: { 'ca.crt': sink.caPem } } });
     // One local volume per claim the test makes: 3 at first, 2 more when (e) scales back to 3
     // (the claims of (b) were deleted; their volumes stay Released, reclaimPolicy Retain);
-    // the relay made again in (c) mounts the kept claims. One spare.
-    for (let i = 0; i < 6; i++) await c.localVolume(`replicas-${i}`, { size: '1Gi' });
+    // the relay made again in (c) mounts the kept claims; 2 for the relay moved in (g). One spare.
+    for (let i = 0; i < 8; i++) await c.localVolume(`replicas-${i}`, { size: '1Gi' });
 
     // The client pods (each its own address) for the lockout.
     for (const name of ['client-a', 'client-b', 'client-c']) await core.createNamespacedPod({ namespace: 'clients', body: nodePod('clients', name, IDLE) });
@@ -307,6 +311,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     operator.stderr!.pipe(out);
 
     const t1 = Date.now();
+    const sinkAt = sink.messages.length;
     await custom.createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NS, plural: PLURAL, body: relayBody(3) });
     await readyRelayPods(3);
     timing('SmtpRelay with 3 replicas Ready (certificate, 3 claims bound, pods)', Date.now() - t1);
@@ -599,6 +604,10 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
       assert.deepEqual(replies.filter((x) => !/^250 /.test(x)), []);
     }
     await patchRelay({ spec: { queue: { drainTimeout: '20s' } } });
+    // What each pod holds now (at least the N_KEPT just sent; more if a message of an earlier
+    // step is still queued there).
+    const held = await Promise.all(pods.map((p) => queueOf(p)));
+    for (const [k, q] of held.entries()) assert.ok(q.messages >= N_KEPT, `${pods[k]} holds ${q.messages} < ${N_KEPT}`);
     const uids = Object.fromEntries(await Promise.all(pods.map(async (p) => [p, (await core.readNamespacedPersistentVolumeClaim({ name: `spool-${p}`, namespace: NS })).metadata!.uid])));
     const t0 = Date.now();
     await custom.deleteNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NS, plural: PLURAL, name: NAME });
@@ -614,7 +623,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
       assert.equal(pvc.metadata!.uid, uids[pod]);
       assert.equal(pvc.metadata!.deletionTimestamp, undefined);
       assert.equal(pvc.metadata!.labels?.[LABEL_QUEUE_KEPT], 'true', `${claim} labels: ${JSON.stringify(pvc.metadata!.labels)}`);
-      assert.equal(pvc.metadata!.annotations?.[ANNOTATION_QUEUE_MESSAGES], String(N_KEPT), `${claim} annotations: ${JSON.stringify(pvc.metadata!.annotations)}`);
+      assert.equal(pvc.metadata!.annotations?.[ANNOTATION_QUEUE_MESSAGES], String(held[pods.indexOf(pod)]!.messages), `${claim} annotations: ${JSON.stringify(pvc.metadata!.annotations)} (the pod held ${held[pods.indexOf(pod)]!.messages})`);
       assert.match(ev.message ?? '', new RegExp(`${claim}\\b`), `the event does not name ${claim}: ${ev.message}`);
     }
     console.log(`REPLICAS_KEPT event: ${ev.message}`);
@@ -623,10 +632,13 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     await until('the old relay pods gone', 180_000, async () => ((await core.listNamespacedPod({ namespace: NS, labelSelector: `app.kubernetes.io/instance=${NAME}` })).items.length === 0 ? true : undefined), diag);
     await fwd.up();
     const t1 = Date.now();
+    const sinkAt = sink.messages.length;
     await custom.createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NS, plural: PLURAL, body: relayBody(3) });
     const ms = await waitDelivered('kept', 3 * N_KEPT, 300_000);
     timing(`kept claims: a new SmtpRelay of the same name delivered the ${3 * N_KEPT} messages`, Date.now() - t1, `(arrived ${(ms / 1000).toFixed(1)} s after waiting began)`);
     for (const pod of pods) assert.equal((await core.readNamespacedPersistentVolumeClaim({ name: `spool-${pod}`, namespace: NS })).metadata!.uid, uids[pod]);
+    const others = sink.messages.slice(sinkAt).map((m) => /^Subject: (.*)$/m.exec(m.raw.toString('utf8'))?.[1]?.trim() ?? '(no subject)').filter((x) => !x.startsWith('kept '));
+    console.log(`REPLICAS_KEPT held before the deletion ${JSON.stringify(held.map((q) => q.messages))}; other mail delivered from the kept claims: ${JSON.stringify(others)}`);
     await until('the operator removes the kept marks from the claims it serves again', 60_000, async () => {
       for (const pod of pods) {
         const x = await core.readNamespacedPersistentVolumeClaim({ name: `spool-${pod}`, namespace: NS });
@@ -634,6 +646,82 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
       }
       return true;
     }, diag);
+  });
+
+  it('(g) issue 14: a relay of the previous version (inline mode, a Deployment) given a persistent queue moves to a StatefulSet under load: always a Ready pod, every acknowledged message arrives', async () => {
+    const name = 'moving';
+    const sel = `app.kubernetes.io/instance=${name}`;
+    const body = relayBody(2) as { metadata: { name: string }; spec: Record<string, unknown> };
+    body.metadata.name = name;
+    delete body.spec['queue'];
+    const t0 = Date.now();
+    await custom.createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NS, plural: PLURAL, body });
+    const podsOf = async (): Promise<k8s.V1Pod[]> => (await core.listNamespacedPod({ namespace: NS, labelSelector: sel })).items.filter((p) => !p.metadata?.deletionTimestamp);
+    const isReady = (p: k8s.V1Pod): boolean => !!p.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True');
+    const old = await until('2 Ready pods of the Deployment', 300_000, async () => {
+      const pods = (await podsOf()).filter(isReady);
+      return pods.length === 2 ? pods : undefined;
+    }, diag);
+    assert.ok(old.every((p) => p.metadata!.ownerReferences?.[0]?.kind === 'ReplicaSet'), 'the inline relay is not a Deployment');
+    timing('inline relay (Deployment, 2 pods) Ready', Date.now() - t0);
+    const pass = await secretValue(`${name}-user-sender`, 'password');
+
+    // Load: 2 senders, each a message at a time to a Ready pod of the relay (Deployment's or
+    // StatefulSet's, whichever the API shows Ready), a new connection each.
+    const acked = new Set<number>();
+    const failed: string[] = [];
+    const readyCounts: number[] = [];
+    let next = 0;
+    let stop = false;
+    let ready: string[] = old.map((p) => p.status!.podIP!);
+    const watcher = (async () => {
+      while (!stop) {
+        const pods = (await podsOf().catch(() => undefined)) ?? [];
+        const r = pods.filter(isReady).map((p) => p.status!.podIP!);
+        readyCounts.push(r.length);
+        if (r.length > 0) ready = r;
+        await new Promise((res) => setTimeout(res, 500));
+      }
+    })();
+    const sender = async (): Promise<void> => {
+      while (!stop) {
+        const i = next++;
+        const host = ready[i % ready.length]!;
+        const t = nodemailer.createTransport({ host, port: SUBMISSION_CONTAINER_PORT, requireTLS: true, auth: { user: 'sender', pass }, tls: { rejectUnauthorized: false }, connectionTimeout: 5000, greetingTimeout: 5000, socketTimeout: 15_000 });
+        const to = `rcpt${i}@example.net`;
+        const raw = `From: ${SENDER}\r\nTo: ${to}\r\nSubject: move ${i}\r\nMessage-ID: <move-${i}@test>\r\n\r\nmessage move ${i}\r\n`;
+        await t.sendMail({ envelope: { from: SENDER, to: [to] }, raw }).then((info) => { if (/^250 /.test(info.response)) acked.add(i); else failed.push(info.response); }, (e: Error) => { failed.push(e.message); return new Promise((r) => setTimeout(r, 200)); });
+        t.close();
+      }
+    };
+    const senders = [sender(), sender()];
+    await new Promise((r) => setTimeout(r, 3000));
+    const t1 = Date.now();
+    await custom.patchNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: NS, plural: PLURAL, name, body: { spec: { queue: { storage: { size: '256Mi', storageClassName: 'local' }, retry: { initialDelay: '2s', maxDelay: '5s' } } } } },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch));
+    try {
+      await until('the relay moved: 2 Ready StatefulSet pods, the Deployment and its pods gone', 600_000, async () => {
+        const pods = await podsOf();
+        const dep = await apps.readNamespacedDeployment({ name, namespace: NS }).then(() => true, () => false);
+        return !dep && pods.length === 2 && pods.every((p) => p.metadata!.ownerReferences?.[0]?.kind === 'StatefulSet' && isReady(p)) ? true : undefined;
+      }, diag);
+      timing('inline Deployment -> persistent-queue StatefulSet under load', Date.now() - t1);
+      await new Promise((r) => setTimeout(r, 3000));
+    } finally {
+      stop = true;
+      await Promise.all([...senders, watcher]);
+    }
+    const events = (await core.listNamespacedEvent({ namespace: NS })).items.filter((e) => e.involvedObject?.name === name).map((e) => `${e.type} ${e.reason}`);
+    assert.ok(events.includes('Normal WorkloadMoved'), JSON.stringify(events));
+    console.log(`REPLICAS_MOVE sent ${next}, acknowledged ${acked.size}, not acknowledged ${failed.length} (e.g. ${[...new Set(failed.map((f) => f.slice(0, 60)))].slice(0, 3).join(' | ')}); Ready pods per poll: min ${Math.min(...readyCounts)}, polls ${readyCounts.length}`);
+    assert.ok(acked.size > 0, 'no message acknowledged during the move');
+    assert.ok(Math.min(...readyCounts) >= 1, `a moment with no Ready relay pod: ${JSON.stringify(readyCounts)}`);
+    await until(`the ${acked.size} acknowledged messages at the sink`, 120_000, async () => {
+      const a = arrivals('move');
+      return [...acked].every((i) => a.has(i)) ? true : undefined;
+    }, async () => `missing: ${JSON.stringify([...acked].filter((i) => !arrivals('move').has(i)).slice(0, 20))}`);
+    const dup = [...arrivals('move').entries()].filter(([, k]) => k > 1);
+    assert.deepEqual(dup, [], 'messages delivered twice during the move');
   });
 
   it('stop', async () => {
