@@ -74,15 +74,17 @@ const N_KEPT = 40;
 const N_ROLL = 300;
 const SENDER = 'noreply@example.com';
 const IDLE = 'setInterval(() => {}, 60000);';
+const CLIENTS = ['client-a', 'client-b', 'client-c', 'client-d', 'client-e', 'client-f'];
 
 interface AuthAttempt { host: string; port: number; user: string; pass: string }
 interface AuthResult { code: number; line?: string; err?: string }
 
 /**
- * Sequential AUTH PLAIN attempts, each on a new implicit-TLS connection (certificate not
- * verified): greeting, EHLO, AUTH; prints the AUTH replies as one JSON line.
+ * AUTH PLAIN attempts, each on a new implicit-TLS connection (certificate not verified):
+ * greeting, EHLO, AUTH; one after another, or all at once with `parallel`; prints the AUTH
+ * replies as one JSON line.
  */
-const AUTH_SCRIPT = (attempts: AuthAttempt[]): string => `
+const AUTH_SCRIPT = (attempts: AuthAttempt[], parallel = false): string => `
 const tls = require('tls');
 const one = (a) => new Promise((res) => {
   let done = false, buf = '', step = 0;
@@ -103,7 +105,12 @@ const one = (a) => new Promise((res) => {
   });
   s.on('error', (e) => finish({ code: 0, err: e.code || e.message }));
 });
-(async () => { const out = []; for (const a of ${JSON.stringify(attempts)}) out.push(await one(a)); console.log(JSON.stringify(out)); })();
+(async () => {
+  const all = ${JSON.stringify(attempts)};
+  const out = ${parallel ? 'await Promise.all(all.map(one))' : '[]'};
+  if (!${parallel}) for (const a of all) out.push(await one(a));
+  console.log(JSON.stringify(out));
+})();
 `;
 
 /** A TCP forwarder on the node address to the sink on loopback; down() closes it (connections refused). */
@@ -176,7 +183,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
       hostname: 'relay.example.com',
       tls: { issuerRef: { name: 'ca-issuer' } },
       auth: {
-        users: ['app', 'app2', 'sender'].map((name) => ({ name, allowedSenders: [SENDER] })),
+        users: ['app', 'app2', 'app3', 'sender'].map((name) => ({ name, allowedSenders: [SENDER] })),
         lockout: { maxFailures: MAX_FAILURES, window: '15m', duration: '15m' },
       },
       // The test's clients are the host and pods of the 198.19.0.0/16 cluster range (not private).
@@ -213,7 +220,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
   }
 
   async function readPasswords(): Promise<void> {
-    for (const u of ['app', 'app2', 'sender']) passwords[u] = await secretValue(`${NAME}-user-${u}`, 'password');
+    for (const u of ['app', 'app2', 'app3', 'sender']) passwords[u] = await secretValue(`${NAME}-user-${u}`, 'password');
   }
 
   /** GET /queue of a pod (from the host: host to pod is always allowed), with the control token. */
@@ -300,7 +307,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     for (let i = 0; i < 8; i++) await c.localVolume(`replicas-${i}`, { size: '1Gi' });
 
     // The client pods (each its own address) for the lockout.
-    for (const name of ['client-a', 'client-b', 'client-c']) await core.createNamespacedPod({ namespace: 'clients', body: nodePod('clients', name, IDLE) });
+    for (const name of CLIENTS) await core.createNamespacedPod({ namespace: 'clients', body: nodePod('clients', name, IDLE) });
 
     // The real operator, as a host process with the admin kubeconfig.
     operatorLog = join(c.dir, 'logs', 'operator.log');
@@ -317,7 +324,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     timing('SmtpRelay with 3 replicas Ready (certificate, 3 claims bound, pods)', Date.now() - t1);
     await readPasswords();
     serviceIP = (await core.readNamespacedService({ name: NAME, namespace: NS })).spec!.clusterIP!;
-    for (const name of ['client-a', 'client-b', 'client-c']) {
+    for (const name of CLIENTS) {
       const p = await until(`client pod ${name}`, 120_000, async () => {
         const x = await core.readNamespacedPod({ name, namespace: 'clients' });
         return x.status?.conditions?.some((k) => k.type === 'Ready' && k.status === 'True') ? x : undefined;
@@ -417,6 +424,24 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     for (let i = 0; i < t.length; i++) assert.equal(right[i]!.code, 421, `the locked address, right password, via ${t[i]!.via}: ${JSON.stringify(right[i])}`);
     const other = await inPod<AuthResult[]>('client-c', AUTH_SCRIPT(t.map((x) => ({ host: x.host, port: x.port, user: 'app2', pass: passwords['app2']! }))));
     for (let i = 0; i < t.length; i++) assert.equal(other[i]!.code, 235, `another address via ${t[i]!.via}: ${JSON.stringify(other[i])}`);
+  });
+
+  it('(a) issue 16: the documented slack: 30 wrong passwords for one username sent at the same moment from 3 client pods (10 each, to the 3 pods and the Service) fail at most R × maxFailures = 15 checks; the user is then locked everywhere', async () => {
+    const t = targets();
+    await gossipUp();
+    const before = await failuresAcross();
+    const froms = ['client-d', 'client-e', 'client-f'];
+    const results = await Promise.all(froms.map((from, f) => inPod<AuthResult[]>(from, AUTH_SCRIPT(
+      Array.from({ length: 10 }, (_, i) => ({ host: t[(i + f) % t.length]!.host, port: t[(i + f) % t.length]!.port, user: 'app3', pass: `wrong-${f}-${i}` })), true))));
+    const r = results.flat();
+    assert.ok(r.every((x) => x.code === 535 || x.code === 421), `unexpected replies: ${JSON.stringify(r)}`);
+    const failedChecks = r.filter((x) => x.code === 535 || /locked out for/.test(x.line ?? '')).length;
+    const counted = (await failuresAcross()) - before;
+    console.log(`REPLICAS_LOCKOUT simultaneous: 30 wrong passwords at once from 3 pods: ${failedChecks} failed checks by the replies, ${counted} by the pods' metrics (bound ${3 * MAX_FAILURES})`);
+    assert.ok(counted <= 3 * MAX_FAILURES, `${counted} failed checks, over R × maxFailures`);
+    assert.ok(r.some((x) => x.code === 421), 'never locked');
+    const right = await inPod<AuthResult[]>('client-c', AUTH_SCRIPT(t.map((x) => ({ host: x.host, port: x.port, user: 'app3', pass: passwords['app3']! }))));
+    for (let i = 0; i < t.length; i++) assert.equal(right[i]!.code, 421, `app3's right password via ${t[i]!.via}: ${JSON.stringify(right[i])}`);
   });
 
   it(`(b) issue 14: ${N_SCALE} messages queued over 3 replicas with the upstream down, scale 3 -> 1: hand-off to pod 0, claims deleted only after their pod reported empty, every message delivered exactly once when the upstream returns`, async () => {
