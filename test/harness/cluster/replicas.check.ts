@@ -46,7 +46,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { createWriteStream, readFileSync, readdirSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
@@ -642,16 +642,30 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     const events = (await core.listNamespacedEvent({ namespace: NS })).items.filter((e) => e.involvedObject?.kind === KIND && e.type === 'Warning');
     const ev = events.find((e) => e.reason === 'DrainTimedOut');
     assert.ok(ev, `no Warning DrainTimedOut event: ${JSON.stringify(events.map((e) => [e.reason, e.message]))}`);
+    console.log(`REPLICAS_KEPT event: ${ev.message}; "kept" messages at the sink while the upstream was down: ${arrivals('kept').size}`);
+    // The relays' own account of the drain, from the kubelet's log files (for a failure message).
+    const relayLog = (): string => {
+      const dir = join(c.dir, 'pod-logs');
+      const out: string[] = [];
+      for (const d of readdirSync(dir).filter((x) => x.startsWith(`${NS}_${NAME}-`))) {
+        for (const f of readdirSync(join(dir, d)).flatMap((ct) => readdirSync(join(dir, d, ct)).map((x) => join(dir, d, ct, x)))) {
+          const lines = readFileSync(f, 'utf8').split('\n').filter((l) => /drain|hand|deliver|expire|bounce|dsn/i.test(l) && !/"delivered"/.test(l));
+          out.push(`${d}: ${lines.slice(-15).join('\n')}`);
+        }
+      }
+      return out.join('\n');
+    };
     for (const pod of pods) {
       const claim = `spool-${pod}`;
       const pvc = await core.readNamespacedPersistentVolumeClaim({ name: claim, namespace: NS });
       assert.equal(pvc.metadata!.uid, uids[pod]);
       assert.equal(pvc.metadata!.deletionTimestamp, undefined);
       assert.equal(pvc.metadata!.labels?.[LABEL_QUEUE_KEPT], 'true', `${claim} labels: ${JSON.stringify(pvc.metadata!.labels)}`);
-      assert.equal(pvc.metadata!.annotations?.[ANNOTATION_QUEUE_MESSAGES], String(held[pods.indexOf(pod)]!.messages), `${claim} annotations: ${JSON.stringify(pvc.metadata!.annotations)} (the pod held ${held[pods.indexOf(pod)]!.messages})`);
+      if (pvc.metadata!.annotations?.[ANNOTATION_QUEUE_MESSAGES] !== String(held[pods.indexOf(pod)]!.messages)) {
+        assert.fail(`${claim} annotations: ${JSON.stringify(pvc.metadata!.annotations)} (the pod held ${held[pods.indexOf(pod)]!.messages} before the deletion)\n${relayLog()}`);
+      }
       assert.match(ev.message ?? '', new RegExp(`${claim}\\b`), `the event does not name ${claim}: ${ev.message}`);
     }
-    console.log(`REPLICAS_KEPT event: ${ev.message}`);
 
     // Recovery as docs/operator.md says: an SmtpRelay of the same name; its pods mount the kept claims.
     await until('the old relay pods gone', 180_000, async () => ((await core.listNamespacedPod({ namespace: NS, labelSelector: `app.kubernetes.io/instance=${NAME}` })).items.length === 0 ? true : undefined), diag);
@@ -674,6 +688,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
   });
 
   it('(g) issue 14: a relay of the previous version (inline mode, a Deployment) given a persistent queue moves to a StatefulSet under load: always a Ready pod, every acknowledged message arrives', async () => {
+    await fwd.up();
     const name = 'moving';
     const sel = `app.kubernetes.io/instance=${name}`;
     const body = relayBody(2) as { metadata: { name: string }; spec: Record<string, unknown> };
