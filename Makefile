@@ -51,7 +51,7 @@ test-soak: build
 # 25-40 min the first time on 2 cores) and its own test. Not yet part of make test: a cold CI
 # run would add that build to the 90-minute budget before the e2e suite moves onto it.
 test-cluster: debian-packages build cluster image
-	node --test --test-concurrency=1 --test-timeout=600000 dist/test/harness/cluster/cluster.check.js dist/test/harness/cluster/netpol.check.js
+	node --test --test-concurrency=1 --test-timeout=600000 dist/test/harness/cluster/cluster.check.js dist/test/harness/cluster/netpol.check.js dist/test/harness/cluster/replicas.check.js
 
 # The operator alone: its unit tests and its integration tests on the local control plane.
 test-operator: build controlplane

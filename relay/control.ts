@@ -50,7 +50,8 @@ export interface DrainOptions {
 /** The drain state of one relay (the process that owns the spool). */
 export class Drain {
   private on = false;
-  private targets: string[] = [];
+  /** The drain's hand-off list; undefined = the peer channel's siblings, [] = no hand-off. */
+  private targets: string[] | undefined = [];
 
   constructor(private readonly o: DrainOptions) {}
 
@@ -74,21 +75,22 @@ export class Drain {
       // unreadable (a torn write cannot happen: it is renamed into place): drain anyway
       saved = {};
     }
-    const targets = Array.isArray(saved.handoff) ? saved.handoff.filter((t): t is string => typeof t === 'string' && TARGET.test(t)) : [];
+    const targets = Array.isArray(saved.handoff) ? saved.handoff.filter((t): t is string => typeof t === 'string' && TARGET.test(t)) : undefined;
     this.o.logger.warn({ event: 'drain_restored', handoff: targets }, 'the relay was draining before it restarted: draining again (DELETE /drain ends it)');
     await this.start(targets, false);
     return true;
   }
 
   /** Starts or updates the drain (marker written first, so that a restart keeps it). */
-  async start(targets: string[], persist = true): Promise<void> {
+  /** targets: the siblings to hand deferred mail to; undefined = the peer channel's siblings; [] = none (every replica goes). */
+  async start(targets: string[] | undefined, persist = true): Promise<void> {
     if (persist) await this.writeMarker(targets);
     const starting = !this.on;
     this.on = true;
     this.targets = targets;
-    this.o.sender?.setTargets(targets);
+    this.o.sender?.setTargets(targets ?? []);
     this.o.setIntake(true);
-    const sender = this.o.sender;
+    const sender = targets === undefined || targets.length > 0 ? this.o.sender : undefined;
     this.o.scheduler?.setDrain({ ...(sender ? { handoff: (e, s, b) => sender.send(e, s, b) } : {}) });
     if (starting) this.o.logger.info({ event: 'drain_started', handoff: targets, messages: this.o.spool?.size.messages ?? 0 }, 'draining: not ready, refusing new mail, delivering or handing off the queue');
     else this.o.logger.info({ event: 'drain_updated', handoff: targets }, 'drain updated');
@@ -120,13 +122,13 @@ export class Drain {
     };
   }
 
-  private async writeMarker(targets: string[]): Promise<void> {
+  private async writeMarker(targets: string[] | undefined): Promise<void> {
     const file = this.marker();
     if (!file) return;
     const tmp = `${file}.tmp`;
     const fh = await fsp.open(tmp, 'w', 0o600);
     try {
-      await fh.writeFile(JSON.stringify({ since: new Date().toISOString(), handoff: targets }) + '\n');
+      await fh.writeFile(JSON.stringify({ since: new Date().toISOString(), ...(targets ? { handoff: targets } : {}) }) + '\n');
       await fh.sync();
     } finally {
       await fh.close();
@@ -143,9 +145,12 @@ async function syncDir(dir: string): Promise<void> {
   await d.close();
 }
 
-/** The hand-off list of a POST /drain body; throws an Error with the reason for a 400. */
-export function parseDrainRequest(text: string): string[] {
-  if (!text.trim()) return [];
+/**
+ * The hand-off list of a POST /drain body: undefined (no body, or no "handoff") = the peer
+ * channel's siblings; [] = no hand-off. Throws an Error with the reason for a 400.
+ */
+export function parseDrainRequest(text: string): string[] | undefined {
+  if (!text.trim()) return undefined;
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -156,7 +161,7 @@ export function parseDrainRequest(text: string): string[] {
   const unknown = Object.keys(body).filter((k) => k !== 'handoff');
   if (unknown.length) throw new Error(`unknown field(s) ${unknown.join(', ')}; only "handoff" is allowed`);
   const list = (body as { handoff?: unknown }).handoff;
-  if (list === undefined) return [];
+  if (list === undefined) return undefined;
   if (!Array.isArray(list)) throw new Error('handoff must be a list of "host:port" strings');
   if (list.length > MAX_TARGETS) throw new Error(`handoff has ${list.length} entries; at most ${MAX_TARGETS}`);
   const out: string[] = [];
@@ -268,7 +273,7 @@ export function controlHandler(o: ControlOptions): (req: http.IncomingMessage, r
     });
     req.on('end', () => {
       if (tooLarge) return json(res, 413, { error: 'body larger than 64 KiB' });
-      let targets: string[];
+      let targets: string[] | undefined;
       try {
         targets = parseDrainRequest(Buffer.concat(chunks).toString('utf8'));
       } catch (err) {

@@ -3,7 +3,8 @@
 // mode share a certificate and a peer token; the upstream is down. The drained relay
 // (2 workers: its primary owns the spool and the peer channel) hands every queued
 // message to the two others; once the upstream is back each message arrives exactly
-// once. A sibling that refuses (it is draining itself) is skipped for the other.
+// once. A sibling that refuses (it is draining itself) is skipped for the other. An empty
+// hand-off list hands nothing over; no list hands to the peer channel's siblings.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -110,5 +111,37 @@ describe('hand-off on drain', () => {
     sink = await startSink({ pki, port: upstreamPort });
     await waitFor('30 messages at the upstream', () => subjectsOf('refuse').length >= 30, 60_000, 500);
     assert.equal(new Set(subjectsOf('refuse')).size, 30);
+  });
+
+  test('an empty hand-off list means none (every replica goes, as on the SmtpRelay\'s deletion): the queue stays put and no sibling is offered anything; no list at all means the current siblings', async () => {
+    await sink!.stop();
+    sink = undefined;
+    for (const r of [relays.a, relays.b]) assert.equal((await control(r, 'DELETE', '/drain', TOKEN)).status, 200);
+    await waitFor('a ready', async () => (await readyz(relays.a)) === 200, 10_000);
+    const replies = await sendPooled(relays.a, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 10, tag: 'stay' });
+    assert.equal(replies.filter((x) => x.startsWith('250 ')).length, 10);
+    const sent = async () => {
+      let n = 0;
+      for (const result of ['ok', 'refused', 'full', 'invalid', 'error']) n += await relays.a.metric('smtp_relay_queue_handoff_total', { direction: 'sent', result });
+      return n;
+    };
+    const sentBefore = await sent();
+    const handedBefore = (await queued(relays.a)).handedOff as number;
+    const d = await control(relays.a, 'POST', '/drain', TOKEN, { handoff: [] });
+    assert.equal(d.status, 200, JSON.stringify(d.json));
+    assert.equal(await readyz(relays.a), 503, 'draining');
+    // Longer than a retry (2 s) plus the 3 s before a deferred message is offered again.
+    await new Promise((r) => setTimeout(r, 7000));
+    const q = await queued(relays.a);
+    assert.equal(q.messages, 10, 'the queue stays on the drained relay');
+    assert.equal(q.handedOff, handedBefore);
+    assert.equal(await sent(), sentBefore, 'no sibling was offered a message');
+    // No list at all: the peer channel's siblings (b and c, neither draining now).
+    assert.equal((await control(relays.a, 'POST', '/drain', TOKEN)).status, 200);
+    await waitFor('the drained relay empty (handed to its siblings)', async () => (await queued(relays.a)).messages === 0, 60_000, 500);
+    assert.equal(((await queued(relays.a)).handedOff as number) - handedBefore, 10);
+    sink = await startSink({ pki, port: upstreamPort });
+    await waitFor('10 messages at the upstream', () => subjectsOf('stay').length >= 10, 60_000, 500);
+    assert.equal(new Set(subjectsOf('stay')).size, 10);
   });
 });

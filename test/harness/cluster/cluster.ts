@@ -714,7 +714,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       apiserverArgs: [`--service-cluster-ip-range=${SERVICE_CIDR}`],
       // Removes the kubelet's node.kubernetes.io/not-ready taint once the Node is Ready (and
       // taints it again, and evicts, if the kubelet stops reporting), as in a real cluster.
-      extraControllers: ['node-lifecycle-controller', 'persistentvolume-binder-controller', 'persistentvolume-protection-controller', 'persistentvolumeclaim-protection-controller'],
+      // The StatefulSet controller runs the relays with a persistent queue (replicas.check.ts).
+      extraControllers: ['node-lifecycle-controller', 'persistentvolume-binder-controller', 'persistentvolume-protection-controller', 'persistentvolumeclaim-protection-controller', 'statefulset-controller'],
     });
     const server = cp.server;
     const kc = cp.kubeconfig;

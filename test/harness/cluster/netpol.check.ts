@@ -34,6 +34,7 @@ import { buildChildren } from '../../../operator/builders/children.js';
 import { childNames, selectorLabels } from '../../../operator/builders/meta.js';
 import { buildRelayConfig, relayListeners } from '../../../operator/builders/relay-config.js';
 import { buildUsersSecret } from '../../../operator/builders/users.js';
+import { buildInternalSecret } from '../../../operator/builders/internal.js';
 import { Applier } from '../../../operator/runtime/apply.js';
 import { Kube, type KubeObject } from '../../../operator/runtime/kube.js';
 import { resourceForKind } from '../../../operator/runtime/resources.js';
@@ -264,10 +265,12 @@ describe('NetworkPolicy of the operator around a real relay pod, enforced by kub
     assert.ok(smtpPorts.length > 0);
 
     // What the operator would make: the users Secret (no users: no login is tried here), the
-    // TLS Secret (cert-manager's part, made here with openssl), then every child but the
+    // internal Secret, the TLS Secret (cert-manager's part, made here with openssl), then every child but the
     // NetworkPolicy (applied by a test below, after the open paths are shown) and the
     // Certificate.
     await apply(buildUsersSecret(relay, { users: [] }) as unknown as KubeObject);
+    // The operator's internal Secret (control and peer tokens), which the relay pod mounts.
+    await apply(buildInternalSecret(relay) as unknown as KubeObject);
     const tmp = mkdtempSync(join(tmpdir(), 'netpol-tls-'));
     try {
       execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(tmp, 'tls.key'), '-out', join(tmp, 'tls.crt'),
