@@ -33,6 +33,7 @@ import { buildChildren } from '../../../operator/builders/children.js';
 import { childNames, selectorLabels } from '../../../operator/builders/meta.js';
 import { buildRelayConfig, relayListeners } from '../../../operator/builders/relay-config.js';
 import { buildUsersSecret } from '../../../operator/builders/users.js';
+import { buildInternalSecret } from '../../../operator/builders/internal.js';
 import { Applier } from '../../../operator/runtime/apply.js';
 import { Kube, type KubeObject } from '../../../operator/runtime/kube.js';
 import { resourceForKind } from '../../../operator/runtime/resources.js';
@@ -240,6 +241,8 @@ describe('NetworkPolicy of the operator around a real relay pod, enforced by kub
     // NetworkPolicy (applied by a test below, after the open paths are shown) and the
     // Certificate.
     await apply(buildUsersSecret(relay, { users: [] }) as unknown as KubeObject);
+    // The operator's internal Secret (the peers' control token), which the relay Deployment mounts.
+    await apply(buildInternalSecret(relay) as unknown as KubeObject);
     const tmp = mkdtempSync(join(tmpdir(), 'netpol-tls-'));
     try {
       execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(tmp, 'tls.key'), '-out', join(tmp, 'tls.crt'),
