@@ -37,7 +37,7 @@ build: deps
 # Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).
 # Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
 TEST_FILES ?= 'dist/test/**/*.test.js'
-test: debian-packages build controlplane image helm
+test: debian-packages build controlplane cluster image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
 # Queue mode at the full sizes of issue 12 (test/relay/queue-load.test.ts with QUEUE_SOAK=1):
@@ -48,8 +48,8 @@ test-soak: build
 	QUEUE_SOAK=1 node --test --test-concurrency=1 --test-timeout=600000 dist/test/relay/queue-load.test.js
 
 # The one-node cluster of real parts (test/harness/cluster/): its build (make cluster, about
-# 25-40 min the first time on 2 cores) and its own test. Not yet part of make test: a cold CI
-# run would add that build to the 90-minute budget before the e2e suite moves onto it.
+# 25-40 min the first time on 2 cores) and its own checks. The e2e suite (test/e2e/, part of
+# make test) and make demo run on the same cluster.
 test-cluster: debian-packages build cluster image
 	node --test --test-concurrency=1 --test-timeout=600000 dist/test/harness/cluster/cluster.check.js dist/test/harness/cluster/netpol.check.js dist/test/harness/cluster/replicas.check.js
 
@@ -123,10 +123,12 @@ FUZZ_ARGS ?= --sessions 100000 --health-every 2000 --max-seconds 7200
 fuzz: build
 	nice -n 10 node dist/test/fuzz/smtp-front.js $(FUZZ_ARGS)
 
-# The main job in one command (test/demo/main.ts): control plane, cert-manager and kubelet
-# stand-ins, an upstream sink, the operator installed with its chart as a runc container, an
-# SmtpRelay, a message over STARTTLS + AUTH, DKIM-verified at the upstream; metrics; teardown.
-# Interactive: stays up with a how-to until Ctrl-C. DEMO_ONCE=1 (or no terminal): exits after
-# the message, 0 only if it arrived. DEMO_VERBOSE=1 shows every stand-in's log line. Needs root.
-demo: debian-packages build controlplane image helm
+# The main job in one command (test/demo/main.ts): the one-node cluster (test/harness/cluster/:
+# control plane, kubelet + containerd + runc, CNI, kube-proxy, scheduler, CoreDNS, cert-manager,
+# kube-router) with a CA ClusterIssuer, an upstream sink, the operator installed with its chart
+# as a pod, an SmtpRelay, a message over STARTTLS + AUTH to its Service, DKIM-verified at the
+# upstream; metrics; teardown. Interactive: stays up with a how-to until Ctrl-C. DEMO_ONCE=1 (or
+# no terminal): exits after the message, 0 only if it arrived. DEMO_VERBOSE=1 shows the
+# cluster's progress lines. Needs root.
+demo: debian-packages build controlplane cluster image helm
 	node dist/test/demo/main.js

@@ -1,12 +1,13 @@
 /**
  * `make demo`: the main job of smtp-relay-operator on one machine, without Docker.
  *
- * Starts the local control plane, the cert-manager and kubelet stand-ins (test/harness/certissuer,
- * test/harness/kubelet: they play cert-manager and a node, see their doc comments), an upstream SMTP
- * sink, installs the operator with its Helm chart (running as a container under runc), applies
- * an SmtpRelay, waits for Ready, sends a message through the relay over STARTTLS + AUTH with
- * the generated credentials, shows that the upstream received it DKIM-signed, prints the relay
- * metrics that moved, then (interactive) leaves everything running with a how-to until Ctrl-C.
+ * Starts a real one-node Kubernetes (test/harness/cluster/: control plane, kubelet, containerd +
+ * runc, CNI, kube-proxy, scheduler, CoreDNS, cert-manager, kube-router) with a CA ClusterIssuer,
+ * an upstream SMTP sink, installs the operator with its Helm chart (a pod of the node), applies
+ * an SmtpRelay, waits for Ready, sends a message through the relay's Service over STARTTLS +
+ * AUTH with the generated credentials, shows that the upstream received it DKIM-signed, prints
+ * the relay metrics that moved, then (interactive) leaves everything running with a how-to
+ * until Ctrl-C.
  * With DEMO_ONCE=1, or without a terminal, it stops after the test message. Exit status 0 only
  * if the message arrived (DKIM-signed). Every process it started is stopped at the end.
  */
@@ -48,13 +49,13 @@ function metricLines(text: string, names: RegExp): Map<string, number> {
 async function main(): Promise<number> {
   const once = process.env['DEMO_ONCE'] === '1' || !process.stdin.isTTY;
   const verbose = process.env['DEMO_VERBOSE'] === '1';
-  console.log('smtp-relay-operator demo: a real control plane, the operator and relay as runc containers, mail through the relay');
+  console.log('smtp-relay-operator demo: a real one-node Kubernetes, the operator and relays as its pods, mail through the relay');
   let env: Environment | undefined;
   let stopping = false;
   const shutdown = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    step('tear down (pods SIGTERM, stand-ins, sink, control plane)');
+    step('tear down (pods SIGTERM, node, add-ons, control plane, sink)');
     await env?.stop();
     endStep();
   };
@@ -66,8 +67,8 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
   let ok = false;
   try {
-    env = await startEnvironment({ step, ...(verbose ? { log: (l) => console.log(`      . ${l}`), kubeletLog: (l) => console.log(`      . ${l}`) } : {}) });
-    info(`operator pod(s): ${env.kubelet.runningPods().filter((p) => p.namespace === 'smtp-relay-system').map((p) => `${p.name} (${p.podIP})`).join(', ')}`);
+    env = await startEnvironment({ step, ...(verbose ? { log: (l) => console.log(`      . ${l}`) } : {}) });
+    info(`operator pod(s): ${(await env.node.runningPods()).filter((p) => p.namespace === 'smtp-relay-system').map((p) => `${p.name} (${p.podIP})`).join(', ')}`);
 
     step(`apply SmtpRelay ${RELAY_NAMESPACE}/${RELAY}: 2 replicas, TLS from the ClusterIssuer, user "app" (password generated), DKIM for example.com, upstream ${UPSTREAM_HOSTNAME}:${env.sink.port}`);
     await env.applyRelay({ name: RELAY, replicas: 2 });
@@ -76,14 +77,15 @@ async function main(): Promise<number> {
     const relay = await env.waitRelayReady(RELAY);
     for (const c of relay.status?.conditions ?? []) info(`${c.type}=${c.status}${c.reason ? ` (${c.reason})` : ''}`);
     const eps = await env.waitEndpoints(RELAY, 2);
-    info(`Service ${RELAY} endpoints (submission): ${eps.map((e) => `${e.ip}:${e.port}`).join(', ')}`);
+    const svc = await env.serviceEndpoint(RELAY);
+    info(`Service ${RELAY} ${svc.ip}:${svc.port} (submission), endpoints: ${eps.map((e) => `${e.ip}:${e.port}`).join(', ')}`);
 
-    step(`read the generated password from Secret ${RELAY_NAMESPACE}/${RELAY}-user-app and send a message over STARTTLS + AUTH PLAIN`);
+    step(`read the generated password from Secret ${RELAY_NAMESPACE}/${RELAY}-user-app and send a message to the Service over STARTTLS + AUTH PLAIN`);
     const password = await env.userPassword(RELAY, 'app');
     info(`password: ${password.length} characters (not printed)`);
-    const before = await env.metrics(eps[0]!.ip);
-    const sent = await env.send({ relay: RELAY, user: 'app', password, from: 'app@example.com', to: 'someone@example.net', subject: 'Hello from make demo', text: 'Relayed by smtp-relay-operator.\n', endpoint: eps[0]!, retries: 3 });
-    info(`relay ${sent.endpoint.ip}:${sent.endpoint.port} answered: ${sent.response}`);
+    const before = await Promise.all(eps.map((e) => env!.metrics(e.ip)));
+    const sent = await env.send({ relay: RELAY, user: 'app', password, from: 'app@example.com', to: 'someone@example.net', subject: 'Hello from make demo', text: 'Relayed by smtp-relay-operator.\n', retries: 3 });
+    info(`relay Service ${sent.endpoint.ip}:${sent.endpoint.port} (kube-proxy to one of the pods) answered: ${sent.response}`);
 
     step('check what the upstream sink received');
     const [msg] = await env.sink.waitForMessages(1, 30_000);
@@ -102,10 +104,14 @@ async function main(): Promise<number> {
     ok = dkim.ok && hasReceived;
 
     step('relay metrics that moved');
-    const after = await waitFor('metrics', async () => env!.metrics(eps[0]!.ip), 10_000);
     const re = /^smtp_relay_(messages_total|connections_total|auth_attempts_total|tls_handshakes_total|dkim_signatures_total|upstream_duration_seconds_count|message_bytes_total)/;
-    const b = metricLines(before, re);
-    for (const [k, v] of metricLines(after, re)) if (v !== (b.get(k) ?? 0)) info(`${k} ${b.get(k) ?? 0} -> ${v}`);
+    for (const [i, ep] of eps.entries()) {
+      const after = await waitFor('metrics', async () => env!.metrics(ep.ip), 10_000);
+      const b = metricLines(before[i]!, re);
+      const moved = [...metricLines(after, re)].filter(([k, v]) => v !== (b.get(k) ?? 0));
+      info(`pod ${ep.ip}:${moved.length === 0 ? ' nothing moved (kube-proxy sent the message to the other pod)' : ''}`);
+      for (const [k, v] of moved) info(`  ${k} ${b.get(k) ?? 0} -> ${v}`);
+    }
 
     endStep();
     console.log(ok ? '\nRESULT: the message went through the relay, DKIM-signed, and reached the upstream.' : '\nRESULT: FAILED (see above)');
@@ -118,9 +124,9 @@ async function main(): Promise<number> {
 Everything is still running. Try it yourself (as root, in another terminal):
   export KUBECONFIG=${env.cp.kubeconfigPath}
   .cache/bin/helm list -A                       # the operator release
-  # relay pods: ${env.kubelet.runningPods().filter((p) => p.namespace === RELAY_NAMESPACE).map((p) => `${p.name}=${p.podIP}`).join(' ')}
+  # relay pods: ${(await env.node.runningPods()).filter((p) => p.namespace === RELAY_NAMESPACE).map((p) => `${p.name}=${p.podIP}`).join(' ')}
   # the password of user "app" (from Secret ${RELAY_NAMESPACE}/${RELAY}-user-app) is in ${passFile} (mode 0600)
-  swaks --server ${eps[0]!.ip}:${eps[0]!.port} --tls --tls-verify --tls-ca-path ${caFile} --tls-sni relay.example.com \\
+  swaks --server ${svc.ip}:${svc.port} --tls --tls-verify --tls-ca-path ${caFile} --tls-sni relay.example.com \\
         --auth PLAIN --auth-user app --auth-password "$(cat ${passFile})" --from app@example.com --to someone@example.net
   curl -s http://${eps[0]!.ip}:9090/metrics | grep ^smtp_relay_messages
 Press Ctrl-C to stop and clean up.`);
@@ -129,8 +135,8 @@ Press Ctrl-C to stop and clean up.`);
   } catch (err) {
     console.log(`\nFAILED: ${err instanceof Error ? err.message : String(err)}`);
     if (env) {
-      for (const p of env.kubelet.runningPods()) {
-        const logs = env.kubelet.logs(p.namespace, p.name).trim().split('\n').slice(-15).join('\n        ');
+      for (const p of await env.node.runningPods().catch(() => [])) {
+        const logs = env.node.logs(p.namespace, p.name).trim().split('\n').slice(-15).join('\n        ');
         console.log(`      log of ${p.namespace}/${p.name}:\n        ${logs}`);
       }
     }

@@ -1,39 +1,49 @@
 /**
- * The whole system without Docker, for `make demo` (test/demo/) and the end-to-end tests
- * (test/e2e/): the local control plane (etcd, kube-apiserver, kube-controller-manager), the
- * cert-manager stand-in with a ClusterIssuer, an upstream SMTP sink on the host (reachable
- * from pods as smtp.upstream.test), the container kubelet stand-in running pods under runc
- * from the image `make image` built, and the operator installed with the project's Helm
- * chart (`helm install`, its real RBAC, running as a container with its ServiceAccount token).
+ * The whole system on a real one-node Kubernetes (test/harness/cluster/cluster.ts: the control
+ * plane, kubelet, containerd + runc, CNI, kube-proxy, kube-scheduler, CoreDNS, cert-manager's
+ * controllers and kube-router's NetworkPolicy controller, built from their Go modules), for
+ * `make demo` (test/demo/) and the end-to-end tests (test/e2e/):
+ *   - the image `make image` built, imported into the node's containerd;
+ *   - cert-manager with a CA ClusterIssuer (its CA made here) that issues the relays' certificates;
+ *   - an upstream SMTP sink on the host, on the node address, that pods reach as the Service
+ *     smtp.upstream.svc.cluster.local (a Service without selector and an EndpointSlice to it);
+ *   - the operator installed with the project's Helm chart (`helm install`, its real RBAC),
+ *     scheduled and run as a pod by the real kubelet with its ServiceAccount token, talking to
+ *     the API server through the `kubernetes` Service;
+ *   - clients on the host send to a relay's Service (its ClusterIP, through kube-proxy), or to
+ *     one pod's address when a test means one replica.
  *
  *   const env = await startEnvironment({ log });
  *   const relay = await env.applyRelay({ name: 'outbound', replicas: 2 });
  *   await env.waitRelayReady('outbound');
  *   const info = await env.send({ relay: 'outbound', ... });
- *   await env.stop();   // everything it started is stopped; nothing is left running
+ *   await env.stop();   // the cluster's stop(): nothing is left running
  */
 import { execFile } from 'node:child_process';
+import { closeSync, existsSync, fstatSync, openSync, readSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
-import { startControlPlane, repoRoot, type ControlPlane } from '../harness/controlplane/harness.js';
+import { repoRoot, type ControlPlane } from '../harness/controlplane/harness.js';
+import { NODE_IP, NODE_NAME, clusterLog, projectImageLayout, startCluster, type Cluster } from '../harness/cluster/cluster.js';
 import { Kube, KubeError, MEDIA_MERGE_PATCH } from '../../operator/runtime/kube.js';
-import { unpackImage } from '../harness/kubelet/image.js';
-import { ContainerKubelet } from '../harness/kubelet/kubelet.js';
-import { CertIssuerStandIn } from '../harness/certissuer/issuer.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { createPki, type Pki } from '../harness/support/pki.js';
 
 const run = promisify(execFile);
 
-export const UPSTREAM_HOSTNAME = 'smtp.upstream.test';
-export const CLUSTER_ISSUER = 'stand-in-ca';
+/** The upstream sink as pods reach it: a Service (no selector) of the namespace `upstream`. */
+export const UPSTREAM_HOSTNAME = 'smtp.upstream.svc.cluster.local';
+export const UPSTREAM_NAMESPACE = 'upstream';
+export const CLUSTER_ISSUER = 'e2e-ca';
 export const OPERATOR_NAMESPACE = 'smtp-relay-system';
 export const RELAY_NAMESPACE = 'mail';
 export const RELAY_HOSTNAME = 'relay.example.com';
-/** The image name the chart and the operator use; the kubelet maps it to the local OCI image. */
-export const IMAGE_REPOSITORY = 'smtp-relay-operator';
+/** The image `make image` built, as imported into the node's containerd (never pulled). */
+export const IMAGE_REPOSITORY = 'localhost/smtp-relay-operator';
 export const IMAGE_TAG = 'dev';
+/** Clients of the relays: the host (its connections to Services are masqueraded to its pod-side address) and pods. */
+export const CLIENT_CIDRS = ['198.19.0.0/16'];
 
 export type Log = (line: string) => void;
 
@@ -58,9 +68,9 @@ export interface SendOptions {
   to: string;
   subject?: string;
   text?: string;
-  /** A particular endpoint; default the first ready one of the Service. */
+  /** A particular endpoint (a pod's address); default the relay's Service (ClusterIP, through kube-proxy). */
   endpoint?: Endpoint;
-  /** Retries (new connection, next endpoint) on a connection-level or 4xx failure. */
+  /** Retries (a new connection) on a connection-level or 4xx failure. */
   retries?: number;
 }
 
@@ -76,19 +86,217 @@ export { waitFor };
 import { httpGet } from '../harness/support/http.js';
 export { httpGet };
 
+/** A running pod of the node as the runtime sees it: its containers' main process ids (from containerd). */
+export interface NodePod {
+  namespace: string;
+  name: string;
+  uid: string;
+  podIP?: string;
+  ready: boolean;
+  /** The host pid of each running container's main process, in the pod's container order. */
+  pids: number[];
+  /** containerd ids of the running containers, by container name. */
+  containerIds: Record<string, string>;
+}
+
+interface PodObj {
+  metadata: { name: string; namespace: string; uid: string; deletionTimestamp?: string };
+  spec?: { nodeName?: string; containers: { name: string }[] };
+  status?: { podIP?: string; conditions?: { type: string; status: string }[]; containerStatuses?: { name: string; containerID?: string; state?: { running?: unknown } }[] };
+}
+
+/**
+ * What the node runs, read from the real kubelet's and containerd's own records: the pods of
+ * the node (API) with their containers' pids (`ctr tasks ls`), and the containers' logs from
+ * the kubelet's pod log folder (CRI log format). Each log file is kept open from the moment it
+ * is seen, so the lines of a container whose pod was deleted (the kubelet removes its folder)
+ * stay readable.
+ */
+export class NodeView {
+  private readonly files = new Map<string, { key: string; fd: number; pos: number; partial: string }>();
+  private readonly text = new Map<string, string>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly cluster: Cluster, private readonly kube: Kube) {
+    this.timer = setInterval(() => this.scan(), 250);
+    this.timer.unref();
+  }
+
+  /** Reads what was appended to every container log file of the node since the last scan. */
+  scan(): void {
+    const root = join(this.cluster.dir, 'pod-logs');
+    if (!existsSync(root)) return;
+    let podDirs: string[] = [];
+    try { podDirs = readdirSync(root); } catch { return; }
+    for (const podDir of podDirs) {
+      // <namespace>_<pod>_<uid>/<container>/<restart>.log
+      const [ns, pod] = podDir.split('_');
+      let containers: string[] = [];
+      try { containers = readdirSync(join(root, podDir)); } catch { continue; }
+      for (const container of containers) {
+        let logs: string[] = [];
+        try { logs = readdirSync(join(root, podDir, container)).filter((f) => /^\d+\.log$/.test(f)); } catch { continue; }
+        for (const f of logs.sort((a, b) => parseInt(a) - parseInt(b))) {
+          const path = join(root, podDir, container, f);
+          if (this.files.has(path)) continue;
+          try {
+            this.files.set(path, { key: `${ns}/${pod}/${container}`, fd: openSync(path, 'r'), pos: 0, partial: '' });
+          } catch { /* gone already */ }
+        }
+      }
+    }
+    const buf = Buffer.alloc(1 << 16);
+    for (const f of this.files.values()) {
+      for (let i = 0; i < 1000; i++) {
+        let n = 0;
+        try { n = readSync(f.fd, buf, 0, buf.length, f.pos); } catch { break; }
+        if (n <= 0) break;
+        f.pos += n;
+        const chunk = f.partial + buf.subarray(0, n).toString('utf8');
+        const lines = chunk.split('\n');
+        f.partial = lines.pop() ?? '';
+        let out = '';
+        for (const l of lines) {
+          // CRI: <time> <stream> <P|F> <text>; P: a partial line continued by the next entry
+          const m = /^\S+ (?:stdout|stderr) ([PF]) ?(.*)$/.exec(l);
+          if (m) out += m[2]! + (m[1] === 'F' ? '\n' : '');
+        }
+        this.text.set(f.key, (this.text.get(f.key) ?? '') + out);
+      }
+    }
+  }
+
+  /** Everything container `container` (default: the pod's first container seen) of pod ns/name wrote, every restart included. */
+  logs(namespace: string, pod: string, container?: string): string {
+    this.scan();
+    if (container) return this.text.get(`${namespace}/${pod}/${container}`) ?? '';
+    const key = [...this.text.keys()].find((k) => k.startsWith(`${namespace}/${pod}/`));
+    return key ? this.text.get(key)! : '';
+  }
+
+  /** Every container that logged, as namespace/pod/container. */
+  loggedContainers(): string[] {
+    this.scan();
+    return [...this.text.keys()].sort();
+  }
+
+  /** containerd task pid by container id. */
+  async taskPids(): Promise<Map<string, number>> {
+    const out = await this.cluster.ctr(['tasks', 'ls']);
+    const m = new Map<string, number>();
+    for (const l of out.split('\n').slice(1)) {
+      const [id, pid, status] = l.trim().split(/\s+/);
+      if (id && pid && status === 'RUNNING') m.set(id, Number(pid));
+    }
+    return m;
+  }
+
+  /** The node's pods (not being deleted) with their running containers' pids. */
+  async runningPods(): Promise<NodePod[]> {
+    const list = await this.kube.get<{ items: PodObj[] }>('/api/v1/pods', { query: { fieldSelector: `spec.nodeName=${NODE_NAME}` } });
+    const tasks = await this.taskPids();
+    const out: NodePod[] = [];
+    for (const p of list.items) {
+      if (p.metadata.deletionTimestamp) continue;
+      const containerIds: Record<string, string> = {};
+      const pids: number[] = [];
+      for (const c of p.spec?.containers ?? []) {
+        const st = p.status?.containerStatuses?.find((x) => x.name === c.name);
+        const id = st?.containerID?.replace(/^containerd:\/\//, '');
+        if (!id || !st?.state?.running) continue;
+        containerIds[c.name] = id;
+        const pid = tasks.get(id);
+        if (pid) pids.push(pid);
+      }
+      if (pids.length === 0) continue;
+      out.push({
+        namespace: p.metadata.namespace, name: p.metadata.name, uid: p.metadata.uid,
+        ...(p.status?.podIP ? { podIP: p.status.podIP } : {}),
+        ready: p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false,
+        pids, containerIds,
+      });
+    }
+    return out;
+  }
+
+  /** Every running container task's pid (pause sandboxes included). */
+  async containerPids(): Promise<number[]> {
+    return [...(await this.taskPids()).values()];
+  }
+
+  /** Signals a container's main process through containerd (as a crash or the OOM killer would end it). */
+  async killContainer(namespace: string, pod: string, container: string, signal = 'SIGKILL'): Promise<void> {
+    const p = (await this.runningPods()).find((x) => x.namespace === namespace && x.name === pod);
+    const id = p?.containerIds[container];
+    if (!id) throw new Error(`no running container ${container} in pod ${namespace}/${pod}`);
+    await this.cluster.ctr(['tasks', 'kill', '-s', signal, id]);
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.scan();
+    for (const f of this.files.values()) {
+      try { closeSync(f.fd); } catch { /* closed */ }
+    }
+    this.files.clear();
+  }
+}
+
+/**
+ * cert-manager's CA ClusterIssuer of the environment (a CA made here, its key pair in a
+ * Secret of the cert-manager namespace) and the renewal `cmctl renew` does.
+ */
+export class CertManagerCa {
+  constructor(private readonly kube: Kube, readonly caPem: string) {}
+
+  static async create(kube: Kube, pki: Pki, name: string): Promise<CertManagerCa> {
+    await kube.request('POST', '/api/v1/namespaces/cert-manager/secrets', {
+      body: { metadata: { name }, type: 'kubernetes.io/tls', stringData: { 'tls.crt': pki.ca.certPem, 'tls.key': pki.ca.keyPem } },
+    });
+    await kube.request('POST', '/apis/cert-manager.io/v1/clusterissuers', {
+      body: { apiVersion: 'cert-manager.io/v1', kind: 'ClusterIssuer', metadata: { name }, spec: { ca: { secretName: name } } },
+    });
+    await waitFor(`ClusterIssuer ${name} Ready`, async () => {
+      const i = await kube.get<{ status?: { conditions?: { type: string; status: string }[] } }>(`/apis/cert-manager.io/v1/clusterissuers/${name}`);
+      return i.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+    }, 60_000);
+    return new CertManagerCa(kube, pki.ca.certPem);
+  }
+
+  /** As `cmctl renew`: the Certificate's Issuing condition set to True (reason ManuallyTriggered) on its status. */
+  async renew(namespace: string, name: string): Promise<void> {
+    const path = `/apis/cert-manager.io/v1/namespaces/${namespace}/certificates/${name}`;
+    const c = await this.kube.get<{ metadata: { generation?: number }; status?: { conditions?: { type: string }[] } }>(path);
+    const conditions = (c.status?.conditions ?? []).filter((x) => x.type !== 'Issuing');
+    conditions.push({ type: 'Issuing', status: 'True', reason: 'ManuallyTriggered', message: 'Certificate re-issuance manually triggered', lastTransitionTime: new Date().toISOString().replace(/\.\d+Z$/, 'Z'), observedGeneration: c.metadata.generation } as { type: string });
+    await this.kube.request('PATCH', `${path}/status`, { contentType: MEDIA_MERGE_PATCH, body: { status: { conditions } } });
+  }
+
+  /** Waits for the Certificate's status.revision to reach `revision` with Ready=True. */
+  async waitForRevision(namespace: string, name: string, revision: number, ms = 120_000): Promise<{ status?: { revision?: number } }> {
+    return waitFor(`Certificate ${namespace}/${name} revision ${revision}`, async () => {
+      const c = await this.kube.get<{ status?: { revision?: number; conditions?: { type: string; status: string }[] } }>(`/apis/cert-manager.io/v1/namespaces/${namespace}/certificates/${name}`);
+      return (c.status?.revision ?? 0) >= revision && c.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True') ? c : undefined;
+    }, ms);
+  }
+}
+
 export class Environment {
   readonly kube: Kube;
+  readonly cp: ControlPlane;
+  readonly node: NodeView;
   private stopped = false;
 
   constructor(
-    readonly cp: ControlPlane,
-    readonly issuer: CertIssuerStandIn,
-    readonly kubelet: ContainerKubelet,
+    readonly cluster: Cluster,
+    readonly issuer: CertManagerCa,
     readonly sink: Sink,
-    private readonly sinkPki: Pki,
+    private readonly pkis: Pki[],
     private readonly log: Log,
   ) {
-    this.kube = new Kube(cp.kubeconfig);
+    this.cp = cluster.cp;
+    this.kube = new Kube(cluster.kubeconfig);
+    this.node = new NodeView(cluster, this.kube);
   }
 
   /** `helm install` of charts/smtp-relay-operator; waits for the operator Deployment to be available. */
@@ -99,9 +307,11 @@ export class Environment {
         'install', 'smtp-relay-operator', chart, '--namespace', OPERATOR_NAMESPACE, '--create-namespace',
         '--kubeconfig', this.cp.kubeconfigPath,
         '--set', `image.repository=${IMAGE_REPOSITORY}`, '--set', `image.tag=${IMAGE_TAG}`,
-        // The stand-in kubelet probes every period; shorter periods make the demo quicker.
+        // Imported into containerd, never pulled (no registry here).
+        '--set', 'image.pullPolicy=Never', '--set', 'relayImage.pullPolicy=Never',
+        // Shorter probe periods make the demo quicker.
         '--set', 'readinessProbe.initialDelaySeconds=1', '--set', 'readinessProbe.periodSeconds=2',
-      ], { maxBuffer: 16 << 20, env: { ...process.env, HELM_CACHE_HOME: join(this.cp.dir, 'helm-cache'), HELM_CONFIG_HOME: join(this.cp.dir, 'helm-config'), HELM_DATA_HOME: join(this.cp.dir, 'helm-data') } });
+      ], { maxBuffer: 16 << 20, env: { ...process.env, HELM_CACHE_HOME: join(this.cluster.dir, 'helm-cache'), HELM_CONFIG_HOME: join(this.cluster.dir, 'helm-config'), HELM_DATA_HOME: join(this.cluster.dir, 'helm-data') } });
     } catch (err) {
       const e = err as { code?: string; stderr?: string };
       if (e.code === 'ENOENT') throw new Error(`helm not found at ${helmBin()}: run 'make helm'`);
@@ -110,7 +320,10 @@ export class Environment {
     await waitFor('the operator Deployment to be available', async () => {
       const d = await this.kube.get<{ status?: { availableReplicas?: number } }>(`/apis/apps/v1/namespaces/${OPERATOR_NAMESPACE}/deployments/smtp-relay-operator`);
       return (d.status?.availableReplicas ?? 0) >= 1;
-    }, 120_000);
+    }, 180_000).catch(async (err: Error) => {
+      const pods = await this.kube.get<{ items: PodObj[] }>(`/api/v1/namespaces/${OPERATOR_NAMESPACE}/pods`).catch(() => ({ items: [] }));
+      throw new Error(`${err.message}\npods: ${JSON.stringify(pods.items.map((p) => p.status))}\noperator log:\n${pods.items.map((p) => this.node.logs(OPERATOR_NAMESPACE, p.metadata.name).slice(-3000)).join('\n')}\nkubelet:\n${await clusterLog('kubelet', 20)}`);
+    });
   }
 
   /** Creates the namespace, the upstream CA Secret and an SmtpRelay pointing at the sink. */
@@ -132,8 +345,7 @@ export class Environment {
           hostname: RELAY_HOSTNAME,
           tls: { issuerRef: { name: CLUSTER_ISSUER, kind: 'ClusterIssuer' } },
           auth: { users: o.users ?? [{ name: 'app', allowedSenders: ['app@example.com'] }] },
-          // Clients reach pods from the pods' host addresses (198.18.0.0/15, see test/harness/kubelet/netns.ts).
-          access: { allowedCidrs: ['198.18.0.0/15'] },
+          access: { allowedCidrs: CLIENT_CIDRS },
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),
           ...(o.queue ? { queue: o.queue } : {}),
@@ -186,7 +398,37 @@ export class Environment {
     }, ms);
   }
 
-  /** The relay's serving CA (the stand-in issuer's). */
+  /** Per relay pod, how many times its relay logged a reload of its users file (`"event":"reload","kind":"users"`). */
+  async usersReloads(relay: string): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const p of await this.relayPods(relay)) {
+      const n = this.node.logs(RELAY_NAMESPACE, p.name, 'relay').split('\n').filter((l) => l.includes('"event":"reload"') && l.includes('"kind":"users"')).length;
+      out.set(p.name, n);
+    }
+    return out;
+  }
+
+  /**
+   * Waits until every relay pod of `before` reloaded its users file again: a changed password
+   * reaches the pods through the kubelet's Secret volume update (its sync period, ~10 s here),
+   * and trying the new password until then would trip the relay's failed-login lockout.
+   */
+  async waitUsersReloaded(relay: string, before: Map<string, number>, ms = 120_000): Promise<void> {
+    await waitFor(`every pod of ${relay} to reload its users file`, async () => {
+      const now = await this.usersReloads(relay);
+      return [...before].every(([pod, n]) => (now.get(pod) ?? 0) > n) ? true : undefined;
+    }, ms, 500);
+  }
+
+  /** The relay Service's ClusterIP and port `portName`: clients there go through kube-proxy to any ready pod. */
+  async serviceEndpoint(relay: string, portName = 'submission'): Promise<Endpoint> {
+    const svc = await this.kube.get<{ spec: { clusterIP: string; ports: { name?: string; port: number }[] } }>(`/api/v1/namespaces/${RELAY_NAMESPACE}/services/${relay}`);
+    const port = svc.spec.ports.find((p) => p.name === portName)?.port;
+    if (port === undefined) throw new Error(`Service ${relay} has no port ${portName}`);
+    return { ip: svc.spec.clusterIP, port };
+  }
+
+  /** The relay's serving CA (the ClusterIssuer's). */
   get relayCa(): string {
     return this.issuer.caPem;
   }
@@ -196,13 +438,9 @@ export class Environment {
     const attempts = (o.retries ?? 0) + 1;
     let last: unknown;
     for (let i = 0; i < attempts; i++) {
-      let ep = o.endpoint;
+      const ep = o.endpoint ?? (await this.serviceEndpoint(o.relay).catch(() => undefined));
       if (!ep) {
-        const eps = await this.endpoints(o.relay).catch(() => []);
-        ep = eps[i % Math.max(1, eps.length)];
-      }
-      if (!ep) {
-        last = new Error('no ready endpoint');
+        last = new Error(`no Service ${o.relay}`);
         await new Promise((r) => setTimeout(r, 500));
         continue;
       }
@@ -250,18 +488,20 @@ export class Environment {
     }));
   }
 
-  /** Stops everything this environment started (pods first, then the stand-ins and the control plane). */
+  /** Stops everything this environment started: the cluster (pods first, then the node, the add-ons and the control plane), the sink. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    let failure: unknown;
     const step = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
-      try { await fn(); } catch (err) { this.log(`stop ${what}: ${String(err)}`); }
+      try { await fn(); } catch (err) { this.log(`stop ${what}: ${String(err)}`); failure ??= err; }
     };
-    await step('kubelet', () => this.kubelet.stop({ graceSeconds: 5 }));
-    await step('issuer', () => this.issuer.stop());
+    await step('cluster', () => this.cluster.stop());
+    this.node.close();
     await step('sink', () => this.sink.stop());
-    await step('sink pki', () => this.sinkPki.cleanup());
-    await step('control plane', () => this.cp.stop());
+    for (const p of this.pkis) await step('pki', () => p.cleanup());
+    // The cluster's stop() throws when something is left on the machine: so does this.
+    if (failure) throw failure;
   }
 }
 
@@ -269,52 +509,51 @@ export interface EnvironmentOptions {
   log?: Log;
   /** Called before each phase with a short title (the demo prints steps). */
   step?: (title: string) => void;
-  /** Kubelet restart backoff base (default the kubelet's 10 s). */
-  backoffBaseMs?: number;
-  kubeletLog?: Log;
   /** The upstream sink requires AUTH with these credentials (default: no AUTH). */
   sinkAuth?: { user: string; pass: string };
 }
 
-/** Starts control plane, stand-ins and sink, and installs the operator with helm. */
+/** Starts the one-node cluster, the CA ClusterIssuer and the sink, and installs the operator with helm. */
 export async function startEnvironment(o: EnvironmentOptions = {}): Promise<Environment> {
   const log = o.log ?? (() => {});
   const step = o.step ?? (() => {});
-  if (process.getuid?.() !== 0) throw new Error('needs root: containers run under runc in network namespaces of their own (run as root, e.g. sudo make demo)');
-  step('unpack the image built by make image');
-  const image = await unpackImage();
-  step('start the control plane (etcd, kube-apiserver, kube-controller-manager; CRDs: SmtpRelay and cert-manager\'s)');
-  const cp = await startControlPlane({ log });
-  let issuer: CertIssuerStandIn | undefined;
-  let kubelet: ContainerKubelet | undefined;
+  if (process.getuid?.() !== 0) throw new Error('needs root: the one-node cluster configures network interfaces, iptables, mounts and cgroups (run as root, e.g. sudo make demo)');
+  step('start the one-node cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet + containerd + runc, CNI, kube-proxy, CoreDNS, cert-manager, kube-router)');
+  const cluster = await startCluster({ log });
+  const pkis: Pki[] = [];
   let sink: Sink | undefined;
-  let pki: Pki | undefined;
   try {
-    step(`start the cert-manager stand-in with ClusterIssuer ${CLUSTER_ISSUER}`);
-    issuer = await CertIssuerStandIn.start({ kubeconfig: cp.kubeconfig, log });
-    await issuer.ensureClusterIssuer(CLUSTER_ISSUER);
-    step(`start the upstream SMTP sink (${UPSTREAM_HOSTNAME}, STARTTLS, own CA)`);
-    pki = await createPki({ caName: 'upstream sink CA' });
+    step('import the image built by make image into the node\'s containerd');
+    await cluster.importImage(projectImageLayout());
+    const kube = new Kube(cluster.kubeconfig);
+    step(`cert-manager: CA ClusterIssuer ${CLUSTER_ISSUER}`);
+    const caPki = await createPki({ caName: 'e2e cluster issuer CA' });
+    pkis.push(caPki);
+    const issuer = await CertManagerCa.create(kube, caPki, CLUSTER_ISSUER);
+    step(`start the upstream SMTP sink on the node address (${UPSTREAM_HOSTNAME}, STARTTLS, own CA)`);
+    const pki = await createPki({ caName: 'upstream sink CA' });
+    pkis.push(pki);
     const cert = await pki.issue({ name: 'sink', dnsNames: [UPSTREAM_HOSTNAME], ips: [] });
-    sink = await startSink({ cert, pki, ...(o.sinkAuth ? { auth: o.sinkAuth } : {}) });
-    step('start the container kubelet stand-in (runc, a network namespace per pod)');
-    kubelet = await ContainerKubelet.start({
-      kubeconfig: cp.kubeconfig,
-      image,
-      hostServices: [{ hostnames: [UPSTREAM_HOSTNAME], port: sink.port, target: { host: '127.0.0.1', port: sink.port } }],
-      ...(o.backoffBaseMs !== undefined ? { backoffBaseMs: o.backoffBaseMs } : {}),
-      ...(o.kubeletLog ? { log: o.kubeletLog } : {}),
+    sink = await startSink({ cert, pki, host: NODE_IP, ...(o.sinkAuth ? { auth: o.sinkAuth } : {}) });
+    // Pods reach it by name: a Service without selector and an EndpointSlice to the node address.
+    await kube.request('POST', '/api/v1/namespaces', { body: { metadata: { name: UPSTREAM_NAMESPACE } } });
+    await kube.request('POST', `/api/v1/namespaces/${UPSTREAM_NAMESPACE}/services`, {
+      body: { metadata: { name: 'smtp' }, spec: { ports: [{ name: 'smtp', port: sink.port, targetPort: sink.port, protocol: 'TCP' }] } },
     });
-    const env = new Environment(cp, issuer, kubelet, sink, pki, log);
-    step('helm install the operator (charts/smtp-relay-operator) and wait for it to be available');
+    await kube.request('POST', `/apis/discovery.k8s.io/v1/namespaces/${UPSTREAM_NAMESPACE}/endpointslices`, {
+      body: {
+        metadata: { name: 'smtp-node', labels: { 'kubernetes.io/service-name': 'smtp', 'endpointslice.kubernetes.io/managed-by': 'smtp-relay-operator-e2e' } },
+        addressType: 'IPv4', endpoints: [{ addresses: [NODE_IP], conditions: { ready: true } }], ports: [{ name: 'smtp', port: sink.port, protocol: 'TCP' }],
+      },
+    });
+    const env = new Environment(cluster, issuer, sink, pkis, log);
+    step('helm install the operator (charts/smtp-relay-operator) and wait for its pod to be available');
     await env.installOperator();
     return env;
   } catch (err) {
-    await kubelet?.stop({ graceSeconds: 2 }).catch(() => {});
-    await issuer?.stop().catch(() => {});
+    await cluster.stop().catch((e: Error) => log(e.message));
     await sink?.stop().catch(() => {});
-    await pki?.cleanup().catch(() => {});
-    await cp.stop().catch(() => {});
+    for (const p of pkis) await p.cleanup().catch(() => {});
     throw err;
   }
 }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { test } from 'node:test';
-import { unpackImage } from '../harness/kubelet/image.js';
+import { unpackImage } from '../harness/image/unpack.js';
 
 async function files(dir: string): Promise<string[]> {
   const out: string[] = [];

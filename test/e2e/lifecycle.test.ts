@@ -1,11 +1,12 @@
 /**
- * End to end (see test/e2e/env.ts): the SmtpRelay deleted → its pods get SIGTERM and stop,
- * every child it owned is garbage-collected (kube-controller-manager's garbage collector),
- * no relay container is left; then the environment stopped → no container, pod network or
- * control-plane process is left running.
+ * End to end on the one-node cluster (see test/e2e/env.ts): the SmtpRelay deleted → its pods
+ * get SIGTERM from the real kubelet and stop, every child it owned is garbage-collected
+ * (kube-controller-manager's garbage collector), no relay container is left in containerd;
+ * then the environment stopped → no container, pod network namespace or control-plane process
+ * is left running.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { Environment, RELAY_NAMESPACE, startEnvironment, waitFor } from './env.js';
 
@@ -31,7 +32,7 @@ describe('end to end: deleting an SmtpRelay stops its pods and removes its child
   let env: Environment;
 
   before(async () => {
-    env = await startEnvironment({ ...(process.env['E2E_DEBUG'] ? { log: (l) => console.error(l), kubeletLog: (l) => console.error(l) } : {}) });
+    env = await startEnvironment({ ...(process.env['E2E_DEBUG'] ? { log: (l) => console.error(l) } : {}) });
   });
   after(async () => {
     await env?.stop();
@@ -42,7 +43,7 @@ describe('end to end: deleting an SmtpRelay stops its pods and removes its child
     await env.waitRelayReady(RELAY);
     await env.waitEndpoints(RELAY, 2);
     const relay = await env.kube.get<Obj>(`/apis/smtprelay.dev/v1alpha1/namespaces/${RELAY_NAMESPACE}/smtprelays/${RELAY}`);
-    const relayPods = env.kubelet.runningPods().filter((p) => p.namespace === RELAY_NAMESPACE);
+    const relayPods = (await env.node.runningPods()).filter((p) => p.namespace === RELAY_NAMESPACE);
     assert.equal(relayPods.length, 2);
     const pids = relayPods.flatMap((p) => p.pids);
     assert.equal(pids.length, 2);
@@ -76,33 +77,29 @@ describe('end to end: deleting an SmtpRelay stops its pods and removes its child
       const pods = await env.kube.get<{ items: unknown[] }>(`/api/v1/namespaces/${RELAY_NAMESPACE}/pods`);
       return pods.items.length === 0 ? true : undefined;
     }, 120_000);
-    assert.deepEqual(env.kubelet.runningPods().filter((p) => p.namespace === RELAY_NAMESPACE), []);
+    assert.deepEqual((await env.node.runningPods()).filter((p) => p.namespace === RELAY_NAMESPACE), []);
+    const tasks = await env.node.taskPids();
+    for (const p of relayPods) for (const id of Object.values(p.containerIds)) assert.ok(!tasks.has(id), `container ${id} of ${p.name} is gone from containerd`);
     for (const pid of pids) assert.throws(() => process.kill(pid, 0), `relay process ${pid} is gone`);
     for (const p of relayPods) {
-      const log = env.kubelet.logs(RELAY_NAMESPACE, p.name);
+      const log = env.node.logs(RELAY_NAMESPACE, p.name, 'relay');
       assert.match(log, /SIGTERM|shutting down|drain/i, `the relay of ${p.name} got SIGTERM (log):\n${log.slice(-2000)}`);
     }
     // The operator is still there and healthy.
-    assert.ok(env.kubelet.runningPods().some((p) => p.namespace === 'smtp-relay-system' && p.ready));
+    assert.ok((await env.node.runningPods()).some((p) => p.namespace === 'smtp-relay-system' && p.ready));
   });
 
-  it('stopping the environment leaves no container, pod network or control-plane process', async () => {
-    const containerPids = env.kubelet.containerPids();
+  it('stopping the environment leaves no container, pod network namespace or control-plane process', async () => {
+    const containerPids = await env.node.containerPids();
     const cpPids = env.cp.pids;
-    // Pod network namespaces are srop-pod-<slot>, slot = (podIP - 198.18.0.0) / 4 (test/harness/kubelet/netns.ts).
-    const netnsNames = env.kubelet.runningPods().flatMap((p) => {
-      if (!p.podIP) return [];
-      const [a = 0, b = 0, c = 0, d = 0] = p.podIP.split('.').map(Number);
-      const n = ((a << 24) >>> 0) + (b << 16) + (c << 8) + d - (((198 << 24) >>> 0) + (18 << 16));
-      return [`srop-pod-${Math.floor(n / 4)}`];
-    });
-    assert.ok(netnsNames.length >= 1);
-    for (const n of netnsNames) assert.match(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), new RegExp(`^${n}\\b`, 'm'));
-    assert.ok(containerPids.length >= 1, 'the operator container runs until then');
-    await env.stop();
+    // The pods' network namespaces (containerd's cni-*, one per sandbox).
+    const netnsOf = (): string[] => (existsSync('/run/netns') ? readdirSync('/run/netns').filter((n) => n.startsWith('cni-')) : []);
+    const netns = netnsOf();
+    assert.ok(netns.length >= 1, 'the operator pod has its network namespace until then');
+    assert.ok(containerPids.length >= 2, 'the operator container and its sandbox run until then');
+    await env.stop(); // throws if the cluster's stop() finds anything left
     for (const pid of [...containerPids, ...cpPids]) assert.throws(() => process.kill(pid, 0), `process ${pid} is gone`);
-    assert.deepEqual(env.kubelet.runningPods(), []);
-    const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-    for (const n of netnsNames) assert.doesNotMatch(netns, new RegExp(`^${n}\\b`, 'm'), `pod network ${n} removed`);
+    const left = netnsOf();
+    for (const n of netns) assert.ok(!left.includes(n), `pod network namespace ${n} removed`);
   });
 });

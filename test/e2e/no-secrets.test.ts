@@ -1,20 +1,20 @@
 /**
  * End to end (see test/e2e/env.ts): no secret in any output. A realistic run (the operator
- * installed with its chart, relay pods under runc, an upstream that requires AUTH) uses
+ * installed with its chart, relay pods on the one-node cluster, an upstream that requires AUTH) uses
  * every kind of secret the project handles:
  *   - a generated user password, a user-chosen one (then rotated), a wrong guess at it;
  *   - a ServiceAccount token (TokenRequest from the real API server) used as an SMTP login;
  *   - the DKIM private key the operator generates, the relays' TLS private keys;
  *   - the upstream password (basic-auth Secret), and an OAuth2 client secret (a second relay,
  *     whose token endpoint is unreachable, so its error path is exercised too).
- * Then it collects every container log (operator and relays, from the kubelet), every Event
+ * Then it collects every container log (operator and relays, from the kubelet's log files), every Event
  * (core and events.k8s.io), the status of every object of the kinds involved, and the
  * operator's and relays' /metrics, and checks that none of those secrets appears in them:
  * as sent, base64-encoded, each line of a PEM body, a JWT's signature.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Environment, CLUSTER_ISSUER, OPERATOR_NAMESPACE, RELAY_HOSTNAME, RELAY_NAMESPACE, UPSTREAM_HOSTNAME, httpGet, startEnvironment, waitFor } from './env.js';
+import { Environment, CLIENT_CIDRS, CLUSTER_ISSUER, OPERATOR_NAMESPACE, RELAY_HOSTNAME, RELAY_NAMESPACE, UPSTREAM_HOSTNAME, httpGet, startEnvironment, waitFor } from './env.js';
 import { KubeError } from '../../operator/runtime/kube.js';
 
 const UPSTREAM = { user: 'relay-at-upstream', pass: 'Upstream-Password-4f9c2e71' };
@@ -29,7 +29,7 @@ describe('end to end: no password, token or private key in any log, Event, statu
   const collected: { source: string; text: string }[] = [];
 
   before(async () => {
-    env = await startEnvironment({ sinkAuth: UPSTREAM, backoffBaseMs: 2000, ...(process.env['E2E_DEBUG'] ? { log: (l) => console.error(l), kubeletLog: (l) => console.error(l) } : {}) });
+    env = await startEnvironment({ sinkAuth: UPSTREAM, ...(process.env['E2E_DEBUG'] ? { log: (l) => console.error(l) } : {}) });
   });
   after(async () => {
     await env?.stop();
@@ -57,7 +57,7 @@ describe('end to end: no password, token or private key in any log, Event, statu
       replicas: 1,
       hostname: RELAY_HOSTNAME,
       tls: { issuerRef: { name: CLUSTER_ISSUER, kind: 'ClusterIssuer' } },
-      access: { allowedCidrs: ['198.18.0.0/15'] },
+      access: { allowedCidrs: CLIENT_CIDRS },
       dkim: [{ domain: 'example.com', selector: 'relay1' }],
     };
     const upstream = { host: UPSTREAM_HOSTNAME, port: env.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } };
@@ -100,20 +100,22 @@ describe('end to end: no password, token or private key in any log, Event, statu
     assert.match((await send('billing', BILLING_PASSWORD, 'billing@example.com')).response, /^250 /);
     assert.match((await send('reports', token, 'reports@example.com')).response, /^250 /, 'a ServiceAccount token login');
     await assert.rejects(env.send({ relay: 'outbound', user: 'billing', password: WRONG_GUESS, from: 'billing@example.com', to: 'x@example.net', endpoint: ep! }), /535|Invalid login|auth/i);
-    // rotation: the new password works (hot reload), then the old one is refused
+    // rotation: the new password works (hot reload, once the kubelet updated the pod's users file)
+    const reloads = await env.usersReloads('outbound');
     await env.kube.request('PATCH', `/api/v1/namespaces/${RELAY_NAMESPACE}/secrets/billing-smtp`, { contentType: 'application/merge-patch+json', body: { stringData: { password: BILLING_ROTATED } } });
+    await env.waitUsersReloaded('outbound', reloads);
     await waitFor('the rotated password to work', async () => {
       try {
         return /^250 /.test((await env.send({ relay: 'outbound', user: 'billing', password: BILLING_ROTATED, from: 'billing@example.com', to: 'someone@example.net', endpoint: ep! })).response);
       } catch {
         return false;
       }
-    }, 120_000);
+    }, 60_000, 2000);
     await env.sink.waitForMessages(base0 + 4, 60_000);
     // the OAuth2 relay accepts, then fails to get a token (its endpoint does not resolve): its error path runs
     await env.send({ relay: 'oauth', user: 'app2', password: app2Password, from: 'app2@example.org', to: 'someone@example.net', endpoint: oauthEp!, retries: 3 }).catch(() => undefined);
     const oauthPod = (await env.relayPods('oauth'))[0]!;
-    await waitFor('the OAuth2 relay to report its token failure', async () => /token/i.test(env.kubelet.logs(RELAY_NAMESPACE, oauthPod.name)), 60_000);
+    await waitFor('the OAuth2 relay to report its token failure', async () => /token/i.test(env.node.logs(RELAY_NAMESPACE, oauthPod.name)), 60_000);
 
     // every secret this run used
     for (const [v, what] of [
@@ -132,9 +134,9 @@ describe('end to end: no password, token or private key in any log, Event, statu
     assert.ok([...used.values()].some((w) => /dkim/i.test(w) && /tls|key/i.test(w)) || [...used.keys()].filter((v) => /PRIVATE KEY/.test(v)).length >= 3, `DKIM and TLS private keys are among them: ${[...used.values()].join('; ')}`);
 
     // every output
-    for (const c of env.kubelet.loggedContainers()) {
+    for (const c of env.node.loggedContainers()) {
       const [ns, pod, container] = c.split('/') as [string, string, string];
-      collected.push({ source: `log of ${c}`, text: env.kubelet.logs(ns, pod, container) });
+      collected.push({ source: `log of ${c}`, text: env.node.logs(ns, pod, container) });
     }
     for (const path of ['/api/v1/events', '/apis/events.k8s.io/v1/events']) {
       collected.push({ source: `Events ${path}`, text: JSON.stringify((await env.kube.get<{ items: unknown[] }>(path)).items) });

@@ -14,10 +14,15 @@
  *
  *   node            "srop-node", InternalIP 198.19.255.1 on lo (label lo:srop; this kernel has no dummy
  *                   interfaces)
- *                   (198.18.0.0/15 is RFC 2544's range for tests, never routed; the kubelet
- *                   stand-in uses 198.18.0.0/16, the cluster 198.19.0.0/16)
- *   Service range   198.19.0.0/24, a blackhole route, so a Service address that no
- *                   kube-proxy rule rewrites goes nowhere; kubernetes = .1, DNS = .10
+ *                   (198.18.0.0/15 is RFC 2544's range for tests, never routed; the cluster
+ *                   uses 198.19.0.0/16)
+ *   Service range   198.19.0.0/24, routed to lo from the node address (so the host's own
+ *                   clients reach Services through kube-proxy's OUTPUT rules); a Service
+ *                   address that no kube-proxy rule rewrites goes nowhere; kubernetes = .1, DNS = .10
+ *   API server      ServiceAccount admission on (pods get their token volume); listens on the node address (cp.server = https://198.19.255.1:<port>),
+ *                   its certificate valid for it, 198.19.0.1 and kubernetes.default.svc…;
+ *                   the `kubernetes` Service has an EndpointSlice to it, so pods (the
+ *                   operator, in-cluster) reach it as in a real cluster
  *   pod range       198.19.16.0/20 (host-local), one veth per pod (ptp), no masquerade; the
  *                   host forwards (ip_forward=1 while the cluster runs) only between pod
  *                   addresses: a chain SROP-CLUSTER-FWD drops pod traffic to anything else
@@ -86,6 +91,8 @@ export const NODE_IFACE = 'lo';
 export const NODE_LABEL = 'lo:srop';
 export const SERVICE_CIDR = '198.19.0.0/24';
 export const DNS_IP = '198.19.0.10';
+/** The ClusterIP of the `kubernetes` Service (the first of the Service range). */
+export const KUBERNETES_IP = '198.19.0.1';
 export const POD_CIDR = '198.19.16.0/20';
 export const CLUSTER_DOMAIN = 'cluster.local';
 export const PAUSE_IMAGE = 'localhost/smtp-relay-operator/pause:1';
@@ -503,7 +510,8 @@ async function cleanupMachine(log: (l: string) => void): Promise<string[]> {
   // 5. cgroups, the node interface, kernel settings.
   problems.push(...removeCgroups());
   await tryRun('ip', ['addr', 'del', `${NODE_IP}/32`, 'dev', NODE_IFACE]);
-  await tryRun('ip', ['route', 'del', 'blackhole', SERVICE_CIDR]);
+  await tryRun('ip', ['route', 'del', SERVICE_CIDR, 'dev', NODE_IFACE]);
+  await tryRun('ip', ['route', 'del', 'blackhole', SERVICE_CIDR]); // as older versions of this harness made it
   try {
     const saved = JSON.parse(readFileSync(SYSCTL_FILE, 'utf8')) as Record<string, string>;
     for (const [k, v] of Object.entries(saved)) {
@@ -683,10 +691,13 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     // --- the machine: node address, Service route, forwarding between pods only
     if (!existsSync(SYSCTL_FILE)) writeFileSync(SYSCTL_FILE, JSON.stringify(readKernelSettings()));
     // This kernel has no dummy interfaces: the node address goes on lo (the kernel answers for
-    // it on every interface, so pods reach it through their veth). Service addresses are a
-    // blackhole: kube-proxy rewrites them before routing, and nothing else leaves the machine.
+    // it on every interface, so pods reach it through their veth). Service addresses are
+    // routed to lo from the node address: kube-proxy rewrites them (PREROUTING for pods, OUTPUT
+    // for the host's own clients, which a blackhole route would fail before OUTPUT with
+    // EINVAL), and a packet nothing rewrote arrives on lo for an address that is not local and
+    // is dropped: nothing leaves the machine.
     await sh('ip', ['addr', 'add', `${NODE_IP}/32`, 'dev', NODE_IFACE, 'label', NODE_LABEL]);
-    await sh('ip', ['route', 'add', 'blackhole', SERVICE_CIDR]);
+    await sh('ip', ['route', 'add', SERVICE_CIDR, 'dev', NODE_IFACE, 'src', NODE_IP]);
     await sh('iptables', ['-w', '5', '-N', FWD_CHAIN]);
     await sh('iptables', ['-w', '5', '-A', FWD_CHAIN, '-s', POD_CIDR, '!', '-d', POD_CIDR, '-j', 'DROP']);
     await sh('iptables', ['-w', '5', '-A', FWD_CHAIN, '!', '-s', POD_CIDR, '-d', POD_CIDR, '-j', 'DROP']);
@@ -711,7 +722,15 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       log,
       defaultCrds: false,
       crdFiles: [...projectCrds, ...cmCrds, ...(opts.crdFiles ?? [])],
-      apiserverArgs: [`--service-cluster-ip-range=${SERVICE_CIDR}`],
+      // The ServiceAccount admission plugin back (the control plane harness disables it, as
+      // envtest does): pods get their projected token volume (token, the cluster CA from the
+      // kube-root-ca.crt ConfigMap, the namespace) at /var/run/secrets/kubernetes.io/serviceaccount,
+      // as in a real cluster. The flag must name some plugin: DefaultIngressClass (no Ingress here).
+      apiserverArgs: [`--service-cluster-ip-range=${SERVICE_CIDR}`, '--disable-admission-plugins=DefaultIngressClass'],
+      // On the node address (on lo), so pods reach it through the `kubernetes` Service
+      // (EndpointSlice below), with a serving certificate for the names they use.
+      address: NODE_IP,
+      servingSans: [`IP:${NODE_IP}`, `IP:${KUBERNETES_IP}`, 'DNS:kubernetes', 'DNS:kubernetes.default', `DNS:kubernetes.default.svc.${CLUSTER_DOMAIN}`],
       // Removes the kubelet's node.kubernetes.io/not-ready taint once the Node is Ready (and
       // taints it again, and evicts, if the kubelet stops reporting), as in a real cluster.
       // The StatefulSet controller runs the relays with a persistent queue (replicas.check.ts).
@@ -946,6 +965,20 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         addressType: 'IPv4',
         endpoints: [{ addresses: [NODE_IP], conditions: { ready: true }, nodeName: NODE_NAME }],
         ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }],
+      },
+    });
+
+    // --- the API server for pods: the `kubernetes` Service (made by the API server) to its
+    //     port on the node address. The API server runs with --endpoint-reconciler-type=none,
+    //     so this slice stands for the one its reconciler would write.
+    const kubernetesSvc = await core.readNamespacedService({ name: 'kubernetes', namespace: 'default' });
+    await kc.makeApiClient(k8s.DiscoveryV1Api).createNamespacedEndpointSlice({
+      namespace: 'default',
+      body: {
+        metadata: { name: 'kubernetes', namespace: 'default', labels: { 'kubernetes.io/service-name': 'kubernetes', 'endpointslice.kubernetes.io/managed-by': 'smtp-relay-operator-test-harness' } },
+        addressType: 'IPv4',
+        endpoints: [{ addresses: [NODE_IP], conditions: { ready: true } }],
+        ports: [{ name: kubernetesSvc.spec!.ports![0]!.name!, port: Number(new URL(server).port), protocol: 'TCP' }],
       },
     });
 

@@ -21,10 +21,16 @@
  *     opts.controllerManager?: boolean  start kube-controller-manager (default true)
  *     opts.extraControllers?: string[]  more kube-controller-manager controllers (the cluster
  *                                    harness adds node-lifecycle-controller)
- *     opts.apiserverArgs?: string[]  extra kube-apiserver flags (`--flag=value`)
+ *     opts.apiserverArgs?: string[]  extra kube-apiserver flags (`--flag=value`); each replaces a
+ *                                    same-named default flag (e.g. --disable-admission-plugins)
+ *     opts.address?: string          the address kube-apiserver binds and advertises (default
+ *                                    127.0.0.1; the cluster harness gives its node address, so
+ *                                    pods reach it through the `kubernetes` Service); cp.server uses it
+ *     opts.servingSans?: string[]    extra subjectAltNames of its serving certificate
+ *                                    (`IP:…` / `DNS:…`, e.g. the `kubernetes` Service's ClusterIP)
  *     opts.log?: (line: string) => void  progress lines (default: silent)
  *
- *   cp.server            https://127.0.0.1:<port>
+ *   cp.server            https://<opts.address, default 127.0.0.1>:<port>
  *   cp.kubeconfigPath    admin kubeconfig file (user "admin", group system:masters)
  *   cp.kubeconfig        @kubernetes/client-node KubeConfig loaded from it
  *   cp.caPath            cluster CA certificate (PEM file)
@@ -90,6 +96,10 @@ export interface ControlPlaneOptions {
   /** kube-controller-manager controllers started beside the default set (e.g. node-lifecycle-controller). */
   extraControllers?: string[];
   apiserverArgs?: string[];
+  /** Address kube-apiserver binds and advertises (default 127.0.0.1). */
+  address?: string;
+  /** Extra subjectAltNames (`IP:…`, `DNS:…`) of the API server's serving certificate. */
+  servingSans?: string[];
   log?: (line: string) => void;
 }
 
@@ -402,7 +412,7 @@ async function openssl(args: string[], cwd: string): Promise<void> {
   }
 }
 
-async function makePki(dir: string): Promise<void> {
+async function makePki(dir: string, servingSans: string[] = []): Promise<void> {
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await openssl(
     ['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '7', '-subj', '/CN=smtp-relay-operator-test-ca',
@@ -425,7 +435,7 @@ async function makePki(dir: string): Promise<void> {
     await writeFile(join(dir, 'sa.key'), privateKey, { mode: 0o600 });
   });
   await Promise.all([
-    leaf('apiserver', '/CN=kube-apiserver', ['extendedKeyUsage=serverAuth', 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc']),
+    leaf('apiserver', '/CN=kube-apiserver', ['extendedKeyUsage=serverAuth', `subjectAltName=${['IP:127.0.0.1', 'DNS:localhost', 'IP:10.0.0.1', 'DNS:kubernetes.default.svc', ...servingSans].join(',')}`]),
     leaf('admin', '/O=system:masters/CN=admin', ['extendedKeyUsage=clientAuth']),
     leaf('kcm', '/O=system:masters/CN=system:kube-controller-manager', ['extendedKeyUsage=clientAuth']),
     sa,
@@ -586,7 +596,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
   };
 
   try {
-    await makePki(dir);
+    await makePki(dir, opts.servingSans);
     const ca = readFileSync(join(dir, 'ca.crt'));
     const adminCert = readFileSync(join(dir, 'admin.crt'));
     const adminKey = readFileSync(join(dir, 'admin.key'));
@@ -633,10 +643,11 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     let apiserverFlags: string[] = [];
     for (let attempt = 1; ; attempt++) {
       const port = await freePort();
-      server = `https://127.0.0.1:${port}`;
-      apiserverFlags = [
-        '--advertise-address=127.0.0.1',
-        '--bind-address=127.0.0.1',
+      const address = opts.address ?? '127.0.0.1';
+      server = `https://${address}:${port}`;
+      apiserverFlags = mergeFlags([
+        `--advertise-address=${address}`,
+        `--bind-address=${address}`,
         `--secure-port=${port}`,
         `--cert-dir=${join(dir, 'apiserver-certs')}`,
         `--tls-cert-file=${join(dir, 'apiserver.crt')}`,
@@ -653,8 +664,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
         '--endpoint-reconciler-type=none',
         '--profiling=false',
         '--v=1',
-        ...(opts.apiserverArgs ?? []),
-      ];
+      ], opts.apiserverArgs ?? []);
       apiserver = startProcess(`kube-apiserver${attempt > 1 ? `-${attempt}` : ''}`, apiserverBin, apiserverFlags, logDir);
       procs.push(apiserver);
       const p = apiserver;

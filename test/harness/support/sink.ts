@@ -67,6 +67,8 @@ export interface SinkOptions {
   size?: number;
   /** Loopback port to listen on; default an ephemeral one. */
   port?: number;
+  /** Address to listen on (default 127.0.0.1; the e2e environment gives the cluster's node address). */
+  host?: string;
   /** Do not advertise PIPELINING (clients then wait for each reply). */
   noPipelining?: boolean;
   /** Advertise DSN (RFC 3461) and accept its parameters; default false (smtp-server's default). */
@@ -253,7 +255,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   await new Promise<void>((resolve, reject) => {
     const onErr = (e: Error) => reject(e);
     inner.once('error', onErr);
-    server.listen(opts.port ?? 0, '127.0.0.1', () => {
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
       inner.off('error', onErr);
       resolve();
     });
@@ -261,7 +263,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   const port = (inner.address() as net.AddressInfo).port;
 
   return {
-    host: '127.0.0.1',
+    host: opts.host ?? '127.0.0.1',
     port,
     caFile: cert.caFile,
     caPem: cert.caPem,

@@ -1,7 +1,7 @@
 /**
  * Reads the OCI image layout that `make image` exports (.cache/image/oci) and unpacks an
- * image's root filesystem once, for the runc runner to use as the read-only lower layer of
- * every container's root.
+ * image's root filesystem once, for tests that look at what the image ships
+ * (test/e2e/image-contents.test.ts).
  *
  * Unpacking applies the layers in order with OCI whiteouts (`.wh.NAME` deletes NAME,
  * `.wh..wh..opq` empties the directory), keeping file owners and modes (we run as root).
