@@ -36,7 +36,8 @@ build: deps
 
 # Every test is in test/: unit/ (pure functions of relay/ and operator/), relay/, operator/, chart/, e2e/ (suites), harness/ (the parts the suites run on, with their own tests).
 # Quoted: node --test expands ** itself; bash (no globstar) would read ** as * and miss files.
-TEST_FILES ?= 'dist/test/**/*.test.js'
+# The one-node cluster's checks run last (the e2e suite above also runs on that cluster).
+TEST_FILES ?= 'dist/test/**/*.test.js' dist/test/harness/cluster/cluster.check.js dist/test/harness/cluster/netpol.check.js dist/test/harness/cluster/replicas.check.js
 test: debian-packages build controlplane cluster image helm
 	node --test --test-concurrency=1 --test-timeout=600000 $(TEST_FILES)
 
