@@ -28,6 +28,10 @@ export const systemClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/** A message id: its arrival time (base 36, so ids sort by age) and 40 random bits. */
+const newId = (at: number): string => at.toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+const ID_PATTERN = /^[0-9a-z]{9,}[0-9a-f]{10}$/;
+
 /** The message could not be stored for another reason (database error). The session answers 451. */
 export class SpoolWriteError extends Error {
   readonly code = 'SPOOL_WRITE';
@@ -243,13 +247,9 @@ export class Spool {
    * then. Both carry `responseCode` and an enhanced-code message for the SMTP reply.
    */
   async enqueue(envelope: EnqueueEnvelope, body: Buffer): Promise<string> {
-    const full = await this.checkSpace(body.length);
-    if (full) {
-      this.metrics.refused.inc({ reason: full.reason });
-      throw full;
-    }
+    await this.ensureRoom(body.length);
     const created = this.clock.now();
-    const id = created.toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+    const id = newId(created);
     const env: StoredEnvelope = { id, created, mailFrom: envelope.mailFrom, rcptTo: [...envelope.rcptTo] };
     if (envelope.dsn) env.dsn = true;
     if (envelope.user) env.user = envelope.user;
@@ -257,29 +257,42 @@ export class Spool {
     if (envelope.ret) env.ret = envelope.ret;
     if (envelope.envid) env.envid = envelope.envid;
     if (envelope.rcptDsn?.length === envelope.rcptTo.length) env.rcptDsn = envelope.rcptDsn.map((r) => ({ ...r }));
-    const state = initialState(env);
+    await this.insert(env, initialState(env), body, 'a message');
+    return id;
+  }
+
+  /** Refuses (SpoolFullError, counted) a message of `size` bytes that does not fit. */
+  private async ensureRoom(size: number): Promise<void> {
+    const full = await this.checkSpace(size);
+    if (full) {
+      this.metrics.refused.inc({ reason: full.reason });
+      throw full;
+    }
+  }
+
+  /** The durable insert behind enqueue and adopt: fsynced, then counted and announced. */
+  private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string): Promise<void> {
     this.reserved += body.length;
     this.reservedMessages++;
     try {
-      await this.timed('enqueue', this.request({ op: 'insert', id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
+      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
     } catch (err) {
       if ((err as { code?: string }).code === 'ENOSPC') {
         this.metrics.refused.inc({ reason: 'disk_full' });
         this.free = undefined;
         throw new SpoolFullError('disk_full', 'disk full');
       }
-      this.log.error({ err: (err as Error).message }, 'could not store a message in the spool');
+      this.log.error({ err: (err as Error).message }, `could not store ${what} in the spool`);
       throw new SpoolWriteError(err as Error);
     } finally {
       this.reserved -= body.length;
       this.reservedMessages--;
     }
     if (this.free) this.free.writtenSince += body.length;
-    this.entries.set(id, { envelope: env, state, size: body.length });
+    this.entries.set(env.id, { envelope: env, state, size: body.length });
     this.bytes += body.length;
     this.updateGauges();
-    this.onEnqueue?.(id);
-    return id;
+    this.onEnqueue?.(env.id);
   }
 
   /**
@@ -294,36 +307,11 @@ export class Spool {
     if (held && held.envelope.created === envelope.created && held.envelope.mailFrom === envelope.mailFrom && held.size === body.length) {
       return { id: envelope.id, duplicate: true };
     }
-    const full = await this.checkSpace(body.length);
-    if (full) {
-      this.metrics.refused.inc({ reason: full.reason });
-      throw full;
-    }
+    await this.ensureRoom(body.length);
     const env: StoredEnvelope = { ...envelope, rcptTo: [...envelope.rcptTo] };
     // an id taken here by another message (or one whose removal is pending): a new one
-    if (held || this.pendingDeletes.has(env.id) || !/^[0-9a-z]{9,}[0-9a-f]{10}$/.test(env.id)) env.id = this.clock.now().toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
-    const checked = checkState(state, env) ?? initialState(env);
-    this.reserved += body.length;
-    this.reservedMessages++;
-    try {
-      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(checked), body }));
-    } catch (err) {
-      if ((err as { code?: string }).code === 'ENOSPC') {
-        this.metrics.refused.inc({ reason: 'disk_full' });
-        this.free = undefined;
-        throw new SpoolFullError('disk_full', 'disk full');
-      }
-      this.log.error({ err: (err as Error).message }, 'could not store a handed-over message in the spool');
-      throw new SpoolWriteError(err as Error);
-    } finally {
-      this.reserved -= body.length;
-      this.reservedMessages--;
-    }
-    if (this.free) this.free.writtenSince += body.length;
-    this.entries.set(env.id, { envelope: env, state: checked, size: body.length });
-    this.bytes += body.length;
-    this.updateGauges();
-    this.onEnqueue?.(env.id);
+    if (held || this.pendingDeletes.has(env.id) || !ID_PATTERN.test(env.id)) env.id = newId(this.clock.now());
+    await this.insert(env, checkState(state, env) ?? initialState(env), body, 'a handed-over message');
     return { id: env.id, duplicate: false };
   }
 
