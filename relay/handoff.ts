@@ -21,6 +21,7 @@ import prom from 'prom-client';
 import type { EntryState, RecipientState, StoredEnvelope } from './spool/types.js';
 import type { Spool } from './spool/store.js';
 import { oneLine } from './replies.js';
+import { collectBody } from './peers.js';
 
 export const HANDOFF_PATH = '/v1/handoff';
 
@@ -121,26 +122,6 @@ export interface ReceiverOptions {
   counter: HandoffCounter;
 }
 
-function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let n = 0;
-    req.on('data', (c: Buffer) => {
-      n += c.length;
-      if (n > limit) {
-        // answered (507) by the caller, then the connection is closed without reading the rest
-        req.pause();
-        req.removeAllListeners('data');
-        resolve(undefined);
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
-
 const answer = (res: http.ServerResponse, status: number, body: object) => {
   if (!res.headersSent) res.writeHead(status, { 'Content-Type': 'application/json' }).end(JSON.stringify(body) + '\n');
 };
@@ -160,7 +141,7 @@ export function serveHandoff(channel: Pick<PeerLink, 'route'>, o: ReceiverOption
     if (!o.accepting()) return refuse(503, 'refused', 'draining');
     let data: Buffer | undefined;
     try {
-      data = await readBody(req, o.maxMessageBytes + 4 * 1024 * 1024 + 1);
+      data = await collectBody(req, o.maxMessageBytes + 4 * 1024 * 1024 + 1);
     } catch {
       return refuse(400, 'invalid', 'request not read');
     }

@@ -150,17 +150,20 @@ function readToken(file: string): Buffer {
   return Buffer.from(fs.readFileSync(file, 'utf8').trim(), 'utf8');
 }
 
-/** Reads a request body up to `max` bytes; rejects (and answers 413) beyond. */
-export function readBody(req: http.IncomingMessage, res: http.ServerResponse, max = MAX_BODY_BYTES): Promise<Buffer> {
+/**
+ * Reads a request body up to `max` bytes. Beyond it: undefined, with the request paused and
+ * the rest left unread, so that the caller can answer before it closes the connection.
+ */
+export function collectBody(req: http.IncomingMessage, max: number): Promise<Buffer | undefined> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > max) {
-        res.writeHead(413, { Connection: 'close' }).end();
-        req.destroy();
-        reject(new Error(`request body over ${max} bytes`));
+        req.pause();
+        req.removeAllListeners('data');
+        resolve(undefined);
         return;
       }
       chunks.push(c);
@@ -168,6 +171,15 @@ export function readBody(req: http.IncomingMessage, res: http.ServerResponse, ma
     req.on('end', () => resolve(Buffer.concat(chunks)));
     req.on('error', reject);
   });
+}
+
+/** Reads a request body up to `max` bytes; beyond it answers 413, closes the connection once that is sent, and rejects. */
+export async function readBody(req: http.IncomingMessage, res: http.ServerResponse, max = MAX_BODY_BYTES): Promise<Buffer> {
+  const body = await collectBody(req, max);
+  if (body) return body;
+  res.once('finish', () => req.destroy());
+  res.writeHead(413, { Connection: 'close' }).end();
+  throw new Error(`request body over ${max} bytes`);
 }
 
 /**
