@@ -1,6 +1,6 @@
 // The informers a reconcile reads from (controllers/context.ts Caches): the
-// SmtpRelays, the children by kind (managed-by label), and every Secret's
-// metadata. What each keeps is trimmed, so memory grows with what the
+// SmtpRelays, the children by kind (managed-by label), and every Secret's and
+// ServiceAccount's metadata. What each keeps is trimmed, so memory grows with what the
 // reconcile reads and status churn on children triggers nothing.
 
 import type { Logger } from 'pino';
@@ -10,7 +10,7 @@ import type { OperatorMetrics } from './metrics.js';
 import type { Clock } from './runtime/clock.js';
 import { InformerGroup, type ListReason } from './runtime/informer.js';
 import type { Kube, KubeObject, Resource } from './runtime/kube.js';
-import { CORE_CHILD_RESOURCES, Certificates, Secrets, ServiceMonitors, SmtpRelays } from './runtime/resources.js';
+import { CORE_CHILD_RESOURCES, Certificates, Secrets, ServiceAccounts, ServiceMonitors, SmtpRelays } from './runtime/resources.js';
 
 export interface CacheOptions {
   kube: Kube;
@@ -67,9 +67,24 @@ export function createCaches(o: CacheOptions, features: Features): OperatorCache
       return obj;
     },
   });
+  // Every ServiceAccount's metadata (name, namespace, uid: a few hundred bytes each), for
+  // the users that log in with a ServiceAccount token: one deleted or re-created takes
+  // its user out of the relay, or changes the uid its tokens must carry, at once.
+  const serviceAccountMeta = new InformerGroup<KubeObject>(o.namespaces, {
+    ...informerOpts(ServiceAccounts),
+    resource: ServiceAccounts,
+    metadataOnly: true,
+    transform: (obj) => {
+      if (obj.metadata) {
+        delete obj.metadata.annotations;
+        delete obj.metadata.labels;
+      }
+      return obj;
+    },
+  });
   return {
-    caches: { relays, children, secretMeta },
-    informers: [relays as unknown as InformerGroup<KubeObject>, ...children.values(), secretMeta],
+    caches: { relays, children, secretMeta, serviceAccountMeta },
+    informers: [relays as unknown as InformerGroup<KubeObject>, ...children.values(), secretMeta, serviceAccountMeta],
     childInformer,
   };
 }

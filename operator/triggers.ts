@@ -1,9 +1,11 @@
 // Which cache events reconcile which SmtpRelay: a relay's own spec changes,
-// any change its children's cache keeps, and a change to a Secret it reads.
+// any change its children's cache keeps, a change to a Secret it reads, and
+// the creation or deletion of a ServiceAccount its users log in as.
 
 import { GROUP, KIND, type SmtpRelay } from './api/v1alpha1.js';
 import type { Caches } from './controllers/context.js';
 import { childChanged } from './caches.js';
+import { serviceAccountReadKey } from './controllers/credentials/service-accounts.js';
 import type { InformerGroup } from './runtime/informer.js';
 import { type KubeObject, keyOf } from './runtime/kube.js';
 
@@ -32,6 +34,11 @@ export function routeEvents(caches: Caches, index: SecretIndex, enqueue: Enqueue
     },
     delete: toReaders,
   });
+  // A ServiceAccount's existence and uid are all a relay reads of it: updates don't matter.
+  const toAccountUsers = (o: KubeObject) => {
+    for (const k of index.relaysFor(serviceAccountReadKey(o.metadata?.namespace ?? '', o.metadata?.name ?? ''))) enqueue(k);
+  };
+  caches.serviceAccountMeta.on({ add: toAccountUsers, update: () => {}, delete: toAccountUsers });
 }
 
 /** A child's events reconcile its controlling SmtpRelay. */
@@ -58,7 +65,7 @@ export function ownerKey(obj: KubeObject): string | undefined {
   return ref && obj.metadata?.namespace ? `${obj.metadata.namespace}/${ref.name}` : undefined;
 }
 
-/** Secret (namespace/name) → SmtpRelays that read it; maintained from each reconcile. */
+/** Secret (namespace/name) or ServiceAccount (serviceAccountReadKey) → SmtpRelays that read it; maintained from each reconcile. */
 export class SecretIndex {
   private readonly bySecret = new Map<string, Set<string>>();
   private readonly byRelay = new Map<string, Set<string>>();

@@ -239,7 +239,12 @@ export interface UserEntry {
    */
   passwordHash?: string;
   /** The user logs in with a projected token of this ServiceAccount as the password (auth.serviceAccountTokens). */
-  serviceAccount?: { namespace: string; name: string };
+  serviceAccount?: {
+    namespace: string;
+    name: string;
+    /** The ServiceAccount's metadata.uid; when given, a token must carry it (the tokens of a deleted and re-created account are refused). The operator writes it. */
+    uid?: string;
+  };
   /** Sender patterns: "user@domain" or "*@domain" (case-insensitive). */
   allowedSenders: string[];
   /** Messages per period; absent = unlimited. */

@@ -6,7 +6,7 @@
 // Checked: the signature (asymmetric algorithms only, so "none" and HS256 with
 // a public key as the secret are refused), iss, aud, exp (required) and nbf with
 // a small clock skew, and the kubernetes.io claims (and sub) naming exactly the
-// ServiceAccount of the user entry. jose does the JOSE work (not hand-rolled).
+// ServiceAccount of the user entry (and its uid, when the users file gives it). jose does the JOSE work (not hand-rolled).
 
 import fs from 'node:fs';
 import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
@@ -25,6 +25,12 @@ export const MAX_TOKEN_LENGTH = 16 * 1024;
 export interface ServiceAccountRef {
   namespace: string;
   name: string;
+  /**
+   * The ServiceAccount's metadata.uid, when the operator knows it: a token must name this
+   * uid, so the tokens of a deleted ServiceAccount stay refused when one of the same name is
+   * created again (the API server makes the same check online; this relay checks offline).
+   */
+  uid?: string;
 }
 
 export interface TokenIssuer {
@@ -72,6 +78,9 @@ export class TokenVerifier {
     const sub = `system:serviceaccount:${account.namespace}:${account.name}`;
     if (!k8s || typeof k8s !== 'object' || k8s.namespace !== account.namespace || k8s.serviceaccount?.name !== account.name || payload.sub !== sub) {
       return { ok: false, reason: `token of another ServiceAccount (sub ${String(payload.sub).slice(0, 200)})` };
+    }
+    if (account.uid !== undefined && k8s.serviceaccount?.uid !== account.uid) {
+      return { ok: false, reason: 'token of a deleted ServiceAccount of that name (its uid is not the current one)' };
     }
     const pod = typeof k8s.pod?.name === 'string' ? k8s.pod.name : undefined;
     return pod ? { ok: true, pod } : { ok: true };

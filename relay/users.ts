@@ -20,6 +20,8 @@ export interface User {
 export type UserTable = Map<string, User>;
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** metadata.uid: a UUID as the API server writes it (lower-case hex with dashes). */
+const UID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 export function validateUsers(doc: unknown, file: string): UserTable {
@@ -47,13 +49,15 @@ export function validateUsers(doc: unknown, file: string): UserTable {
     }
     let serviceAccount: ServiceAccountRef | undefined;
     if (o.serviceAccount !== undefined) {
-      const sa = c.object(join(p, 'serviceAccount'), o.serviceAccount, ['namespace', 'name'], []);
+      const sa = c.object(join(p, 'serviceAccount'), o.serviceAccount, ['namespace', 'name'], ['uid']);
       const namespace = sa?.namespace === undefined ? undefined : c.string(join(p, 'serviceAccount.namespace'), sa.namespace);
       const saName = sa?.name === undefined ? undefined : c.string(join(p, 'serviceAccount.name'), sa.name);
+      const uid = sa?.uid === undefined ? undefined : c.string(join(p, 'serviceAccount.uid'), sa.uid);
       if (namespace !== undefined && saName !== undefined) {
         if (!DNS_LABEL.test(namespace)) c.fail(join(p, 'serviceAccount.namespace'), `${show(namespace)} is not a namespace name`);
         else if (!DNS_SUBDOMAIN.test(saName)) c.fail(join(p, 'serviceAccount.name'), `${show(saName)} is not a ServiceAccount name`);
-        else serviceAccount = { namespace, name: saName };
+        else if (uid !== undefined && !UID.test(uid)) c.fail(join(p, 'serviceAccount.uid'), `${show(uid)} is not a Kubernetes uid`);
+        else serviceAccount = uid !== undefined ? { namespace, name: saName, uid } : { namespace, name: saName };
       }
     }
     if (o.passwordHash !== undefined && o.serviceAccount !== undefined) c.fail(p, 'has both passwordHash and serviceAccount; give one');

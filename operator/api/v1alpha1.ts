@@ -231,6 +231,8 @@ export const Reason = {
   UserSecretInvalid: 'UserSecretInvalid',
   /** A ServiceAccount user is left out: the cluster's token issuer keys could not be fetched yet. */
   IssuerKeysUnavailable: 'IssuerKeysUnavailable',
+  /** A ServiceAccount user is left out: its ServiceAccount does not exist (or cannot be read). */
+  ServiceAccountNotFound: 'ServiceAccountNotFound',
   // UpstreamReady
   UpstreamConfigured: 'UpstreamConfigured',
   UpstreamCredentialsNotFound: 'UpstreamCredentialsNotFound',

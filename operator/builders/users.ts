@@ -92,17 +92,23 @@ export async function buildUsersFile(
   existing: UsersFile | undefined,
   hasher: PasswordHasher,
   costs: PasswordCosts = PASSWORD_COSTS,
-  /** Whether ServiceAccount users go in (false while the issuer keys are unknown: they could not log in anyway). */
-  serviceAccounts = true,
+  /**
+   * The ServiceAccount users that go in, user name → the account's uid (written beside the
+   * name: a token must carry it). Absent = every ServiceAccount user, without a uid; a user
+   * missing from the map is left out (issuer keys unknown, or the account does not exist).
+   */
+  serviceAccounts?: ReadonlyMap<string, string>,
 ): Promise<UsersFile> {
   const previous = new Map<string, string>();
   for (const u of existing?.users ?? []) if (u.passwordHash !== undefined) previous.set(u.name, u.passwordHash);
   const users: UserEntry[] = [];
   for (const user of relay.spec.auth.users) {
     if (user.serviceAccount) {
-      if (!serviceAccounts) continue;
+      const uid = serviceAccounts?.get(user.name);
+      if (serviceAccounts && uid === undefined) continue;
       // no password: the relay verifies the ServiceAccount's token (auth.serviceAccountTokens)
-      const entry: UserEntry = { name: user.name, serviceAccount: { namespace: user.serviceAccount.namespace, name: user.serviceAccount.name }, allowedSenders: [...user.allowedSenders] };
+      const account = { namespace: user.serviceAccount.namespace, name: user.serviceAccount.name, ...(uid !== undefined ? { uid } : {}) };
+      const entry: UserEntry = { name: user.name, serviceAccount: account, allowedSenders: [...user.allowedSenders] };
       if (user.rateLimit) entry.rateLimit = { messages: user.rateLimit.messages, per: user.rateLimit.per };
       users.push(entry);
       continue;

@@ -22,6 +22,8 @@ export interface Caches {
   children: Map<string, InformerGroup<KubeObject>>;
   /** Every Secret in the watched namespaces, metadata only (PartialObjectMetadata). */
   secretMeta: InformerGroup<KubeObject>;
+  /** Every ServiceAccount in the watched namespaces, metadata only (for ServiceAccount-token users). */
+  serviceAccountMeta: InformerGroup<KubeObject>;
 }
 
 export interface OperatorOptions {
@@ -70,7 +72,7 @@ export interface SyncContext {
 export interface ReconcileScope {
   readonly relay: SmtpRelay & KubeObject;
   readonly log: Logger;
-  /** Secrets (namespace/name) this relay reads. */
+  /** Secrets (namespace/name) and ServiceAccounts (serviceAccountReadKey) this relay reads. */
   readonly reads: Set<string>;
 }
 

@@ -351,6 +351,11 @@ export class InformerGroup<T extends KubeObject> {
     for (const i of this.informers()) i.on(h);
   }
 
+  /** Whether this group watches `namespace` (a miss in get() then means the object does not exist). */
+  watches(namespace: string): boolean {
+    return this.all !== undefined || this.byNamespace.has(namespace);
+  }
+
   get(namespace: string, name: string): T | undefined {
     const inf = this.all ?? this.byNamespace.get(namespace);
     return inf?.get(namespace, name);

@@ -152,12 +152,14 @@ export function credentialsCondition(relay: SmtpRelay, problems: readonly UserPr
   if (problems.length === 0) {
     return { type: ConditionType.CredentialsReady, status: 'True', reason: Reason.CredentialsValid, message: `${total} user${total === 1 ? '' : 's'} can authenticate` };
   }
-  const passwordProblems = problems.filter((p) => p.reason !== Reason.IssuerKeysUnavailable);
+  // A password problem names the reason first; else a ServiceAccount user's
+  const passwordProblems = problems.filter((p) => p.reason !== Reason.IssuerKeysUnavailable && p.reason !== Reason.ServiceAccountNotFound);
   const refused = passwordProblems.some((p) => p.reason !== Reason.UserSecretInvalid);
+  const tokenReason = problems.some((p) => p.reason === Reason.ServiceAccountNotFound) ? Reason.ServiceAccountNotFound : Reason.IssuerKeysUnavailable;
   return {
     type: ConditionType.CredentialsReady,
     status: 'False',
-    reason: passwordProblems.length === 0 ? Reason.IssuerKeysUnavailable : refused ? Reason.PasswordRefused : Reason.UserSecretInvalid,
+    reason: passwordProblems.length === 0 ? tokenReason : refused ? Reason.PasswordRefused : Reason.UserSecretInvalid,
     message: `${problems.length} of ${total} users left out: ${problems.map((p) => `${p.user}: ${p.message}`).join('; ')}`,
   };
 }

@@ -50,7 +50,10 @@ export type Log = (line: string) => void;
 export interface RelayOptions {
   name: string;
   replicas?: number;
-  users?: { name: string; allowedSenders: string[] }[];
+  /** spec.auth.users as written; a user names a password Secret (default) or a ServiceAccount. */
+  users?: { name: string; allowedSenders: string[]; serviceAccount?: { namespace: string; name: string } }[];
+  /** spec.auth.lockout as written (absent: the CRD's defaults). */
+  lockout?: { maxFailures: number; window: string; duration: string };
   dkim?: boolean;
   /** spec.queue as written (absent: inline mode). */
   queue?: Record<string, unknown>;
@@ -344,7 +347,7 @@ export class Environment {
           replicas: o.replicas ?? 2,
           hostname: RELAY_HOSTNAME,
           tls: { issuerRef: { name: CLUSTER_ISSUER, kind: 'ClusterIssuer' } },
-          auth: { users: o.users ?? [{ name: 'app', allowedSenders: ['app@example.com'] }] },
+          auth: { users: o.users ?? [{ name: 'app', allowedSenders: ['app@example.com'] }], ...(o.lockout ? { lockout: o.lockout } : {}) },
           access: { allowedCidrs: CLIENT_CIDRS },
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),

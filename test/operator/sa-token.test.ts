@@ -85,13 +85,14 @@ test('the real API server issues the token, the operator publishes its keys, and
   const jwks = JSON.parse(unb64(users.data['jwks.json'])) as { keys: Record<string, unknown>[] };
   assert.deepEqual(jwks, await kube.get('/openid/v1/jwks', { accept: 'application/jwk-set+json, application/json' }), 'the keys the API server serves');
   const table = validateUsers(YAML.parse(unb64(users.data['users.yaml'])), 'users.yaml');
-  assert.deepEqual(table.get('reports')?.serviceAccount, { namespace: 'apps', name: 'reports' });
+  const reportsUid = (await get(kube, '/api/v1/namespaces/apps/serviceaccounts/reports')).metadata.uid as string;
+  assert.deepEqual(table.get('reports')?.serviceAccount, { namespace: 'apps', name: 'reports', uid: reportsUid }, "the account's uid beside its name");
   assert.equal(table.get('reports')?.hash, undefined, 'no password hash for the ServiceAccount user');
   const deployment = await get(kube, '/apis/apps/v1/namespaces/mail/deployments/tok');
   assert.match(JSON.stringify(deployment.spec.template.spec.volumes), /"key":"jwks.json"/);
 
   const verifier = new TokenVerifier({ issuer: config.auth.serviceAccountTokens!.issuer, audience: config.auth.serviceAccountTokens!.audience, jwks: jwks as never });
-  const account = { namespace: 'apps', name: 'reports' };
+  const account = table.get('reports')!.serviceAccount!;
   assert.deepEqual(await verifier.verify(await tokenFor('apps', 'reports', 'smtprelay.dev/mail/tok'), account), { ok: true });
   const wrongAudience = await verifier.verify(await tokenFor('apps', 'reports', 'smtprelay.dev/mail/another-relay'), account);
   assert.equal(wrongAudience.ok, false);
@@ -115,4 +116,37 @@ test('a password change in the user\'s Secret reaches the binding Secret', async
     body: { data: { password: b64('second-password-0123456789') } },
   });
   await eventually('the new password in the binding', async () => unb64((await binding()).data.password) === 'second-password-0123456789');
+});
+
+test('a deleted ServiceAccount takes its user out at once (CredentialsReady=False, no binding); re-created, its old tokens stay refused and new ones work', async () => {
+  const usersTable = async () => validateUsers(YAML.parse(unb64((await get(kube, '/api/v1/namespaces/mail/secrets/tok-users')).data['users.yaml'])), 'users.yaml');
+  const cm = await get(kube, '/api/v1/namespaces/mail/configmaps/tok-config');
+  const config = YAML.parse(cm.data['config.yaml']) as RelayConfig;
+  const jwks = JSON.parse(unb64((await get(kube, '/api/v1/namespaces/mail/secrets/tok-users')).data['jwks.json']));
+  const verifier = new TokenVerifier({ issuer: config.auth.serviceAccountTokens!.issuer, audience: 'smtprelay.dev/mail/tok', jwks });
+  const oldToken = await tokenFor('apps', 'reports', 'smtprelay.dev/mail/tok');
+
+  await kube.request('DELETE', '/api/v1/namespaces/apps/serviceaccounts/reports');
+  const relay = await eventually('CredentialsReady=False for the deleted account', async () => {
+    const r = await getRelay(kube, 'mail', 'tok');
+    return condition(r, 'CredentialsReady')?.status === 'False' ? r : undefined;
+  });
+  const c = condition(relay, 'CredentialsReady')!;
+  assert.equal(c.reason, 'ServiceAccountNotFound');
+  assert.match(c.message, /reports: ServiceAccount apps\/reports does not exist; its tokens are refused/);
+  assert.equal((await usersTable()).has('reports'), false, 'the user is out of the users file: the relay refuses every token for it');
+  assert.equal((await usersTable()).has('app'), true, 'the other users stay');
+  await eventually('the binding Secret gone from status', async () => ((await getRelay(kube, 'mail', 'tok'))?.status?.bindings ?? []).every((b: { user: string }) => b.user !== 'reports'));
+  const events = await kube.get<{ items: { reason: string; message: string }[] }>('/api/v1/namespaces/mail/events');
+  assert.ok(events.items.some((e) => e.reason === 'ServiceAccountNotFound' && /user reports left out/.test(e.message)), 'a Warning event says why');
+
+  await kube.request('POST', '/api/v1/namespaces/apps/serviceaccounts', { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'reports', namespace: 'apps' } } });
+  const newUid = (await get(kube, '/api/v1/namespaces/apps/serviceaccounts/reports')).metadata.uid as string;
+  const account = await eventually('the user back with the new uid', async () => {
+    const a = (await usersTable()).get('reports')?.serviceAccount;
+    return a?.uid === newUid ? a : undefined;
+  });
+  assert.equal(condition(await getRelay(kube, 'mail', 'tok'), 'CredentialsReady')?.status, 'True');
+  assert.deepEqual(await verifier.verify(oldToken, account), { ok: false, reason: 'token of a deleted ServiceAccount of that name (its uid is not the current one)' });
+  assert.deepEqual(await verifier.verify(await tokenFor('apps', 'reports', 'smtprelay.dev/mail/tok'), account), { ok: true });
 });

@@ -15,6 +15,7 @@ import { credentialsCondition, upstreamCondition, type UserProblem } from '../..
 import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, checkUpstreamOAuth2Secret, readUserPassword } from '../../status/secret-checks.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
+import { serviceAccountUids } from './service-accounts.js';
 
 export const CONTROLLER = 'credentials';
 
@@ -46,6 +47,9 @@ export async function syncUsers(ctx: SyncContext, scope: ReconcileScope): Promis
       problems.push({ user: u.name, reason: Reason.IssuerKeysUnavailable, message: `the cluster's ServiceAccount issuer keys are unavailable (${why}); the operator needs get on ${'/.well-known/openid-configuration'} and /openid/v1/jwks` });
     }
   }
+  // ...and their ServiceAccounts must exist: a deleted one's tokens are refused at once
+  const accounts = issuer ? await serviceAccountUids(ctx, scope, tokenUsers) : { uids: new Map<string, string>(), problems: [] };
+  problems.push(...accounts.problems);
   const caCrt = await readSecretDerived(ctx, scope, ns, names.tlsSecret, 'tls-ca', (s) => {
     const b64 = s?.data?.[TLS_CA_KEY];
     return b64 ? Buffer.from(b64, 'base64').toString('utf8') : undefined;
@@ -57,10 +61,10 @@ export async function syncUsers(ctx: SyncContext, scope: ReconcileScope): Promis
     // The hashed users file keeps a hash while its password still matches, so an
     // unchanged password never rewrites the Secret.
     const existing = readUsersSecret(cachedChild(ctx, 'Secret', ns, names.usersSecret) as { data?: Record<string, string> } | undefined);
-    usersSecret = buildUsersSecret(relay, await buildUsersFile(relay, passwords, existing, ctx.hasher, undefined, !!issuer), issuer?.jwks);
+    usersSecret = buildUsersSecret(relay, await buildUsersFile(relay, passwords, existing, ctx.hasher, undefined, accounts.uids), issuer?.jwks);
     for (const user of relay.spec.auth.users) {
       const accepted = passwords.get(user.name);
-      if (user.serviceAccount ? !issuer : !accepted) continue;
+      if (user.serviceAccount ? !accounts.uids.has(user.name) : !accepted) continue;
       bindingSecrets.push(buildBindingSecret(relay, user, { ...(accepted ? { password: accepted.password } : {}), ...(caCrt ? { caCrt } : {}) }));
       bindings.push({ user: user.name, secretName: bindingSecretName(relay, user) });
     }

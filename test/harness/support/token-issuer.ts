@@ -2,9 +2,12 @@
 // its own signing key, a JWKS of it, and tokens with the claims the API server
 // puts in a bound (projected) token. jose signs; nothing hand-rolled.
 
+import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JSONWebKeySet, type JWK } from 'jose';
 
 export const TEST_ISSUER = 'https://kubernetes.default.svc.cluster.local';
+
+export const TEST_ACCOUNT_UID = '0b1c7a4e-1111-4222-8333-444455556666';
 
 export interface TokenClaims {
   namespace: string;
@@ -16,6 +19,8 @@ export interface TokenClaims {
   /** Seconds from now the token becomes valid; default 0 (now). */
   notBefore?: number;
   issuer?: string;
+  /** The ServiceAccount's uid (kubernetes.io.serviceaccount.uid); default a fixed one. */
+  uid?: string;
 }
 
 export class TestTokenIssuer {
@@ -31,6 +36,16 @@ export class TestTokenIssuer {
     return new TestTokenIssuer(privateKey, jwk, alg);
   }
 
+  /**
+   * An issuer with an existing RSA signing key (PKCS#8 or PKCS#1 PEM), e.g. the test cluster's
+   * own --service-account-signing-key-file, with the kid the API server gives that key.
+   */
+  static fromPrivateKeyPem(pem: string, kid: string): TestTokenIssuer {
+    const key = createPrivateKey(pem);
+    const jwk = { ...(createPublicKey(key).export({ format: 'jwk' }) as JWK), kid, alg: 'RS256', use: 'sig' };
+    return new TestTokenIssuer(key as unknown as CryptoKey, jwk, 'RS256');
+  }
+
   get jwks(): JSONWebKeySet {
     return { keys: [this.publicJwk] };
   }
@@ -41,7 +56,7 @@ export class TestTokenIssuer {
     return new SignJWT({
       'kubernetes.io': {
         namespace: c.namespace,
-        serviceaccount: { name: c.serviceAccount, uid: '0b1c7a4e-1111-4222-8333-444455556666' },
+        serviceaccount: { name: c.serviceAccount, uid: c.uid ?? TEST_ACCOUNT_UID },
         pod: { name: podName, uid: '9a8b7c6d-1111-4222-8333-444455556666' },
       },
     })

@@ -4,6 +4,7 @@ import type { Caches } from '../../../operator/controllers/context.js';
 import type { InformerHandlers } from '../../../operator/runtime/informer.js';
 import type { KubeObject } from '../../../operator/runtime/kube.js';
 import { SecretIndex, ownerKey, routeEvents } from '../../../operator/triggers.js';
+import { serviceAccountReadKey } from '../../../operator/controllers/credentials/service-accounts.js';
 
 test('the Secret index maps a Secret to every relay that reads it and forgets dropped references', () => {
   const idx = new SecretIndex();
@@ -39,11 +40,12 @@ function routed() {
   const relays = fakeInformer();
   const deployments = fakeInformer();
   const secretMeta = fakeInformer();
-  const caches = { relays, children: new Map([['Deployment', deployments]]), secretMeta } as unknown as Caches;
+  const serviceAccountMeta = fakeInformer();
+  const caches = { relays, children: new Map([['Deployment', deployments]]), secretMeta, serviceAccountMeta } as unknown as Caches;
   const index = new SecretIndex();
   const queued: string[] = [];
   routeEvents(caches, index, (key) => queued.push(key));
-  return { relays: relays.handlers[0]!, deployments: deployments.handlers[0]!, secrets: secretMeta.handlers[0]!, index, queued };
+  return { relays: relays.handlers[0]!, deployments: deployments.handlers[0]!, secrets: secretMeta.handlers[0]!, accounts: serviceAccountMeta.handlers[0]!, index, queued };
 }
 
 const relay = (rv: string, generation: number, labels?: Record<string, string>) =>
@@ -85,4 +87,18 @@ test('a changed Secret reconciles every relay that read it, and no other', () =>
   assert.deepEqual(r.queued, [], 'same resourceVersion (a resync)');
   r.secrets.add?.(secret('unrelated', '1'));
   assert.deepEqual(r.queued, []);
+});
+
+test('a ServiceAccount created or deleted reconciles the relays whose users log in as it; an update to it does not', () => {
+  const r = routed();
+  r.index.set('mail/a', new Set([serviceAccountReadKey('apps', 'reports'), 'apps/reports']));
+  const account = (rv: string) => ({ kind: 'ServiceAccount', metadata: { namespace: 'apps', name: 'reports', uid: 'u1', resourceVersion: rv } }) as KubeObject;
+  r.accounts.delete?.(account('1'));
+  r.accounts.add?.(account('2'));
+  assert.deepEqual(r.queued, ['mail/a', 'mail/a']);
+  r.queued.length = 0;
+  r.accounts.update?.(account('2'), account('3'));
+  assert.deepEqual(r.queued, [], 'only existence and uid matter, and an update keeps the uid');
+  r.secrets.add?.({ kind: 'Secret', metadata: { namespace: 'apps', name: 'reports', resourceVersion: '1' } } as KubeObject);
+  assert.deepEqual(r.queued, ['mail/a'], 'a Secret of the same name is its own key');
 });

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TokenVerifier, loadJwks } from '../../../relay/sa-token.js';
 import { validateUsers } from '../../../relay/users.js';
-import { TEST_ISSUER, TestTokenIssuer } from '../../harness/support/token-issuer.js';
+import { TEST_ACCOUNT_UID, TEST_ISSUER, TestTokenIssuer } from '../../harness/support/token-issuer.js';
 
 // The test plays the API server's token issuer (its own key, JWKS and claims).
 const AUDIENCE = 'smtprelay.dev/mail/outbound';
@@ -46,6 +46,15 @@ test('a token of another ServiceAccount, or of the same name in another namespac
   assert.equal(other.ok, false);
   assert.match((other as { reason: string }).reason, /another ServiceAccount/);
   assert.equal((await verifier.verify(await issuer.token({ ...good, namespace: 'other' }), ACCOUNT)).ok, false);
+});
+
+test('with the account uid in the users file, a token must carry it: a deleted and re-created account\'s old tokens are refused', async () => {
+  const bound = { ...ACCOUNT, uid: TEST_ACCOUNT_UID };
+  assert.deepEqual(await verifier.verify(await issuer.token(good), bound), { ok: true, pod: 'reports-7d9f8b6c5-x2x4z' });
+  const old = await issuer.token({ ...good, uid: 'aaaaaaaa-1111-4222-8333-444455556666' });
+  assert.deepEqual(await verifier.verify(old, bound), { ok: false, reason: 'token of a deleted ServiceAccount of that name (its uid is not the current one)' });
+  assert.equal((await verifier.verify(old, ACCOUNT)).ok, true, 'without a uid in the users file, the name is what counts');
+  assert.throws(() => validateUsers({ users: [{ name: 'r', serviceAccount: { ...ACCOUNT, uid: 'not-a-uid' }, allowedSenders: ['r@example.com'] }] }, 'users.yaml'), /serviceAccount.uid.*not a Kubernetes uid/);
 });
 
 test('a token from another issuer URL is refused', async () => {

@@ -5,6 +5,8 @@ import { buildRelayConfig } from '../../../../operator/builders/relay-config.js'
 import { buildChildren } from '../../../../operator/builders/children.js';
 import { buildUsersFile, buildUsersSecret, renderUsersFile } from '../../../../operator/builders/users.js';
 import { JWKS_FILE, JWKS_KEY, tokenAudience } from '../../../../operator/api/v1alpha1.js';
+import YAML from 'yaml';
+import { validateUsers } from '../../../../relay/users.js';
 import { relayFixture } from '../../../harness/smtprelay/fixtures.js';
 import { assertGolden, assertValidAgainstSchema } from '../../../harness/smtprelay/testkit.js';
 
@@ -69,8 +71,12 @@ test('a ServiceAccount user goes into the users file without a password, and the
   const jwks = { keys: [{ kty: 'RSA', kid: 'k1', n: 'AQAB', e: 'AQAB', alg: 'RS256', use: 'sig' }] };
   const secret = buildUsersSecret(withTokenUser, file, jwks);
   assert.deepEqual(JSON.parse(Buffer.from(secret.data[JWKS_KEY]!, 'base64').toString('utf8')), jwks);
-  const without = await buildUsersFile(withTokenUser, new Map(), undefined, hasher, undefined, false);
-  assert.deepEqual(without.users, [], 'issuer keys unknown: the token user is left out');
+  const without = await buildUsersFile(withTokenUser, new Map(), undefined, hasher, undefined, new Map());
+  assert.deepEqual(without.users, [], 'issuer keys unknown or the ServiceAccount missing: the token user is left out');
+  const uid = '3f1c2a9e-6b7d-4c8e-9f10-1a2b3c4d5e6f';
+  const bound = await buildUsersFile(withTokenUser, new Map(), undefined, hasher, undefined, new Map([['reports', uid]]));
+  assert.deepEqual(bound.users, [{ name: 'reports', serviceAccount: { namespace: 'apps', name: 'reports', uid }, allowedSenders: ['reports@example.com'] }], "the account's uid goes beside its name");
+  assert.equal(validateUsers(YAML.parse(renderUsersFile(bound)), 'users.yaml').get('reports')?.serviceAccount?.uid, uid, 'and the relay reads it');
 });
 
 test('the relay config verifies tokens only with ServiceAccount users and a known issuer; the pods then mount the JWKS', () => {
