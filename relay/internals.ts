@@ -10,7 +10,7 @@
 // test/relay/upstream-delivery.test.ts (all-or-nothing recipients, prepared DATA payload),
 // test/relay/upstream-delivery.test.ts and dsn.test.ts (per-recipient DSN parameters, DSN
 // read from the upstream's EHLO), test/relay/oauth2-upstream.test.ts (OAUTHBEARER read from
-// the upstream's EHLO), test/unit/relay/data-scan.test.ts (the DATA scan's copy
+// the upstream's EHLO), test/relay/sa-token.test.ts (OAUTHBEARER on the listeners), test/unit/relay/data-scan.test.ts (the DATA scan's copy
 // acts exactly like smtp-server's own).
 
 import type net from 'node:net';
@@ -21,6 +21,8 @@ import { createHash } from 'node:crypto';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { SMTPServer } from 'smtp-server';
+import SASL from 'smtp-server/lib/sasl.js';
+import { OAUTHBEARER_ERROR_CHALLENGE, parseOAuthBearer } from './oauthbearer.js';
 
 // --- smtp-server -------------------------------------------------------------------
 
@@ -118,6 +120,80 @@ export function tuneConnections(server: SMTPServer, each: (conn: ServerConnectio
     conn.send = sendCorked;
     each(conn);
     return add(conn);
+  };
+}
+
+/** What a SASL mechanism of smtp-server (lib/sasl.js) runs with as `this`: the connection. */
+interface SaslConnection {
+  session: { user?: unknown; transmissionType?: string };
+  _server: { onAuth(auth: { method: string; username: string; accessToken: string }, session: unknown, cb: (err: (Error & { responseCode?: number }) | null, response?: { user?: unknown; message?: string; responseCode?: number }) => void): void };
+  /** The handler of the client's next line (a SASL continuation), cleared once called. */
+  _nextHandler: ((line: Buffer | string, callback: () => void) => void) | false;
+  _transmissionType(): string;
+  send(code: number, message?: string): void;
+}
+
+type SaslMechanism = (this: SaslConnection, args: string[], callback: () => void) => void;
+const saslTable = SASL as unknown as Record<string, SaslMechanism | undefined>;
+
+/** After a successful login: what smtp-server's own mechanisms do (session user, ESMTPSA). */
+function bearerLogin(this: SaslConnection, b64: string, callback: () => void): void {
+  const login = parseOAuthBearer(b64);
+  if (typeof login === 'string') {
+    this.send(501, `5.5.2 Error: ${login}`);
+    return callback();
+  }
+  // The same onAuth as XOAUTH2: the token is its access token (relay/session.ts).
+  this._server.onAuth({ method: 'OAUTHBEARER', username: login.user, accessToken: login.token }, this.session, (err, response) => {
+    if (err) {
+      this.send(err.responseCode ?? 535, err.message);
+      return callback();
+    }
+    if (!response?.user) {
+      // RFC 7628 section 3.2.2: an error challenge, the client's ^A, then the failure
+      const message = response?.message ?? '5.7.8 Authentication credentials invalid';
+      const code = response?.responseCode ?? 535;
+      this._nextHandler = (_line, cb) => {
+        this.send(code, message);
+        cb();
+      };
+      this.send(334, OAUTHBEARER_ERROR_CHALLENGE);
+      return callback();
+    }
+    this.session.user = response.user;
+    this.session.transmissionType = this._transmissionType();
+    this.send(235, '2.7.0 Authentication successful');
+    callback();
+  });
+}
+
+/**
+ * SASL OAUTHBEARER (RFC 7628) on the relay's listeners, for apps that log in with a
+ * ServiceAccount token: smtp-server 3.x implements PLAIN, LOGIN, XOAUTH2 and CRAM-MD5,
+ * and dispatches `AUTH <mechanism>` to the function `SASL_<mechanism>` of its lib/sasl.js
+ * table (only when the mechanism is also in the server's authMethods). This adds
+ * SASL_OAUTHBEARER to that table, written like its SASL_XOAUTH2: the initial response on
+ * the AUTH line or after an empty 334, one onAuth call, a 334 error challenge on refusal.
+ * test/relay/sa-token.test.ts logs in with it.
+ */
+export function installOAuthBearer(): void {
+  if (saslTable['SASL_OAUTHBEARER']) return;
+  saslTable['SASL_OAUTHBEARER'] = function (this: SaslConnection, args: string[], callback: () => void) {
+    if (args.length > 1) {
+      this.send(501, '5.5.4 Error: syntax: AUTH OAUTHBEARER [initial-response]');
+      return callback();
+    }
+    if (args.length === 1) return bearerLogin.call(this, args[0]!, callback);
+    this._nextHandler = (line, cb) => {
+      const text = line.toString().trim();
+      if (text === '*') {
+        this.send(501, '5.0.0 Authentication aborted');
+        return cb();
+      }
+      bearerLogin.call(this, text, cb);
+    };
+    this.send(334);
+    callback();
   };
 }
 
@@ -480,6 +556,13 @@ function problems(): string[] {
     'smtp-server SMTPConnection.init (the 100 ms greeting pause) changed',
   );
   need(typeof serverProto.send === 'function', 'smtp-server SMTPConnection.send is gone');
+  // installOAuthBearer: AUTH dispatches to SASL_<mechanism> of lib/sasl.js, continuations to _nextHandler
+  const xoauth2 = String(saslTable['SASL_XOAUTH2'] ?? '');
+  const handleAuth = String((serverProto as { handler_AUTH?: unknown }).handler_AUTH ?? '');
+  need(
+    /sasl\[['"]SASL_['"] \+ method\]/.test(handleAuth) && /this\._nextHandler\s*=/.test(xoauth2) && typeof (serverProto as { _transmissionType?: unknown })._transmissionType === 'function',
+    'smtp-server SASL dispatch (lib/sasl.js SASL_<mechanism>, _nextHandler, _transmissionType) changed (OAUTHBEARER on the listeners)',
+  );
   need(typeof serverProto._onCommand === 'function', 'smtp-server SMTPConnection._onCommand is gone');
   need(typeof smtpServerProto._expectsProxyHeader === 'function', 'smtp-server SMTPServer._expectsProxyHeader is gone (PROXY trust by CIDR)');
   // A v2 header is handed on as a v1 line put back on the socket (relay/proxy-header.ts):

@@ -18,6 +18,7 @@ import {
   gateAcceptedSockets,
   holdCommands,
   installDataScan,
+  installOAuthBearer,
   openConnections,
   setServerCertificate,
   setServerLimits,
@@ -102,6 +103,8 @@ export class Relay implements RelayState {
     checkInternals();
     // DATA is scanned for its end with Buffer.indexOf, not a loop over every byte (relay/internals.ts)
     installDataScan();
+    // AUTH OAUTHBEARER for ServiceAccount tokens (offered only where those are accepted)
+    installOAuthBearer();
     this.settings = settings;
     this.queueMode = queue !== undefined;
     this.allowed = new CidrSet(settings.access.allowedCidrs);
@@ -168,8 +171,8 @@ export class Relay implements RelayState {
       logger: false,
       size: s.limits.maxMessageSize,
       rejectOversized: true,
-      // XOAUTH2 only where ServiceAccount tokens are accepted (the token is its access token)
-      authMethods: s.auth.serviceAccountTokens ? ['PLAIN', 'LOGIN', 'XOAUTH2'] : ['PLAIN', 'LOGIN'],
+      // XOAUTH2 and OAUTHBEARER only where ServiceAccount tokens are accepted (the token is their access token)
+      authMethods: s.auth.serviceAccountTokens ? ['PLAIN', 'LOGIN', 'XOAUTH2', 'OAUTHBEARER'] : ['PLAIN', 'LOGIN'],
       // DSN only where it is honoured (the spool); inline mode refuses its parameters (555).
       hideDSN: !this.queueMode,
       allowInsecureAuth: false,

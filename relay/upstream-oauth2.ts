@@ -19,6 +19,7 @@ import type tls from 'node:tls';
 import { SignJWT } from 'jose';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { OAuth2Config } from './config-types.js';
+import { OAUTHBEARER_ERROR_ACK, oauthBearerMessage } from './oauthbearer.js';
 
 export const MICROSOFT_SCOPE = 'https://outlook.office365.com/.default';
 export const GOOGLE_SCOPE = 'https://mail.google.com/';
@@ -366,26 +367,8 @@ export class TokenSource {
 
 // --- OAUTHBEARER (RFC 7628) ----------------------------------------------------------
 
-/** SASL OAUTHBEARER's key/value separator, ^A. */
-const KVSEP = '\x01';
-
-/** RFC 5801 saslname: ',' and '=' of the authorization identity escaped. */
-function saslname(user: string): string {
-  return user.replace(/=/g, '=3D').replace(/,/g, '=2C');
-}
-
-/**
- * The client's initial response of RFC 7628 section 3.1 (before base64):
- * `n,a=<user>,^Ahost=<host>^Aport=<port>^Aauth=Bearer <token>^A^A`. `n`: no channel
- * binding; `a=`: the mailbox to act as. Host and port are the upstream's as configured.
- */
-export function oauthBearerMessage(user: string, host: string, port: number, token: string): string {
-  if (/[\x00-\x1f\x7f]/.test(user + host + token)) throw new Error('OAUTHBEARER: control characters in the user, host or token');
-  return `n,a=${saslname(user)},${KVSEP}host=${host}${KVSEP}port=${port}${KVSEP}auth=Bearer ${token}${KVSEP}${KVSEP}`;
-}
-
-/** The client's answer to the server's error challenge: a lone ^A (RFC 7628 section 3.2.3), base64. */
-export const OAUTHBEARER_ERROR_ACK = Buffer.from(KVSEP).toString('base64');
+// The wire format (the message, the error acknowledgement) is in relay/oauthbearer.ts, shared
+// with the relay's own listeners.
 
 /** What the server's error challenge said (RFC 7628 section 3.2.2), safe to log: its `status`, `scope` and `schemes`. */
 export interface BearerChallenge {

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { createPki, type Pki } from '../harness/support/pki.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { TEST_ISSUER, TestTokenIssuer } from '../harness/support/token-issuer.js';
+import { oauthBearerMessage } from '../../relay/oauthbearer.js';
 import { RawSmtp, message, startRelay, stopAll, tempDir, type RelayProcess } from './harness.js';
 
 const AUDIENCE = 'smtprelay.dev/mail/outbound';
@@ -93,5 +94,80 @@ describe('ServiceAccount-token logins (the test plays the API server\'s token is
   test('after maxFailures bad tokens the user is locked out: even a good token gets 421', async () => {
     assert.equal(await login(SA_USER.name, await issuer.token(good)), 421);
     assert.ok((await relay.metric('smtp_relay_lockouts_total', { scope: 'user' })) >= 1);
+  });
+});
+
+describe('AUTH OAUTHBEARER (RFC 7628) with a ServiceAccount token, on a relay of its own (its own lockout counts)', () => {
+  let bearerRelay: RelayProcess;
+  before(async () => {
+    bearerRelay = await startRelay({
+      dir: await tempDir('relay-sa-bearer-'),
+      cert: await pki.issue({ name: 'relay-bearer' }),
+      users: [{ name: 'alice', password: 'alice-password-12345', allowedSenders: ['alice@example.com'] }],
+      upstream: { host: '127.0.0.1', port: sink.port, caFile: sink.caFile },
+      tokens: { issuer: TEST_ISSUER, audience: AUDIENCE, jwks: issuer.jwks, users: [SA_USER] },
+    });
+  });
+  after(async () => {
+    await bearerRelay?.stop();
+  });
+
+  const session = async () => {
+    const c = await RawSmtp.connect(bearerRelay.ports.submission);
+    await c.cmd('EHLO app.test');
+    await c.starttls();
+    const ehlo = await c.cmd('EHLO app.test');
+    return { c, ehlo: JSON.stringify(ehlo) };
+  };
+  const bearer = (user: string, token: string) => Buffer.from(oauthBearerMessage(user, 'localhost', bearerRelay.ports.submission, token)).toString('base64');
+
+  test('advertised with token logins; the initial response logs in, and mail goes through', async () => {
+    const { c, ehlo } = await session();
+    assert.match(ehlo, /AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER/);
+    const token = await issuer.token({ ...good, pod: 'reports-oauthbearer' });
+    assert.equal((await c.cmd(`AUTH OAUTHBEARER ${bearer(SA_USER.name, token)}`))?.code, 235);
+    assert.equal((await c.cmd('MAIL FROM:<reports@example.com>'))?.code, 250, 'authenticated as reports');
+    c.close();
+    const line = await bearerRelay.waitForLog((l) => l.event === 'auth_success' && l.mechanism === 'OAUTHBEARER');
+    assert.equal(line.pod, 'reports-oauthbearer');
+    assert.equal(JSON.stringify(bearerRelay.logs).includes(token), false, 'the token is never logged');
+  });
+
+  test('the two-step form (AUTH OAUTHBEARER, 334, then the message) logs in too', async () => {
+    const { c } = await session();
+    assert.equal((await c.cmd('AUTH OAUTHBEARER'))?.code, 334);
+    assert.equal((await c.cmd(bearer(SA_USER.name, await issuer.token(good))))?.code, 235);
+    c.close();
+  });
+
+  test('a refused token gets the error challenge (334 invalid_token), then 535 after the client\'s ^A; it counts as a failed login', async () => {
+    const { c } = await session();
+    const r = await c.cmd(`AUTH OAUTHBEARER ${bearer(SA_USER.name, await issuer.token({ ...good, expiresIn: -300 }))}`);
+    assert.equal(r?.code, 334);
+    assert.deepEqual(JSON.parse(Buffer.from(r!.lines.join('').replace(/^334[ -]?/, ''), 'base64').toString('utf8')), { status: 'invalid_token', schemes: 'bearer', scope: '' });
+    const final = await c.cmd('AQ==');
+    assert.equal(final?.code, 535);
+    c.close();
+    const failure = await bearerRelay.waitForLog((l) => l.event === 'auth_failure' && l.mechanism === 'OAUTHBEARER');
+    assert.equal(failure.reason, 'token expired');
+    assert.ok((await bearerRelay.metric('smtp_relay_auth_attempts_total', { mechanism: 'OAUTHBEARER', result: 'failure' })) >= 1);
+  });
+
+  test('malformed messages get 501 with what is wrong: no a=, channel binding, no auth=; never the token', async () => {
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    const token = await issuer.token(good);
+    for (const [what, msg, reason] of [
+      ['no authorization identity', `n,,\x01auth=Bearer ${token}\x01\x01`, /a=<login name>/],
+      ['channel binding', `p=tls-unique,a=reports,\x01auth=Bearer ${token}\x01\x01`, /channel binding/],
+      ['no auth=', 'n,a=reports,\x01host=x\x01\x01', /no auth=Bearer/],
+      ['not RFC 7628', 'hello', /not an OAUTHBEARER message/],
+    ] as const) {
+      const { c } = await session();
+      const r = await c.cmd(`AUTH OAUTHBEARER ${b64(msg)}`);
+      c.close();
+      assert.equal(r?.code, 501, what);
+      assert.match(r!.lines.join(' '), reason, what);
+      assert.equal(r!.lines.join(' ').includes(token), false);
+    }
   });
 });

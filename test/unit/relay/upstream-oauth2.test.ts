@@ -15,17 +15,16 @@ import {
   GOOGLE_TOKEN_URI,
   JWT_BEARER_GRANT,
   MICROSOFT_SCOPE,
-  OAUTHBEARER_ERROR_ACK,
   TokenError,
   TokenSource,
   buildGrant,
-  oauthBearerMessage,
   readBearerChallenge,
   readTokenAnswer,
   type Grant,
   type TokenAnswer,
   type TokenRequester,
 } from '../../../relay/upstream-oauth2.js';
+import { OAUTHBEARER_ERROR_ACK, oauthBearerMessage } from '../../../relay/oauthbearer.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const SA_EMAIL = 'relay-sender@project-1.iam.gserviceaccount.com';
