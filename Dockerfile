@@ -13,7 +13,7 @@ ARG BASE_IMAGE=node:24-bookworm-slim
 FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --ignore-scripts --no-audit --no-fund
+RUN npm ci --prefer-offline --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json entrypoint.ts ./
 COPY relay/ relay/
 COPY operator/ operator/
@@ -23,7 +23,7 @@ RUN node node_modules/typescript/bin/tsc -p tsconfig.json
 FROM ${BUILD_IMAGE} AS prod-deps
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+RUN npm ci --prefer-offline --omit=dev --ignore-scripts --no-audit --no-fund
 
 # --- runtime ----------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
