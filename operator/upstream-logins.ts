@@ -83,6 +83,8 @@ interface Known {
   pods: Map<string, { name?: string; state: UpstreamState }>;
   /** What the last round concluded (its JSON), to see a change. */
   verdict: string;
+  /** A round has concluded for this relay since the operator started (or since it logs in). */
+  settled: boolean;
 }
 
 /** Runs `tasks` with at most `limit` in flight. */
@@ -101,10 +103,13 @@ export class UpstreamLogins {
 
   constructor(private readonly o: UpstreamLoginsOptions) {}
 
-  /** The pods that report a refusal for this relay (namespace/name), by pod name; empty when none. */
-  refused(relayKey: string): RefusedPod[] {
+  /**
+   * The pods that report a refusal for this relay (namespace/name), by pod name; empty when
+   * none; undefined until a round has asked its pods (then the status keeps what it says).
+   */
+  refused(relayKey: string): RefusedPod[] | undefined {
     const k = this.known.get(relayKey);
-    return k ? refusedPods(k) : [];
+    return k?.settled ? refusedPods(k) : undefined;
   }
 
   /** Polls now (in the background), then every pollMs. */
@@ -142,7 +147,7 @@ export class UpstreamLogins {
       }
       const key = keyOf(relay);
       let k = this.known.get(key);
-      if (!k) this.known.set(key, (k = { pods: new Map(), verdict: '[]' }));
+      if (!k) this.known.set(key, (k = { pods: new Map(), verdict: '[]', settled: false }));
       // pods no longer listed are gone: what they said goes with them
       const addresses = new Set(listed.map((p) => p.address));
       for (const a of [...k.pods.keys()]) if (!addresses.has(a)) k.pods.delete(a);
@@ -166,23 +171,29 @@ export class UpstreamLogins {
     for (const { relay } of asked) await this.settle(relay);
   }
 
-  /** Compares the relay's verdict with the last round's: reconcile on a change, an Event on a transition. */
+  /**
+   * Compares the relay's verdict with the last round's: reconcile on a change, an Event on a
+   * transition. The first round after a start compares with what the status shows (written
+   * by this operator before a restart, or by the previous leader): no second Warning for a
+   * refusal already shown, and a refusal shown but over is cleared.
+   */
   private async settle(relay: SmtpRelay & KubeObject): Promise<void> {
     const key = keyOf(relay);
     const k = this.known.get(key);
     if (!k) return;
     const now = refusedPods(k);
     const verdict = JSON.stringify(now);
-    if (verdict === k.verdict) return;
-    const was = JSON.parse(k.verdict) as RefusedPod[];
+    const shown = findCondition(relay.status?.conditions, ConditionType.UpstreamReady)?.reason === Reason.UpstreamAuthRefused;
+    const first = !k.settled;
+    const wasRefused = first ? shown : k.verdict !== '[]';
+    k.settled = true;
+    if (first ? now.length === 0 && !shown : verdict === k.verdict) return;
     k.verdict = verdict;
     this.o.onChange(key);
-    const shown = findCondition(relay.status?.conditions, ConditionType.UpstreamReady)?.reason === Reason.UpstreamAuthRefused;
-    if (now.length > 0 && was.length === 0) {
+    if (now.length > 0 && !wasRefused) {
       this.o.log.warn({ relay: key, pods: now.map((p) => p.pod), reply: now[0]!.reply }, 'the upstream refuses the relay\'s login');
-      // not again for a refusal the status already shows (an operator restart, a new leader)
-      if (!shown) await this.o.events.warning(relay, Reason.UpstreamAuthRefused, refusalSummary(relay, now));
-    } else if (now.length === 0 && was.length > 0) {
+      await this.o.events.warning(relay, Reason.UpstreamAuthRefused, refusalSummary(relay, now));
+    } else if (now.length === 0 && wasRefused) {
       this.o.log.info({ relay: key }, 'the upstream takes the relay\'s login again');
       await this.o.events.normal(relay, 'UpstreamAuthAccepted', `The upstream ${relay.spec.upstream.host}:${relay.spec.upstream.port} accepts the relay's login again`);
     }
@@ -196,6 +207,21 @@ function refusedPods(k: Known): RefusedPod[] {
     out.push({ pod: name ?? state.pod ?? address, reply: state.reply ?? '', ...(state.mechanism ? { mechanism: state.mechanism } : {}), ...(state.since ? { since: state.since } : {}) });
   }
   return out.sort((a, b) => (a.pod < b.pod ? -1 : a.pod > b.pod ? 1 : 0));
+}
+
+/**
+ * UpstreamReady's refusal message from what the pods report (undefined: none refused).
+ * Before the first round has asked the pods (`refused` undefined: the operator just
+ * started or took over), the status keeps the refusal it shows, so that a restart does not
+ * flip the condition to True and back.
+ */
+export function refusalMessage(relay: SmtpRelay, refused: readonly RefusedPod[] | undefined): string | undefined {
+  if (!logsInUpstream(relay)) return undefined;
+  if (refused === undefined) {
+    const shown = findCondition(relay.status?.conditions, ConditionType.UpstreamReady);
+    return shown?.reason === Reason.UpstreamAuthRefused ? shown.message : undefined;
+  }
+  return refused.length > 0 ? refusalSummary(relay, refused) : undefined;
 }
 
 /** Longest condition message / Event text about a refusal. */

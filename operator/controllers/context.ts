@@ -70,7 +70,7 @@ export interface SyncContext {
   /** The cluster's ServiceAccount token issuer keys (operator/issuer-keys.ts); absent = not fetched (no ServiceAccount logins). */
   issuerKeys?: { readonly keys: IssuerKeys | undefined; readonly error: string | undefined };
   /** What the relay pods report of their upstream logins (operator/upstream-logins.ts); absent = not polled. */
-  upstreamLogins?: { refused(relayKey: string): RefusedPod[] };
+  upstreamLogins?: { refused(relayKey: string): RefusedPod[] | undefined };
 }
 
 /**

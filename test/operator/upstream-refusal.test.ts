@@ -48,11 +48,7 @@ before(async () => {
   certManager = await CertManagerStandIn.create(kube);
   dir = await tempDir('operator-upstream-');
   sink = await startSink({ pki, auth: accepted });
-  op = await runOperator(cp, 'operator-upstream', {
-    upstreamPollMs: 300,
-    relayPods: async (r) => (r.metadata.name === name ? pods : []),
-  });
-  await op.whenRunning();
+  op = await startOperator('operator-upstream');
   await createNamespace(kube, ns);
   await createIssuer(kube, ns);
 });
@@ -69,6 +65,23 @@ after(async () => {
 async function events(): Promise<Array<{ type: string; reason: string; message: string; count: number }>> {
   const list = await kube.get<any>(`/api/v1/namespaces/${ns}/events`, { query: { fieldSelector: `involvedObject.name=${name}` } });
   return list.items.map((e: any) => ({ type: e.type, reason: e.reason, message: e.message, count: e.count }));
+}
+
+/** The operator, polling every 300 ms; the relay's pods as `pods` says (the first time after `slowStartMs`: the first reconciles come before the first poll). */
+async function startOperator(identity: string, slowStartMs = 0): Promise<RunningOperator> {
+  let first = slowStartMs > 0;
+  const o = await runOperator(cp, identity, {
+    upstreamPollMs: 300,
+    relayPods: async (r) => {
+      if (first) {
+        first = false;
+        await new Promise((done) => setTimeout(done, slowStartMs));
+      }
+      return r.metadata.name === name ? pods : [];
+    },
+  });
+  await o.whenRunning();
+  return o;
 }
 
 const upstreamReady = async () => condition(await getRelay(kube, ns, name), 'UpstreamReady');
@@ -127,6 +140,15 @@ test('a pod whose upstream refuses the login turns UpstreamReady False with the 
   });
   assert.deepEqual(warned.map((e) => [e.type, e.count]), [['Warning', 1]]);
   assert.match(warned[0]!.message, /refuses the relay's login \(PLAIN\) on pod outbound-7d9c5b-x2k4q: "535 5\.7\.8 Authentication credentials invalid"/);
+
+  // a restart (or a new leader): the condition keeps saying so, no flip to True and back, no second Warning
+  await op.stop();
+  op = await startOperator('operator-upstream-2', 2000);
+  await new Promise((r) => setTimeout(r, 3500)); // the first reconciles, then several polls
+  const kept = await upstreamReady();
+  assert.equal(kept?.reason, 'UpstreamAuthRefused');
+  assert.equal(kept?.lastTransitionTime, refused.lastTransitionTime, 'UpstreamReady did not change status across the restart');
+  assert.deepEqual((await events()).filter((e) => e.reason === 'UpstreamAuthRefused').map((e) => [e.type, e.count]), [['Warning', 1]]);
 
   // a Secret problem is the cause: it is what UpstreamReady says while it lasts
   await kube.request('DELETE', `/api/v1/namespaces/${ns}/secrets/upstream-smtp`);

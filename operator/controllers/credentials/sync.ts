@@ -14,7 +14,7 @@ import type { ConditionInput, Problem } from '../../status/conditions.js';
 import { credentialsCondition, upstreamCondition, type UserProblem } from '../../status/decisions.js';
 import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, checkUpstreamOAuth2Secret, readUserPassword } from '../../status/secret-checks.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
-import { logsInUpstream, refusalSummary } from '../../upstream-logins.js';
+import { refusalMessage } from '../../upstream-logins.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
 import { serviceAccountUids } from './service-accounts.js';
 
@@ -164,6 +164,6 @@ export async function syncUpstream(ctx: SyncContext, scope: ReconcileScope): Pro
     if (p) problems.push(p);
   }
   for (const p of problems) await ctx.events.warning(relay, p.reason, p.message);
-  const refused = logsInUpstream(relay) ? (ctx.upstreamLogins?.refused(`${ns}/${relay.metadata.name}`) ?? []) : [];
-  return upstreamCondition(relay, problems, refused.length > 0 ? refusalSummary(relay, refused) : undefined);
+  const refused = ctx.upstreamLogins ? ctx.upstreamLogins.refused(`${ns}/${relay.metadata.name}`) : [];
+  return upstreamCondition(relay, problems, refusalMessage(relay, refused));
 }

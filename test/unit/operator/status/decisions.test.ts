@@ -17,7 +17,7 @@ import {
   summarizeReady,
   upstreamCondition,
 } from '../../../../operator/status/decisions.js';
-import { refusalSummary } from '../../../../operator/upstream-logins.js';
+import { refusalMessage, refusalSummary } from '../../../../operator/upstream-logins.js';
 
 const t0 = new Date('2026-03-01T10:00:00.123Z');
 const at = (d: Date) => () => d;
@@ -219,6 +219,21 @@ test('a Secret problem wins over a refusal the pods report: it is the cause', ()
   const c = upstreamCondition(relayFixture(), [{ reason: Reason.UpstreamCredentialsNotFound, message: 'Secret up does not exist' }], 'the upstream x:587 refuses the relay\'s login ...');
   assert.equal(c.reason, Reason.UpstreamCredentialsNotFound);
   assert.equal(upstreamCondition(relayFixture(), [], undefined).status, 'True', 'no refusal: the Secret-based verdict');
+});
+
+test('before its pods were first asked (an operator restart), a relay keeps the refusal its status shows; a relay that does not log in never shows one', () => {
+  const withLogin = (status?: Partial<Condition>) =>
+    relayFixture(undefined, (r) => {
+      r.spec.upstream = { ...r.spec.upstream, credentialsSecretRef: { name: 'up' } };
+      if (status) r.status = { conditions: conditionsFixture('True', t0, { UpstreamReady: status }) };
+    });
+  const shown = withLogin({ status: 'False', reason: Reason.UpstreamAuthRefused, message: 'the upstream x:587 refuses the relay\'s login ...' });
+  assert.equal(refusalMessage(shown, undefined), 'the upstream x:587 refuses the relay\'s login ...');
+  assert.equal(refusalMessage(shown, []), undefined, 'asked: none refuses now');
+  assert.equal(refusalMessage(withLogin({ status: 'True', reason: Reason.UpstreamConfigured }), undefined), undefined);
+  assert.match(refusalMessage(withLogin(), [{ pod: 'p', reply: '535 no' }])!, /on pod p: "535 no"/);
+  const noLogin = relayFixture(undefined, (r) => (r.spec.upstream = { ...r.spec.upstream, credentialsSecretRef: undefined, oauth2: undefined }));
+  assert.equal(refusalMessage(noLogin, [{ pod: 'p', reply: '535 no' }]), undefined);
 });
 
 test('a relay without DKIM is DkimReady and says no signing is configured', () => {
