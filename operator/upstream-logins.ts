@@ -52,13 +52,16 @@ export function logsInUpstream(relay: SmtpRelay): boolean {
   return Boolean(relay.spec.upstream.credentialsSecretRef || relay.spec.upstream.oauth2);
 }
 
+/** A and AAAA of a name through the system resolver (getaddrinfo: the pod's resolv.conf search path). */
+const systemLookup = async (name: string): Promise<string[]> => (await dns.promises.lookup(name, { all: true, verbatim: true })).map((a) => a.address);
+
 /** The pods of a relay: the A/AAAA records of its headless peers Service (publishNotReadyAddresses: every pod). */
-export async function dnsRelayPods(relay: SmtpRelay): Promise<RelayPod[]> {
+export async function dnsRelayPods(relay: SmtpRelay, lookup: (name: string) => Promise<string[]> = systemLookup): Promise<RelayPod[]> {
   // relative, so that the pod's search path adds the cluster domain, whatever it is
   const name = `${childNames(relay).peersService}.${relay.metadata.namespace}.svc`;
   try {
-    const found = await dns.promises.lookup(name, { all: true, verbatim: true });
-    return [...new Set(found.map((a) => a.address))].map((ip) => ({ address: controlAddress(ip) }));
+    const found = await lookup(name);
+    return [...new Set(found)].map((ip) => ({ address: controlAddress(ip) }));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOTFOUND' || code === 'ENODATA') return [];
@@ -140,7 +143,7 @@ export class UpstreamLogins {
       if (!token) continue;
       let listed: RelayPod[];
       try {
-        listed = await (this.o.relayPods ?? dnsRelayPods)(relay);
+        listed = await (this.o.relayPods ? this.o.relayPods(relay) : dnsRelayPods(relay));
       } catch (err) {
         this.o.log.debug({ relay: keyOf(relay), err: String(err) }, 'cannot list the relay pods; keeping what they said last');
         continue;
