@@ -117,7 +117,7 @@ export class UpstreamLogins {
 
   /** Polls now (in the background), then every pollMs. */
   start(): void {
-    void this.round().finally(() => this.again());
+    void this.guarded().finally(() => this.again());
   }
 
   stop(): void {
@@ -127,7 +127,12 @@ export class UpstreamLogins {
 
   private again(): void {
     if (this.stopped) return;
-    this.cancel = this.o.clock.setTimer(() => void this.round().finally(() => this.again()), this.o.pollMs ?? UPSTREAM_POLL_MS);
+    this.cancel = this.o.clock.setTimer(() => void this.guarded().finally(() => this.again()), this.o.pollMs ?? UPSTREAM_POLL_MS);
+  }
+
+  /** A round that never rejects (it runs from a timer): a failure is logged, the next round tries again. */
+  private guarded(): Promise<void> {
+    return this.round().catch((err: unknown) => this.o.log.error({ err: String(err) }, 'upstream login poll failed; trying again next round'));
   }
 
   /** One round over every relay that logs in upstream. */
@@ -136,7 +141,7 @@ export class UpstreamLogins {
     const wanted = new Set(relays.map((r) => keyOf(r)));
     for (const key of [...this.known.keys()]) if (!wanted.has(key)) this.known.delete(key);
     const tasks: (() => Promise<void>)[] = [];
-    const asked: { relay: SmtpRelay & KubeObject; listed: RelayPod[] }[] = [];
+    const asked: (SmtpRelay & KubeObject)[] = [];
     for (const relay of relays) {
       const ns = relay.metadata.namespace;
       const token = controlToken(this.o.caches.children.get('Secret')?.get(ns, childNames(relay).internalSecret) as { data?: Record<string, string> } | undefined);
@@ -155,7 +160,7 @@ export class UpstreamLogins {
       const addresses = new Set(listed.map((p) => p.address));
       for (const a of [...k.pods.keys()]) if (!addresses.has(a)) k.pods.delete(a);
       const known = k;
-      asked.push({ relay, listed });
+      asked.push(relay);
       for (const pod of listed) {
         tasks.push(async () => {
           if (this.stopped) return;
@@ -171,7 +176,7 @@ export class UpstreamLogins {
     }
     await bounded(tasks, MAX_CONCURRENT);
     if (this.stopped) return;
-    for (const { relay } of asked) await this.settle(relay);
+    for (const relay of asked) await this.settle(relay);
   }
 
   /**
@@ -197,8 +202,9 @@ export class UpstreamLogins {
       this.o.log.warn({ relay: key, pods: now.map((p) => p.pod), reply: now[0]!.reply }, 'the upstream refuses the relay\'s login');
       await this.o.events.warning(relay, Reason.UpstreamAuthRefused, refusalSummary(relay, now));
     } else if (now.length === 0 && wasRefused) {
-      this.o.log.info({ relay: key }, 'the upstream takes the relay\'s login again');
-      await this.o.events.normal(relay, 'UpstreamAuthAccepted', `The upstream ${relay.spec.upstream.host}:${relay.spec.upstream.port} accepts the relay's login again`);
+      // a login accepted, or the refused pods gone: either way no pod says so any more
+      this.o.log.info({ relay: key }, 'no relay pod reports a refused upstream login any more');
+      await this.o.events.normal(relay, 'UpstreamAuthAccepted', `No relay pod reports that the upstream ${relay.spec.upstream.host}:${relay.spec.upstream.port} refuses its login any more`);
     }
   }
 }
