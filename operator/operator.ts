@@ -28,6 +28,10 @@ export interface OperatorConfig {
   operatorPods?: OperatorOptions['operatorPods'];
   /** Drain poll interval (tests). */
   drainPollMs?: number;
+  /** How often each relay pod is asked for its upstream login state; default 60 s (tests: less). */
+  upstreamPollMs?: number;
+  /** TEST ONLY: a relay's pods' control endpoints instead of its headless Service's DNS records (see OperatorOptions.relayPods). */
+  relayPods?: OperatorOptions['relayPods'];
   /** TEST ONLY: map a relay pod to the address of its control endpoints (see OperatorOptions.podAddress). */
   podAddress?: OperatorOptions['podAddress'];
   workers?: number;
@@ -89,6 +93,8 @@ export async function startOperator(cfg: OperatorConfig): Promise<RunningOperato
       ...(cfg.operatorPods ? { operatorPods: cfg.operatorPods } : {}),
       ...(cfg.drainPollMs !== undefined ? { drainPollMs: cfg.drainPollMs } : {}),
       ...(cfg.podAddress ? { podAddress: cfg.podAddress } : {}),
+      ...(cfg.upstreamPollMs !== undefined ? { upstreamPollMs: cfg.upstreamPollMs } : {}),
+      ...(cfg.relayPods ? { relayPods: cfg.relayPods } : {}),
     },
     hasher: cfg.hasher,
     workers: cfg.workers,

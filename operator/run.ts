@@ -1,6 +1,9 @@
 // What this replica runs while it leads: discover the optional APIs, fill the
 // caches (caches.ts), route their events to the reconcile loop (triggers.ts,
-// reconcile-loop.ts), and watch for optional APIs installed later.
+// reconcile-loop.ts), and watch for optional APIs installed later. Two periodic
+// pollers feed the loop too, each reconciling the relays whose input changed: the
+// ServiceAccount issuer keys (issuer-keys.ts) and the relay pods' upstream logins
+// (upstream-logins.ts).
 
 import type { Logger } from 'pino';
 import { FIELD_MANAGER, MANAGED_BY } from './api/v1alpha1.js';
@@ -11,6 +14,7 @@ import { RelayReconciler } from './controllers/reconciler.js';
 import { SecretDerivations } from './controllers/secrets.js';
 import { OPTIONAL_APIS, discoverFeatures, served } from './discovery.js';
 import { IssuerKeysRefresh, fetchIssuerKeys } from './issuer-keys.js';
+import { UpstreamLogins } from './upstream-logins.js';
 import type { OperatorMetrics } from './metrics.js';
 import { reconcileQueue } from './reconcile-loop.js';
 import { Applier } from './runtime/apply.js';
@@ -43,6 +47,7 @@ export class ControllerRun {
   private queue: WorkQueue | undefined;
   private cancelDiscovery: (() => void) | undefined;
   private issuerKeys: IssuerKeysRefresh | undefined;
+  private upstreamLogins: UpstreamLogins | undefined;
   private stopped = false;
   private running = false;
   private waiters: (() => void)[] = [];
@@ -75,7 +80,19 @@ export class ControllerRun {
       for (const r of cache.caches.relays.list()) if (r.spec.auth.users.some((u) => u.serviceAccount)) this.queue?.add(keyOf(r));
     }, this.o.issuerKeysRefreshMs);
     this.issuerKeys = issuerKeys;
-    const reconciler = new RelayReconciler(this.syncContext(cache, features, issuerKeys), log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
+    const events = new EventRecorder({ kube, component: MANAGED_BY, instance: this.o.identity, clock: this.o.clock, log: (m, e) => log.warn(e ?? {}, m) });
+    // Relays whose pods report a refused (or again accepted) upstream login are reconciled.
+    const upstreamLogins = new UpstreamLogins({
+      caches: cache.caches,
+      events,
+      clock: this.o.clock,
+      log,
+      onChange: (key) => this.queue?.add(key),
+      ...(this.o.options.upstreamPollMs !== undefined ? { pollMs: this.o.options.upstreamPollMs } : {}),
+      ...(this.o.options.relayPods ? { relayPods: this.o.options.relayPods } : {}),
+    });
+    this.upstreamLogins = upstreamLogins;
+    const reconciler = new RelayReconciler(this.syncContext(cache, features, issuerKeys, events, upstreamLogins), log, (key, secrets, complete) => (complete ? index.set(key, secrets) : index.add(key, secrets)));
     const queue = reconcileQueue(reconciler, { workers: this.o.workers ?? 16, clock: this.o.clock, log });
     this.queue = queue;
     routeEvents(cache.caches, index, (key) => queue.add(key));
@@ -89,12 +106,14 @@ export class ControllerRun {
     this.running = true;
     for (const w of this.waiters.splice(0)) w();
     this.watchLateApis(cache, features, queue);
+    upstreamLogins.start();
   }
 
   /** Leadership lost: stop work at once, without waiting (another replica may lead already). */
   halt(): void {
     this.running = false;
     this.issuerKeys?.stop();
+    this.upstreamLogins?.stop();
     void this.queue?.shutdown();
     for (const g of this.informers) void g.stop();
   }
@@ -104,18 +123,19 @@ export class ControllerRun {
     this.stopped = true;
     this.cancelDiscovery?.();
     this.issuerKeys?.stop();
+    this.upstreamLogins?.stop();
     await this.queue?.shutdown();
     await Promise.all(this.informers.map((g) => g.stop()));
     this.waiters = [];
   }
 
-  private syncContext(cache: OperatorCaches, features: Features, issuerKeys: IssuerKeysRefresh): SyncContext {
-    const { kube, clock, identity, log, metrics } = this.o;
+  private syncContext(cache: OperatorCaches, features: Features, issuerKeys: IssuerKeysRefresh, events: EventRecorder, upstreamLogins: UpstreamLogins): SyncContext {
+    const { kube, clock, metrics } = this.o;
     return {
       kube,
       applier: new Applier({ kube, fieldManager: FIELD_MANAGER, onRecreate: (o) => metrics.recreateTotal.inc({ kind: o.kind ?? '' }) }),
       caches: cache.caches,
-      events: new EventRecorder({ kube, component: MANAGED_BY, instance: identity, clock, log: (m, e) => log.warn(e ?? {}, m) }),
+      events,
       metrics,
       hasher: this.o.hasher ?? cachingHasher(relayPasswordHasher),
       derived: new SecretDerivations(),
@@ -124,6 +144,7 @@ export class ControllerRun {
       // Shared, not copied: watchLateApis turns a flag on once its API is served.
       features,
       issuerKeys,
+      upstreamLogins,
     };
   }
 

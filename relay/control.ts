@@ -3,12 +3,15 @@
 //   GET    /queue   {"draining", "messages", "bytes", "oldestSeconds", "handedOff"}
 //   POST   /drain   {"handoff": ["host:port", ...]} (optional): start or update the drain
 //   DELETE /drain   leave the drain: ready again, taking mail
+//   GET    /upstream the upstream's verdict on the relay's own login (relay/upstream-login.ts):
+//                   {"authRefused", "since", "reply", "mechanism", "host", "lastSuccess", ...}
 // A drain: /readyz false at once, new connections and MAIL commands get 421 4.3.2
 // (sessions in a transaction finish), every queued message is tried now, and in queue
 // mode one the upstream defers is handed to a sibling (relay/handoff.ts). The drain
 // survives a restart: a marker file in the spool directory brings the relay back
 // draining until DELETE /drain. In a multi-worker relay the primary serves these and
-// orders its workers over IPC (relay/workers.ts).
+// orders its workers over IPC (relay/workers.ts), and asks them for their logins there.
+// They are served in queue and inline mode alike, by the process that owns the metrics port.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -19,6 +22,7 @@ import type pino from 'pino';
 import type prom from 'prom-client';
 import { createHandoffMetrics, HandoffSender, serveHandoff, type PeerLink } from './handoff.js';
 import type { Scheduler, Spool } from './spool/index.js';
+import type { UpstreamReport } from './upstream-login.js';
 
 /** The drain marker in the spool directory: present = come up draining. */
 export const DRAIN_MARKER = 'draining.json';
@@ -178,6 +182,8 @@ export interface ControlOptions {
   tokenFile?: string;
   /** The drain of the process that owns the spool. */
   drain: Drain;
+  /** GET /upstream's answer: this process's logins and, in a multi-worker relay, its workers'. */
+  upstream: () => Promise<UpstreamReport>;
   logger: pino.Logger;
 }
 
@@ -219,7 +225,7 @@ export function controlHandler(o: ControlOptions): (req: http.IncomingMessage, r
   let warnedEmpty = false;
   return (req, res) => {
     const url = (req.url ?? '/').split('?')[0];
-    if (url !== '/queue' && url !== '/drain') return false;
+    if (url !== '/queue' && url !== '/drain' && url !== '/upstream') return false;
     if (!tokens) {
       json(res, 404, { error: 'control endpoints are off (metrics.controlTokenFile is not set)' });
       return true;
@@ -239,14 +245,20 @@ export function controlHandler(o: ControlOptions): (req: http.IncomingMessage, r
       req.resume();
       return true;
     }
-    if (url === '/queue') {
+    if (url === '/queue' || url === '/upstream') {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.setHeader('Allow', 'GET, HEAD');
         json(res, 405, { error: 'method not allowed' });
         req.resume();
         return true;
       }
-      json(res, 200, o.drain.status());
+      if (url === '/queue') json(res, 200, o.drain.status());
+      else {
+        o.upstream().then(
+          (report) => json(res, 200, report),
+          (err: Error) => json(res, 500, { error: `upstream state unavailable: ${err.message}` }),
+        );
+      }
       return true;
     }
     if (req.method === 'DELETE') {
@@ -303,6 +315,8 @@ export async function startDrainControl(o: {
   peers?: PeerLink;
   maxMessageBytes: number;
   setIntake: (draining: boolean) => void;
+  /** GET /upstream's answer (relay/upstream-login.ts upstreamReport). */
+  upstream: () => Promise<UpstreamReport>;
   /** Not shutting down (SIGTERM). */
   running: () => boolean;
   logger: pino.Logger;
@@ -322,5 +336,5 @@ export async function startDrainControl(o: {
   const sender = o.peers && o.queue ? new HandoffSender({ channel: o.peers, logger: o.logger, counter }) : undefined;
   drain = new Drain({ ...(o.queue ? { spool: o.queue.spool, scheduler: o.queue.scheduler } : {}), ...(sender ? { sender } : {}), setIntake: o.setIntake, logger: o.logger });
   await drain.restore();
-  return { drain, handler: controlHandler({ ...(o.tokenFile ? { tokenFile: o.tokenFile } : {}), drain, logger: o.logger }) };
+  return { drain, handler: controlHandler({ ...(o.tokenFile ? { tokenFile: o.tokenFile } : {}), drain, upstream: o.upstream, logger: o.logger }) };
 }

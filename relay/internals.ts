@@ -429,6 +429,8 @@ interface ClientInternals {
   _supportedExtensions: string[];
   /** The lines of the server's (last) EHLO reply without the code and the greeting line, e.g. 'AUTH LOGIN XOAUTH2' (an instance field). */
   _ehloLines?: string[];
+  /** The SASL mechanism login() chose (an instance field), e.g. 'PLAIN', 'LOGIN', 'XOAUTH2'. */
+  _authMethod?: string | false;
 }
 
 const clientProto = SMTPClientConnection.prototype as unknown as Partial<ClientInternals>;
@@ -447,6 +449,15 @@ export function hookEnvelope(
   (conn as unknown as ClientInternals)._setEnvelope = function (this: unknown, env, callback) {
     original.call(this, env, (err, info) => after(err, info, callback));
   };
+}
+
+/**
+ * The SASL mechanism nodemailer's login() chose on `conn` (for a password: the first of
+ * the upstream's advertised mechanisms it can run, else PLAIN); undefined before a login.
+ */
+export function clientAuthMethod(conn: SMTPClientConnection): string | undefined {
+  const m = (conn as unknown as Partial<ClientInternals>)._authMethod;
+  return typeof m === 'string' && m ? m.toUpperCase() : undefined;
 }
 
 /**
@@ -582,6 +593,8 @@ function problems(): string[] {
   need(/_supportedExtensions\.push\('DSN'\)/.test(ehlo) && Array.isArray((new SMTPClientConnection({ name: 'localhost' }) as unknown as Partial<ClientInternals>)._supportedExtensions), 'nodemailer SMTPConnection no longer records DSN in _supportedExtensions');
   // upstreamAuthMechanisms: the EHLO reply's lines are kept in _ehloLines.
   need(/this\._ehloLines\s*=/.test(ehlo), 'nodemailer SMTPConnection no longer keeps the EHLO lines in _ehloLines (OAUTHBEARER detection)');
+  // clientAuthMethod: login() records the mechanism it runs in _authMethod.
+  need(/this\._authMethod\s*=/.test(String((SMTPClientConnection.prototype as { login?: unknown }).login ?? '')), 'nodemailer SMTPConnection.login no longer records the mechanism in _authMethod (GET /upstream)');
   need(typeof libmime?.decodeWords === 'function', 'mailsplit Headers no longer carries libmime.decodeWords (RFC 2047 in From:)');
   need(
     typeof originalFeedDataStream === 'function' && createHash('sha256').update(String(originalFeedDataStream)).digest('hex') === FEED_DATA_STREAM_SHA256,

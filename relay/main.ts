@@ -22,6 +22,7 @@ import { watchFiles, type FileWatch } from './watch.js';
 import { IpcLimits } from './limits.js';
 import { IpcQueue, runPrimary, takeTicketKeys, workerChannel, workerCount, DRAINING_ENV, type PrimaryOrder } from './workers.js';
 import { startDrainControl } from './control.js';
+import { upstreamReport } from './upstream-login.js';
 import type { Queue } from './session.js';
 import { startPeers } from './peers.js';
 import { LockoutGossip } from './limits-gossip.js';
@@ -164,6 +165,7 @@ async function serve(file: string): Promise<void> {
         ...(peers ? { peers: peers.channel } : {}),
         maxMessageBytes: settings.limits.maxMessageSize,
         setIntake: (d) => r.setDrain(d),
+        upstream: async () => upstreamReport(settings.upstream, [upstream.loginRecord]),
         running: () => !stopping,
         logger,
         registry,
@@ -182,6 +184,7 @@ async function serve(file: string): Promise<void> {
       channel.onMessage((m) => {
         const order = m as PrimaryOrder;
         if (order?.t === 'metrics') void registry.getMetricsAsJSON().then((json) => channel.send({ t: 'metrics', id: order.id, json }));
+        else if (order?.t === 'upstream') channel.send({ t: 'upstream', id: order.id, record: upstream.loginRecord });
         else if (order?.t === 'drain') relay.setDrain(order.on);
       });
       channel.send({ t: 'ready', ports });

@@ -36,11 +36,12 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { DkimKeyConfig, OAuth2Mechanism, UpstreamConfig } from './config-types.js';
 import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
-import { checkInternals, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamAuthMechanisms, upstreamOffersDsn } from './internals.js';
+import { checkInternals, clientAuthMethod, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamAuthMechanisms, upstreamOffersDsn } from './internals.js';
 import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
+import { LoginState, refusalChallenge, refusalWords, type LoginRecord } from './upstream-login.js';
 import { BearerRefused, bearerLogin, buildGrant, oauth2Files, oauthBearerHandler, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
 
 const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
@@ -297,7 +298,8 @@ export function classifyError(err: unknown, rcptTo: string[]): { outcome: Delive
   const rc = e?.responseCode;
   if (code === 'ESHUTDOWN') return { kind: 'shutdown', outcome: temporary('4.3.2 Relay is shutting down, try again later') };
   if (code === 'ETOKEN') return { kind: 'token', outcome: temporary('4.7.0 Upstream login token unavailable, try again later') };
-  if (code === 'EAUTH') return { kind: 'auth', outcome: temporary(`4.7.0 Upstream authentication failed, try again later${upstreamSaid(e.response)}`) };
+  // a refused login's words by the one rule for them (relay/upstream-login.ts): no 334 challenge, no encoded credential
+  if (code === 'EAUTH') return { kind: 'auth', outcome: temporary(`4.7.0 Upstream authentication failed, try again later${e.response ? ` (upstream said: ${refusalWords(e.response)})` : ''}`) };
   if (code === 'ETIMEDOUT') return { kind: 'timeout', outcome: temporary('4.4.1 Upstream connection timed out, try again later') };
   if (code === 'ETLS' || isCertError(e)) {
     return { kind: 'tls', outcome: temporary('4.7.5 Upstream TLS failed (certificate not trusted or handshake failed), try again later') };
@@ -488,6 +490,8 @@ export class Upstream {
   private tokens?: { source: TokenSource; key: string };
   /** The SASL mechanism of the latest OAuth2 login (logged when it changes). */
   private lastMechanism?: string;
+  /** The upstream's verdict on the latest login, for GET /upstream (relay/upstream-login.ts). */
+  private readonly logins = new LoginState();
 
   constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
     checkInternals();
@@ -740,14 +744,14 @@ export class Upstream {
       }
       if (s.auth) {
         const auth = s.auth;
-        await this.login(s, 'password', () => step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err))));
+        await this.login(s, 'password', conn, [auth.pass], () => step<void>(conn, (cb) => conn.login({ user: auth.user, pass: auth.pass }, (err) => cb(err))));
       } else if (s.oauth2 && this.tokens) {
         const tokens = this.tokens.source;
         const token = await tokens.get();
         const mechanism = this.oauth2Mechanism(s.oauth2.mechanism, conn);
         if (mechanism === 'OAUTHBEARER') {
           const login = bearerLogin(tokens, s, token);
-          await this.login(s, mechanism, () => step<void>(conn, (cb) => conn.login({ method: 'OAUTHBEARER', user: login.user, options: login }, (err) => cb(err))));
+          await this.login(s, mechanism, conn, [token], () => step<void>(conn, (cb) => conn.login({ method: 'OAUTHBEARER', user: login.user, options: login }, (err) => cb(err))));
         } else {
           // nodemailer's own XOAUTH2 client (AUTH XOAUTH2 user=...^Aauth=Bearer ...). After a
           // refusal it asks once more with renew=true (after the 334 error challenge Google sends).
@@ -766,7 +770,7 @@ export class Upstream {
           // What nodemailer's own transports hand to login(); @types/nodemailer types `oauth2`
           // as the XOAuth2 options rather than the instance.
           const auth = { oauth2: xoauth2 } as unknown as SMTPConnection.AuthenticationOAuth2;
-          await this.login(s, mechanism, () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
+          await this.login(s, mechanism, conn, [token], () => step<void>(conn, (cb) => conn.login(auth, (err) => cb(err))));
         }
       }
     } catch (err) {
@@ -790,23 +794,32 @@ export class Upstream {
     return chosen;
   }
 
-  /** Runs an AUTH; a refusal is logged at error level with the upstream's words and shown by smtp_relay_upstream_auth_refused. */
-  private async login(s: Settings, method: 'password' | 'XOAUTH2' | 'OAUTHBEARER', run: () => Promise<void>): Promise<void> {
+  /**
+   * Runs an AUTH; a refusal is logged at error level with the upstream's words, shown by
+   * smtp_relay_upstream_auth_refused and kept for GET /upstream until a login succeeds.
+   * `secrets` (the password or token sent) are cut out of the words should the upstream echo them.
+   */
+  private async login(s: Settings, method: 'password' | 'XOAUTH2' | 'OAUTHBEARER', conn: SMTPConnection, secrets: string[], run: () => Promise<void>): Promise<void> {
     try {
       await run();
       this.authRefused.set(0);
+      this.logins.succeeded(method === 'password' ? (clientAuthMethod(conn) ?? 'PLAIN') : method);
     } catch (err) {
       const e = err as NodemailerError;
       if (e.code === 'EAUTH' && e.response) {
         this.authRefused.set(1);
-        const challenge = err instanceof BearerRefused ? err.challenge : undefined;
+        // OAUTHBEARER: the JSON error the upstream sent before its refusal, e.g. {"status":"invalid_token"}
+        const challenge = refusalChallenge(err instanceof BearerRefused ? err.challenge : undefined);
+        const words = refusalWords(e.response, secrets);
+        const mechanism = method === 'password' ? (clientAuthMethod(conn) ?? 'PLAIN') : method;
+        this.logins.refused(mechanism, words, challenge);
         this.log.error(
           {
             event: 'upstream_auth_refused',
             method,
+            mechanism,
             ...(s.oauth2 ? { provider: s.oauth2.grant.provider, user: s.oauth2.grant.user } : {}),
-            upstreamReply: sanitizeReply(e.response),
-            // OAUTHBEARER: the JSON error the upstream sent before its refusal, e.g. {"status":"invalid_token"}
+            upstreamReply: words,
             ...(challenge ? { upstreamChallenge: challenge } : {}),
             hint: authRefusalHint(e.response, Boolean(s.oauth2)),
           },
@@ -815,6 +828,11 @@ export class Upstream {
       }
       throw err;
     }
+  }
+
+  /** This process's login record (GET /upstream; a worker's travels to its primary over IPC). */
+  get loginRecord(): LoginRecord {
+    return this.logins.record;
   }
 
   /** A TokenSource for the settings' grant: the same one while the grant's inputs are unchanged. */

@@ -10,7 +10,9 @@
 // the primary also owns the spool and the one scheduler, so a message is stored and
 // delivered by one process only; workers hand it over after signing it. The primary
 // serves /metrics (every worker's series and its own, aggregated), /healthz and /readyz,
-// and on SIGTERM tells every worker to drain, then exits once they have.
+// and the control endpoints (relay/control.ts; GET /upstream combines every worker's
+// upstream logins with its own, asked for like their metrics), and on SIGTERM tells
+// every worker to drain, then exits once they have.
 
 import cluster, { type Worker } from 'node:cluster';
 import crypto from 'node:crypto';
@@ -27,6 +29,7 @@ import { startDrainControl } from './control.js';
 import type { Queue, QueuedEnvelope } from './session.js';
 import { startQueueMode, stopQueueMode, type QueueMode } from './spool/index.js';
 import { Upstream } from './upstream.js';
+import { upstreamReport, type LoginRecord } from './upstream-login.js';
 import { startPeers } from './peers.js';
 import { LockoutGossip } from './limits-gossip.js';
 import { watchFiles, type FileWatch } from './watch.js';
@@ -170,13 +173,20 @@ export class IpcQueue implements Queue {
 }
 
 /** Messages from the primary to a worker besides the limits' and the queue's. */
-export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'stop' } | { t: 'drain'; on: boolean };
+export type PrimaryOrder = { t: 'metrics'; id: number } | { t: 'upstream'; id: number } | { t: 'stop' } | { t: 'drain'; on: boolean };
 
 /** Set to "1" in the environment of a worker forked while the relay drains (relay/control.ts). */
 export const DRAINING_ENV = 'SMTP_RELAY_DRAINING';
 
 /** Messages from a worker besides the limits' and the queue's. */
-export type WorkerNotice = { t: 'ready'; ports: Record<string, number> } | { t: 'metrics'; id: number; json: prom.MetricObjectWithValues<prom.MetricValue<string>>[] };
+export type WorkerNotice =
+  | { t: 'ready'; ports: Record<string, number> }
+  | { t: 'metrics'; id: number; json: prom.MetricObjectWithValues<prom.MetricValue<string>>[] }
+  /** Its upstream logins (relay/upstream-login.ts), for GET /upstream. */
+  | { t: 'upstream'; id: number; record: LoginRecord };
+
+/** A worker's answer to a question of its primary (metrics, upstream). */
+type WorkerAnswer = Extract<WorkerNotice, { id: number }>;
 
 // --- the primary ----------------------------------------------------------------------------
 
@@ -222,8 +232,8 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     const w = workers.get(id)?.worker;
     if (w?.isConnected()) w.send(m as object);
   });
-  const metricWaits = new Map<number, (json: WorkerNotice & { t: 'metrics' }) => void>();
-  let nextMetricId = 1;
+  const answerWaits = new Map<number, (a: WorkerAnswer) => void>();
+  let nextAnswerId = 1;
   let stopping = false;
   let announced = false;
   let ports: Record<string, number> = {};
@@ -273,6 +283,11 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
       setIntake: (on) => {
         for (const w of workers.values()) if (w.worker.isConnected()) w.worker.send({ t: 'drain', on } satisfies PrimaryOrder);
       },
+      // queue mode: the primary delivers (its own logins); inline mode: the workers do
+      upstream: async () => {
+        const answers = await askWorkers('upstream');
+        return upstreamReport(settings.upstream, [...(upstream ? [upstream.loginRecord] : []), ...answers.flatMap((a) => (a ? [a.record] : []))]);
+      },
       running: () => !stopping,
       logger,
       registry,
@@ -290,7 +305,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
     worker.on('message', (m: LimitCall | QueueCall | WorkerNotice) => {
       if (m?.t === 'limits') limitServer.handle(worker.id, m);
       else if (m?.t === 'queue') void answerQueue(worker, m);
-      else if (m?.t === 'metrics') metricWaits.get(m.id)?.(m);
+      else if (m?.t === 'metrics' || m?.t === 'upstream') answerWaits.get(m.id)?.(m);
       else if (m?.t === 'ready') {
         workers.get(worker.id)!.ready = true;
         // an order sent while it was starting may have been missed: the current state again
@@ -324,30 +339,36 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
 
   for (let i = 0; i < count; i++) fork();
 
-  /** Every worker's metrics and the primary's, aggregated (counters summed, gauges as each metric's aggregator says). */
-  const aggregated = async (): Promise<string> => {
-    const own = await registry.getMetricsAsJSON();
+  /** Asks every live worker (`t`: metrics or upstream); each answer, or undefined for one that did not answer within 3 s. */
+  const askWorkers = <T extends WorkerAnswer['t']>(t: T): Promise<(Extract<WorkerAnswer, { t: T }> | undefined)[]> => {
     const live = [...workers.values()].filter((w) => w.worker.isConnected());
-    const answers = await Promise.all(
+    return Promise.all(
       live.map(
         (w) =>
-          new Promise<WorkerNotice & { t: 'metrics' }>((resolve) => {
-            const id = nextMetricId++;
-            const t = setTimeout(() => {
-              metricWaits.delete(id);
-              resolve({ t: 'metrics', id, json: [] });
+          new Promise<Extract<WorkerAnswer, { t: T }> | undefined>((resolve) => {
+            const id = nextAnswerId++;
+            const timer = setTimeout(() => {
+              answerWaits.delete(id);
+              resolve(undefined);
             }, 3000);
-            metricWaits.set(id, (a) => {
-              clearTimeout(t);
-              metricWaits.delete(id);
-              resolve(a);
+            answerWaits.set(id, (a) => {
+              clearTimeout(timer);
+              answerWaits.delete(id);
+              resolve(a.t === t ? (a as Extract<WorkerAnswer, { t: T }>) : undefined);
             });
-            w.worker.send({ t: 'metrics', id } satisfies PrimaryOrder);
+            w.worker.send({ t, id } satisfies PrimaryOrder);
           }),
       ),
     );
-    return prom.AggregatorRegistry.aggregate([own, ...answers.map((a) => a.json)]).metrics();
   };
+
+  /** Every worker's metrics and the primary's, aggregated (counters summed, gauges as each metric's aggregator says). */
+  const aggregated = async (): Promise<string> => {
+    const own = await registry.getMetricsAsJSON();
+    const answers = await askWorkers('metrics');
+    return prom.AggregatorRegistry.aggregate([own, ...answers.map((a) => a?.json ?? [])]).metrics();
+  };
+
   try {
     metricsServer = await startMetricsServer(
       { metrics: aggregated, contentType: registry.contentType },

@@ -178,8 +178,9 @@ export const ConditionType = {
   CredentialsReady: 'CredentialsReady',
   /**
    * Upstream credentials (password or OAuth2) and CA Secrets, when referenced, exist and are
-   * well formed. The operator does not see the relay's logins: an upstream that refuses them
-   * shows in the relay's logs and metrics (smtp_relay_upstream_auth_refused), not here.
+   * well formed, and no relay pod reports that the upstream refused its login (the operator
+   * asks each pod's GET /upstream every minute: operator/upstream-logins.ts). A Secret
+   * problem is reported first: it is the cause.
    */
   UpstreamReady: 'UpstreamReady',
   /** Every DKIM key exists (given or generated) and is usable. */
@@ -241,6 +242,8 @@ export const Reason = {
   UpstreamCaInvalid: 'UpstreamCaInvalid',
   UpstreamOAuth2SecretNotFound: 'UpstreamOAuth2SecretNotFound',
   UpstreamOAuth2SecretInvalid: 'UpstreamOAuth2SecretInvalid',
+  /** A relay pod reports that the upstream refused its login (535, 5.7.139, 5.7.8 ...); also the Warning Event's reason. */
+  UpstreamAuthRefused: 'UpstreamAuthRefused',
   // DkimReady
   DkimKeysReady: 'DkimKeysReady',
   DkimSecretNotFound: 'DkimSecretNotFound',

@@ -12,6 +12,7 @@ import { FROM_WATCH_CACHE, type Kube, type KubeObject, resourcePath } from '../r
 import { resourceForKind } from '../runtime/resources.js';
 import { KIND, LABEL_MANAGED_BY, MANAGED_BY } from '../api/v1alpha1.js';
 import type { IssuerKeys } from '../issuer-keys.js';
+import type { RefusedPod, RelayPod } from '../upstream-logins.js';
 import type { OperatorMetrics } from '../metrics.js';
 import type { SecretDerivations } from './secrets.js';
 import type { OperatorPods } from '../builders/networkpolicy.js';
@@ -38,6 +39,13 @@ export interface OperatorOptions {
    * (the operator tests play the relay pods with loopback HTTP servers). Undefined = the pod IP.
    */
   podAddress?: (pod: { metadata: { name: string; namespace: string }; status?: { podIP?: string } }) => string | undefined;
+  /** How often each relay pod is asked for its upstream login state (GET /upstream); default operator/upstream-logins.ts UPSTREAM_POLL_MS. */
+  upstreamPollMs?: number;
+  /**
+   * TEST ONLY: a relay's pods' control endpoints (address, pod name) instead of the DNS
+   * records of its headless Service (the operator tests have no cluster DNS).
+   */
+  relayPods?: (relay: SmtpRelay) => Promise<RelayPod[]>;
 }
 
 export interface Features {
@@ -61,6 +69,8 @@ export interface SyncContext {
   features: Features;
   /** The cluster's ServiceAccount token issuer keys (operator/issuer-keys.ts); absent = not fetched (no ServiceAccount logins). */
   issuerKeys?: { readonly keys: IssuerKeys | undefined; readonly error: string | undefined };
+  /** What the relay pods report of their upstream logins (operator/upstream-logins.ts); absent = not polled. */
+  upstreamLogins?: { refused(relayKey: string): RefusedPod[] | undefined };
 }
 
 /**

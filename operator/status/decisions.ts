@@ -167,9 +167,15 @@ export function credentialsCondition(relay: SmtpRelay, problems: readonly UserPr
 // ---------------------------------------------------------------------------
 // UpstreamReady
 
-/** UpstreamReady from the problems with the upstream's credentials and CA Secrets. */
-export function upstreamCondition(relay: SmtpRelay, problems: readonly Problem[]): ConditionInput {
+/**
+ * UpstreamReady from the problems with the upstream's credentials and CA Secrets, then
+ * from what the relay pods report of their logins (`refusal`: the message naming the pods
+ * and the upstream's words, operator/upstream-logins.ts refusalSummary). A Secret problem
+ * wins: it is the cause of the refusal, and fixing it is the first thing to do.
+ */
+export function upstreamCondition(relay: SmtpRelay, problems: readonly Problem[], refusal?: string): ConditionInput {
   const up = relay.spec.upstream;
+  if (problems.length === 0 && refusal) return { type: ConditionType.UpstreamReady, status: 'False', reason: Reason.UpstreamAuthRefused, message: refusal };
   return conditionFromProblems(ConditionType.UpstreamReady, problems, {
     reason: Reason.UpstreamConfigured,
     message: `upstream ${up.host}:${up.port} (${up.tls})${up.credentialsSecretRef ? ' with credentials' : ''}${up.oauth2 ? ` with OAuth2 (${oauth2Provider(up.oauth2)}) as ${up.oauth2.user}` : ''}`,

@@ -81,7 +81,7 @@ export async function getRelay(kube: Kube, namespace: string, name: string): Pro
   return kube.get(resourcePath(SmtpRelays, namespace, name));
 }
 
-export function condition(relay: any, type: string): { status: string; reason: string; message: string; observedGeneration?: number } | undefined {
+export function condition(relay: any, type: string): { status: string; reason: string; message: string; observedGeneration?: number; lastTransitionTime?: string } | undefined {
   return relay?.status?.conditions?.find((c: { type: string }) => c.type === type);
 }
 

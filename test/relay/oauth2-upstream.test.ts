@@ -13,7 +13,8 @@ import { createPki, type CertFiles, type Pki } from '../harness/support/pki.js';
 import { startSaslUpstream, type SaslRefusal, type SaslUpstream } from '../harness/support/sasl-upstream.js';
 import { startSink, type Sink } from '../harness/support/sink.js';
 import { GOOGLE_AUDIENCE, MICROSOFT_AUDIENCE, startTokenEndpoint, type TokenEndpoint } from '../harness/support/token-endpoint.js';
-import { delay, message, sendPooled, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { delay, message, sendPooled, SecretDir, startRelay, tempDir, type RelayProcess } from './harness.js';
+import { control } from './control-client.js';
 
 const APP = { name: 'app', password: 'app-password-0123456789', allowedSenders: ['*@contoso.com', '*@example.com'] };
 const CLIENT = { id: '00000000-aaaa-bbbb-cccc-000000000001', secret: 'client-secret-Q8~x.NOT-FOR-LOGS' };
@@ -23,6 +24,9 @@ const SA = { email: 'relay@project-1.iam.gserviceaccount.com', ...generateKeyPai
 let pki: Pki;
 let dir: string;
 let endpoint: TokenEndpoint;
+/** The control token (GET /upstream). */
+const CONTROL_TOKEN = 'ctl-token-oauth2-2b7e91c4d0';
+let controlDir: SecretDir;
 /** What the upstream does with a token it verified: accept, or refuse with this reply. */
 let upstreamRefusal: { code: number; message: string } | { challenge: Record<string, string> } | undefined;
 const upstreamSaw: { user: string; ok: boolean; why?: string }[] = [];
@@ -50,6 +54,7 @@ async function upstream(audience: string, user: string): Promise<Sink> {
 before(async () => {
   pki = await createPki({ caName: 'oauth2 test CA' });
   dir = await tempDir('relay-oauth2-');
+  controlDir = await SecretDir.create(dir, 'control-token', { token: `${CONTROL_TOKEN}\n` });
   endpoint = await startTokenEndpoint({ pki, client: CLIENT, serviceAccount: { email: SA.email, publicKey: SA.publicKey }, mailbox: MAILBOX });
   await writeFile(join(dir, 'client-secret'), `${CLIENT.secret}\n`, { mode: 0o600 });
   await writeFile(
@@ -78,6 +83,7 @@ async function relayFor(sink: { port: number }, oauth2: string, queue?: string):
     users: [APP],
     upstream: { host: '127.0.0.1', port: sink.port, caFile: pki.ca.certFile },
     upstreamExtra: `  oauth2:\n${oauth2}`,
+    metricsExtra: `controlTokenFile: ${controlDir.file('token')}`,
     ...(queue ? { queue } : {}),
   });
 }
@@ -89,9 +95,16 @@ function send(relay: RelayProcess, n: number, tag: string, from = 'app@contoso.c
   return sendPooled(relay, { ca: pki.ca.certPem, user: APP, from, n, tag, maxConnections: 5 });
 }
 
-/** No access token, client secret or private key text in anything the relay wrote. */
-function assertNoSecretsLogged(relay: RelayProcess): void {
-  const text = JSON.stringify(relay.logs) + relay.stderr;
+/** GET /upstream (relay/control.ts): the upstream's verdict on the relay's login. */
+async function upstreamState(relay: RelayProcess): Promise<Record<string, unknown>> {
+  const r = await control(relay, 'GET', '/upstream', CONTROL_TOKEN);
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  return r.json;
+}
+
+/** No access token, client secret or private key text in anything the relay wrote (or answered: `answers`). */
+function assertNoSecretsLogged(relay: RelayProcess, ...answers: unknown[]): void {
+  const text = JSON.stringify(relay.logs) + relay.stderr + JSON.stringify(answers);
   for (const token of endpoint.issued) {
     assert.ok(!text.includes(token), 'an access token was logged');
     assert.ok(!text.includes(token.split('.')[2]!), 'an access token signature was logged');
@@ -229,10 +242,18 @@ describe('upstream OAuth2', () => {
       assert.match(String(line.hint), /Set-CASMailbox/);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 1);
       assert.ok((await relay.metric('smtp_relay_upstream_errors_total', { kind: 'auth' })) >= 1);
+      const refused = await upstreamState(relay);
+      assert.equal(refused.authRefused, true);
+      assert.equal(refused.authentication, 'oauth2');
+      assert.equal(refused.mechanism, 'XOAUTH2');
+      assert.equal(refused.reply, '535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.');
       upstreamRefusal = undefined;
       assert.deepEqual((await send(relay, 1, 'fixed')).map((r) => r.slice(0, 3)), ['250']);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0, 'cleared by the next successful login');
-      assertNoSecretsLogged(relay);
+      const cleared = await upstreamState(relay);
+      assert.equal(cleared.authRefused, false);
+      assert.ok(cleared.lastSuccess);
+      assertNoSecretsLogged(relay, refused, cleared);
     } finally {
       upstreamRefusal = undefined;
       await relay.stop();
@@ -387,11 +408,23 @@ describe('upstream OAuth2: OAUTHBEARER (RFC 7628) where the upstream offers it, 
       assert.match(String(line.hint), /domain-wide delegation/);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 1);
       assert.ok((await relay.metric('smtp_relay_upstream_errors_total', { kind: 'auth' })) >= 1);
+      // GET /upstream: the final reply's words and the challenge decoded, never its base64
+      const refused = await upstreamState(relay);
+      assert.equal(refused.authRefused, true);
+      assert.equal(refused.mechanism, 'OAUTHBEARER');
+      assert.match(String(refused.reply), /^535 5\.7\.8 Username and Password not accepted\. For more information, go to https:\/\/support\.google\.com\/mail\/\?p=BadCredentials$/);
+      assert.deepEqual(refused.challenge, { status: 'invalid_token', scope: GOOGLE_AUDIENCE, schemes: 'bearer' });
+      const challengeB64 = Buffer.from(JSON.stringify({ status: 'invalid_token', schemes: 'bearer', scope: GOOGLE_AUDIENCE })).toString('base64');
+      assert.ok(!JSON.stringify(refused).includes(challengeB64.slice(0, 20)), 'the 334 challenge is not echoed');
       refusal = undefined;
       assert.deepEqual((await send(relay, 1, 'fixed', GOOGLE_USER)).map((r) => r.slice(0, 3)), ['250']);
       assert.equal(await relay.metric('smtp_relay_upstream_auth_refused'), 0, 'cleared by the next successful login');
-      assertNoSecretsLogged(relay);
+      const cleared = await upstreamState(relay);
+      assert.equal(cleared.authRefused, false);
+      assert.equal(cleared.challenge, undefined);
+      assertNoSecretsLogged(relay, refused, cleared);
       assertNoSaslLogged(relay, up);
+      assert.ok(!JSON.stringify([refused, cleared]).includes(up.auths[0]!.initial.toString('base64')), 'no SASL message in GET /upstream');
     } finally {
       refusal = undefined;
       await relay.stop();

@@ -14,6 +14,7 @@ import type { ConditionInput, Problem } from '../../status/conditions.js';
 import { credentialsCondition, upstreamCondition, type UserProblem } from '../../status/decisions.js';
 import { checkPassword, checkUpstreamCaSecret, checkUpstreamCredentialsSecret, checkUpstreamOAuth2Secret, readUserPassword } from '../../status/secret-checks.js';
 import { cachedChild, type ReconcileScope, type SyncContext } from '../context.js';
+import { refusalMessage } from '../../upstream-logins.js';
 import { createSecretIfAbsent, readSecret, readSecretDerived } from '../secrets.js';
 import { serviceAccountUids } from './service-accounts.js';
 
@@ -136,7 +137,11 @@ async function acceptPasswords(ctx: SyncContext, scope: ReconcileScope): Promise
   return { passwords, problems };
 }
 
-/** UpstreamReady: the credentials and CA Secrets spec.upstream references exist and are well formed. */
+/**
+ * UpstreamReady: the credentials and CA Secrets spec.upstream references exist and are well
+ * formed, and no pod reports that the upstream refused the relay's login (ctx.upstreamLogins,
+ * polled from the pods; its change reconciles the relay, its transition has its Event).
+ */
 export async function syncUpstream(ctx: SyncContext, scope: ReconcileScope): Promise<ConditionInput> {
   const relay = scope.relay;
   const ns = relay.metadata.namespace;
@@ -159,5 +164,6 @@ export async function syncUpstream(ctx: SyncContext, scope: ReconcileScope): Pro
     if (p) problems.push(p);
   }
   for (const p of problems) await ctx.events.warning(relay, p.reason, p.message);
-  return upstreamCondition(relay, problems);
+  const refused = ctx.upstreamLogins ? ctx.upstreamLogins.refused(`${ns}/${relay.metadata.name}`) : [];
+  return upstreamCondition(relay, problems, refusalMessage(relay, refused));
 }

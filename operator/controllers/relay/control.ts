@@ -3,9 +3,11 @@
 //   GET /queue     → {"draining":bool,"messages":n,"bytes":n,"oldestSeconds":n,"handedOff":n}
 //   POST /drain    {"handoff":["<podIP>:<peerPort>",...]} → the pod stops taking mail and empties its queue
 //   DELETE /drain  → back in service
+//   GET /upstream  → the upstream's verdict on the relay's own login (relay/upstream-login.ts)
 // The token is never logged: errors name the pod and the HTTP status only.
 
 import { METRICS_PORT } from '../../api/v1alpha1.js';
+import { refusalWords } from '../../../relay/upstream-login.js';
 
 export interface QueueState {
   draining: boolean;
@@ -65,4 +67,36 @@ export async function startDrain(address: string, token: string, handoff: readon
 
 export async function stopDrain(address: string, token: string): Promise<void> {
   await call(address, token, 'DELETE', '/drain');
+}
+
+/** What the operator takes from GET /upstream: only what it shows, re-sanitised (a pod's words are not trusted to be clean). */
+export interface UpstreamState {
+  /** The pod's own name for itself (its hostname), if it gave a usable one. */
+  pod?: string;
+  authRefused: boolean;
+  /** While refused: the upstream's reply code and words. */
+  reply?: string;
+  mechanism?: string;
+  /** While refused: when the refusals began (RFC 3339). */
+  since?: string;
+}
+
+/** A DNS label-ish pod name (a pod name is a DNS subdomain), else undefined. */
+function podName(v: unknown): string | undefined {
+  return typeof v === 'string' && /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/.test(v) ? v : undefined;
+}
+
+/** The pod's upstream login state; throws on anything but a well-formed answer. */
+export async function getUpstream(address: string, token: string): Promise<UpstreamState> {
+  const o = (await call(address, token, 'GET', '/upstream')) as Record<string, unknown> | undefined;
+  if (!o || typeof o !== 'object' || typeof o['authRefused'] !== 'boolean') throw new Error('GET /upstream: not an upstream state');
+  const out: UpstreamState = { authRefused: o['authRefused'] };
+  const pod = podName(o['pod']);
+  if (pod) out.pod = pod;
+  if (out.authRefused) {
+    out.reply = refusalWords(typeof o['reply'] === 'string' ? o['reply'] : '') || 'no reply text';
+    if (typeof o['mechanism'] === 'string' && /^[A-Z0-9_-]{1,20}$/.test(o['mechanism'])) out.mechanism = o['mechanism'];
+    if (typeof o['since'] === 'string' && !Number.isNaN(Date.parse(o['since']))) out.since = new Date(Date.parse(o['since'])).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  }
+  return out;
 }

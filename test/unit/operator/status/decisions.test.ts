@@ -17,6 +17,7 @@ import {
   summarizeReady,
   upstreamCondition,
 } from '../../../../operator/status/decisions.js';
+import { refusalMessage, refusalSummary } from '../../../../operator/upstream-logins.js';
 
 const t0 = new Date('2026-03-01T10:00:00.123Z');
 const at = (d: Date) => () => d;
@@ -196,6 +197,43 @@ test('an upstream without problems is UpstreamConfigured, naming host, port, TLS
 test('an upstream whose credentials Secret is missing is not ready, with that reason', () => {
   const c = upstreamCondition(relayFixture(), [{ reason: Reason.UpstreamCredentialsNotFound, message: 'Secret up does not exist' }]);
   assert.deepEqual(c, { type: ConditionType.UpstreamReady, status: 'False', reason: Reason.UpstreamCredentialsNotFound, message: 'Secret up does not exist' });
+});
+
+test('an upstream that a pod reports refusing the login is not ready (UpstreamAuthRefused), naming the pods and the upstream\'s words', () => {
+  const relay = relayFixture(undefined, (r) => (r.spec.upstream = { ...r.spec.upstream, host: 'smtp.office365.com', port: 587, tls: 'starttls', credentialsSecretRef: { name: 'up' } }));
+  const words = '535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.';
+  const message = refusalSummary(relay, [
+    { pod: 'outbound-0', reply: words, mechanism: 'LOGIN', since: '2026-03-01T10:00:00Z' },
+    { pod: 'outbound-1', reply: words, mechanism: 'LOGIN', since: '2026-03-01T09:59:00Z' },
+    { pod: 'outbound-2', reply: '535 5.7.3 Authentication unsuccessful', mechanism: 'LOGIN' },
+  ]);
+  assert.equal(
+    message,
+    `the upstream smtp.office365.com:587 refuses the relay's login (LOGIN) on pods outbound-0, outbound-1: "${words}" since 2026-03-01T09:59:00Z; (LOGIN) on pod outbound-2: "535 5.7.3 Authentication unsuccessful"; check the username and password in Secret up and whether the upstream allows SMTP AUTH (docs/runbooks.md SmtpRelayUpstreamAuthRefused); this clears at the next login the upstream accepts`,
+  );
+  assert.deepEqual(upstreamCondition(relay, [], message), { type: ConditionType.UpstreamReady, status: 'False', reason: Reason.UpstreamAuthRefused, message });
+  assert.equal(refusalSummary(relay, Array.from({ length: 50 }, (_, i) => ({ pod: `outbound-${i}`, reply: `535 5.7.3 no ${i}` }))).length, 1000, 'bounded');
+});
+
+test('a Secret problem wins over a refusal the pods report: it is the cause', () => {
+  const c = upstreamCondition(relayFixture(), [{ reason: Reason.UpstreamCredentialsNotFound, message: 'Secret up does not exist' }], 'the upstream x:587 refuses the relay\'s login ...');
+  assert.equal(c.reason, Reason.UpstreamCredentialsNotFound);
+  assert.equal(upstreamCondition(relayFixture(), [], undefined).status, 'True', 'no refusal: the Secret-based verdict');
+});
+
+test('before its pods were first asked (an operator restart), a relay keeps the refusal its status shows; a relay that does not log in never shows one', () => {
+  const withLogin = (status?: Partial<Condition>) =>
+    relayFixture(undefined, (r) => {
+      r.spec.upstream = { ...r.spec.upstream, credentialsSecretRef: { name: 'up' } };
+      if (status) r.status = { conditions: conditionsFixture('True', t0, { UpstreamReady: status }) };
+    });
+  const shown = withLogin({ status: 'False', reason: Reason.UpstreamAuthRefused, message: 'the upstream x:587 refuses the relay\'s login ...' });
+  assert.equal(refusalMessage(shown, undefined), 'the upstream x:587 refuses the relay\'s login ...');
+  assert.equal(refusalMessage(shown, []), undefined, 'asked: none refuses now');
+  assert.equal(refusalMessage(withLogin({ status: 'True', reason: Reason.UpstreamConfigured }), undefined), undefined);
+  assert.match(refusalMessage(withLogin(), [{ pod: 'p', reply: '535 no' }])!, /on pod p: "535 no"/);
+  const noLogin = relayFixture(undefined, (r) => (r.spec.upstream = { ...r.spec.upstream, credentialsSecretRef: undefined, oauth2: undefined }));
+  assert.equal(refusalMessage(noLogin, [{ pod: 'p', reply: '535 no' }]), undefined);
 });
 
 test('a relay without DKIM is DkimReady and says no signing is configured', () => {
