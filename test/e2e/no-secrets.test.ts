@@ -5,7 +5,8 @@
  *   - a generated user password, a user-chosen one (then rotated), a wrong guess at it;
  *   - a ServiceAccount token (TokenRequest from the real API server) used as an SMTP login;
  *   - the DKIM private key the operator generates, the relays' TLS private keys;
- *   - the upstream password (basic-auth Secret), and an OAuth2 client secret (a second relay,
+ *   - the upstream password (basic-auth Secret; a wrong one, which the upstream refuses and
+ *     UpstreamReady=False reports with its words), and an OAuth2 client secret (a second relay,
  *     whose token endpoint is unreachable, so its error path is exercised too).
  * Then it collects every container log (operator and relays, from the kubelet's log files), every Event
  * (core and events.k8s.io), the status of every object of the kinds involved, and the
@@ -22,6 +23,7 @@ const BILLING_PASSWORD = 'Billing-Chosen-Password-8d1a';
 const BILLING_ROTATED = 'Billing-Rotated-Password-55b0';
 const WRONG_GUESS = 'Wrong-Guess-Password-0c7e93';
 const OAUTH_CLIENT_SECRET = 'oauth2-client-secret-6a4f0b9d27e1';
+const WRONG_UPSTREAM = 'Wrong-Upstream-Password-3e8d71';
 
 describe('end to end: no password, token or private key in any log, Event, status or metric', { timeout: 900_000 }, () => {
   let env: Environment;
@@ -117,10 +119,27 @@ describe('end to end: no password, token or private key in any log, Event, statu
     const oauthPod = (await env.relayPods('oauth'))[0]!;
     await waitFor('the OAuth2 relay to report its token failure', async () => /token/i.test(env.node.logs(RELAY_NAMESPACE, oauthPod.name)), 60_000);
 
+    // The upstream refuses the relay's login (a wrong password in its Secret): the operator,
+    // polling the pods' GET /upstream through the peers Service's DNS records and the
+    // NetworkPolicy's operator rule, sets UpstreamReady=False with the upstream's words.
+    await env.kube.request('PATCH', `/api/v1/namespaces/${RELAY_NAMESPACE}/secrets/upstream-login`, { contentType: 'application/merge-patch+json', body: { stringData: { password: WRONG_UPSTREAM } } });
+    const upstreamReady = async () => (await env.kube.get<{ status?: { conditions?: { type: string; status: string; reason: string; message: string }[] } }>(relayPath('outbound'))).status?.conditions?.find((c) => c.type === 'UpstreamReady');
+    const refusedCondition = await waitFor('UpstreamReady=False (UpstreamAuthRefused) after the upstream refused the login', async () => {
+      // each message makes the relay log in again (the kubelet swaps the password file within its sync period)
+      await env.send({ relay: 'outbound', user: 'app', password: appPassword, from: 'app@example.com', to: 'someone@example.net', endpoint: ep! }).catch(() => undefined);
+      const c = await upstreamReady();
+      return c?.status === 'False' && c.reason === 'UpstreamAuthRefused' ? c : undefined;
+    }, 180_000, 5000);
+    assert.match(refusedCondition.message, /535 5\.7\.8 Authentication credentials invalid/, "the upstream's words");
+    assert.match(refusedCondition.message, /outbound-/, 'the pod that was refused');
+    const events = await env.kube.get<{ items: { reason: string; type: string }[] }>(`/api/v1/namespaces/${RELAY_NAMESPACE}/events`);
+    assert.ok(events.items.some((e) => e.reason === 'UpstreamAuthRefused' && e.type === 'Warning'), 'a Warning Event');
+    await env.kube.request('PATCH', `/api/v1/namespaces/${RELAY_NAMESPACE}/secrets/upstream-login`, { contentType: 'application/merge-patch+json', body: { stringData: { password: UPSTREAM.pass } } });
+
     // every secret this run used
     for (const [v, what] of [
       [UPSTREAM.pass, 'upstream password'], [BILLING_PASSWORD, 'user-chosen password'], [BILLING_ROTATED, 'rotated password'], [WRONG_GUESS, 'a wrong guess at a password'],
-      [OAUTH_CLIENT_SECRET, 'OAuth2 client secret'], [appPassword, 'generated password'], [app2Password, 'generated password (oauth relay)'], [token, 'ServiceAccount token'],
+      [OAUTH_CLIENT_SECRET, 'OAuth2 client secret'], [WRONG_UPSTREAM, 'a wrong upstream password the upstream refused'], [appPassword, 'generated password'], [app2Password, 'generated password (oauth relay)'], [token, 'ServiceAccount token'],
     ] as const) used.set(v, what);
     for (const ns of [RELAY_NAMESPACE, 'apps', OPERATOR_NAMESPACE]) {
       const list = await env.kube.get<{ items: { metadata: { name: string }; data?: Record<string, string> }[] }>(`/api/v1/namespaces/${ns}/secrets`);
