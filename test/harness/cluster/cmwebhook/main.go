@@ -40,13 +40,15 @@ import (
 )
 
 func main() {
-	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the API server (for SubjectAccessReviews and discovery)")
-	securePort := flag.Int("secure-port", 6443, "TLS port of /validate and /mutate (every interface)")
-	healthzPort := flag.Int("healthz-port", 6080, "plain HTTP port of /healthz and /livez (every interface)")
-	certFile := flag.String("tls-cert-file", "", "serving certificate (PEM)")
-	keyFile := flag.String("tls-private-key-file", "", "serving key (PEM)")
-	klog.InitFlags(nil)
-	flag.Parse()
+	// Our own flag set: controller-runtime, linked in, registers --kubeconfig on the global one.
+	fs := flag.NewFlagSet("cert-manager-webhook", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the API server (for SubjectAccessReviews and discovery)")
+	securePort := fs.Int("secure-port", 6443, "TLS port of /validate and /mutate (every interface)")
+	healthzPort := fs.Int("healthz-port", 6080, "plain HTTP port of /healthz and /livez (every interface)")
+	certFile := fs.String("tls-cert-file", "", "serving certificate (PEM)")
+	keyFile := fs.String("tls-private-key-file", "", "serving key (PEM)")
+	klog.InitFlags(fs)
+	_ = fs.Parse(os.Args[1:])
 	if *certFile == "" || *keyFile == "" {
 		fmt.Fprintln(os.Stderr, "cert-manager-webhook: --tls-cert-file and --tls-private-key-file are required")
 		os.Exit(2)
