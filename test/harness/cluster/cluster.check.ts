@@ -253,6 +253,7 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     for (const r of requests.items) assert.ok(r.spec.username, `CertificateRequest ${r.metadata.name} has no spec.username: the mutating webhook did not set it`);
     // The webhook saw each of them (its log names every decision).
     const lines = (await webhookLog()).split('\n');
+    for (const l of lines.filter((x) => x.includes(`namespace="${ns}"`) || x.includes('name="invalid"'))) log(`webhook: ${l}`);
     const saw = (what: string, resource: string, n: string): boolean =>
       lines.some((l) => l.includes(`"${what}"`) && l.includes(`resource="${resource}"`) && l.includes(`namespace="${ns}"`) && l.includes(`name="${n}"`));
     assert.ok(saw('validate allowed', 'certificates', name), `the webhook did not log admitting Certificate ${ns}/${name}:\n${lines.filter((l) => l.includes('certificates')).slice(-10).join('\n')}`);
