@@ -19,6 +19,10 @@
 #                                                                     with only the plugins we use
 #   certmanager   github.com/cert-manager/cert-manager v1.21.2        certmanager/ here: our own main
 #                 (controller: certificates, CA/SelfSigned issuers)   over the module's public API
+#   cmwebhook     github.com/cert-manager/cert-manager v1.21.2        cmwebhook/main.go here: our own main
+#                 (webhook: validation, CertificateRequest identity)  over internal/webhook, built as a
+#                                                                     package inside a symlink view of the
+#                                                                     module (see build_cmwebhook)
 #   kuberouter    github.com/cloudnativelabs/kube-router/v2 v2.10.0   kuberouter/ here: cmd/kube-router,
 #                 (NetworkPolicy enforcement only, see cluster.ts)    its own k8s.io/* pins; netlink
 #                                                                     replaced by v1.3.1 (see go.mod)
@@ -131,6 +135,29 @@ build_certmanager() {
   mkdir -p "$1/crds" && cp "$src"/deploy/crds/*.yaml "$1/crds/" && chmod -R u+w "$1/crds"
 }
 
+# cert-manager's webhook wiring (internal/webhook) and validation are internal packages of the
+# root module, and its cmd/webhook module is not served by the Go proxy (404). Our main is built
+# as a package of that module: a temporary folder holds a symlink to every entry of the
+# module cache's copy of cert-manager plus srop-cmwebhook/main.go (a copy of cmwebhook/main.go),
+# and a copy of certmanager/go.mod (the controller's module graph, so both binaries share every
+# version) replaces the module by that folder. (`go build -overlay` would be simpler, but the go
+# command refuses to overlay files beneath GOMODCACHE.) Nothing of cert-manager is copied.
+build_cmwebhook() {
+  local out="$1" src work e
+  src="$(cd certmanager && GOFLAGS="$GOFLAGS -mod=readonly" go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+  work="$(mktemp -d "$out/../.view.XXXXXX")"
+  mkdir "$work/cert-manager" "$work/build"
+  for e in "$src"/* "$src"/.[!.]*; do [ -e "$e" ] && ln -s "$e" "$work/cert-manager/"; done
+  mkdir "$work/cert-manager/srop-cmwebhook" && cp cmwebhook/main.go "$work/cert-manager/srop-cmwebhook/main.go"
+  cp certmanager/go.mod certmanager/go.sum "$work/build/"
+  local rc=0
+  (cd "$work/build" && go mod edit -replace="github.com/cert-manager/cert-manager=$work/cert-manager" &&
+    GOFLAGS="$GOFLAGS -mod=readonly" CGO_ENABLED=0 ngo build -trimpath -p "$par" -ldflags="-s -w" \
+      -o "$out/cert-manager-webhook" github.com/cert-manager/cert-manager/srop-cmwebhook) || rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
 build_kuberouter() {
   local m=github.com/cloudnativelabs/kube-router/v2
   (cd kuberouter && GOFLAGS="$GOFLAGS -mod=readonly" CGO_ENABLED=0 ngo build -trimpath -p "$par" \
@@ -143,7 +170,7 @@ build_pause() {
 }
 
 want_parts=("$@")
-[ ${#want_parts[@]} -gt 0 ] || want_parts=(pause containerd runc cni coredns k8s certmanager kuberouter)
+[ ${#want_parts[@]} -gt 0 ] || want_parts=(pause containerd runc cni coredns k8s certmanager cmwebhook kuberouter)
 total_start=$SECONDS
 for p in "${want_parts[@]}"; do
   case "$p" in
@@ -153,6 +180,7 @@ for p in "${want_parts[@]}"; do
     cni)         part cni "$CNI_VERSION" "ptp host-local loopback portmap" ;;
     coredns)     part coredns "$COREDNS_VERSION" "coredns" coredns/go.mod coredns/go.sum coredns/main.go ;;
     certmanager) part certmanager "$CERTMANAGER_VERSION" "cert-manager-controller crds" certmanager/go.mod certmanager/go.sum certmanager/main.go ;;
+    cmwebhook)   part cmwebhook "$CERTMANAGER_VERSION" "cert-manager-webhook" certmanager/go.mod certmanager/go.sum cmwebhook/main.go ;;
     kuberouter)  part kuberouter "$KUBEROUTER_VERSION" "kube-router" kuberouter/go.mod kuberouter/go.sum kuberouter/tools.go ;;
     pause)       part pause "$PAUSE_VERSION" "pause pause-image.tar" pause/main.go pause/go.mod pause/oci-archive.py ;;
     *) echo "cluster: unknown part '$p'" >&2; exit 2 ;;

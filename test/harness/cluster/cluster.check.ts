@@ -2,7 +2,8 @@
  * The one-node cluster (cluster.ts) does what a real cluster does for the parts the e2e suite
  * will lean on: the scheduler places a pod of the project's image, the real kubelet runs it
  * under containerd + runc, a client pod resolves a Service name through CoreDNS and reaches
- * it through kube-proxy, cert-manager issues a Certificate from a CA ClusterIssuer, and
+ * it through kube-proxy, cert-manager issues a Certificate from a CA ClusterIssuer, cert-manager's
+ * webhook refuses an invalid Certificate and admits the one the operator writes, and
  * stop() leaves nothing behind. Every wait is bounded. Needs root, `make cluster` and
  * `make image`.
  */
@@ -15,7 +16,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
-import { CLUSTER_DIR, NODE_IP, NODE_NAME, PROJECT_IMAGE, clusterIpsets, clusterLog, projectImageLayout, startCluster, type Cluster } from './cluster.js';
+import YAML from 'yaml';
+import { API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, type SmtpRelay } from '../../../operator/api/v1alpha1.js';
+import { buildChildren } from '../../../operator/builders/children.js';
+import { buildRelayConfig } from '../../../operator/builders/relay-config.js';
+import { Applier } from '../../../operator/runtime/apply.js';
+import { Kube, type KubeObject } from '../../../operator/runtime/kube.js';
+import { resourceForKind } from '../../../operator/runtime/resources.js';
+import { repoRoot } from '../controlplane/harness.js';
+import type { SmtpRelaySpecInput } from '../smtprelay/defaults.js';
+import { CERT_MANAGER_WEBHOOK, CLUSTER_DIR, apiErrorMessage, NODE_IP, NODE_NAME, PROJECT_IMAGE, clusterIpsets, clusterLog, projectImageLayout, startCluster, type Cluster } from './cluster.js';
 import { nodePod, until } from './testpods.js';
 
 const log = process.env['CLUSTER_VERBOSE'] === '1' ? (l: string): void => console.log(l) : (): void => {};
@@ -189,6 +199,69 @@ describe('one-node cluster from the real parts', { timeout: 900_000 }, () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+
+  it('cert-manager\'s webhook refuses an invalid Certificate with cert-manager\'s own message, and admits the Certificate the operator writes for a relay', async () => {
+    const cm = { group: 'cert-manager.io', version: 'v1' };
+    // (1) Valid for the CRD's schema (issuerRef.name is present, ECDSA is in the enum, size is
+    //     any integer), invalid for cert-manager's validation: only the webhook can refuse it.
+    const refusal = await custom.createNamespacedCustomObject({
+      ...cm, namespace: 'srv', plural: 'certificates',
+      body: {
+        apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'invalid' },
+        spec: { secretName: 'invalid', dnsNames: ['invalid.srv.svc'], issuerRef: { name: '' }, privateKey: { algorithm: 'ECDSA', size: 300 } },
+      },
+    }).then(() => undefined, (e: unknown) => e as k8s.ApiException<unknown>);
+    assert.ok(refusal, 'the API server admitted an invalid Certificate: cert-manager\'s webhook did not validate it');
+    const message = apiErrorMessage(refusal);
+    log(`refusal ${refusal.code}: ${message}`);
+    assert.ok(refusal.code >= 400 && refusal.code < 500, `status ${refusal.code}: ${message}`);
+    assert.ok(message.includes(`admission webhook "${CERT_MANAGER_WEBHOOK}" denied the request`), message);
+    assert.ok(message.includes('spec.issuerRef.name: Required value: must be specified'), message);
+    assert.ok(message.includes('spec.privateKey.size: Unsupported value: 300: supported values: "256", "384", "521"'), message);
+    await assert.rejects(custom.getNamespacedCustomObject({ ...cm, namespace: 'srv', plural: 'certificates', name: 'invalid' }), (e: k8s.ApiException<unknown>) => e.code === 404);
+
+    // (2) The Certificate of crds/examples/minimal.yaml's relay, built by the operator's builders
+    //     and applied by its Applier (server-side apply), issued by the CA ClusterIssuer of the
+    //     test above. The SmtpRelay exists in the API (the Certificate's owner), defaulted by it.
+    const example = YAML.parse(readFileSync(join(repoRoot(), 'crds', 'examples', 'minimal.yaml'), 'utf8')) as { metadata: { name: string; namespace: string }; spec: SmtpRelaySpecInput };
+    const ns = example.metadata.namespace;
+    await core.createNamespace({ body: { metadata: { name: ns } } });
+    const relay = (await custom.createNamespacedCustomObject({
+      group: GROUP, version: VERSION, namespace: ns, plural: PLURAL,
+      body: { apiVersion: API_VERSION, kind: KIND, metadata: { name: example.metadata.name, namespace: ns }, spec: { ...structuredClone(example.spec), tls: { issuerRef: { name: 'test-ca', kind: 'ClusterIssuer' } } } },
+    })) as SmtpRelay;
+    const cert = (buildChildren(relay, buildRelayConfig(relay), { image: PROJECT_IMAGE, imagePullPolicy: 'Never' }) as unknown as KubeObject[]).find((o) => o.kind === 'Certificate');
+    assert.ok(cert, 'the operator builds no Certificate for a relay with tls.issuerRef');
+    const name = cert.metadata!.name!;
+    await new Applier({ kube: new Kube(c.kubeconfig), fieldManager: FIELD_MANAGER }).apply(resourceForKind('Certificate')!, cert, undefined);
+    const webhookLog = async (): Promise<string> => clusterLog('cert-manager-webhook', 100_000);
+    const diag = async (): Promise<string> => {
+      const got = await custom.getNamespacedCustomObject({ ...cm, namespace: ns, plural: 'certificates', name }).catch((e: Error) => e.message);
+      return `certificate: ${JSON.stringify((got as { status?: unknown }).status ?? got)}\ncert-manager:\n${await clusterLog('cert-manager', 30)}\nwebhook:\n${await clusterLog('cert-manager-webhook', 30)}`;
+    };
+    // Issued through the whole admission chain: the CertificateRequest cert-manager made got its
+    // requester's identity from the mutating webhook and passed validation and the approval check.
+    await until(`Certificate ${ns}/${name} Ready`, 120_000, async () => {
+      const got = (await custom.getNamespacedCustomObject({ ...cm, namespace: ns, plural: 'certificates', name })) as { status?: { conditions?: Array<{ type: string; status: string }> } };
+      return got.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True') ? true : undefined;
+    }, diag);
+    const secret = await core.readNamespacedSecret({ name: (cert as unknown as { spec: { secretName: string } }).spec.secretName, namespace: ns });
+    assert.ok(secret.data?.['tls.crt'], 'no tls.crt in the relay\'s TLS Secret');
+    const requests = (await custom.listNamespacedCustomObject({ ...cm, namespace: ns, plural: 'certificaterequests' })) as { items: Array<{ metadata: { name: string }; spec: { username?: string; groups?: string[] } }> };
+    assert.ok(requests.items.length > 0, 'no CertificateRequest');
+    for (const r of requests.items) assert.ok(r.spec.username, `CertificateRequest ${r.metadata.name} has no spec.username: the mutating webhook did not set it`);
+    // The webhook saw each of them (its log names every decision).
+    const lines = (await webhookLog()).split('\n');
+    for (const l of lines.filter((x) => x.includes(`namespace="${ns}"`) || x.includes('name="invalid"'))) log(`webhook: ${l}`);
+    const saw = (what: string, resource: string, n: string): boolean =>
+      lines.some((l) => l.includes(`"${what}"`) && l.includes(`resource="${resource}"`) && l.includes(`namespace="${ns}"`) && l.includes(`name="${n}"`));
+    assert.ok(saw('validate allowed', 'certificates', name), `the webhook did not log admitting Certificate ${ns}/${name}:\n${lines.filter((l) => l.includes('certificates')).slice(-10).join('\n')}`);
+    assert.ok(lines.some((l) => l.includes('"validate denied"') && l.includes('name="invalid"')), 'the webhook did not log refusing srv/invalid');
+    // (A CertificateRequest is created with generateName: the log line may not name it.)
+    const sawRequest = (what: string): boolean => lines.some((l) => l.includes(`"${what}"`) && l.includes('resource="certificaterequests"') && l.includes(`namespace="${ns}"`));
+    assert.ok(sawRequest('mutate allowed'), `the webhook did not mutate a CertificateRequest of ${ns}`);
+    assert.ok(sawRequest('validate allowed'), `the webhook did not validate a CertificateRequest of ${ns}`);
   });
 
   it('a claim of the local StorageClass binds to a local PersistentVolume when its pod is scheduled; the pod writes to it', async () => {

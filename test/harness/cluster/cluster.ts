@@ -37,7 +37,16 @@
  *                   from the cache), NRI off; images come in with `ctr images import`
  *   kube-proxy      iptables mode, clusterCIDR = pod range, no localhost NodePorts, conntrack
  *                   sysctls left alone
- *   cert-manager    our controller main (certmanager/main.go) with the v1.21.2 CRDs
+ *   cert-manager    our controller main (certmanager/main.go) with the v1.21.2 CRDs, and
+ *                   cert-manager's webhook (our main over its internal/webhook,
+ *                   cmwebhook/main.go) on https://127.0.0.1:<port>, serving a certificate of a
+ *                   CA the harness makes (pki/cert-manager-webhook-ca), registered before the
+ *                   controllers start as the chart registers it (ValidatingWebhookConfiguration
+ *                   for CREATE/UPDATE of cert-manager.io and acme.cert-manager.io `*\/*`,
+ *                   MutatingWebhookConfiguration for CREATE of CertificateRequests, both
+ *                   failurePolicy Fail) but with a `url` clientConfig and that CA as caBundle:
+ *                   every cert-manager object is validated by cert-manager itself, and nothing
+ *                   of cert-manager can be written while the webhook is down
  *   NetworkPolicy   kube-router v2.10.0 policy-only (--run-firewall, no router, no service
  *                   proxy, no health/metrics port), admin kubeconfig, --hostname-override =
  *                   the node, --service-cluster-ip-range = the API server's: KUBE-ROUTER-*
@@ -48,7 +57,7 @@
  *                   startCluster({ networkPolicy: false }) leaves it out
  *   storage         StorageClass `local` (default, no provisioner, WaitForFirstConsumer);
  *                   c.localVolume(name) makes a folder-backed local PersistentVolume
- *   add-ons         CoreDNS, kube-proxy, the scheduler, cert-manager and kube-router run as host processes
+ *   add-ons         CoreDNS, kube-proxy, the scheduler, cert-manager (controllers and webhook) and kube-router run as host processes
  *                   (not as pods), each with its own log in <dir>/logs/
  *
  *   const c = await startCluster({ log?, crdFiles? });
@@ -108,7 +117,7 @@ export interface ClusterOptions {
   log?: (line: string) => void;
   /** Extra CRD files installed with the control plane (cert-manager's are always installed). */
   crdFiles?: string[];
-  /** Start cert-manager's controllers (default true). */
+  /** Start cert-manager's controllers and its webhook (default true). */
   certManager?: boolean;
   /** Enforce NetworkPolicy with kube-router's policy controller (default true). */
   networkPolicy?: boolean;
@@ -584,6 +593,105 @@ function kubeconfigFile(path: string, server: string, caPath: string, user: stri
 }
 
 // ---------------------------------------------------------------------------
+// cert-manager's webhook
+
+/** The message of an API error (the Status in an ApiException's body, raw text or parsed). */
+export function apiErrorMessage(e: unknown): string {
+  const body = (e as { body?: unknown }).body;
+  if (typeof body === 'string') {
+    try {
+      return String((JSON.parse(body) as { message?: unknown }).message ?? body);
+    } catch {
+      return body;
+    }
+  }
+  if (body && typeof body === 'object' && 'message' in body) return String((body as { message: unknown }).message);
+  return (e as Error).message ?? String(e);
+}
+
+/** The name of cert-manager's webhook in its chart's configurations. */
+export const CERT_MANAGER_WEBHOOK = 'webhook.cert-manager.io';
+
+/**
+ * Starts cert-manager's webhook (our main, cmwebhook/main.go) as a host process serving TLS on
+ * every interface, with a serving certificate for 127.0.0.1 from a CA of its own (made here,
+ * as the chart's cert-manager-webhook-ca), and registers it as cert-manager's chart does
+ * (templates/webhook-{validating,mutating}-webhook.yaml of v1.21.2, default values): the
+ * validating webhook for CREATE/UPDATE of every cert-manager.io and acme.cert-manager.io v1
+ * resource (`*\/*`: subresources too) except in namespaces labelled
+ * cert-manager.io/disable-validation=true, the mutating one for CREATE of CertificateRequests;
+ * matchPolicy Equivalent, failurePolicy Fail, sideEffects None, timeoutSeconds 30. The
+ * clientConfig is a `url` on loopback (the API server runs on this host) instead of the
+ * chart's Service, with our CA as caBundle. Resolves once the API server enforces it: a
+ * server-side dry run of an invalid Certificate is refused by the webhook.
+ */
+async function startCertManagerWebhook(kc: k8s.KubeConfig, cp: ControlPlane, bin: string, pki: string, logDir: string, procs: Proc[], all: Proc[], log: (l: string) => void): Promise<Proc> {
+  const t0 = Date.now();
+  const caDir = join(pki, 'cert-manager-webhook-ca');
+  mkdirSync(caDir, { recursive: true, mode: 0o700 });
+  await sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(caDir, 'ca.key'), '-out', join(caDir, 'ca.crt'),
+    '-days', '7', '-subj', '/CN=cert-manager-webhook-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign']);
+  const serving = await clientCert(caDir, pki, 'cert-manager-webhook', '/CN=cert-manager-webhook', ['extendedKeyUsage=serverAuth', 'subjectAltName=IP:127.0.0.1']);
+  const caBundle = readFileSync(join(caDir, 'ca.crt')).toString('base64');
+  const [port, healthz] = [await freePort(), await freePort()];
+  const proc = startProc('cert-manager-webhook', bin, [`--kubeconfig=${cp.kubeconfigPath}`, `--secure-port=${port}`, `--healthz-port=${healthz}`,
+    `--tls-cert-file=${serving.cert}`, `--tls-private-key-file=${serving.key}`, '--v=1'], logDir);
+  procs.push(proc);
+  await waitFor('cert-manager-webhook /healthz', [...all, proc], async () => (await fetch(`http://127.0.0.1:${healthz}/healthz`, { signal: AbortSignal.timeout(2000) })).status === 200, 60_000);
+
+  const url = `https://127.0.0.1:${port}`;
+  const admission = kc.makeApiClient(k8s.AdmissionregistrationV1Api);
+  const labels = { app: 'webhook', 'app.kubernetes.io/name': 'webhook', 'app.kubernetes.io/component': 'webhook' };
+  await admission.createValidatingWebhookConfiguration({
+    body: {
+      metadata: { name: 'cert-manager-webhook', labels },
+      webhooks: [{
+        name: CERT_MANAGER_WEBHOOK,
+        namespaceSelector: { matchExpressions: [{ key: 'cert-manager.io/disable-validation', operator: 'NotIn', values: ['true'] }] },
+        rules: [{ apiGroups: ['cert-manager.io', 'acme.cert-manager.io'], apiVersions: ['v1'], operations: ['CREATE', 'UPDATE'], resources: ['*/*'] }],
+        admissionReviewVersions: ['v1'],
+        matchPolicy: 'Equivalent',
+        timeoutSeconds: 30,
+        failurePolicy: 'Fail',
+        sideEffects: 'None',
+        clientConfig: { url: `${url}/validate`, caBundle },
+      }],
+    },
+  });
+  await admission.createMutatingWebhookConfiguration({
+    body: {
+      metadata: { name: 'cert-manager-webhook', labels },
+      webhooks: [{
+        name: CERT_MANAGER_WEBHOOK,
+        rules: [{ apiGroups: ['cert-manager.io'], apiVersions: ['v1'], operations: ['CREATE'], resources: ['certificaterequests'] }],
+        admissionReviewVersions: ['v1'],
+        matchPolicy: 'Equivalent',
+        timeoutSeconds: 30,
+        failurePolicy: 'Fail',
+        sideEffects: 'None',
+        clientConfig: { url: `${url}/mutate`, caBundle },
+      }],
+    },
+  });
+  // The API server picks the configurations up from its informer: wait until it calls the webhook.
+  const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+  await waitFor('the API server to call cert-manager\'s webhook', [...all, proc], async () => {
+    try {
+      await custom.createNamespacedCustomObject({
+        group: 'cert-manager.io', version: 'v1', namespace: 'cert-manager', plural: 'certificates', dryRun: 'All',
+        body: { apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'webhook-probe' }, spec: { secretName: 'webhook-probe', dnsNames: ['probe.invalid'], issuerRef: { name: '' } } },
+      });
+      return false;
+    } catch (e) {
+      if (apiErrorMessage(e).includes(`admission webhook "${CERT_MANAGER_WEBHOOK}" denied the request`)) return true;
+      throw e;
+    }
+  }, 60_000);
+  log(`cluster: cert-manager's webhook at ${url}, called by the API server (validating and mutating webhook configurations; ${Date.now() - t0} ms)`);
+  return proc;
+}
+
+// ---------------------------------------------------------------------------
 
 export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   const log = opts.log ?? ((): void => {});
@@ -594,6 +702,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     containerd: binary('containerd'), shimDir: join(clusterCache(), 'bin'), ctr: binary('ctr'), runc: binary('runc'),
     kubelet: binary('kubelet'), proxy: binary('kube-proxy'), scheduler: binary('kube-scheduler'), coredns: binary('coredns'),
     certManager: opts.certManager === false ? '' : binary('cert-manager-controller'), pauseImage: binary('pause-image.tar'),
+    certManagerWebhook: opts.certManager === false ? '' : binary('cert-manager-webhook'),
     crds: opts.certManager === false ? '' : binary('crds'),
     kubeRouter: opts.networkPolicy === false ? '' : binary('kube-router'),
     cni: join(clusterCache(), 'cni'),
@@ -641,7 +750,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       }
     }
     // 2. Add-ons and the kubelet, then every container and sandbox through containerd, then containerd.
-    for (const n of ['cert-manager', 'coredns', 'kube-router', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
+    for (const n of ['cert-manager', 'cert-manager-webhook', 'coredns', 'kube-router', 'kube-proxy', 'kubelet']) if (byName(n)) await stopProc(byName(n)!);
     const containerd = byName('containerd');
     if (containerd && !containerd.exitInfo) {
       try {
@@ -995,6 +1104,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     // --- cert-manager (the namespace of ClusterIssuers' Secrets first)
     await core.createNamespace({ body: { metadata: { name: 'cert-manager' } } });
     const all = [containerd, kubelet, coredns, proxy, scheduler];
+    // cert-manager's webhook before its controllers, so every object they write is admitted by
+    // it too (the CertificateRequests get their requester's identity from /mutate).
+    if (bins.certManagerWebhook) all.push(await startCertManagerWebhook(kc, cp, bins.certManagerWebhook, pki, logDir, procs, all, log));
     if (bins.certManager) {
       const certManager = startProc('cert-manager', bins.certManager, [`--kubeconfig=${cp.kubeconfigPath}`, '--cluster-resource-namespace=cert-manager', '--v=1'], logDir);
       procs.push(certManager);
@@ -1043,7 +1155,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         return /^-A FORWARD .*-j KUBE-ROUTER-FORWARD$/m.test(out) && /^-A INPUT .*-j KUBE-ROUTER-INPUT$/m.test(out) && out.includes(':KUBE-NWPLCY-COMMON ');
       }, 60_000);
     }
-    log(`cluster: kube-proxy, scheduler, CoreDNS${bins.certManager ? ', cert-manager' : ''}${kubeRouter ? ', kube-router (NetworkPolicy)' : ''} up (${since()})`);
+    log(`cluster: kube-proxy, scheduler, CoreDNS${bins.certManager ? ', cert-manager (and its webhook)' : ''}${kubeRouter ? ', kube-router (NetworkPolicy)' : ''} up (${since()})`);
 
     const cluster: Cluster = {
       cp,
