@@ -144,7 +144,10 @@ build_certmanager() {
 # command refuses to overlay files beneath GOMODCACHE.) Nothing of cert-manager is copied.
 build_cmwebhook() {
   local out="$1" src work e
+  # the module's files in the module cache (downloaded first: `go list -m` alone does not)
+  (cd certmanager && GOFLAGS="$GOFLAGS -mod=readonly" go mod download github.com/cert-manager/cert-manager)
   src="$(cd certmanager && GOFLAGS="$GOFLAGS -mod=readonly" go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+  [ -n "$src" ] && [ -d "$src" ] || { echo "cluster: cert-manager's module is not in the module cache" >&2; return 1; }
   work="$(mktemp -d "$out/../.view.XXXXXX")"
   mkdir "$work/cert-manager" "$work/build"
   for e in "$src"/* "$src"/.[!.]*; do [ -e "$e" ] && ln -s "$e" "$work/cert-manager/"; done
