@@ -73,6 +73,7 @@ const expected: Record<string, Record<string, string>> = {
 
 test('every example applies and yields its children and a truthful status', async () => {
   await createNamespace(kube, 'mail');
+  await createNamespace(kube, 'apps'); // serviceaccount-login.yaml's app namespace
   await createIssuer(kube, 'mail', 'ca-issuer');
   await kube.request('POST', '/apis/cert-manager.io/v1/clusterissuers', {
     body: { apiVersion: 'cert-manager.io/v1', kind: 'ClusterIssuer', metadata: { name: 'letsencrypt' }, spec: { selfSigned: {} } },
