@@ -1,7 +1,7 @@
 // The upstream's verdict on the relay's own login (password, XOAUTH2 or OAUTHBEARER), for
 // the operator: GET /upstream on the control endpoints (relay/control.ts) answers it, and
 // the operator turns a refusal into UpstreamReady=False with the upstream's words
-// (operator/controllers/credentials/upstream-logins.ts). Relay pods have no API access,
+// (operator/upstream-logins.ts). Relay pods have no API access,
 // so this is how a refusal that only the relay sees reaches the SmtpRelay's status.
 //
 // Each process that logs in keeps a LoginRecord (relay/upstream.ts): a multi-worker relay's
