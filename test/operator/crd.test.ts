@@ -83,6 +83,8 @@ describe('SmtpRelay CRD on a real API server', () => {
     kube = new Kube(cp.kubeconfig);
     await installCrdRaw(kube, crdFile);
     await kube.request('POST', '/api/v1/namespaces', { body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'mail' } } });
+    // serviceaccount-login.yaml's app namespace (its ServiceAccount is part of the example)
+    await kube.request('POST', '/api/v1/namespaces', { body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'apps' } } });
   });
   after(async () => {
     await cp?.stop();
