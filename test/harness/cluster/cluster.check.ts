@@ -51,11 +51,23 @@ const connect = (hp) => new Promise((res) => {
   s.on('timeout', () => { s.destroy(); res({ error: 'timeout', ms: Date.now() - t0 }); });
   s.on('error', (e) => res({ error: e.code || e.message, ms: Date.now() - t0 }));
 });
+// A new Service reaches CoreDNS and kube-proxy's rules within their sync, as in any cluster:
+// a lookup or GET that fails is tried again, 1 s apart, for at most 20 s (a wrong answer is not).
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const retry = async (fn, failed) => {
+  let v;
+  for (let i = 0; i < 20; i++) {
+    v = await fn();
+    if (!failed(v)) break;
+    await sleep(1000);
+  }
+  return v;
+};
 (async () => {
   for (const t of targets) {
     const r = { ...t };
-    if (t.name) r.lookup = await dns.promises.lookup(t.name, 4).then((a) => a.address, (e) => 'error ' + e.code);
-    if (t.url) r.get = await get(t.url);
+    if (t.name) r.lookup = await retry(() => dns.promises.lookup(t.name, 4).then((a) => a.address, (e) => 'error ' + e.code), (v) => v.startsWith('error '));
+    if (t.url) r.get = await retry(() => get(t.url), (v) => v.error !== undefined);
     if (t.connect) r.connect = await connect(t.connect);
     out.push(r);
   }
