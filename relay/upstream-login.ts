@@ -31,8 +31,10 @@ const ENCODED_RUN = /[A-Za-z0-9+/_=-]{40,}/g;
 /** Secrets shorter than this are not searched for (a 3-letter "secret" would cut up the words). */
 const MIN_SECRET_LENGTH = 6;
 
-/** One line of printable ASCII, at most `max` characters. */
-function printable(text: string, max: number): string {
+/** One line, printable ASCII, bounded: safe to put into an SMTP reply, a log or a status (every upstream reply the relay repeats goes through it). */
+export function sanitizeReply(text: string | undefined, max = 200): string {
+  if (!text) return '';
+  // a multi-line reply's lines joined by one space (Gmail indents its continuation lines)
   const s = text.replace(/[\r\n\t]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').replace(/ {2,}/g, ' ').trim();
   return s.length > max ? s.slice(0, max - 3) + '...' : s;
 }
@@ -48,11 +50,11 @@ export function refusalWords(reply: string | undefined, secrets: readonly (strin
   if (/^334(?:[ -]|$)/.test(first)) {
     const c = readBearerChallenge(first.slice(4).split(/\r?\n/)[0] ?? '');
     const fields = c ? Object.entries(refusalChallenge(c)!).map(([k, v]) => `${k}=${v}`) : [];
-    return printable(fields.length ? `334 error challenge: ${fields.join(' ')}` : '334 (challenge not shown)', MAX_REFUSAL_WORDS);
+    return sanitizeReply(fields.length ? `334 error challenge: ${fields.join(' ')}` : '334 (challenge not shown)', MAX_REFUSAL_WORDS);
   }
   let text = reply;
   for (const s of secrets) if (s && s.length >= MIN_SECRET_LENGTH) text = text.split(s).join('[redacted]');
-  return printable(text.replace(ENCODED_RUN, '[redacted]'), MAX_REFUSAL_WORDS);
+  return sanitizeReply(text.replace(ENCODED_RUN, '[redacted]'), MAX_REFUSAL_WORDS);
 }
 
 /** An OAUTHBEARER error challenge's fields (already printable and bounded) with any encoded run cut out. */

@@ -41,7 +41,7 @@ import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-pa
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
 import { parseDuration } from './units.js';
-import { LoginState, refusalChallenge, refusalWords, type LoginRecord } from './upstream-login.js';
+import { LoginState, refusalChallenge, refusalWords, sanitizeReply, type LoginRecord } from './upstream-login.js';
 import { BearerRefused, bearerLogin, buildGrant, oauth2Files, oauthBearerHandler, TokenSource, type Grant, type TokenError } from './upstream-oauth2.js';
 
 const SIGNING_FAILED = '4.3.0 Could not sign the message, try again later';
@@ -157,12 +157,8 @@ class DeliveryTimeout extends Error {
   }
 }
 
-/** One line, printable ASCII, bounded: safe to put into an SMTP reply or a log. */
-export function sanitizeReply(text: string | undefined, max = 200): string {
-  if (!text) return '';
-  const s = text.replace(/[\r\n\t]+/g, ' ').replace(/[^\x20-\x7e]/g, '?').trim();
-  return s.length > max ? s.slice(0, max - 3) + '...' : s;
-}
+// sanitizeReply (relay/upstream-login.ts): the one rule for upstream words the relay repeats
+export { sanitizeReply };
 
 /** Strip the line break that editors and `echo` add at the end of a credential file. */
 function credential(text: string): string {
@@ -800,10 +796,12 @@ export class Upstream {
    * `secrets` (the password or token sent) are cut out of the words should the upstream echo them.
    */
   private async login(s: Settings, method: 'password' | 'XOAUTH2' | 'OAUTHBEARER', conn: SMTPConnection, secrets: string[], run: () => Promise<void>): Promise<void> {
+    // a password login's SASL mechanism is nodemailer's choice (PLAIN or LOGIN), known once it ran
+    const mechanism = () => (method === 'password' ? (clientAuthMethod(conn) ?? 'PLAIN') : method);
     try {
       await run();
       this.authRefused.set(0);
-      this.logins.succeeded(method === 'password' ? (clientAuthMethod(conn) ?? 'PLAIN') : method);
+      this.logins.succeeded(mechanism());
     } catch (err) {
       const e = err as NodemailerError;
       if (e.code === 'EAUTH' && e.response) {
@@ -811,13 +809,12 @@ export class Upstream {
         // OAUTHBEARER: the JSON error the upstream sent before its refusal, e.g. {"status":"invalid_token"}
         const challenge = refusalChallenge(err instanceof BearerRefused ? err.challenge : undefined);
         const words = refusalWords(e.response, secrets);
-        const mechanism = method === 'password' ? (clientAuthMethod(conn) ?? 'PLAIN') : method;
-        this.logins.refused(mechanism, words, challenge);
+        this.logins.refused(mechanism(), words, challenge);
         this.log.error(
           {
             event: 'upstream_auth_refused',
             method,
-            mechanism,
+            mechanism: mechanism(),
             ...(s.oauth2 ? { provider: s.oauth2.grant.provider, user: s.oauth2.grant.user } : {}),
             upstreamReply: words,
             ...(challenge ? { upstreamChallenge: challenge } : {}),
