@@ -134,11 +134,14 @@ test('a deleted ServiceAccount takes its user out at once (CredentialsReady=Fals
   const c = condition(relay, 'CredentialsReady')!;
   assert.equal(c.reason, 'ServiceAccountNotFound');
   assert.match(c.message, /reports: ServiceAccount apps\/reports does not exist; its tokens are refused/);
-  assert.equal((await usersTable()).has('reports'), false, 'the user is out of the users file: the relay refuses every token for it');
+  // the users Secret and the status are written by the same reconcile; read until both show it
+  await eventually('the user out of the users file (the relay then refuses every token for it)', async () => !(await usersTable()).has('reports'));
   assert.equal((await usersTable()).has('app'), true, 'the other users stay');
   await eventually('the binding Secret gone from status', async () => ((await getRelay(kube, 'mail', 'tok'))?.status?.bindings ?? []).every((b: { user: string }) => b.user !== 'reports'));
-  const events = await kube.get<{ items: { reason: string; message: string }[] }>('/api/v1/namespaces/mail/events');
-  assert.ok(events.items.some((e) => e.reason === 'ServiceAccountNotFound' && /user reports left out/.test(e.message)), 'a Warning event says why');
+  await eventually('a Warning event that says why', async () => {
+    const events = await kube.get<{ items: { reason: string; message: string }[] }>('/api/v1/namespaces/mail/events');
+    return events.items.some((e) => e.reason === 'ServiceAccountNotFound' && /user reports left out/.test(e.message));
+  });
 
   await kube.request('POST', '/api/v1/namespaces/apps/serviceaccounts', { body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'reports', namespace: 'apps' } } });
   const newUid = (await get(kube, '/api/v1/namespaces/apps/serviceaccounts/reports')).metadata.uid as string;
