@@ -4,9 +4,11 @@
 // AUTH, or a new connection per message) runs against them in the order A B, B A, A B, ...
 // Per run: the relay's CPU per acknowledged message (user + system, /proc/PID/stat, as
 // scenario 1 counts it), its read/write syscalls per message (/proc/PID/io) and msgs/s.
+// --mode=queue: pooled, each relay in queue mode with its own spool; after each run the
+// relay's queue is waited for until empty, so its CPU per message includes the delivery.
 // Not part of `make bench`; run by hand, e.g. with the baseline built into /tmp/a/dist:
 //
-//   node dist/bench/ab.js --mode=pooled|new --runs=5 --seconds=3 /tmp/a/dist dist
+//   node dist/bench/ab.js --mode=pooled|new|queue --runs=5 --seconds=3 /tmp/a/dist dist
 //   (DIST@warn: that build's relay with LOG_LEVEL=warn, e.g. to see what the per-message log lines cost)
 //
 // A build directory needs its node_modules and package.json reachable as this one's are
@@ -15,8 +17,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createPki } from '../test/harness/support/pki.js';
-import { fmt, log, machine, machineBusySeconds, median, table } from './common.js';
+import { fmt, log, machine, machineBusySeconds, median, sleep, table } from './common.js';
 import { runLoad } from './loadgen.js';
+import { relayQueued } from './queue.js';
 import { PASS, USER, startRelay, startSmtpSink, startStunnel, type RelayTarget } from './targets.js';
 
 interface Sample {
@@ -56,8 +59,8 @@ async function main() {
     return at > 0 ? { dist: path.resolve(a.slice(0, at)), logLevel: a.slice(at + 1) } : { dist: path.resolve(a), logLevel: 'info' };
   });
   const builds = specs.map((s) => (s.logLevel === 'info' ? s.dist : `${s.dist} LOG_LEVEL=${s.logLevel}`));
-  if (builds.length < 2 || !['pooled', 'new'].includes(mode) || !(runs > 0) || !(seconds > 0)) {
-    throw new Error('usage: node dist/bench/ab.js [--mode=pooled|new] [--runs=N] [--seconds=S] [--connections=N] DIST_A DIST_B ...');
+  if (builds.length < 2 || !['pooled', 'new', 'queue'].includes(mode) || !(runs > 0) || !(seconds > 0)) {
+    throw new Error('usage: node dist/bench/ab.js [--mode=pooled|new|queue] [--runs=N] [--seconds=S] [--connections=N] DIST_A DIST_B ...');
   }
   const labels = opt('labels', builds.map((_, i) => String.fromCharCode(65 + i)).join(',')).split(',');
   const cores = os.availableParallelism();
@@ -74,7 +77,8 @@ async function main() {
     const upstream = { port: tlsSink.port, caFile: cert.caFile, tls: 'implicit' as const, maxConnections: connections };
     const relays: RelayTarget[] = [];
     for (const b of specs) {
-      const r = await startRelay({ dir, cert, upstream, workers: 1, entrypoint: path.join(b.dist, 'entrypoint.js'), logLevel: b.logLevel });
+      const queue = mode === 'queue' ? `{directory: ${path.join(dir, `spool-${relays.length}`)}}` : undefined;
+      const r = await startRelay({ dir, cert, upstream, workers: 1, entrypoint: path.join(b.dist, 'entrypoint.js'), logLevel: b.logLevel, ...(queue ? { queue } : {}) });
       stops.push(r.stop);
       relays.push(r);
     }
@@ -86,10 +90,12 @@ async function main() {
       const b0 = machineBusySeconds();
       const t0 = performance.now();
       const r = await runLoad(
-        { mode: 'send', host: '127.0.0.1', port: relays[i]!.submission, tls: 'starttls', auth: { user: USER, pass: PASS }, pooled: mode === 'pooled', connections, durationMs: seconds * 1000, warmupMs: 500 },
+        { mode: 'send', host: '127.0.0.1', port: relays[i]!.submission, tls: 'starttls', auth: { user: USER, pass: PASS }, pooled: mode !== 'new', connections, durationMs: seconds * 1000, warmupMs: 500 },
         2,
         cores,
       );
+      // queue mode: until the queue is empty again (its deliveries are part of the cost)
+      for (const until = performance.now() + 60_000; mode === 'queue' && (await relayQueued(relays[i]!)) !== 0 && performance.now() < until; ) await sleep(50);
       const secs = (performance.now() - t0) / 1000;
       const c1 = cpuSplit(pid);
       const s1 = syscalls(pid);

@@ -106,7 +106,8 @@ interface QTarget {
   queued(): Promise<number>;
 }
 
-async function relayQueued(r: RelayTarget): Promise<number> {
+/** The relay's queued messages (smtp_relay_queue_messages; 0 in inline mode, -1 when unreadable). */
+export async function relayQueued(r: RelayTarget): Promise<number> {
   try {
     const text = await (await fetch(`http://127.0.0.1:${r.metrics}/metrics`)).text();
     const m = /^smtp_relay_queue_messages (\S+)$/m.exec(text);

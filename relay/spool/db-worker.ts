@@ -11,7 +11,7 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { DbReply, DbRequest, LoadedRow, OpenResult, SpaceInfo } from './db-protocol.js';
+import { ownMemory, type DbReply, type DbRequest, type LoadedRow, type OpenResult, type SpaceInfo } from './db-protocol.js';
 
 const { directory } = workerData as { directory: string };
 const DB_FILE = 'spool.db';
@@ -357,10 +357,21 @@ function flush(): void {
     }
   }
   if (reserveGone && group.some((r) => r.op === 'delete')) reserveGone = !makeReserve();
-  parentPort!.postMessage(replies);
+  // Bodies read for deliveries are moved to the relay's thread, not copied.
+  const transfer: ArrayBuffer[] = [];
+  for (const r of replies) {
+    const mem = r.ok && r.value instanceof Uint8Array ? ownMemory(r.value) : undefined;
+    if (mem) transfer.push(mem);
+  }
+  parentPort!.postMessage(replies, transfer);
 }
 
-parentPort!.on('message', (req: DbRequest) => {
+// The store sends the requests of one of its event-loop turns together (store.ts request()).
+parentPort!.on('message', (reqs: DbRequest[]) => {
+  for (const req of reqs) receive(req);
+});
+
+function receive(req: DbRequest): void {
   if (req.op === 'open') {
     let reply: DbReply;
     try {
@@ -398,4 +409,4 @@ parentPort!.on('message', (req: DbRequest) => {
     scheduled = true;
     setImmediate(flush);
   }
-});
+}

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import type pino from 'pino';
-import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow, SpaceInfo } from './db-protocol.js';
+import { ownMemory, type DbReply, type DbRequest, type OpenResult, type QuarantinedEntry, type ControlRow, type SpaceInfo } from './db-protocol.js';
 import type { SpoolMetrics } from './metrics.js';
 import type { MessageDsn, RecipientDsn } from '../policy/dsn-params.js';
 import { checkState, initialState, type EntryState, type StoredEnvelope } from './types.js';
@@ -29,7 +29,20 @@ export const systemClock: Clock = {
 };
 
 /** A message id: its arrival time (base 36, so ids sort by age) and 40 random bits. */
-const newId = (at: number): string => at.toString(36).padStart(9, '0') + randomBytes(5).toString('hex');
+const newId = (at: number): string => at.toString(36).padStart(9, '0') + randomHex5();
+
+/** 5 random bytes as hex, from a pool drawn 1 KiB at a time (one RAND_bytes call per ~200 ids, not one per id). */
+let randomPool = Buffer.alloc(0);
+let randomAt = 0;
+function randomHex5(): string {
+  if (randomAt + 5 > randomPool.length) {
+    randomPool = randomBytes(1020);
+    randomAt = 0;
+  }
+  randomAt += 5;
+  return randomPool.toString('hex', randomAt - 5, randomAt);
+}
+
 const ID_PATTERN = /^[0-9a-z]{9,}[0-9a-f]{10}$/;
 
 /** The message could not be stored for another reason (database error). The session answers 451. */
@@ -175,14 +188,44 @@ export class Spool {
     this.log.error({ id: q.id, reason: q.reason, movedTo: q.file }, 'damaged spool entry moved to quarantine');
   }
 
-  private request(req: { op: DbRequest['op'] } & Record<string, unknown>): Promise<unknown> {
-    const w = this.worker;
-    if (!w) return Promise.reject(new Error('spool is closed'));
+  /**
+   * Sends a request to the database thread. The requests of one event-loop turn (the ends
+   * of DATA of several sessions, deliveries' reads and removals) go in one postMessage:
+   * one wake-up of that thread instead of one per request; it groups them into one
+   * transaction anyway. `transfer`: a body's memory, moved instead of copied (the caller
+   * must not read it afterwards).
+   */
+  private request(req: { op: DbRequest['op'] } & Record<string, unknown>, transfer?: ArrayBuffer): Promise<unknown> {
+    if (!this.worker) return Promise.reject(new Error('spool is closed'));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve, reject });
-      w.postMessage({ ...req, seq });
+      this.outbox.push({ ...req, seq } as DbRequest);
+      if (transfer) this.outboxTransfer.add(transfer);
+      if (this.outbox.length === 1) setImmediate(() => this.sendOutbox());
     });
+  }
+
+  private outbox: DbRequest[] = [];
+  private outboxTransfer = new Set<ArrayBuffer>();
+
+  private sendOutbox(): void {
+    const batch = this.outbox;
+    const transfer = [...this.outboxTransfer];
+    this.outbox = [];
+    this.outboxTransfer.clear();
+    // No thread any more: dead() or close() already answered every waiting request.
+    if (!this.worker) return;
+    try {
+      this.worker.postMessage(batch, transfer);
+    } catch (err) {
+      // (a body that cannot be cloned or moved): these requests fail, nothing else does
+      for (const r of batch) {
+        const w = this.waiting.get(r.seq);
+        this.waiting.delete(r.seq);
+        w?.reject(err as Error);
+      }
+    }
   }
 
   private async timed<T>(operation: string, p: Promise<T>): Promise<T> {
@@ -245,8 +288,10 @@ export class Spool {
    * on stable storage (fsynced). Rejects with SpoolFullError (452) when it does not fit or
    * the disk is full, or SpoolWriteError (451) on any other failure; nothing is stored
    * then. Both carry `responseCode` and an enhanced-code message for the SMTP reply.
+   * `move`: the caller gives the body up; when it owns its whole memory it is moved to
+   * the database thread instead of copied, and `body` reads as empty afterwards.
    */
-  async enqueue(envelope: EnqueueEnvelope, body: Buffer): Promise<string> {
+  async enqueue(envelope: EnqueueEnvelope, body: Buffer, opts: { move?: boolean } = {}): Promise<string> {
     await this.ensureRoom(body.length);
     const created = this.clock.now();
     const id = newId(created);
@@ -257,7 +302,7 @@ export class Spool {
     if (envelope.ret) env.ret = envelope.ret;
     if (envelope.envid) env.envid = envelope.envid;
     if (envelope.rcptDsn?.length === envelope.rcptTo.length) env.rcptDsn = envelope.rcptDsn.map((r) => ({ ...r }));
-    await this.insert(env, initialState(env), body, 'a message');
+    await this.insert(env, initialState(env), body, 'a message', opts.move ?? false);
     return id;
   }
 
@@ -271,11 +316,12 @@ export class Spool {
   }
 
   /** The durable insert behind enqueue and adopt: fsynced, then counted and announced. */
-  private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string): Promise<void> {
-    this.reserved += body.length;
+  private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string, move: boolean): Promise<void> {
+    const size = body.length; // (first: a moved body is empty here afterwards)
+    this.reserved += size;
     this.reservedMessages++;
     try {
-      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
+      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }, move ? ownMemory(body) : undefined));
     } catch (err) {
       if ((err as { code?: string }).code === 'ENOSPC') {
         this.metrics.refused.inc({ reason: 'disk_full' });
@@ -285,12 +331,12 @@ export class Spool {
       this.log.error({ err: (err as Error).message }, `could not store ${what} in the spool`);
       throw new SpoolWriteError(err as Error);
     } finally {
-      this.reserved -= body.length;
+      this.reserved -= size;
       this.reservedMessages--;
     }
-    if (this.free) this.free.writtenSince += body.length;
-    this.entries.set(env.id, { envelope: env, state, size: body.length });
-    this.bytes += body.length;
+    if (this.free) this.free.writtenSince += size;
+    this.entries.set(env.id, { envelope: env, state, size });
+    this.bytes += size;
     this.updateGauges();
     this.onEnqueue?.(env.id);
   }
@@ -311,7 +357,7 @@ export class Spool {
     const env: StoredEnvelope = { ...envelope, rcptTo: [...envelope.rcptTo] };
     // an id taken here by another message (or one whose removal is pending): a new one
     if (held || this.pendingDeletes.has(env.id) || !ID_PATTERN.test(env.id)) env.id = newId(this.clock.now());
-    await this.insert(env, checkState(state, env) ?? initialState(env), body, 'a handed-over message');
+    await this.insert(env, checkState(state, env) ?? initialState(env), body, 'a handed-over message', false);
     return { id: env.id, duplicate: false };
   }
 
