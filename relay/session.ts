@@ -44,12 +44,8 @@ export interface Deliverer {
 export interface Queue {
   /** Whether a message of `size` bytes would fit now (an error with responseCode 452 when not). */
   checkSpace(size: number): Promise<(Error & { responseCode: number }) | undefined>;
-  /**
-   * Resolves with the message's id once it is on stable storage; rejects with a
-   * responseCode (452 full, 451 write error). `move`: the caller gives `message` up (its
-   * memory may be moved to the spool's thread instead of copied).
-   */
-  enqueue(envelope: QueuedEnvelope, message: Buffer, opts?: { move?: boolean }): Promise<string>;
+  /** Resolves with the message's id once it is on stable storage; rejects with a responseCode (452 full, 451 write error). */
+  enqueue(envelope: QueuedEnvelope, message: Buffer): Promise<string>;
 }
 
 /** What the session hands the spool: the envelope with its DSN parameters (RFC 3461). */
@@ -441,7 +437,7 @@ export class SessionPolicy {
     }
     let id: string;
     try {
-      id = await this.queue!.enqueue({ ...queuedDsn(m.session), mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, user: m.state?.user, client: m.state?.ip }, signed, { move: true });
+      id = await this.queue!.enqueue({ ...queuedDsn(m.session), mailFrom: m.envelope.mailFrom, rcptTo: m.envelope.rcptTo, user: m.state?.user, client: m.state?.ip }, signed);
     } catch (err) {
       return refuse((err as Error & { responseCode?: number }).responseCode === 452 ? 'queue_full' : 'queue_write_failed', err);
     }

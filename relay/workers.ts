@@ -252,7 +252,7 @@ export async function runPrimary(file: string, first: RelaySettings, count: numb
         return reply(full ? { error: { message: full.message, responseCode: full.responseCode } } : {});
       }
       const m = c.message!;
-      const id = await spool.enqueue(c.envelope!, Buffer.from(m.buffer, m.byteOffset, m.byteLength), { move: true });
+      const id = await spool.enqueue(c.envelope!, Buffer.from(m.buffer, m.byteOffset, m.byteLength));
       reply({ result: id });
     } catch (err) {
       const e = err as Error & { responseCode?: number };

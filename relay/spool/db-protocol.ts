@@ -48,13 +48,3 @@ export interface ControlRow {
   op: string;
   ids: string;
 }
-
-/**
- * The memory behind `b` when `b` is all of it (a Buffer of 4 KiB or more from
- * Buffer.concat or allocUnsafe), so it can be moved to another thread; undefined for a
- * slice of a shared pool, which must be copied.
- */
-export function ownMemory(b: Uint8Array): ArrayBuffer | undefined {
-  const ab = b.buffer;
-  return ab instanceof ArrayBuffer && b.byteOffset === 0 && b.byteLength === ab.byteLength && b.byteLength > 0 ? ab : undefined;
-}

@@ -11,7 +11,7 @@ import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
-import { ownMemory, type DbReply, type DbRequest, type LoadedRow, type OpenResult, type SpaceInfo } from './db-protocol.js';
+import type { DbReply, DbRequest, LoadedRow, OpenResult, SpaceInfo } from './db-protocol.js';
 
 const { directory } = workerData as { directory: string };
 const DB_FILE = 'spool.db';
@@ -357,13 +357,7 @@ function flush(): void {
     }
   }
   if (reserveGone && group.some((r) => r.op === 'delete')) reserveGone = !makeReserve();
-  // Bodies read for deliveries are moved to the relay's thread, not copied.
-  const transfer: ArrayBuffer[] = [];
-  for (const r of replies) {
-    const mem = r.ok && r.value instanceof Uint8Array ? ownMemory(r.value) : undefined;
-    if (mem) transfer.push(mem);
-  }
-  parentPort!.postMessage(replies, transfer);
+  parentPort!.postMessage(replies);
 }
 
 // The store sends the requests of one of its event-loop turns together (store.ts request()).

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import type pino from 'pino';
-import { ownMemory, type DbReply, type DbRequest, type OpenResult, type QuarantinedEntry, type ControlRow, type SpaceInfo } from './db-protocol.js';
+import type { DbReply, DbRequest, OpenResult, QuarantinedEntry, ControlRow, SpaceInfo } from './db-protocol.js';
 import type { SpoolMetrics } from './metrics.js';
 import type { MessageDsn, RecipientDsn } from '../policy/dsn-params.js';
 import { checkState, initialState, type EntryState, type StoredEnvelope } from './types.js';
@@ -190,36 +190,33 @@ export class Spool {
 
   /**
    * Sends a request to the database thread. The requests of one event-loop turn (the ends
-   * of DATA of several sessions, deliveries' reads and removals) go in one postMessage:
-   * one wake-up of that thread instead of one per request; it groups them into one
-   * transaction anyway. `transfer`: a body's memory, moved instead of copied (the caller
-   * must not read it afterwards).
+   * of DATA of several sessions, deliveries' body reads and removals) go in one
+   * postMessage: one wake-up of that thread and one structured clone instead of one per
+   * request, and the thread groups them into one transaction. (Message bodies are copied,
+   * not transferred: Node's Buffer.concat/allocUnsafe memory is pooled or marked
+   * untransferable.)
    */
-  private request(req: { op: DbRequest['op'] } & Record<string, unknown>, transfer?: ArrayBuffer): Promise<unknown> {
+  private request(req: { op: DbRequest['op'] } & Record<string, unknown>): Promise<unknown> {
     if (!this.worker) return Promise.reject(new Error('spool is closed'));
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       this.waiting.set(seq, { resolve, reject });
       this.outbox.push({ ...req, seq } as DbRequest);
-      if (transfer) this.outboxTransfer.add(transfer);
       if (this.outbox.length === 1) setImmediate(() => this.sendOutbox());
     });
   }
 
   private outbox: DbRequest[] = [];
-  private outboxTransfer = new Set<ArrayBuffer>();
 
   private sendOutbox(): void {
     const batch = this.outbox;
-    const transfer = [...this.outboxTransfer];
     this.outbox = [];
-    this.outboxTransfer.clear();
     // No thread any more: dead() or close() already answered every waiting request.
     if (!this.worker) return;
     try {
-      this.worker.postMessage(batch, transfer);
+      this.worker.postMessage(batch);
     } catch (err) {
-      // (a body that cannot be cloned or moved): these requests fail, nothing else does
+      // (a value that cannot be cloned): these requests fail, nothing else does
       for (const r of batch) {
         const w = this.waiting.get(r.seq);
         this.waiting.delete(r.seq);
@@ -288,10 +285,8 @@ export class Spool {
    * on stable storage (fsynced). Rejects with SpoolFullError (452) when it does not fit or
    * the disk is full, or SpoolWriteError (451) on any other failure; nothing is stored
    * then. Both carry `responseCode` and an enhanced-code message for the SMTP reply.
-   * `move`: the caller gives the body up; when it owns its whole memory it is moved to
-   * the database thread instead of copied, and `body` reads as empty afterwards.
    */
-  async enqueue(envelope: EnqueueEnvelope, body: Buffer, opts: { move?: boolean } = {}): Promise<string> {
+  async enqueue(envelope: EnqueueEnvelope, body: Buffer): Promise<string> {
     await this.ensureRoom(body.length);
     const created = this.clock.now();
     const id = newId(created);
@@ -302,7 +297,7 @@ export class Spool {
     if (envelope.ret) env.ret = envelope.ret;
     if (envelope.envid) env.envid = envelope.envid;
     if (envelope.rcptDsn?.length === envelope.rcptTo.length) env.rcptDsn = envelope.rcptDsn.map((r) => ({ ...r }));
-    await this.insert(env, initialState(env), body, 'a message', opts.move ?? false);
+    await this.insert(env, initialState(env), body, 'a message');
     return id;
   }
 
@@ -316,12 +311,12 @@ export class Spool {
   }
 
   /** The durable insert behind enqueue and adopt: fsynced, then counted and announced. */
-  private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string, move: boolean): Promise<void> {
-    const size = body.length; // (first: a moved body is empty here afterwards)
+  private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string): Promise<void> {
+    const size = body.length;
     this.reserved += size;
     this.reservedMessages++;
     try {
-      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }, move ? ownMemory(body) : undefined));
+      await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
     } catch (err) {
       if ((err as { code?: string }).code === 'ENOSPC') {
         this.metrics.refused.inc({ reason: 'disk_full' });
@@ -357,7 +352,7 @@ export class Spool {
     const env: StoredEnvelope = { ...envelope, rcptTo: [...envelope.rcptTo] };
     // an id taken here by another message (or one whose removal is pending): a new one
     if (held || this.pendingDeletes.has(env.id) || !ID_PATTERN.test(env.id)) env.id = newId(this.clock.now());
-    await this.insert(env, checkState(state, env) ?? initialState(env), body, 'a handed-over message', false);
+    await this.insert(env, checkState(state, env) ?? initialState(env), body, 'a handed-over message');
     return { id: env.id, duplicate: false };
   }
 
