@@ -47,6 +47,9 @@ export const CLIENT_CIDRS = ['198.19.0.0/16'];
 
 export type Log = (line: string) => void;
 
+/** The relays' resources unless a test gives its own: two workers per pod (see RelayOptions.resources). */
+export const E2E_RESOURCES = { requests: { cpu: '100m', memory: '128Mi' }, limits: { cpu: '2', memory: '512Mi' } };
+
 export interface RelayOptions {
   name: string;
   replicas?: number;
@@ -57,7 +60,11 @@ export interface RelayOptions {
   dkim?: boolean;
   /** spec.queue as written (absent: inline mode). */
   queue?: Record<string, unknown>;
-  /** spec.resources as written (absent: the CRD's defaults, 1 CPU: one relay process). */
+  /**
+   * spec.resources as written (absent: E2E_RESOURCES, a 2-CPU limit, so the operator
+   * writes `workers: 2` and every relay of the suite runs two worker processes, as a relay
+   * given two cores does in production; issue 17).
+   */
   resources?: Record<string, unknown>;
 }
 
@@ -289,6 +296,8 @@ export class Environment {
   readonly cp: ControlPlane;
   readonly node: NodeView;
   private stopped = false;
+  /** Relays applied with E2E_RESOURCES: waitRelayReady checks they run two workers. */
+  private readonly twoWorkers = new Set<string>();
 
   constructor(
     readonly cluster: Cluster,
@@ -331,6 +340,7 @@ export class Environment {
 
   /** Creates the namespace, the upstream CA Secret and an SmtpRelay pointing at the sink. */
   async applyRelay(o: RelayOptions): Promise<void> {
+    if (!o.resources || o.resources === E2E_RESOURCES) this.twoWorkers.add(o.name);
     await this.kube.request('POST', '/api/v1/namespaces', { body: { metadata: { name: RELAY_NAMESPACE } } }).catch((err) => {
       if (!(err instanceof KubeError && err.code === 409)) throw err;
     });
@@ -352,7 +362,7 @@ export class Environment {
           upstream: { host: UPSTREAM_HOSTNAME, port: this.sink.port, tls: 'starttls', caSecretRef: { name: 'upstream-ca', key: 'ca.crt' } },
           ...(o.dkim === false ? {} : { dkim: [{ domain: 'example.com', selector: 'relay1' }] }),
           ...(o.queue ? { queue: o.queue } : {}),
-          ...(o.resources ? { resources: o.resources } : {}),
+          resources: o.resources ?? E2E_RESOURCES,
         },
       },
     });
@@ -363,11 +373,16 @@ export class Environment {
   }
 
   async waitRelayReady(name: string, ms = 180_000): Promise<Relay> {
-    return waitFor(`SmtpRelay ${name} Ready`, async () => {
+    const relay = await waitFor(`SmtpRelay ${name} Ready`, async () => {
       const r = await this.relay(name);
       const ready = r.status?.conditions?.find((c) => c.type === 'Ready');
       return ready?.status === 'True' && r.status?.observedGeneration === r.metadata.generation ? r : undefined;
     }, ms);
+    if (this.twoWorkers.has(name)) {
+      const config = await this.kube.get<{ data?: Record<string, string> }>(`/api/v1/namespaces/${RELAY_NAMESPACE}/configmaps/${name}-config`);
+      if (!/^workers: 2$/m.test(Object.values(config.data ?? {}).join('\n'))) throw new Error(`SmtpRelay ${name}: the operator did not write workers: 2 for a 2-CPU limit`);
+    }
+    return relay;
   }
 
   /** The password of a user Secret (kubernetes.io/basic-auth). */

@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { verifyDkim } from '../harness/support/dkim-verify.js';
-import { Environment, RELAY_NAMESPACE, servedCertificateSerial, startEnvironment, waitFor, type Endpoint } from './env.js';
+import { E2E_RESOURCES, Environment, RELAY_NAMESPACE, servedCertificateSerial, startEnvironment, waitFor, type Endpoint } from './env.js';
 
 const RELAY = 'outbound';
 
@@ -235,7 +235,7 @@ describe('end to end: operator + relay pods on the one-node cluster', { timeout:
   });
 
   it('a relay with a 2-CPU limit runs 2 worker processes in its pod, and mail goes through both', async () => {
-    await env.applyRelay({ name: 'cores', replicas: 1, dkim: false, resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { cpu: '2', memory: '512Mi' } } });
+    await env.applyRelay({ name: 'cores', replicas: 1, dkim: false, resources: E2E_RESOURCES });
     await env.waitRelayReady('cores');
     const [ep] = await env.waitEndpoints('cores', 1);
     const config = await env.kube.request<{ data: Record<string, string> }>('GET', `/api/v1/namespaces/${RELAY_NAMESPACE}/configmaps/cores-config`);
