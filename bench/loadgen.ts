@@ -379,6 +379,8 @@ export interface LoadResult {
   latencies: number[];
   /** CPU the generator used, as a share of the whole machine (all cores), 0..1. */
   cpuShare: number;
+  /** CPU seconds the generator used in the measured window (all its processes). */
+  cpuSeconds: number;
   tlsHandshakes: number;
   tlsResumed: number;
 }
@@ -418,6 +420,7 @@ export async function runLoad(opts: SendOptions | HandshakeOptions, processes: n
       msgsPerSec: sum((r) => r.ok) / window,
       latencies: results.flatMap((r) => r.latencies),
       cpuShare: sum((r) => r.cpuSeconds) / (window * cores),
+      cpuSeconds: sum((r) => r.cpuSeconds),
       tlsHandshakes: sum((r) => r.tlsHandshakes),
       tlsResumed: sum((r) => r.tlsResumed),
     };

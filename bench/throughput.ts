@@ -32,6 +32,8 @@ interface Case {
   load: Omit<SendOptions, 'mode' | 'connections' | 'durationMs' | 'warmupMs'>;
   /** Postfix instance whose queue must be empty before the next run. */
   drain?: PostfixTarget;
+  /** The upstream processes this target delivers to (stunnel, smtp-sink): their CPU is the harness's, with the load generator's. */
+  upstream?: Target[];
 }
 
 interface Measured {
@@ -41,6 +43,8 @@ interface Measured {
   /** Target CPU per acknowledged message (µs), from the start of the load until its queue drained (Postfix delivers after the window). */
   cpuPerMsgUs: number;
   machineBusy: number;
+  /** CPU per acknowledged message of everything but the target: the load generator (its window) and the upstream processes (the whole run and drain), µs. */
+  harnessPerMsgUs: number;
   drainMs: number;
   /** Wall time of the load run (warm-up + window + ramp-down), s. */
   runS: number;
@@ -55,7 +59,9 @@ export interface ThroughputOutput {
 async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Partial<SendOptions> = {}): Promise<Measured> {
   // Every process of the target, also those that come and go (their CPU reaches their parent's cutime when reaped).
   const targetCpu = () => c.target.pids().reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
+  const upstreamCpu = () => (c.upstream ?? []).flatMap((t) => t.pids()).reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
   const cpu0 = targetCpu();
+  const up0 = upstreamCpu();
   const busy0 = machineBusySeconds();
   const t0 = performance.now();
   const load = await runLoad({ mode: 'send', connections: cfg.connections, durationMs: cfg.durationMs, warmupMs: cfg.warmupMs, ...c.load, ...extra }, cfg.processes, cores);
@@ -69,8 +75,9 @@ async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Par
     drainMs = performance.now() - d0;
   }
   const cpuPerMsgUs = load.acked ? ((targetCpu() - cpu0) / load.acked) * 1e6 : NaN;
+  const harnessPerMsgUs = (load.ok ? (load.cpuSeconds / load.ok) * 1e6 : NaN) + (load.acked ? ((upstreamCpu() - up0) / load.acked) * 1e6 : NaN);
   if (load.failed) log(`${c.key}: ${load.failed} failed, e.g. ${load.errors.join(' | ')}`);
-  return { load, targetCores, cpuPerMsgUs, machineBusy, drainMs, runS: secs };
+  return { load, targetCores, cpuPerMsgUs, machineBusy, harnessPerMsgUs, drainMs, runS: secs };
 }
 
 export async function throughputAndLatency(cfg: ThroughputConfig): Promise<ThroughputOutput> {
@@ -99,13 +106,13 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
     const auth = { user: USER, pass: PASS };
     const h = '127.0.0.1';
     const cases: Case[] = [
-      { key: 'a', label: 'a) smtp-sink, plain', target: sink, load: { host: h, port: sink.port, tls: 'plain', pooled: true } },
-      { key: 'aT', label: "a') stunnel -> smtp-sink, implicit TLS", target: tlsSink, load: { host: h, port: tlsSink.port, tls: 'implicit', pooled: true } },
+      { key: 'a', label: 'a) smtp-sink, plain', target: sink, upstream: [], load: { host: h, port: sink.port, tls: 'plain', pooled: true } },
+      { key: 'aT', label: "a') stunnel -> smtp-sink, implicit TLS", target: tlsSink, upstream: [sink], load: { host: h, port: tlsSink.port, tls: 'implicit', pooled: true } },
       { key: 'b', label: 'b) relay, STARTTLS + AUTH', target: relay, load: { host: h, port: relay.submission, tls: 'starttls', auth, pooled: true } },
       ...(perCore ? [{ key: 'bW', label: `b) relay, ${cores} workers (one per core), STARTTLS + AUTH`, target: perCore, load: { host: h, port: perCore.submission, tls: 'starttls', auth, pooled: true } }] : []),
       { key: 'c', label: 'c) Postfix, STARTTLS + AUTH', target: pfTls, drain: pfTls, load: { host: h, port: pfTls.submission, tls: 'starttls', auth, pooled: true } },
       { key: 'cP', label: 'c) Postfix, plain (no TLS, no AUTH)', target: pfPlain, drain: pfPlain, load: { host: h, port: pfPlain.plain, tls: 'plain', pooled: true } },
-      { key: 'aN', label: 'a) smtp-sink, plain, new conn/msg', target: sink, load: { host: h, port: sink.port, tls: 'plain', pooled: false } },
+      { key: 'aN', label: 'a) smtp-sink, plain, new conn/msg', target: sink, upstream: [], load: { host: h, port: sink.port, tls: 'plain', pooled: false } },
       { key: 'bN', label: 'b) relay, STARTTLS + AUTH, new conn/msg (scrypt N=32768)', target: relay, load: { host: h, port: relay.submission, tls: 'starttls', auth, pooled: false } },
       ...(perCore
         ? [{ key: 'bNW', label: `b) relay, ${cores} workers, STARTTLS + AUTH, new conn/msg (scrypt N=32768)`, target: perCore, load: { host: h, port: perCore.submission, tls: 'starttls', auth, pooled: false } }]
@@ -114,6 +121,8 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
       { key: 'cN', label: 'c) Postfix, STARTTLS + AUTH, new conn/msg', target: pfTls, drain: pfTls, load: { host: h, port: pfTls.submission, tls: 'starttls', auth, pooled: false } },
       { key: 'cPN', label: 'c) Postfix, plain, new conn/msg', target: pfPlain, drain: pfPlain, load: { host: h, port: pfPlain.plain, tls: 'plain', pooled: false } },
     ].filter((c) => !cfg.only || cfg.only.includes(c.key)) as Case[];
+    // the relays and Postfix deliver through stunnel to smtp-sink (Postfix plain: to smtp-sink)
+    for (const c of cases) c.upstream ??= c.target === pfPlain ? [sink] : [tlsSink, sink];
 
     const results = new Map<string, Measured[]>();
     for (let rep = 1; rep <= cfg.reps; rep++) {
@@ -136,12 +145,18 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
     }
     const rates: Record<string, number> = {};
     const cpuUs: Record<string, number> = {};
+    /** msgs/s the whole machine could carry at the target's and the harness's measured CPU per message. */
+    const bound: Record<string, number> = {};
     const rows: (string | number)[][] = [];
     for (const c of cases) {
       const ms = results.get(c.key)!;
       const rate = median(ms.map((m) => m.load.msgsPerSec));
       rates[c.key] = rate;
       cpuUs[c.key] = median(ms.map((m) => m.cpuPerMsgUs));
+      const harnessUs = median(ms.map((m) => m.harnessPerMsgUs));
+      // a one-process relay can use one core of them (b, bN, bNc unless --workers)
+      const oneCore = (c.target === relay || c.target === relayCheap) && !process.env.BENCH_RELAY_WORKERS;
+      bound[c.key] = Math.min((cores * 1e6) / (cpuUs[c.key]! + harnessUs), oneCore ? 1e6 / cpuUs[c.key]! : Infinity);
       if (c.drain) rates[`${c.key}_e2e`] = median(ms.map((m) => (m.load.msgsPerSec * m.runS) / (m.runS + m.drainMs / 1000)));
       const resumed = ms.reduce((a, m) => a + m.load.tlsResumed, 0);
       const hs = ms.reduce((a, m) => a + m.load.tlsHandshakes, 0);
@@ -153,6 +168,8 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
         `${fmt(median(ms.map((m) => m.targetCores * 100)))}%`,
         fmt(median(ms.map((m) => m.cpuPerMsgUs))),
         `${fmt(median(ms.map((m) => m.machineBusy * 100)))}%`,
+        fmt(harnessUs),
+        fmt(bound[c.key]!),
         c.load.pooled ? '-' : hs ? `${fmt((resumed / hs) * 100)}%` : 'n/a',
         ms.reduce((a, m) => a + m.load.failed, 0),
         c.drain ? fmt(median(ms.map((m) => m.drainMs))) : '-',
@@ -160,10 +177,11 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
       ]);
     }
     const ratio = (x: string, y: string) => (rates[x] && rates[y] ? `${(rates[x]! / rates[y]!).toFixed(2)}` : 'n/a');
+    const boundRatio = (x: string, y: string) => (bound[x] && rates[y] ? `${(bound[x]! / rates[y]!).toFixed(2)} (${fmt(bound[x]!)} / ${fmt(rates[y]!)} msgs/s)` : 'n/a');
     const cpuRatio = (x: string, y: string) => (cpuUs[x] && cpuUs[y] ? `${(cpuUs[x]! / cpuUs[y]!).toFixed(2)} (${fmt(cpuUs[x]!)} / ${fmt(cpuUs[y]!)} µs)` : 'n/a');
     let text =
       `### Scenario 1: throughput (10 KB messages, ${cfg.connections} connections, ${cfg.reps} runs of ${cfg.durationMs / 1000} s after ${cfg.warmupMs / 1000} s warmup, median)\n\n` +
-      table(['target', 'msgs/s (median)', 'runs', 'generator CPU (of all cores)', 'target CPU (of one core)', 'target CPU per message (µs, incl. its queue drain)', 'machine busy', 'TLS resumed', 'failed', 'Postfix queue drain after run (ms)', 'delivered to the sink, incl. drain (≈ msgs/s)'], rows) +
+      table(['target', 'msgs/s (median)', 'runs', 'generator CPU (of all cores)', 'target CPU (of one core)', 'target CPU per message (µs, incl. its queue drain)', 'machine busy', 'harness CPU per message (µs: load generator + stunnel + smtp-sink)', `machine bound (msgs/s: ${cores} cores / (target + harness) per message; a one-process relay: at most 1 core / target)`, 'TLS resumed', 'failed', 'Postfix queue drain after run (ms)', 'delivered to the sink, incl. drain (≈ msgs/s)'], rows) +
       `\n\nReference: Postfix's smtp-source (${cfg.connections} sessions, 20,000 messages of 10,240 bytes, one run) -> the same smtp-sink: ${fmt(smtpSource)} msgs/s, against our generator's ${fmt(rates['a'] ?? NaN)} msgs/s in row a).\n\n` +
       table(
         ['ratio', 'value', 'goal'],
@@ -180,6 +198,9 @@ export async function throughputAndLatency(cfg: ThroughputConfig): Promise<Throu
           ['CPU per message, pooled: relay b / Postfix c (all its processes)', cpuRatio('b', 'c'), '<= 0.5'],
           ...(perCore ? [[`CPU per message, pooled: relay bW (${cores} workers) / Postfix c`, cpuRatio('bW', 'c'), '<= 0.5']] : []),
           ['CPU per message, new connection: relay bN / Postfix cN', cpuRatio('bN', 'cN'), '<= 0.5'],
+          ['reachable on this machine, pooled: relay b machine bound / Postfix c rate', boundRatio('b', 'c'), '(info: b/c cannot exceed it)'],
+          ...(perCore ? [[`reachable on this machine, pooled: relay bW (${cores} workers) machine bound / Postfix c rate`, boundRatio('bW', 'c'), '(info)']] : []),
+          ['reachable on this machine, new connection: relay bN machine bound / Postfix cN rate', boundRatio('bN', 'cN'), '(info)'],
         ],
       ) +
       '\n';
