@@ -117,6 +117,17 @@ export async function relayQueued(r: RelayTarget): Promise<number> {
   }
 }
 
+/** Polls `queued` every 50 ms until it reads 0 or `ms` have passed; what was left at the last reading. */
+export async function waitEmpty(queued: () => Promise<number>, ms: number): Promise<number> {
+  const deadline = performance.now() + ms;
+  let left = await queued();
+  while (left !== 0 && performance.now() < deadline) {
+    await sleep(50);
+    left = await queued();
+  }
+  return left;
+}
+
 async function measure(t: QTarget, cfg: QueueBenchConfig, cores: number, dir: string): Promise<Run> {
   const counter = await countSyncs(t.pids(), path.join(dir, `syncs-${t.key}-${Date.now()}.txt`));
   const t0 = performance.now();
@@ -126,12 +137,7 @@ async function measure(t: QTarget, cfg: QueueBenchConfig, cores: number, dir: st
     cores,
   );
   const loadEnd = performance.now();
-  const deadline = loadEnd + 120_000;
-  let left = await t.queued();
-  while (left !== 0 && performance.now() < deadline) {
-    await sleep(50);
-    left = await t.queued();
-  }
+  const left = await waitEmpty(() => t.queued(), 120_000);
   const end = performance.now();
   if (left !== 0) log(`${t.key}: queue not empty 120 s after the load (${left} left)`);
   const syncs = await counter.stop();

@@ -58,8 +58,9 @@ export interface ThroughputOutput {
 
 async function measure(c: Case, cfg: ThroughputConfig, cores: number, extra: Partial<SendOptions> = {}): Promise<Measured> {
   // Every process of the target, also those that come and go (their CPU reaches their parent's cutime when reaped).
-  const targetCpu = () => c.target.pids().reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
-  const upstreamCpu = () => (c.upstream ?? []).flatMap((t) => t.pids()).reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
+  const cpuOf = (targets: Target[]) => targets.flatMap((t) => t.pids()).reduce((a, p) => a + cpuSecondsWithReaped(p), 0);
+  const targetCpu = () => cpuOf([c.target]);
+  const upstreamCpu = () => cpuOf(c.upstream ?? []);
   const cpu0 = targetCpu();
   const up0 = upstreamCpu();
   const busy0 = machineBusySeconds();

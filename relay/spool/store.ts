@@ -312,8 +312,7 @@ export class Spool {
 
   /** The durable insert behind enqueue and adopt: fsynced, then counted and announced. */
   private async insert(env: StoredEnvelope, state: EntryState, body: Buffer, what: string): Promise<void> {
-    const size = body.length;
-    this.reserved += size;
+    this.reserved += body.length;
     this.reservedMessages++;
     try {
       await this.timed('enqueue', this.request({ op: 'insert', id: env.id, envelope: JSON.stringify(env), state: JSON.stringify(state), body }));
@@ -326,12 +325,12 @@ export class Spool {
       this.log.error({ err: (err as Error).message }, `could not store ${what} in the spool`);
       throw new SpoolWriteError(err as Error);
     } finally {
-      this.reserved -= size;
+      this.reserved -= body.length;
       this.reservedMessages--;
     }
-    if (this.free) this.free.writtenSince += size;
-    this.entries.set(env.id, { envelope: env, state, size });
-    this.bytes += size;
+    if (this.free) this.free.writtenSince += body.length;
+    this.entries.set(env.id, { envelope: env, state, size: body.length });
+    this.bytes += body.length;
     this.updateGauges();
     this.onEnqueue?.(env.id);
   }
