@@ -84,7 +84,19 @@ interface AuthResult { code: number; line?: string; err?: string }
  * greeting, EHLO, AUTH; one after another, or all at once with `parallel`; prints the AUTH
  * replies as one JSON line.
  */
-const AUTH_SCRIPT = (attempts: AuthAttempt[], parallel = false): string => `
+/**
+ * A node script for a client pod: the attempts at once (`parallel`) or one after another,
+ * the next starting `gapMs` after the previous reply.
+ */
+/**
+ * Between wrong passwords sent "one after another": longer than a failure's propagation to
+ * the siblings (one round trip of the peer channel, 3.7-17.4 ms on loopback; more on a loaded
+ * node). Back to back, the next check can start on a pod the lock has not reached yet: the
+ * propagation slack docs/relay-config.md describes (a loaded fresh-clone run saw 6 checks).
+ */
+const SEQUENTIAL_GAP_MS = 250;
+
+const AUTH_SCRIPT = (attempts: AuthAttempt[], parallel = false, gapMs = 0): string => `
 const tls = require('tls');
 const one = (a) => new Promise((res) => {
   let done = false, buf = '', step = 0;
@@ -108,7 +120,7 @@ const one = (a) => new Promise((res) => {
 (async () => {
   const all = ${JSON.stringify(attempts)};
   const out = ${parallel ? 'await Promise.all(all.map(one))' : '[]'};
-  if (!${parallel}) for (const a of all) out.push(await one(a));
+  if (!${parallel}) for (const a of all) { if (out.length) await new Promise((r) => setTimeout(r, ${gapMs})); out.push(await one(a)); }
   console.log(JSON.stringify(out));
 })();
 `;
@@ -375,7 +387,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     const podsBefore = await perPodFailures();
     const receivedBefore = await received();
     const attempts = Array.from({ length: 16 }, (_, i) => ({ host: t[i % t.length]!.host, port: t[i % t.length]!.port, user: 'app', pass: `wrong-${i}` }));
-    const r = await inPod<AuthResult[]>('client-b', AUTH_SCRIPT(attempts));
+    const r = await inPod<AuthResult[]>('client-b', AUTH_SCRIPT(attempts, false, SEQUENTIAL_GAP_MS));
     log(JSON.stringify(r));
     assert.ok(r.every((x) => x.code === 535 || x.code === 421), `unexpected replies: ${JSON.stringify(r)}`);
     const firstLock = r.findIndex((x) => x.code === 421);
@@ -407,7 +419,7 @@ describe('three relay replicas on the real cluster, run by the real operator: cl
     const before = await failuresAcross();
     const podsBefore = await perPodFailures();
     const attempts = Array.from({ length: 16 }, (_, i) => ({ host: t[i % t.length]!.host, port: t[i % t.length]!.port, user: `guess-${i}`, pass: `wrong-${i}` }));
-    const r = await inPod<AuthResult[]>('client-a', AUTH_SCRIPT(attempts));
+    const r = await inPod<AuthResult[]>('client-a', AUTH_SCRIPT(attempts, false, SEQUENTIAL_GAP_MS));
     log(JSON.stringify(r));
     const firstLock = r.findIndex((x) => x.code === 421);
     assert.ok(firstLock >= 0, `never locked: ${JSON.stringify(r)}`);
