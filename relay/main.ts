@@ -83,15 +83,24 @@ function checkConfig(file: string): number {
   }
 }
 
+/**
+ * stdout, asynchronous and batched (sonic-boom, pino's destination). A write is a syscall
+ * on a libuv pool thread and a wake-up of the event loop when it completes; one per log
+ * line (the message line: about one per message) cost 12 % of the relay's CPU per pooled
+ * message (docs/benchmarks.md, "What the CPU per message is made of"). So lines are
+ * written once 3 KiB have gathered, or at the latest 100 ms after they were logged
+ * (sonic-boom's periodic flush); pino writes what is left synchronously on exit. Each
+ * write holds whole lines and at most 4 KiB (maxWrite): a pipe (a container's stdout)
+ * takes a write of up to PIPE_BUF = 4096 bytes atomically, so the lines of several
+ * workers sharing it never interleave (test/relay/workers.test.ts).
+ */
+const LOG_DESTINATION = { dest: 1, sync: false, minLength: 3072, maxWrite: 4096, periodicFlush: 100 } as const;
+
 async function serve(file: string): Promise<void> {
-  // Asynchronous stdout (like process.stdout on a pipe): a log line costs no syscall on the
-  // event loop, and lines written while one write is in flight go out together in the next
-  // (a few lines per message otherwise cost a sync write each, ~7% of the relay's CPU with a
-  // new connection per message). pino flushes synchronously on exit.
   const worker = cluster.isWorker ? cluster.worker!.id : undefined;
   const logger = pino(
     { base: { service: 'smtp-relay', ...(worker ? { worker } : {}) }, timestamp: pino.stdTimeFunctions.isoTime, level: process.env.LOG_LEVEL ?? 'info' },
-    pino.destination({ dest: 1, sync: false }),
+    pino.destination(LOG_DESTINATION),
   );
   if (worker === undefined) {
     let first: RelaySettings;

@@ -130,8 +130,8 @@ describe('GET /upstream', () => {
       assert.equal(refused.authRefused, true, JSON.stringify(refused));
       assert.equal(refused.reply, '535 5.7.8 Authentication credentials invalid');
       // the refusal came from a worker: the primary itself has no upstream in inline mode
-      const worker = relay.logs.find((l) => l.event === 'upstream_auth_refused');
-      assert.ok(worker?.worker, 'logged by a worker');
+      const worker = await relay.waitForLog((l) => l.event === 'upstream_auth_refused');
+      assert.ok(worker.worker, 'logged by a worker');
       accepted.pass = WRONG;
       // round robin: two sends reach both workers
       for (const tag of ['fixed 1', 'fixed 2']) assert.deepEqual((await send(relay, tag)).map((r) => r.slice(0, 3)), ['250']);
@@ -155,7 +155,7 @@ describe('GET /upstream', () => {
         return s.authRefused ? s : undefined;
       }, 15_000);
       assert.equal(refused.reply, '535 5.7.8 Authentication credentials invalid');
-      assert.ok(!relay.logs.find((l) => l.event === 'upstream_auth_refused')?.worker, 'logged by the primary');
+      assert.ok(!(await relay.waitForLog((l) => l.event === 'upstream_auth_refused')).worker, 'logged by the primary');
       accepted.pass = WRONG;
       await sink.waitForMessages(1, 15_000);
       const cleared = await waitFor('the refusal cleared', async () => {

@@ -316,6 +316,29 @@ describe('two workers: rate limit, metrics, reload', () => {
   });
 });
 
+describe('two workers: log lines', () => {
+  test('400 messages over 16 connections: every line on the shared stdout is whole JSON, and every message has its line once the relay stopped', async () => {
+    // The workers share one stdout and buffer their lines (relay/main.ts LOG_DESTINATION):
+    // a write of more than 4 KiB could interleave with the other worker's, and lines still
+    // buffered at exit would be lost.
+    const relay = await startTwoWorkers();
+    let stopped = false;
+    try {
+      const replies = await sendPooled(relay, { ca: pki.ca.certPem, user: APP, from: 'app@example.com', n: 400, tag: 'lines', maxConnections: 16 });
+      assert.ok(replies.every((r) => r.startsWith('250')), replies.find((r) => !r.startsWith('250')));
+      assert.equal(await relay.stop(), 0, relay.stderr);
+      stopped = true;
+      assert.doesNotMatch(relay.stderr, /\[stdout\]/, 'a line on stdout that is not whole JSON');
+      const lines = relay.logs.filter((l) => l.event === 'message' && l.result === 'accepted' && l.user === APP.name);
+      assert.equal(lines.length, 400, 'one message line per accepted message');
+      assert.equal(workersOf(relay, (l) => l.event === 'message' && l.user === APP.name).size, 2, 'from both workers');
+      assert.ok(relay.logs.some((l) => l.event === 'stopped' && l.worker === undefined), 'the primary\'s last line too');
+    } finally {
+      if (!stopped) await relay.stop();
+    }
+  });
+});
+
 describe('two workers: a worker that dies', () => {
   test('its connections are released in the primary, a new worker takes its place, and the relay serves on', async () => {
     const relay = await startTwoWorkers({ limits: '{maxMessageSize: 64Ki, maxRecipients: 5, maxConnections: 50, maxConnectionsPerIp: 2, idleTimeout: 30s}' });
