@@ -407,20 +407,27 @@ export type SetEnvelope = (
   callback: (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: RejectedError[] }) => void,
 ) => void;
 
-type DataStreamLike = NodeJS.ReadWriteStream & {
+/** What send() uses of the stream _createSendStream returns: it writes the message, ends it, and reads the byte counts. */
+interface SendStreamLike {
   inByteCount: number;
   outByteCount: number;
-  push(chunk: Buffer): boolean;
-  _transform(chunk: Buffer, encoding: string, done: () => void): void;
-  _flush(done: () => void): void;
-};
-type CreateSendStream = (callback: (err: Error | null, str?: string) => void) => DataStreamLike;
+  write(message: Buffer): boolean;
+  end(): void;
+}
+type SendCallback = (err: Error | null, str?: string) => void;
+type CreateSendStream = (callback: SendCallback) => SendStreamLike;
 
 interface ClientInternals {
   /** Sends MAIL FROM, every RCPT TO and DATA; its callback runs after the 354, before any message byte. */
   _setEnvelope: SetEnvelope;
-  /** The DataStream that dot-stuffs the message onto the socket. */
+  /** The DataStream that dot-stuffs the message onto the socket; queues _actionSMTPStream for the final reply. */
   _createSendStream: CreateSendStream;
+  /** The final reply's handler: EMESSAGE (command DATA) unless 2xx, else the reply to callback. */
+  _actionSMTPStream(str: string, callback: SendCallback): void;
+  /** One handler per reply expected, in order; nodemailer's reader calls the first with each complete reply. */
+  _responseActions: ((str: string) => void)[];
+  _socket: net.Socket;
+  close(): void;
   /** Writes one `RCPT TO:<recipient>` followed by what _getDsnRcptToArgs returns (pipelined or not). */
   _sendRcpt(recipient: string, callback: unknown): void;
   /** The DSN parameters of a RCPT command: one NOTIFY/ORCPT for every recipient of the envelope. */
@@ -461,9 +468,18 @@ export function clientAuthMethod(conn: SMTPClientConnection): string | undefined
 }
 
 /**
- * The next send on `conn` writes `payload` (already dot-stuffed, ending in CRLF.CRLF) as
- * it is instead of piping the message through nodemailer's byte-by-byte DataStream;
- * undefined restores the DataStream.
+ * The next send on `conn` writes `payload` (already dot-stuffed, ending in CRLF.CRLF) to
+ * the socket as it is, in one write, instead of through nodemailer's DataStream;
+ * undefined restores the DataStream (which repairs bare line endings byte by byte).
+ *
+ * nodemailer's send() asks _createSendStream for a stream once the envelope is through
+ * (after the 354), writes the message into it and ends it. The original builds a
+ * DataStream (a Transform), pipes it into the socket and queues the reply handler for the
+ * final reply (_actionSMTPStream). This one queues the same handler and returns a
+ * stand-in whose write() puts the payload on the socket: no Transform, no pipe, no
+ * listeners per message (docs/benchmarks.md, "What the CPU per message is made of").
+ * send() reads inByteCount and outByteCount from it for its result. The relay never uses
+ * LMTP, the one case where the original queues other handlers.
  */
 export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: number, payload: Buffer | undefined): void {
   const internal = conn as unknown as Partial<ClientInternals>;
@@ -471,26 +487,22 @@ export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: n
     delete internal._createSendStream;
     return;
   }
-  const originalCreate = clientProto._createSendStream!;
-  internal._createSendStream = function (this: unknown, callback) {
-    const stream = originalCreate.call(this, callback);
+  internal._createSendStream = function (this: ClientInternals, callback) {
+    this._responseActions.push((str: string) => this._actionSMTPStream(str, callback));
     let sent = false;
-    const sendPayload = () => {
-      if (sent) return;
-      sent = true;
-      stream.inByteCount = messageLength;
-      stream.outByteCount = payload.length;
-      stream.push(payload);
+    return {
+      inByteCount: messageLength,
+      outByteCount: payload.length,
+      write: () => {
+        if (sent) return true;
+        sent = true;
+        // as nodemailer's _sendCommand: a socket already gone ends the connection
+        if (this._socket.destroyed) this.close();
+        else this._socket.write(payload);
+        return true;
+      },
+      end: () => undefined,
     };
-    stream._transform = (_chunk: Buffer, _encoding: string, done: () => void) => {
-      sendPayload();
-      done();
-    };
-    stream._flush = (done: () => void) => {
-      sendPayload();
-      done();
-    };
-    return stream;
   };
 }
 
@@ -581,7 +593,19 @@ function problems(): string[] {
   const handleProxy = typeof smtpServerProto._handleProxy === 'function' ? String(smtpServerProto._handleProxy) : '';
   need(/socket\.read\(\)/.test(handleProxy) && /'PROXY'/.test(handleProxy), 'smtp-server SMTPServer._handleProxy (reads the PROXY v1 line from the socket) changed');
   need(typeof clientProto._setEnvelope === 'function', 'nodemailer SMTPConnection._setEnvelope is gone (all-or-nothing recipients)');
-  need(typeof clientProto._createSendStream === 'function', 'nodemailer SMTPConnection._createSendStream is gone (prepared DATA payload)');
+  // sendPreparedPayload does what _createSendStream does but for the DataStream: queue
+  // _actionSMTPStream for the final reply, which fails a non-2xx reply as EMESSAGE.
+  const createSendStream = typeof clientProto._createSendStream === 'function' ? String(clientProto._createSendStream) : '';
+  const smtpStream = typeof clientProto._actionSMTPStream === 'function' ? String(clientProto._actionSMTPStream) : '';
+  const sendSource = String((SMTPClientConnection.prototype as { send?: unknown }).send ?? '');
+  need(
+    /this\._responseActions\.push\([^]*this\._actionSMTPStream\(str, callback\)/.test(createSendStream) &&
+      /'EMESSAGE'/.test(smtpStream) &&
+      /this\._createSendStream\(/.test(sendSource) &&
+      /stream\.write\(message\);\s*stream\.end\(\);/.test(sendSource) &&
+      /stream\.outByteCount/.test(sendSource),
+    'nodemailer SMTPConnection send/_createSendStream/_actionSMTPStream changed (prepared DATA payload)',
+  );
   // Per-recipient DSN parameters (setRecipientParams): every RCPT is written by _sendRcpt,
   // which asks _getDsnRcptToArgs for its parameters; DSN support is read from the EHLO reply.
   const sendRcpt = typeof clientProto._sendRcpt === 'function' ? String(clientProto._sendRcpt) : '';
