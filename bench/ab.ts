@@ -9,7 +9,8 @@
 // Not part of `make bench`; run by hand, e.g. with the baseline built into /tmp/a/dist:
 //
 //   node dist/bench/ab.js --mode=pooled|new|queue --runs=5 --seconds=3 /tmp/a/dist dist
-//   (DIST@warn: that build's relay with LOG_LEVEL=warn, e.g. to see what the per-message log lines cost)
+//   (DIST@warn: that build's relay with LOG_LEVEL=warn, e.g. to see what the per-message log lines cost;
+//   floor:node and floor:libraries: the yardsticks of bench/floor.ts, e.g. `dist floor:libraries floor:node`)
 //
 // A build directory needs its node_modules and package.json reachable as this one's are
 // (a copy of dist/ next to a package.json and a node_modules symlink).
@@ -20,7 +21,7 @@ import { createPki } from '../test/harness/support/pki.js';
 import { fmt, log, machine, machineBusySeconds, median, table } from './common.js';
 import { runLoad } from './loadgen.js';
 import { relayQueued, waitEmpty } from './queue.js';
-import { PASS, USER, startRelay, startSmtpSink, startStunnel, type RelayTarget } from './targets.js';
+import { FLOOR_KINDS, PASS, USER, startFloor, startRelay, startSmtpSink, startStunnel, type FloorKind, type RelayTarget } from './targets.js';
 
 interface Sample {
   msgsPerSec: number;
@@ -53,10 +54,16 @@ async function main() {
   const runs = Number(opt('runs', '5'));
   const seconds = Number(opt('seconds', '3'));
   const connections = Number(opt('connections', '20'));
-  // DIST or DIST@LEVEL (the relay's LOG_LEVEL; default info, as in production)
+  // DIST or DIST@LEVEL (the relay's LOG_LEVEL; default info, as in production), or
+  // floor:node / floor:libraries (bench/floor.ts, the yardsticks)
   const specs = args.filter((a) => !a.startsWith('--')).map((a) => {
+    if (a.startsWith('floor:')) {
+      const kind = a.slice(6) as FloorKind;
+      if (!FLOOR_KINDS.includes(kind)) throw new Error(`${a}: no such yardstick (floor:${FLOOR_KINDS.join(', floor:')})`);
+      return { dist: a, logLevel: 'info', floor: kind };
+    }
     const at = a.lastIndexOf('@');
-    return at > 0 ? { dist: path.resolve(a.slice(0, at)), logLevel: a.slice(at + 1) } : { dist: path.resolve(a), logLevel: 'info' };
+    return at > 0 ? { dist: path.resolve(a.slice(0, at)), logLevel: a.slice(at + 1), floor: undefined } : { dist: path.resolve(a), logLevel: 'info', floor: undefined };
   });
   const builds = specs.map((s) => (s.logLevel === 'info' ? s.dist : `${s.dist} LOG_LEVEL=${s.logLevel}`));
   if (builds.length < 2 || !['pooled', 'new', 'queue'].includes(mode) || !(runs > 0) || !(seconds > 0)) {
@@ -75,8 +82,15 @@ async function main() {
     const tlsSink = await startStunnel(dir, cert, sink.port);
     stops.push(tlsSink.stop);
     const upstream = { port: tlsSink.port, caFile: cert.caFile, tls: 'implicit' as const, maxConnections: connections };
-    const relays: RelayTarget[] = [];
+    const relays: Pick<RelayTarget, 'child' | 'submission'>[] = [];
     for (const b of specs) {
+      if (b.floor) {
+        if (mode === 'queue') throw new Error(`${b.dist} has no queue mode`);
+        const f = await startFloor(b.floor, cert, tlsSink.port);
+        stops.push(f.stop);
+        relays.push(f);
+        continue;
+      }
       const queue = mode === 'queue' ? `{directory: ${path.join(dir, `spool-${relays.length}`)}}` : undefined;
       const r = await startRelay({ dir, cert, upstream, workers: 1, entrypoint: path.join(b.dist, 'entrypoint.js'), logLevel: b.logLevel, ...(queue ? { queue } : {}) });
       stops.push(r.stop);
@@ -96,7 +110,7 @@ async function main() {
       );
       // queue mode: until the queue is empty again (its deliveries are part of the cost)
       if (mode === 'queue') {
-        const left = await waitEmpty(() => relayQueued(relays[i]!), 60_000);
+        const left = await waitEmpty(() => relayQueued(relays[i] as RelayTarget), 60_000);
         if (left !== 0) log(`${labels[i]}: queue not empty 60 s after the load (${left} left)`);
       }
       const secs = (performance.now() - t0) / 1000;

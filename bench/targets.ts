@@ -80,6 +80,18 @@ export interface RelayTarget extends Target {
   logFile: string;
 }
 
+/** The kinds of bench/floor.ts: yardsticks that pass messages on with none of the relay's checks. */
+export const FLOOR_KINDS = ['node', 'libraries'] as const;
+export type FloorKind = (typeof FLOOR_KINDS)[number];
+
+/** A bench/floor.ts yardstick on a free port, delivering to `upstreamPort` (implicit TLS, `cert`'s CA). */
+export async function startFloor(kind: FloorKind, cert: CertFiles, upstreamPort: number): Promise<{ child: ChildProcess; submission: number; stop(): Promise<void> }> {
+  const port = await freePort();
+  const child = startProcess(process.execPath, [path.join(HERE, 'floor.js'), kind, String(port), String(upstreamPort), cert.chainFile, cert.keyFile, cert.caFile], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port);
+  return { child, submission: port, stop: () => stopProcess(child) };
+}
+
 export interface RelayBenchOptions {
   dir: string;
   cert: CertFiles;
