@@ -168,7 +168,10 @@ ${o.queue ? `queue: ${o.queue}\n` : ''}workers: ${o.workers ?? (process.env.BENC
 `;
   const configFile = path.join(o.dir, `relay-${submission}.yaml`);
   writeFileSync(configFile, config);
-  const logFile = path.join(o.dir, `relay-${submission}.log`);
+  // Not beside the config file: the relay watches that directory (relay/watch.ts), and a log
+  // written there woke it for each write, which a relay logging to stdout never pays.
+  mkdirSync(path.join(o.dir, 'logs'), { recursive: true });
+  const logFile = path.join(o.dir, 'logs', `relay-${submission}.log`);
   const out = openSync(logFile, 'w');
   const child = startProcess(process.execPath, [...relayNodeOptions(), ...(o.nodeArgs ?? []), o.entrypoint ?? ENTRYPOINT, 'relay', 'serve', '--config', configFile], {
     stdio: ['ignore', out, out],
