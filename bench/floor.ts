@@ -9,8 +9,7 @@
 //   libraries the same with the libraries the relay is built on, used as cheaply as the relay
 //             uses them: smtp-server in front (every login accepted, the message collected),
 //             nodemailer's SMTPConnection pool behind, the body written as the relay writes
-//             it (relay/upstream.ts dataPayload + relay/internals.ts sendPreparedPayload, and its
-//             installResponseDrain).
+//             it (relay/upstream.ts dataPayload + relay/internals.ts sendPreparedPayload).
 //
 // So relay - libraries is what the relay's own code costs per message, and libraries - node
 // what smtp-server and nodemailer cost (docs/benchmarks.md, "What the CPU per message is
@@ -23,7 +22,7 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { SMTPServer } from 'smtp-server';
-import { installResponseDrain, sendPreparedPayload } from '../relay/internals.js';
+import { sendPreparedPayload } from '../relay/internals.js';
 import { dataPayload } from '../relay/upstream.js';
 
 interface Upstream {
@@ -199,10 +198,7 @@ function main(): void {
   const ca = readFileSync(caFile);
   const [key, cert] = [readFileSync(keyFile!), readFileSync(certFile!)];
   if (kind === 'node') nodeFloor(Number(port), new Pool(() => rawUpstream(Number(upstreamPort), ca)), tls.createSecureContext({ key, cert }));
-  else {
-    installResponseDrain(); // as relay/upstream.ts does
-    librariesFloor(Number(port), new Pool(() => nodemailerUpstream(Number(upstreamPort), ca)), key, cert);
-  }
+  else librariesFloor(Number(port), new Pool(() => nodemailerUpstream(Number(upstreamPort), ca)), key, cert);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) main();

@@ -428,11 +428,6 @@ interface ClientInternals {
   _responseActions: ((str: string) => void)[];
   _socket: net.Socket;
   close(): void;
-  /** Complete replies read and not yet handed to a handler (a multi-line reply is one entry). */
-  _responseQueue: string[];
-  _destroyed: boolean;
-  /** Hands the first complete queued reply to the first of _responseActions. */
-  _processResponse(): unknown;
   /** Writes one `RCPT TO:<recipient>` followed by what _getDsnRcptToArgs returns (pipelined or not). */
   _sendRcpt(recipient: string, callback: unknown): void;
   /** The DSN parameters of a RCPT command: one NOTIFY/ORCPT for every recipient of the envelope. */
@@ -509,37 +504,6 @@ export function sendPreparedPayload(conn: SMTPClientConnection, messageLength: n
       end: () => undefined,
     };
   };
-}
-
-/** nodemailer's own _processResponse: handles the first complete reply in the queue, then schedules itself on setImmediate. */
-export const originalProcessResponse = clientProto._processResponse!;
-const processOneResponse = originalProcessResponse;
-
-/**
- * nodemailer's reader queues each complete reply the server sent and hands one to the
- * next waiting handler per event-loop turn (_processResponse handles the first and calls
- * itself again on setImmediate). The replies to a pipelined MAIL, RCPT and DATA arrive in
- * one read; handled one per turn, the 354, and so the message itself, waits two turns
- * of every other connection's work. This runs the original for each complete reply
- * already queued, in order, at once: the same handlers with the same replies, only
- * sooner. It stops at a reply still incomplete (the original leaves it queued), after a
- * connection closed by a handler or a 421, and when the queue is empty; the turns the
- * original still schedules then find nothing to do. (A/B: docs/benchmarks.md, "What the
- * CPU per message is made of".)
- */
-function processQueuedResponses(this: ClientInternals): void {
-  for (;;) {
-    const queued = this._responseQueue.length;
-    if (queued === 0 || this._destroyed) return;
-    processOneResponse.call(this);
-    if (this._responseQueue.length >= queued) return;
-  }
-}
-
-/** Every nodemailer SMTPConnection in this process handles the replies it has read at once (processQueuedResponses). */
-export function installResponseDrain(): void {
-  checkInternals();
-  clientProto._processResponse = processQueuedResponses;
 }
 
 /** Whether the server `conn` is connected to advertised DSN (RFC 3461) in its EHLO reply. */
@@ -641,15 +605,6 @@ function problems(): string[] {
       /stream\.write\(message\);\s*stream\.end\(\);/.test(sendSource) &&
       /stream\.outByteCount/.test(sendSource),
     'nodemailer SMTPConnection send/_createSendStream/_actionSMTPStream changed (prepared DATA payload)',
-  );
-  // processQueuedResponses: _processResponse takes one reply off the queue, leaves an
-  // incomplete one there, and schedules itself on setImmediate after each handler.
-  const processResponse = String(processOneResponse ?? '');
-  need(
-    /this\._responseQueue\.shift\(\)/.test(processResponse) &&
-      /this\._responseQueue\.unshift\(raw\)/.test(processResponse) &&
-      /action\.call\(this, str\);[^]*setImmediate\(\(\) => this\._processResponse\(\)\)/.test(processResponse),
-    'nodemailer SMTPConnection._processResponse changed (replies handled at once)',
   );
   // Per-recipient DSN parameters (setRecipientParams): every RCPT is written by _sendRcpt,
   // which asks _getDsnRcptToArgs for its parameters; DSN support is read from the EHLO reply.

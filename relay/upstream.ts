@@ -36,7 +36,7 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import XOAuth2 from 'nodemailer/lib/xoauth2';
 import type { DkimKeyConfig, OAuth2Mechanism, UpstreamConfig } from './config-types.js';
 import { parseDkimKey, selectDkimKey, signMessage, type DkimKey } from './dkim.js';
-import { clientAuthMethod, hookEnvelope, installResponseDrain, sendPreparedPayload, setRecipientParams, upstreamAuthMechanisms, upstreamOffersDsn } from './internals.js';
+import { checkInternals, clientAuthMethod, hookEnvelope, sendPreparedPayload, setRecipientParams, upstreamAuthMechanisms, upstreamOffersDsn } from './internals.js';
 import { rcptDsnArgs, type MessageDsn, type RecipientDsn } from './policy/dsn-params.js';
 import { fromDomains } from './policy/headers.js';
 import { LineEndingCheck } from './policy/smuggling.js';
@@ -490,7 +490,7 @@ export class Upstream {
   private readonly logins = new LoginState();
 
   constructor(cfg: UpstreamConfig, opts: UpstreamOptions) {
-    installResponseDrain();
+    checkInternals();
     this.hostname = opts.hostname;
     this.log = opts.logger.child({ component: 'upstream' });
     // Read synchronously once at start; a failure here is a startup error.
