@@ -24,6 +24,7 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { SMTPServer } from 'smtp-server';
 import { sendPreparedPayload } from '../relay/internals.js';
 import { dataPayload } from '../relay/upstream.js';
+import { connect } from './loadgen.js';
 
 interface Upstream {
   /** Sends one message; resolves with the upstream's final reply, rejects on any other. */
@@ -45,41 +46,22 @@ class Pool {
   }
 }
 
-/** A raw TLS upstream: replies parsed by line, one waiter per expected reply. */
-function rawUpstream(port: number, ca: Buffer): Promise<Upstream> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({ port, host: '127.0.0.1', ca, checkServerIdentity: () => undefined });
-    const waiting: ((line: string) => void)[] = [];
-    let partial = '';
-    const up: Upstream = {
-      dead: false,
-      send(from, to, data) {
-        s.write(`MAIL FROM:<${from}>\r\nRCPT TO:<${to}>\r\nDATA\r\n`);
-        return Promise.all([reply(), reply(), reply()]).then(([m, r, d]) => {
-          if (!m.startsWith('2') || !r.startsWith('2') || !d.startsWith('354')) throw new Error(`upstream refused: ${m} / ${r} / ${d}`);
-          s.write(data);
-          return reply().then((f) => (f.startsWith('2') ? f : Promise.reject(new Error(`upstream refused: ${f}`))));
-        });
-      },
-    };
-    const reply = () => new Promise<string>((r) => waiting.push(r));
-    s.on('data', (d: Buffer) => {
-      partial += d.toString('latin1');
-      for (let i = partial.indexOf('\r\n'); i !== -1; i = partial.indexOf('\r\n')) {
-        const line = partial.slice(0, i);
-        partial = partial.slice(i + 2);
-        if (line[3] !== '-') waiting.shift()?.(line);
-      }
-    });
-    s.on('error', reject);
-    s.on('close', () => (up.dead = true));
-    reply()
-      .then(() => {
-        s.write('EHLO floor.bench.example\r\n');
-        return reply();
-      })
-      .then(() => resolve(up), reject);
-  });
+/** A raw TLS upstream: the load generator's SMTP client (bench/loadgen.ts), MAIL/RCPT/DATA pipelined. */
+async function rawUpstream(port: number): Promise<Upstream> {
+  const c = await connect('127.0.0.1', port, 'implicit');
+  return {
+    get dead() {
+      return c.sock.destroyed;
+    },
+    async send(from, to, data) {
+      c.sock.write(`MAIL FROM:<${from}>\r\nRCPT TO:<${to}>\r\nDATA\r\n`);
+      await c.expect(250, 'MAIL FROM');
+      await c.expect(250, 'RCPT TO');
+      await c.expect(354, 'DATA');
+      c.sock.write(data);
+      return (await c.expect(250, 'end of data')).text;
+    },
+  };
 }
 
 /** The node yardstick's client side: a line split until DATA, then the bytes until CRLF.CRLF. */
@@ -197,7 +179,7 @@ function main(): void {
   if (!['node', 'libraries'].includes(kind ?? '') || !caFile) throw new Error('usage: node dist/bench/floor.js node|libraries PORT UPSTREAM_PORT CERT KEY CA');
   const ca = readFileSync(caFile);
   const [key, cert] = [readFileSync(keyFile!), readFileSync(certFile!)];
-  if (kind === 'node') nodeFloor(Number(port), new Pool(() => rawUpstream(Number(upstreamPort), ca)), tls.createSecureContext({ key, cert }));
+  if (kind === 'node') nodeFloor(Number(port), new Pool(() => rawUpstream(Number(upstreamPort))), tls.createSecureContext({ key, cert }));
   else librariesFloor(Number(port), new Pool(() => nodemailerUpstream(Number(upstreamPort), ca)), key, cert);
 }
 

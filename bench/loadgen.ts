@@ -82,7 +82,7 @@ interface Reply {
 const TLS_CLIENT: tls.ConnectionOptions = { rejectUnauthorized: false, servername: 'localhost' };
 
 /** One SMTP client session on a raw socket. */
-class Client {
+export class Client {
   private buf = '';
   private readonly replies: Reply[] = [];
   private waiter?: (r: Reply | Error) => void;
@@ -171,7 +171,8 @@ class Client {
   }
 }
 
-async function connect(host: string, port: number, mode: 'plain' | 'starttls' | 'implicit', localAddress?: string, session?: Buffer, onSession?: (s: Buffer) => void): Promise<Client> {
+/** A session up to its (second, after STARTTLS) EHLO; the certificate is not checked (loopback bench peers). */
+export async function connect(host: string, port: number, mode: 'plain' | 'starttls' | 'implicit', localAddress?: string, session?: Buffer, onSession?: (s: Buffer) => void): Promise<Client> {
   const sock = await new Promise<net.Socket>((resolve, reject) => {
     const base = { host, port, ...(localAddress ? { localAddress } : {}) };
     const s =

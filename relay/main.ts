@@ -86,7 +86,7 @@ function checkConfig(file: string): number {
 /**
  * stdout, asynchronous and batched (sonic-boom, pino's destination). A write is a syscall
  * on a libuv pool thread and a wake-up of the event loop when it completes; one per log
- * line (the message line: about one per message) cost 12 % of the relay's CPU per pooled
+ * line (the message line: about one per message) cost 7-12 % of the relay's CPU per pooled
  * message (docs/benchmarks.md, "What the CPU per message is made of"). So lines are
  * written once 3 KiB have gathered, or at the latest 100 ms after they were logged
  * (sonic-boom's periodic flush); pino writes what is left synchronously on exit. Each

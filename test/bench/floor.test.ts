@@ -1,6 +1,6 @@
 // The yardsticks of bench/floor.ts (bench/ab.ts floor:node, floor:libraries) are only
 // worth comparing with the relay if they do the relay's work on the wire: STARTTLS and
-// AUTH in front, a pooled upstream over verified TLS behind, every message passed on
+// AUTH in front, a pooled upstream over TLS behind, every message passed on
 // byte for byte (dot-stuffing included) with its envelope. Each floor here relays to a
 // real SMTP sink over implicit TLS, as in the bench (stunnel there).
 import assert from 'node:assert/strict';
@@ -28,7 +28,7 @@ const body = (i: number) =>
 
 describe('bench/floor.ts yardsticks', () => {
   for (const kind of FLOOR_KINDS) {
-    test(`floor:${kind}: 6 messages over 2 pooled STARTTLS + AUTH sessions reach the sink over verified TLS, byte for byte`, async () => {
+    test(`floor:${kind}: 6 messages over 2 pooled STARTTLS + AUTH sessions reach the sink over TLS, byte for byte`, async () => {
       const floor = await startFloor(kind, await pki.issue({ name: `floor-${kind}` }), sink.port);
       const before = sink.messages.length;
       const t = nodemailer.createTransport({
